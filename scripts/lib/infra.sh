@@ -1,0 +1,176 @@
+# Local infrastructure for run.sh, test.sh and bench.sh: installs what is
+# missing and starts what is not already running. Sourced, not executed.
+#
+#   RabbitMQ   127.0.0.1:5672 (management UI on 15672), from apt
+#   MongoDB    127.0.0.1:27017: a real `mongod` if installed, else secantusd-rs
+#              (a MongoDB wire-compatible single-node server built with cargo;
+#              the first build takes about 4 minutes)
+#   MailDev    SMTP 127.0.0.1:1025, web UI and REST API on 1080, from npm
+#
+# A part that is already listening is reused and left running; a part this
+# shell started is recorded in INFRA_STARTED and stopped by infra_down.
+
+INFRA_ROOT="${INFRA_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+RUN_DIR="${RUN_DIR:-$INFRA_ROOT/.run}"
+LOG_DIR="$RUN_DIR/logs"
+MONGO_PORT="${MONGO_PORT:-27017}"
+SMTP_PORT="${SMTP_PORT:-1025}"
+MAILDEV_WEB_PORT="${MAILDEV_WEB_PORT:-1080}"
+SECANTUS_VERSION="0.5.3-beta.196"
+INFRA_STARTED=()
+
+step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+fail() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for_port PORT NAME SECONDS LOGFILE [PID]: fails early if PID dies.
+wait_for_port() {
+  local port=$1 name=$2 seconds=$3 log=$4 pid=${5:-} waited=0
+  until port_open "$port"; do
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      echo "---- last lines of $log ----" >&2
+      tail -n 30 "$log" >&2 2>/dev/null
+      fail "$name exited before listening on port $port (log: $log)"
+    fi
+    if (( waited >= seconds )); then
+      echo "---- last lines of $log ----" >&2
+      tail -n 30 "$log" >&2 2>/dev/null
+      fail "$name did not start listening on port $port within ${seconds}s (log: $log)"
+    fi
+    sleep 1
+    waited=$((waited + 1))
+    if (( waited % 10 == 0 )); then note "still waiting for $name (${waited}s)"; fi
+  done
+}
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null; then
+    sudo "$@"
+  else
+    fail "need root to run: $* (install it yourself, or run as root)"
+  fi
+}
+
+APT_UPDATED=""
+apt_install() {
+  command -v apt-get >/dev/null || fail "apt-get not found: install $* with your package manager"
+  if [ -z "$APT_UPDATED" ]; then
+    note "apt-get update"
+    as_root apt-get update -qq >"$LOG_DIR/apt.log" 2>&1 || fail "apt-get update failed (see $LOG_DIR/apt.log)"
+    APT_UPDATED=1
+  fi
+  note "apt-get install $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$LOG_DIR/apt.log" 2>&1 \
+    || fail "apt-get install $* failed (see $LOG_DIR/apt.log)"
+}
+
+install_missing() {
+  mkdir -p "$LOG_DIR"
+  step "Checking tools"
+  command -v cargo >/dev/null || fail "cargo not found: install Rust (https://rustup.rs) first"
+  if ! port_open 5672 && ! command -v rabbitmq-server >/dev/null; then
+    apt_install rabbitmq-server
+  fi
+  if ! port_open "$MONGO_PORT" && ! command -v mongod >/dev/null && ! command -v secantusd-rs >/dev/null; then
+    if ! command -v cmake >/dev/null || [ ! -f /usr/include/zlib.h ]; then apt_install cmake zlib1g-dev; fi
+    note "cargo install secantus-mdb $SECANTUS_VERSION (about 4 minutes, once; log: $LOG_DIR/secantus-build.log)"
+    cargo install secantus-mdb --version "$SECANTUS_VERSION" --ignore-rust-version --locked \
+      >"$LOG_DIR/secantus-build.log" 2>&1 \
+      || { tail -n 30 "$LOG_DIR/secantus-build.log" >&2; fail "building secantusd-rs failed"; }
+  fi
+  if ! port_open "$SMTP_PORT" && ! command -v maildev >/dev/null; then
+    command -v npm >/dev/null || apt_install nodejs npm
+    note "npm install -g maildev"
+    as_root npm install -g maildev >"$LOG_DIR/npm.log" 2>&1 \
+      || fail "npm install -g maildev failed (see $LOG_DIR/npm.log)"
+  fi
+  note "tools ready"
+}
+
+start_rabbitmq() {
+  if port_open 5672; then
+    note "RabbitMQ already running on 5672: reusing it"
+    return
+  fi
+  note "starting RabbitMQ (log: $LOG_DIR/rabbitmq.log)"
+  as_root rabbitmq-plugins enable --offline rabbitmq_management >>"$LOG_DIR/rabbitmq.log" 2>&1 || true
+  # Crash dumps land in the working directory; keep them with the logs.
+  (cd "$LOG_DIR" && as_root nohup rabbitmq-server >>"$LOG_DIR/rabbitmq.log" 2>&1 </dev/null &
+    echo $! >"$RUN_DIR/rabbitmq.pid")
+  wait_for_port 5672 RabbitMQ 120 "$LOG_DIR/rabbitmq.log" "$(cat "$RUN_DIR/rabbitmq.pid")"
+  INFRA_STARTED+=(rabbitmq)
+}
+
+start_mongodb() {
+  if port_open "$MONGO_PORT"; then
+    note "MongoDB already running on $MONGO_PORT: reusing it"
+    return
+  fi
+  mkdir -p "$RUN_DIR/mongodb"
+  if command -v mongod >/dev/null; then
+    note "starting mongod as a single-node replica set (log: $LOG_DIR/mongodb.log)"
+    nohup mongod --dbpath "$RUN_DIR/mongodb" --port "$MONGO_PORT" --bind_ip 127.0.0.1 --replSet rs0 \
+      >>"$LOG_DIR/mongodb.log" 2>&1 </dev/null &
+    echo $! >"$RUN_DIR/mongodb.pid"
+    wait_for_port "$MONGO_PORT" mongod 60 "$LOG_DIR/mongodb.log" "$(cat "$RUN_DIR/mongodb.pid")"
+    if command -v mongosh >/dev/null; then
+      mongosh --quiet --port "$MONGO_PORT" --eval \
+        'try { rs.status() } catch (e) { rs.initiate({_id: "rs0", members: [{_id: 0, host: "127.0.0.1:'"$MONGO_PORT"'"}]}) }' \
+        >>"$LOG_DIR/mongodb.log" 2>&1
+    else
+      note "mongosh not found: run rs.initiate() once yourself (transactions need a replica set)"
+    fi
+  else
+    note "starting secantusd-rs (log: $LOG_DIR/mongodb.log, data: $RUN_DIR/mongodb)"
+    nohup secantusd-rs --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$RUN_DIR/mongodb" \
+      --cache-size 1G >>"$LOG_DIR/mongodb.log" 2>&1 </dev/null &
+    echo $! >"$RUN_DIR/mongodb.pid"
+    wait_for_port "$MONGO_PORT" secantusd-rs 60 "$LOG_DIR/mongodb.log" "$(cat "$RUN_DIR/mongodb.pid")"
+  fi
+  INFRA_STARTED+=(mongodb)
+}
+
+start_maildev() {
+  if port_open "$SMTP_PORT"; then
+    note "an SMTP server already runs on $SMTP_PORT: reusing it"
+    return
+  fi
+  note "starting MailDev (log: $LOG_DIR/maildev.log)"
+  nohup maildev --smtp "$SMTP_PORT" --web "$MAILDEV_WEB_PORT" --ip 127.0.0.1 --web-ip 127.0.0.1 \
+    --max-emails 100000 >>"$LOG_DIR/maildev.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/maildev.pid"
+  wait_for_port "$SMTP_PORT" MailDev 30 "$LOG_DIR/maildev.log" "$(cat "$RUN_DIR/maildev.pid")"
+  wait_for_port "$MAILDEV_WEB_PORT" "MailDev web" 30 "$LOG_DIR/maildev.log"
+  INFRA_STARTED+=(maildev)
+}
+
+infra_up() {
+  install_missing
+  step "Starting infrastructure"
+  start_rabbitmq
+  start_mongodb
+  start_maildev
+}
+
+# Stops only what infra_up started in this shell.
+infra_down() {
+  local part
+  for part in "${INFRA_STARTED[@]}"; do
+    case $part in
+      rabbitmq)
+        note "stopping RabbitMQ"
+        timeout 60 rabbitmqctl stop >/dev/null 2>&1 || true
+        ;;
+      mongodb | maildev)
+        note "stopping $part"
+        if [ -f "$RUN_DIR/$part.pid" ]; then kill "$(cat "$RUN_DIR/$part.pid")" 2>/dev/null; fi
+        rm -f "$RUN_DIR/$part.pid"
+        ;;
+    esac
+  done
+  INFRA_STARTED=()
+}

@@ -1,0 +1,301 @@
+//! The consumer loop every service runs: parse, hand to the service's handler,
+//! and only then settle the delivery. Transient failures wait in a delay queue
+//! (never in the consumer); permanent ones and exhausted retries go to the
+//! dead-letter queue with the reason. Connection loss reconnects with
+//! jittered backoff and declares the topology again.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use futures::StreamExt;
+use lapin::{
+    Connection,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{
+    Outgoing, PublishOutcome, Publisher, Subscription, Topology, connection_properties,
+    header_string, header_u32, set_header, text,
+};
+use crate::{
+    events::RawEnvelope,
+    retry::{RetryDecision, RetryPolicy},
+};
+
+/// Header carrying the number of the attempt this delivery is (1 = first).
+pub const ATTEMPT_HEADER: &str = "x-attempt";
+pub const FIRST_FAILURE_HEADER: &str = "x-first-failure-at";
+pub const LAST_FAILURE_HEADER: &str = "x-last-failure-at";
+pub const LAST_ERROR_HEADER: &str = "x-last-error";
+pub const REASON_HEADER: &str = "x-dead-letter-reason";
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
+pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
+
+/// Why a handler did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// Will never succeed (bad payload, broken rule): dead-letter at once.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+    /// May succeed later (database down, write conflict): retry with backoff.
+    #[error("transient failure: {0}")]
+    Transient(String),
+}
+
+/// A service's reaction to the events its queue receives. It must make its
+/// effect and its inbox record durable before returning `Ok`.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, event: RawEnvelope) -> impl Future<Output = Result<(), HandleError>> + Send;
+}
+
+/// Everything a consumer needs besides its handler.
+#[derive(Clone)]
+pub struct ConsumerSettings {
+    pub url: String,
+    pub name: String,
+    pub topology: Topology,
+    pub subscription: Subscription,
+    pub policy: RetryPolicy,
+    pub prefetch: u16,
+}
+
+/// Runs until `shutdown`, reconnecting whenever the broker goes away. On
+/// shutdown it stops taking deliveries and finishes the ones in hand.
+pub async fn run_consumer<H: Handler>(
+    settings: ConsumerSettings,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = reconnect_backoff();
+    while !shutdown.is_cancelled() {
+        match consume_until_broken(&settings, &handler, &shutdown).await {
+            Ok(()) => backoff = reconnect_backoff(),
+            Err(error) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(
+                    queue = settings.subscription.queue,
+                    %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "consumer lost RabbitMQ; reconnecting"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    tracing::info!(queue = settings.subscription.queue, "consumer stopped");
+}
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .without_max_times()
+        .build()
+}
+
+async fn consume_until_broken<H: Handler>(
+    settings: &ConsumerSettings,
+    handler: &Arc<H>,
+    shutdown: &CancellationToken,
+) -> Result<(), lapin::Error> {
+    let connection =
+        Connection::connect(&settings.url, connection_properties(&settings.name)).await?;
+    let channel = connection.create_channel().await?;
+    settings
+        .topology
+        .declare_subscription(&channel, &settings.subscription, &settings.policy)
+        .await?;
+    channel
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await?;
+    // Retries and dead letters go out on their own confirmed channel, so a
+    // delivery is acked only once its next hop is safely stored.
+    let publisher = Publisher::from_connection(&connection, &settings.topology).await?;
+    let queue = settings.topology.work_queue(&settings.subscription);
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            settings.name.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(%queue, prefetch = settings.prefetch, "consuming");
+
+    let failure: Arc<std::sync::Mutex<Option<lapin::Error>>> = Default::default();
+    consumer
+        .take_until(shutdown.cancelled())
+        .take_while(|delivery| {
+            let ok = delivery.is_ok();
+            if let Err(error) = delivery {
+                failure.lock().expect("poisoned").replace(error.clone());
+            }
+            futures::future::ready(ok)
+        })
+        .for_each_concurrent(settings.prefetch as usize, |delivery| {
+            let publisher = &publisher;
+            let failure = failure.clone();
+            async move {
+                let Ok(delivery) = delivery else { return };
+                if let Err(error) = settle(delivery, settings, handler, publisher).await {
+                    failure.lock().expect("poisoned").replace(error);
+                }
+            }
+        })
+        .await;
+
+    let _ = connection.close(200, "consumer stopping".into()).await;
+    match failure.lock().expect("poisoned").take() {
+        Some(error) if !shutdown.is_cancelled() => Err(error),
+        _ if shutdown.is_cancelled() => Ok(()),
+        // The stream ended without an error: the broker cancelled us.
+        _ => Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+            lapin::ConnectionState::Closed,
+        ))),
+    }
+}
+
+/// Handles one delivery and acks it only after its effect (or its retry or
+/// dead letter) is durable.
+async fn settle<H: Handler>(
+    delivery: Delivery,
+    settings: &ConsumerSettings,
+    handler: &Arc<H>,
+    publisher: &Publisher,
+) -> Result<(), lapin::Error> {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let attempt = header_u32(&headers, ATTEMPT_HEADER).unwrap_or(1).max(1);
+
+    let outcome = match RawEnvelope::parse(&delivery.data) {
+        Err(error) => Err(HandleError::Permanent(error.to_string())),
+        Ok(event) => {
+            let span = tracing::info_span!(
+                "event",
+                event_type = %event.event_type,
+                event_id = %event.event_id,
+                correlation_id = %event.correlation_id,
+                attempt,
+            );
+            handler.handle(event).instrument(span).await
+        }
+    };
+
+    let next_hop = match outcome {
+        Ok(()) => None,
+        Err(HandleError::Permanent(reason)) => Some(dead_letter(&delivery, settings, &headers, attempt, &reason)),
+        Err(HandleError::Transient(reason)) => match settings.policy.decide_now(attempt) {
+            RetryDecision::RetryAfter(delay) => {
+                tracing::warn!(attempt, %reason, delay_ms = delay.as_millis() as u64, "handler failed; retrying later");
+                Some(retry_later(&delivery, settings, &headers, attempt, &reason, delay))
+            }
+            RetryDecision::GiveUp => Some(dead_letter(
+                &delivery,
+                settings,
+                &headers,
+                attempt,
+                &format!("gave up after {attempt} attempts: {reason}"),
+            )),
+        },
+    };
+
+    if let Some(message) = next_hop {
+        match publisher.publish(message).await? {
+            PublishOutcome::Confirmed => {}
+            outcome => {
+                // Not stored anywhere else yet: hand it back to the queue.
+                tracing::error!(?outcome, "could not park a failed delivery; requeueing");
+                return delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ());
+            }
+        }
+    }
+    delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+}
+
+fn failure_headers(
+    delivery: &Delivery,
+    settings: &ConsumerSettings,
+    headers: &FieldTable,
+    reason: &str,
+) -> FieldTable {
+    let now = Utc::now().to_rfc3339();
+    let mut next = headers.clone();
+    if header_string(headers, FIRST_FAILURE_HEADER).is_none() {
+        set_header(&mut next, FIRST_FAILURE_HEADER, text(now.clone()));
+    }
+    set_header(&mut next, LAST_FAILURE_HEADER, text(now));
+    set_header(&mut next, LAST_ERROR_HEADER, text(truncate(reason, 1000)));
+    if header_string(headers, ORIGINAL_ROUTING_KEY_HEADER).is_none() {
+        set_header(&mut next, ORIGINAL_ROUTING_KEY_HEADER, text(delivery.routing_key.to_string()));
+    }
+    set_header(
+        &mut next,
+        ORIGINAL_QUEUE_HEADER,
+        text(settings.topology.work_queue(&settings.subscription)),
+    );
+    next
+}
+
+fn retry_later(
+    delivery: &Delivery,
+    settings: &ConsumerSettings,
+    headers: &FieldTable,
+    attempt: u32,
+    reason: &str,
+    delay: Duration,
+) -> Outgoing {
+    let mut headers = failure_headers(delivery, settings, headers, reason);
+    set_header(&mut headers, ATTEMPT_HEADER, AMQPValue::LongUInt(attempt + 1));
+    Outgoing {
+        exchange: String::new(),
+        routing_key: settings.topology.delay_queue(&settings.subscription, delay),
+        payload: delivery.data.clone(),
+        headers,
+        message_id: delivery.properties.message_id().as_ref().map(|s| s.to_string()),
+        correlation_id: delivery.properties.correlation_id().as_ref().map(|s| s.to_string()),
+        mandatory: true,
+    }
+}
+
+fn dead_letter(
+    delivery: &Delivery,
+    settings: &ConsumerSettings,
+    headers: &FieldTable,
+    attempt: u32,
+    reason: &str,
+) -> Outgoing {
+    tracing::error!(attempt, %reason, "dead-lettering message");
+    let mut headers = failure_headers(delivery, settings, headers, reason);
+    set_header(&mut headers, REASON_HEADER, text(truncate(reason, 1000)));
+    set_header(&mut headers, ATTEMPT_HEADER, AMQPValue::LongUInt(attempt));
+    Outgoing {
+        exchange: settings.topology.dead_letter_exchange(),
+        routing_key: settings.topology.work_queue(&settings.subscription),
+        payload: delivery.data.clone(),
+        headers,
+        message_id: delivery.properties.message_id().as_ref().map(|s| s.to_string()),
+        correlation_id: delivery.properties.correlation_id().as_ref().map(|s| s.to_string()),
+        mandatory: true,
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}

@@ -1,0 +1,221 @@
+//! Exchange and queue names, and which queue listens to which routing key.
+//!
+//! ```text
+//! publisher ──▶ e-commerce.events (topic) ──▶ <service>.events ──▶ consumer
+//!                                                 ▲          │ transient failure
+//!                     TTL expires, back to work   │          ▼
+//!                                        <service>.events.retry.<ms> (one per tier)
+//!  permanent failure / attempts used up:
+//!   consumer ──▶ e-commerce.dlx (direct) ──▶ <service>.events.dlq
+//! ```
+
+use std::time::Duration;
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+use crate::retry::RetryPolicy;
+
+/// A service's work queue and the routing keys bound to it.
+#[derive(Clone, Copy, Debug)]
+pub struct Subscription {
+    pub queue: &'static str,
+    pub routing_keys: &'static [&'static str],
+}
+
+pub const ORDER_SERVICE: Subscription = Subscription {
+    queue: "order-service.events",
+    routing_keys: &["inventory.reserved", "inventory.reservation_failed"],
+};
+
+pub const INVENTORY_SERVICE: Subscription = Subscription {
+    queue: "inventory-service.events",
+    routing_keys: &["order.created", "order.cancelled"],
+};
+
+pub const NOTIFICATION_SERVICE: Subscription = Subscription {
+    queue: "notification-service.events",
+    routing_keys: &[
+        "order.confirmed",
+        "order.rejected",
+        "order.cancelled",
+        "inventory.low",
+    ],
+};
+
+/// Every subscription in the system.
+pub const SUBSCRIPTIONS: [Subscription; 3] = [ORDER_SERVICE, INVENTORY_SERVICE, NOTIFICATION_SERVICE];
+
+/// Whether some service consumes this routing key. Such events are published
+/// `mandatory`: if the broker cannot route one (a queue was deleted), the
+/// outbox keeps it and tries again instead of counting it as delivered.
+pub fn has_subscriber(routing_key: &str) -> bool {
+    SUBSCRIPTIONS
+        .iter()
+        .any(|s| s.routing_keys.contains(&routing_key))
+}
+
+/// Names of everything we declare, under an optional namespace prefix.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    namespace: String,
+}
+
+impl Topology {
+    pub fn new(namespace: &str) -> Self {
+        Topology {
+            namespace: namespace.to_string(),
+        }
+    }
+
+    pub fn events_exchange(&self) -> String {
+        format!("{}e-commerce.events", self.namespace)
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}e-commerce.dlx", self.namespace)
+    }
+
+    pub fn work_queue(&self, subscription: &Subscription) -> String {
+        format!("{}{}", self.namespace, subscription.queue)
+    }
+
+    pub fn dead_letter_queue(&self, subscription: &Subscription) -> String {
+        format!("{}.dlq", self.work_queue(subscription))
+    }
+
+    pub fn delay_queue(&self, subscription: &Subscription, tier: Duration) -> String {
+        format!("{}.retry.{}ms", self.work_queue(subscription), tier.as_millis())
+    }
+
+    pub async fn declare_exchanges(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.events_exchange().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead_letter_exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Declares the work queue with its bindings, its dead-letter queue and a
+    /// delay queue per retry tier. Declarations are idempotent, so this runs
+    /// on every (re)connect.
+    pub async fn declare_subscription(
+        &self,
+        channel: &Channel,
+        subscription: &Subscription,
+        policy: &RetryPolicy,
+    ) -> Result<(), lapin::Error> {
+        self.declare_exchanges(channel).await?;
+        let work = self.work_queue(subscription);
+        let dlq = self.dead_letter_queue(subscription);
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+
+        // A nack without requeue (which our consumer never sends on purpose)
+        // still ends in the DLQ rather than vanishing.
+        let mut work_args = FieldTable::default();
+        work_args.insert(
+            "x-dead-letter-exchange".into(),
+            string(self.dead_letter_exchange()),
+        );
+        work_args.insert("x-dead-letter-routing-key".into(), string(work.clone()));
+        channel
+            .queue_declare(work.as_str().into(), durable, work_args)
+            .await?;
+        for key in subscription.routing_keys {
+            channel
+                .queue_bind(
+                    work.as_str().into(),
+                    self.events_exchange().into(),
+                    ShortString::from(*key),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+
+        channel
+            .queue_declare(dlq.as_str().into(), durable, FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(
+                dlq.as_str().into(),
+                self.dead_letter_exchange().into(),
+                work.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        for tier in policy.tiers() {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(tier.as_millis() as i64),
+            );
+            // The default exchange routes by queue name: back to the work queue.
+            args.insert("x-dead-letter-exchange".into(), string(String::new()));
+            args.insert("x-dead-letter-routing-key".into(), string(work.clone()));
+            channel
+                .queue_declare(
+                    self.delay_queue(subscription, tier).as_str().into(),
+                    durable,
+                    args,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn string(value: String) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_namespace() {
+        let t = Topology::new("t1.");
+        assert_eq!(t.events_exchange(), "t1.e-commerce.events");
+        assert_eq!(t.work_queue(&INVENTORY_SERVICE), "t1.inventory-service.events");
+        assert_eq!(
+            t.delay_queue(&INVENTORY_SERVICE, Duration::from_secs(2)),
+            "t1.inventory-service.events.retry.2000ms"
+        );
+        assert_eq!(
+            t.dead_letter_queue(&INVENTORY_SERVICE),
+            "t1.inventory-service.events.dlq"
+        );
+    }
+
+    #[test]
+    fn saga_events_have_subscribers_and_audit_events_do_not() {
+        assert!(has_subscriber("order.created"));
+        assert!(has_subscriber("inventory.low"));
+        assert!(!has_subscriber("notification.sent"));
+        assert!(!has_subscriber("order.status_changed"));
+    }
+}

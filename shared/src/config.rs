@@ -1,0 +1,185 @@
+//! Configuration from environment variables, with documented defaults.
+//!
+//! Parsing goes through a lookup function rather than `std::env` directly so
+//! that the rules are unit-tested without touching the process environment.
+
+use std::time::Duration;
+
+use crate::retry::RetryPolicy;
+
+/// A variable that is set but cannot be used. Startup stops with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {name}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub name: String,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Reads variables through `lookup`, falling back to defaults.
+pub struct Env<F: Fn(&str) -> Option<String>> {
+    lookup: F,
+}
+
+impl Env<fn(&str) -> Option<String>> {
+    /// The process environment.
+    pub fn process() -> Self {
+        Env {
+            lookup: |name| std::env::var(name).ok().filter(|v| !v.is_empty()),
+        }
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    pub fn from_lookup(lookup: F) -> Self {
+        Env { lookup }
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> String {
+        (self.lookup)(name).unwrap_or_else(|| default.to_string())
+    }
+
+    pub fn optional(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+    }
+
+    pub fn parse<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match (self.lookup)(name) {
+            None => Ok(default),
+            Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError {
+                name: name.to_string(),
+                reason: e.to_string(),
+                value,
+            }),
+        }
+    }
+
+    /// A duration in milliseconds.
+    pub fn millis(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+        self.parse(name, default.as_millis() as u64)
+            .map(Duration::from_millis)
+    }
+}
+
+/// Settings every service shares.
+#[derive(Clone, Debug)]
+pub struct CommonConfig {
+    /// Service name, used in logs, event `source` and queue names.
+    pub service: &'static str,
+    /// HTTP port (`PORT`); 0 picks a free one.
+    pub port: u16,
+    /// Address to bind (`BIND_ADDRESS`, default 127.0.0.1; 0.0.0.0 in containers).
+    pub bind_address: String,
+    /// `MONGODB_URI`, default `mongodb://127.0.0.1:27017`.
+    pub mongodb_uri: String,
+    /// `MONGODB_DATABASE`: the database this service owns.
+    pub database: String,
+    /// `RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub rabbitmq_url: String,
+    /// `AMQP_NAMESPACE`: prefix for every exchange and queue name, so that
+    /// several stacks (or parallel tests) share one broker without crosstalk.
+    pub amqp_namespace: String,
+    /// `ADMIN_TOKEN`: bearer token for admin routes.
+    pub admin_token: String,
+    /// `PREFETCH`: unacknowledged deliveries a consumer works on at once.
+    pub prefetch: u16,
+    /// `RETRY_MAX_ATTEMPTS`, `RETRY_BASE_MS`, `RETRY_CAP_MS`.
+    pub retry: RetryPolicy,
+}
+
+impl CommonConfig {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        service: &'static str,
+        default_port: u16,
+        default_database: &str,
+    ) -> Result<Self, ConfigError> {
+        let retry = RetryPolicy {
+            max_attempts: env.parse("RETRY_MAX_ATTEMPTS", 5)?,
+            base: env.millis("RETRY_BASE_MS", Duration::from_secs(1))?,
+            cap: env.millis("RETRY_CAP_MS", Duration::from_secs(60))?,
+        };
+        if retry.max_attempts == 0 {
+            return Err(ConfigError {
+                name: "RETRY_MAX_ATTEMPTS".into(),
+                value: "0".into(),
+                reason: "at least one attempt is needed".into(),
+            });
+        }
+        if retry.base.is_zero() || retry.cap < retry.base {
+            return Err(ConfigError {
+                name: "RETRY_CAP_MS".into(),
+                value: retry.cap.as_millis().to_string(),
+                reason: "the base delay must be positive and the cap at least the base".into(),
+            });
+        }
+        let prefetch: u16 = env.parse("PREFETCH", 64)?;
+        if prefetch == 0 {
+            return Err(ConfigError {
+                name: "PREFETCH".into(),
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(CommonConfig {
+            service,
+            port: env.parse("PORT", default_port)?,
+            bind_address: env.string("BIND_ADDRESS", "127.0.0.1"),
+            mongodb_uri: env.string("MONGODB_URI", "mongodb://127.0.0.1:27017"),
+            database: env.string("MONGODB_DATABASE", default_database),
+            rabbitmq_url: env.string("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_namespace: env.string("AMQP_NAMESPACE", ""),
+            admin_token: env.string("ADMIN_TOKEN", "dev-admin-token"),
+            prefetch,
+            retry,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::from_lookup(move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = CommonConfig::from_env(&env(&[]), "order", 3001, "orders").unwrap();
+        assert_eq!(config.port, 3001);
+        assert_eq!(config.database, "orders");
+        assert_eq!(config.retry.max_attempts, 5);
+        assert_eq!(config.retry.base, Duration::from_secs(1));
+        assert_eq!(config.retry.cap, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_port_that_is_not_a_number_names_the_variable() {
+        let err = CommonConfig::from_env(&env(&[("PORT", "http")]), "order", 3001, "orders")
+            .unwrap_err();
+        assert_eq!(err.name, "PORT");
+        assert!(err.to_string().contains("PORT=\"http\""), "{err}");
+    }
+
+    #[test]
+    fn a_cap_below_the_base_is_refused() {
+        let err = CommonConfig::from_env(
+            &env(&[("RETRY_BASE_MS", "5000"), ("RETRY_CAP_MS", "100")]),
+            "order",
+            3001,
+            "orders",
+        )
+        .unwrap_err();
+        assert_eq!(err.name, "RETRY_CAP_MS");
+    }
+}

@@ -1,0 +1,15 @@
+//! HTTP plumbing shared by the three APIs: JSON errors, request limits,
+//! correlation ids, admin auth, health and readiness, paging, and serving
+//! with graceful shutdown.
+
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod page;
+pub mod server;
+
+pub use auth::{AdminAuth, AdminToken};
+pub use error::{ApiError, ErrorBody, FieldError, validate};
+pub use health::HealthApi;
+pub use page::{PageRequest, find_page};
+pub use server::{CorrelationId, bind, build_app, serve, wait_for_signal};

@@ -1,0 +1,267 @@
+//! One JSON error shape for every failure. Services map their own error enums
+//! into [`ApiError`]; whatever poem or poem-openapi reject on their own (bad
+//! JSON, a bad parameter, a missing token, an unknown route) is turned into
+//! the same shape by [`json_errors`].
+
+use poem::{Response, error::ResponseError, http::StatusCode};
+use poem_openapi::Object;
+use validator::{Validate, ValidationErrors, ValidationErrorsKind};
+
+/// The body of every error response.
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `validation_failed`, `not_found`.
+    pub error: String,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// One entry per failing field (validation errors only).
+    #[oai(skip_serializing_if_is_empty)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+}
+
+/// A field that failed validation.
+#[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize, PartialEq)]
+#[oai(rename_all = "camelCase")]
+pub struct FieldError {
+    /// Path of the field in the request, e.g. `items[0].quantity`.
+    pub field: String,
+    /// Why it was refused.
+    pub message: String,
+}
+
+/// An error on its way to becoming an HTTP response.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub fields: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn validation(fields: Vec<FieldError>) -> Self {
+        let names: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
+        ApiError {
+            message: format!("invalid fields: {}", names.join(", ")),
+            fields,
+            ..Self::new(StatusCode::BAD_REQUEST, "validation_failed", "")
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// A failure of ours. The cause is logged; the client gets no internals.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the server failed to handle the request; see its logs",
+        )
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.code.to_string(),
+            message: self.message.clone(),
+            fields: self.fields.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn as_response(&self) -> Response {
+        let body = serde_json::to_vec(&self.body()).expect("error bodies serialize");
+        Response::builder()
+            .status(self.status)
+            .content_type("application/json; charset=utf-8")
+            .body(body)
+    }
+}
+
+/// `catch_all_error` handler: every error leaves as JSON.
+pub async fn json_errors(error: poem::Error) -> Response {
+    if error.is::<ApiError>() {
+        return error.into_response();
+    }
+    let status = error.status();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        s if s.is_server_error() => "internal_error",
+        _ => "error",
+    };
+    let message = match status {
+        StatusCode::UNAUTHORIZED => "a valid admin bearer token is required".to_string(),
+        StatusCode::NOT_FOUND if error.to_string() == "not found" => "no such route".to_string(),
+        s if s.is_server_error() => {
+            tracing::error!(%error, "internal error");
+            "the server failed to handle the request; see its logs".to_string()
+        }
+        _ => error.to_string(),
+    };
+    ApiError::new(status, code, message).as_response()
+}
+
+/// Runs the `validator` rules of `value`, naming every failing field by its
+/// JSON path.
+pub fn validate<T: Validate>(value: &T) -> Result<(), ApiError> {
+    value.validate().map_err(|errors| {
+        let mut fields = Vec::new();
+        flatten("", &errors, &mut fields);
+        fields.sort_by(|a, b| a.field.cmp(&b.field));
+        ApiError::validation(fields)
+    })
+}
+
+fn flatten(prefix: &str, errors: &ValidationErrors, out: &mut Vec<FieldError>) {
+    for (name, kind) in errors.errors() {
+        let path = if prefix.is_empty() {
+            camel_case(name)
+        } else {
+            format!("{prefix}.{}", camel_case(name))
+        };
+        match kind {
+            ValidationErrorsKind::Field(list) => out.extend(list.iter().map(|e| FieldError {
+                field: path.clone(),
+                message: describe(e),
+            })),
+            ValidationErrorsKind::Struct(inner) => flatten(&path, inner, out),
+            ValidationErrorsKind::List(items) => {
+                for (index, inner) in items {
+                    flatten(&format!("{path}[{index}]"), inner, out);
+                }
+            }
+        }
+    }
+}
+
+fn describe(error: &validator::ValidationError) -> String {
+    if let Some(message) = &error.message {
+        return message.to_string();
+    }
+    let param = |key: &str| error.params.get(key).map(|v| v.to_string());
+    match error.code.as_ref() {
+        "length" => match (param("min"), param("max")) {
+            (Some(min), Some(max)) => format!("length must be between {min} and {max}"),
+            (Some(min), None) => format!("length must be at least {min}"),
+            (None, Some(max)) => format!("length must be at most {max}"),
+            _ => "length is out of range".into(),
+        },
+        "range" => match (param("min"), param("max")) {
+            (Some(min), Some(max)) => format!("must be between {min} and {max}"),
+            (Some(min), None) => format!("must be at least {min}"),
+            (None, Some(max)) => format!("must be at most {max}"),
+            _ => "is out of range".into(),
+        },
+        "email" => "must be an email address".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+fn camel_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Validate)]
+    struct Line {
+        #[validate(range(min = 1, max = 10))]
+        quantity: u32,
+    }
+
+    #[derive(Validate)]
+    struct Request {
+        #[validate(email)]
+        customer_email: String,
+        #[validate(length(min = 1), nested)]
+        items: Vec<Line>,
+    }
+
+    #[test]
+    fn every_failing_field_is_named_by_its_json_path() {
+        let err = validate(&Request {
+            customer_email: "not-an-email".into(),
+            items: vec![Line { quantity: 1 }, Line { quantity: 0 }],
+        })
+        .unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        let fields: Vec<&str> = err.fields.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, vec!["customerEmail", "items[1].quantity"]);
+        assert_eq!(err.fields[1].message, "must be between 1 and 10");
+    }
+
+    #[test]
+    fn a_valid_value_passes() {
+        assert!(
+            validate(&Request {
+                customer_email: "a@example.com".into(),
+                items: vec![Line { quantity: 3 }],
+            })
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! What the order, inventory and notification services have in common, so that
+//! each service is mostly its domain: configuration, telemetry, the event
+//! envelope, the RabbitMQ machinery (topology, confirmed publishing, consumers
+//! with retries and dead letters), MongoDB helpers (outbox, inbox,
+//! transactions) and the HTTP plumbing (errors, health, admin auth, paging).
+
+pub mod broker;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod retry;
+pub mod store;
+pub mod telemetry;
+
+pub use tokio_util::sync::CancellationToken;
+pub use tokio_util::task::TaskTracker;
