@@ -165,8 +165,8 @@ mod tests {
 
     #[test]
     fn a_port_that_is_not_a_number_names_the_variable() {
-        let err = CommonConfig::from_env(&env(&[("PORT", "http")]), "order", 3001, "orders")
-            .unwrap_err();
+        let err =
+            CommonConfig::from_env(&env(&[("PORT", "http")]), "order", 3001, "orders").unwrap_err();
         assert_eq!(err.name, "PORT");
         assert!(err.to_string().contains("PORT=\"http\""), "{err}");
     }

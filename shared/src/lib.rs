@@ -9,6 +9,7 @@ pub mod config;
 pub mod events;
 pub mod http;
 pub mod retry;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 

@@ -59,14 +59,85 @@ pub fn is_transient(error: &Error) -> bool {
         || matches!(error.kind.as_ref(), ErrorKind::Command(e) if e.code == 112 /* WriteConflict */)
 }
 
-/// Runs `body` in a multi-document transaction, retrying it on transient
-/// transaction errors (write conflicts) as the driver's convenient API does.
+/// Runs a multi-document transaction, retrying it on transient transaction
+/// errors (write conflicts) the way the driver's convenient API does, but
+/// without an async closure (whose lifetimes trip a compiler bug inside
+/// poem handlers):
+///
+/// ```ignore
+/// let mut tx = Transaction::begin(&db).await?;
+/// let value = loop {
+///     let session = tx.attempt().await?;
+///     let result = async { /* writes with .session(&mut *session) */ }.await;
+///     if let Some(value) = tx.finish(result).await? { break value; }
+/// };
+/// ```
+///
 /// To leave with an outcome other than a commit, return
 /// `Err(Error::custom(..))` and inspect it with `Error::get_custom`.
-pub async fn transaction<R, F>(db: &Database, body: F) -> Result<R, Error>
-where
-    F: for<'s> AsyncFnMut(&'s mut ClientSession) -> Result<R, Error>,
-{
-    let mut session = db.client().start_session().await?;
-    session.start_transaction().and_run2(body).await
+pub struct Transaction {
+    session: ClientSession,
+    attempts: u32,
+}
+
+/// Transient conflicts are retried this many times before giving up.
+const MAX_TRANSACTION_ATTEMPTS: u32 = 20;
+
+impl Transaction {
+    pub async fn begin(db: &Database) -> Result<Self, Error> {
+        Ok(Transaction {
+            session: db.client().start_session().await?,
+            attempts: 0,
+        })
+    }
+
+    /// Starts the next attempt and lends its session.
+    pub async fn attempt(&mut self) -> Result<&mut ClientSession, Error> {
+        self.attempts += 1;
+        self.session.start_transaction().await?;
+        Ok(&mut self.session)
+    }
+
+    /// Commits after a successful body (`Some(value)`), or aborts. Returns
+    /// `None` when the attempt hit a transient conflict and should run again.
+    pub async fn finish<R>(&mut self, result: Result<R, Error>) -> Result<Option<R>, Error> {
+        let retry = |e: &Error, attempts| {
+            e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+                && attempts < MAX_TRANSACTION_ATTEMPTS
+        };
+        match result {
+            Ok(value) => loop {
+                match self.session.commit_transaction().await {
+                    Ok(()) => return Ok(Some(value)),
+                    Err(e)
+                        if e.contains_label(mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                            && self.attempts < MAX_TRANSACTION_ATTEMPTS =>
+                    {
+                        self.attempts += 1;
+                    }
+                    Err(e) if retry(&e, self.attempts) => {
+                        backoff_a_little(self.attempts).await;
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                }
+            },
+            Err(e) => {
+                let _ = self.session.abort_transaction().await;
+                if retry(&e, self.attempts) {
+                    backoff_a_little(self.attempts).await;
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// A short jittered pause so colliding transactions do not collide again.
+async fn backoff_a_little(attempt: u32) {
+    let ceiling_ms = (2u64 << attempt.min(6)).min(100);
+    let pause = std::time::Duration::from_millis(rand::random::<u64>() % (ceiling_ms + 1));
+    tokio::time::sleep(pause).await;
 }

@@ -12,7 +12,12 @@ pub fn init(service: &str) {
     // try_init: tests start several apps in one process.
     let _ = if json {
         registry
-            .with(fmt::layer().json().with_current_span(true).with_span_list(false))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
             .try_init()
     } else {
         registry.with(fmt::layer().with_target(false)).try_init()

@@ -76,7 +76,10 @@ pub enum RuleViolation {
     #[error("an order in status {0} cannot be cancelled (only PENDING or CONFIRMED)")]
     NotCancellable(&'static str),
     #[error("an order cannot move from {from} to {to} (allowed: CONFIRMED→SHIPPED→DELIVERED)")]
-    IllegalTransition { from: &'static str, to: &'static str },
+    IllegalTransition {
+        from: &'static str,
+        to: &'static str,
+    },
     #[error("the inventory's lines do not match the order: {0}")]
     LinesMismatch(String),
     #[error("the order total overflows")]
@@ -105,8 +108,13 @@ pub fn check_admin_transition(from: OrderStatus, to: OrderStatus) -> Result<(), 
 /// What the inventory's answer does to an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SagaStep {
-    Confirm { items: Vec<OrderItem>, total_cents: i64 },
-    Reject { reason: String },
+    Confirm {
+        items: Vec<OrderItem>,
+        total_cents: i64,
+    },
+    Reject {
+        reason: String,
+    },
     /// The order has moved on (cancelled, or already decided): nothing to do.
     Ignore,
 }
@@ -133,7 +141,9 @@ pub fn on_reserved(order: &Order, lines: &[PricedLine]) -> Result<SagaStep, Rule
             .unit_price_cents
             .checked_mul(i64::from(item.quantity))
             .ok_or(RuleViolation::TotalOverflow)?;
-        total = total.checked_add(line_total).ok_or(RuleViolation::TotalOverflow)?;
+        total = total
+            .checked_add(line_total)
+            .ok_or(RuleViolation::TotalOverflow)?;
         items.push(OrderItem {
             unit_price_cents: Some(line.unit_price_cents),
             ..item.clone()
@@ -179,7 +189,11 @@ pub fn major_units(cents: i64) -> f64 {
 
 /// A digest of what was asked, to tell a retried request from a different
 /// one sent with the same Idempotency-Key.
-pub fn request_fingerprint(customer_id: &str, customer_email: &str, items: &[(String, u32)]) -> String {
+pub fn request_fingerprint(
+    customer_id: &str,
+    customer_email: &str,
+    items: &[(String, u32)],
+) -> String {
     let mut hasher = Sha256::new();
     let canonical = serde_json::json!({
         "customerId": customer_id,
@@ -211,8 +225,16 @@ mod tests {
             customer_id: "c1".into(),
             customer_email: "c1@example.com".into(),
             items: vec![
-                OrderItem { product_id: "a".into(), quantity: 2, unit_price_cents: None },
-                OrderItem { product_id: "b".into(), quantity: 1, unit_price_cents: None },
+                OrderItem {
+                    product_id: "a".into(),
+                    quantity: 2,
+                    unit_price_cents: None,
+                },
+                OrderItem {
+                    product_id: "b".into(),
+                    quantity: 1,
+                    unit_price_cents: None,
+                },
             ],
             total_cents: None,
             status,
@@ -225,13 +247,23 @@ mod tests {
     }
 
     fn priced(product: &str, quantity: u32, cents: i64) -> PricedLine {
-        PricedLine { product_id: product.into(), quantity, unit_price_cents: cents }
+        PricedLine {
+            product_id: product.into(),
+            quantity,
+            unit_price_cents: cents,
+        }
     }
 
     #[test]
     fn a_reservation_confirms_a_pending_order_at_the_inventory_prices() {
-        let step = on_reserved(&order(OrderStatus::Pending), &[priced("b", 1, 999), priced("a", 2, 1050)]).unwrap();
-        let SagaStep::Confirm { items, total_cents } = step else { panic!("{step:?}") };
+        let step = on_reserved(
+            &order(OrderStatus::Pending),
+            &[priced("b", 1, 999), priced("a", 2, 1050)],
+        )
+        .unwrap();
+        let SagaStep::Confirm { items, total_cents } = step else {
+            panic!("{step:?}")
+        };
         assert_eq!(total_cents, 2 * 1050 + 999);
         assert_eq!(items[0].unit_price_cents, Some(1050));
         assert_eq!(items[1].unit_price_cents, Some(999));
@@ -240,7 +272,11 @@ mod tests {
     #[test]
     fn a_late_reservation_does_not_move_a_cancelled_order() {
         assert_eq!(
-            on_reserved(&order(OrderStatus::Cancelled), &[priced("a", 2, 1), priced("b", 1, 1)]).unwrap(),
+            on_reserved(
+                &order(OrderStatus::Cancelled),
+                &[priced("a", 2, 1), priced("b", 1, 1)]
+            )
+            .unwrap(),
             SagaStep::Ignore
         );
     }
@@ -248,7 +284,10 @@ mod tests {
     #[test]
     fn a_reservation_that_does_not_match_the_order_is_a_violation() {
         assert!(matches!(
-            on_reserved(&order(OrderStatus::Pending), &[priced("a", 3, 1), priced("b", 1, 1)]),
+            on_reserved(
+                &order(OrderStatus::Pending),
+                &[priced("a", 3, 1), priced("b", 1, 1)]
+            ),
             Err(RuleViolation::LinesMismatch(_))
         ));
         assert!(matches!(
@@ -260,7 +299,10 @@ mod tests {
     #[test]
     fn a_total_that_overflows_is_refused() {
         assert_eq!(
-            on_reserved(&order(OrderStatus::Pending), &[priced("a", 2, i64::MAX), priced("b", 1, 1)]),
+            on_reserved(
+                &order(OrderStatus::Pending),
+                &[priced("a", 2, i64::MAX), priced("b", 1, 1)]
+            ),
             Err(RuleViolation::TotalOverflow)
         );
     }
@@ -270,11 +312,17 @@ mod tests {
         let step = on_reservation_failed(
             &order(OrderStatus::Pending),
             "insufficient stock",
-            &[ShortLine { product_id: "a".into(), requested: 2, available: Some(1) }],
+            &[ShortLine {
+                product_id: "a".into(),
+                requested: 2,
+                available: Some(1),
+            }],
         );
         assert_eq!(
             step,
-            SagaStep::Reject { reason: "insufficient stock (a: requested 2, available 1)".into() }
+            SagaStep::Reject {
+                reason: "insufficient stock (a: requested 2, available 1)".into()
+            }
         );
         assert_eq!(
             on_reservation_failed(&order(OrderStatus::Confirmed), "x", &[]),
@@ -286,7 +334,12 @@ mod tests {
     fn only_pending_and_confirmed_orders_can_be_cancelled() {
         assert!(check_cancellable(OrderStatus::Pending).is_ok());
         assert!(check_cancellable(OrderStatus::Confirmed).is_ok());
-        for status in [OrderStatus::Shipped, OrderStatus::Delivered, OrderStatus::Rejected, OrderStatus::Cancelled] {
+        for status in [
+            OrderStatus::Shipped,
+            OrderStatus::Delivered,
+            OrderStatus::Rejected,
+            OrderStatus::Cancelled,
+        ] {
             assert!(check_cancellable(status).is_err(), "{status:?}");
         }
     }
@@ -296,7 +349,13 @@ mod tests {
         use OrderStatus::*;
         assert!(check_admin_transition(Confirmed, Shipped).is_ok());
         assert!(check_admin_transition(Shipped, Delivered).is_ok());
-        for (from, to) in [(Pending, Shipped), (Confirmed, Delivered), (Delivered, Shipped), (Shipped, Cancelled), (Confirmed, Confirmed)] {
+        for (from, to) in [
+            (Pending, Shipped),
+            (Confirmed, Delivered),
+            (Delivered, Shipped),
+            (Shipped, Cancelled),
+            (Confirmed, Confirmed),
+        ] {
             assert!(check_admin_transition(from, to).is_err(), "{from:?}→{to:?}");
         }
     }
@@ -306,7 +365,10 @@ mod tests {
         let items = vec![("a".to_string(), 1)];
         let one = request_fingerprint("c", "c@x.io", &items);
         assert_eq!(one, request_fingerprint("c", "c@x.io", &items));
-        assert_ne!(one, request_fingerprint("c", "c@x.io", &[("a".to_string(), 2)]));
+        assert_ne!(
+            one,
+            request_fingerprint("c", "c@x.io", &[("a".to_string(), 2)])
+        );
         assert_ne!(one, request_fingerprint("d", "c@x.io", &items));
     }
 

@@ -1,1 +1,6 @@
-fn main() {}
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = order_service::Config::from_env()?;
+    shared::telemetry::init("order_service");
+    order_service::build(config).await?.run_until_signal().await
+}

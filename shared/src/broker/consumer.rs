@@ -158,9 +158,9 @@ async fn consume_until_broken<H: Handler>(
         Some(error) if !shutdown.is_cancelled() => Err(error),
         _ if shutdown.is_cancelled() => Ok(()),
         // The stream ended without an error: the broker cancelled us.
-        _ => Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-            lapin::ConnectionState::Closed,
-        ))),
+        _ => Err(lapin::Error::from(
+            lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+        )),
     }
 }
 
@@ -191,11 +191,15 @@ async fn settle<H: Handler>(
 
     let next_hop = match outcome {
         Ok(()) => None,
-        Err(HandleError::Permanent(reason)) => Some(dead_letter(&delivery, settings, &headers, attempt, &reason)),
+        Err(HandleError::Permanent(reason)) => {
+            Some(dead_letter(&delivery, settings, &headers, attempt, &reason))
+        }
         Err(HandleError::Transient(reason)) => match settings.policy.decide_now(attempt) {
             RetryDecision::RetryAfter(delay) => {
                 tracing::warn!(attempt, %reason, delay_ms = delay.as_millis() as u64, "handler failed; retrying later");
-                Some(retry_later(&delivery, settings, &headers, attempt, &reason, delay))
+                Some(retry_later(
+                    &delivery, settings, &headers, attempt, &reason, delay,
+                ))
             }
             RetryDecision::GiveUp => Some(dead_letter(
                 &delivery,
@@ -240,7 +244,11 @@ fn failure_headers(
     set_header(&mut next, LAST_FAILURE_HEADER, text(now));
     set_header(&mut next, LAST_ERROR_HEADER, text(truncate(reason, 1000)));
     if header_string(headers, ORIGINAL_ROUTING_KEY_HEADER).is_none() {
-        set_header(&mut next, ORIGINAL_ROUTING_KEY_HEADER, text(delivery.routing_key.to_string()));
+        set_header(
+            &mut next,
+            ORIGINAL_ROUTING_KEY_HEADER,
+            text(delivery.routing_key.to_string()),
+        );
     }
     set_header(
         &mut next,
@@ -259,14 +267,26 @@ fn retry_later(
     delay: Duration,
 ) -> Outgoing {
     let mut headers = failure_headers(delivery, settings, headers, reason);
-    set_header(&mut headers, ATTEMPT_HEADER, AMQPValue::LongUInt(attempt + 1));
+    set_header(
+        &mut headers,
+        ATTEMPT_HEADER,
+        AMQPValue::LongUInt(attempt + 1),
+    );
     Outgoing {
         exchange: String::new(),
         routing_key: settings.topology.delay_queue(&settings.subscription, delay),
         payload: delivery.data.clone(),
         headers,
-        message_id: delivery.properties.message_id().as_ref().map(|s| s.to_string()),
-        correlation_id: delivery.properties.correlation_id().as_ref().map(|s| s.to_string()),
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string()),
+        correlation_id: delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|s| s.to_string()),
         mandatory: true,
     }
 }
@@ -287,8 +307,16 @@ fn dead_letter(
         routing_key: settings.topology.work_queue(&settings.subscription),
         payload: delivery.data.clone(),
         headers,
-        message_id: delivery.properties.message_id().as_ref().map(|s| s.to_string()),
-        correlation_id: delivery.properties.correlation_id().as_ref().map(|s| s.to_string()),
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string()),
+        correlation_id: delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|s| s.to_string()),
         mandatory: true,
     }
 }

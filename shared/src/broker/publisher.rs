@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use lapin::{
-    BasicProperties, Confirmation, Channel, Connection,
+    BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{FieldTable, ShortString},
 };
@@ -97,8 +97,7 @@ impl Publisher {
             return Ok(existing.channel.clone());
         }
         *link = None;
-        let connection =
-            Connection::connect(&self.url, connection_properties(&self.name)).await?;
+        let connection = Connection::connect(&self.url, connection_properties(&self.name)).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

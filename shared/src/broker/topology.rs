@@ -47,7 +47,8 @@ pub const NOTIFICATION_SERVICE: Subscription = Subscription {
 };
 
 /// Every subscription in the system.
-pub const SUBSCRIPTIONS: [Subscription; 3] = [ORDER_SERVICE, INVENTORY_SERVICE, NOTIFICATION_SERVICE];
+pub const SUBSCRIPTIONS: [Subscription; 3] =
+    [ORDER_SERVICE, INVENTORY_SERVICE, NOTIFICATION_SERVICE];
 
 /// Whether some service consumes this routing key. Such events are published
 /// `mandatory`: if the broker cannot route one (a queue was deleted), the
@@ -88,7 +89,11 @@ impl Topology {
     }
 
     pub fn delay_queue(&self, subscription: &Subscription, tier: Duration) -> String {
-        format!("{}.retry.{}ms", self.work_queue(subscription), tier.as_millis())
+        format!(
+            "{}.retry.{}ms",
+            self.work_queue(subscription),
+            tier.as_millis()
+        )
     }
 
     pub async fn declare_exchanges(&self, channel: &Channel) -> Result<(), lapin::Error> {
@@ -200,7 +205,10 @@ mod tests {
     fn names_carry_the_namespace() {
         let t = Topology::new("t1.");
         assert_eq!(t.events_exchange(), "t1.e-commerce.events");
-        assert_eq!(t.work_queue(&INVENTORY_SERVICE), "t1.inventory-service.events");
+        assert_eq!(
+            t.work_queue(&INVENTORY_SERVICE),
+            "t1.inventory-service.events"
+        );
         assert_eq!(
             t.delay_queue(&INVENTORY_SERVICE, Duration::from_secs(2)),
             "t1.inventory-service.events.retry.2000ms"

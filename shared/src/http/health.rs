@@ -64,8 +64,16 @@ impl HealthApi {
             tokio::time::timeout(CHECK_TIMEOUT, store::ping(&self.db)),
             tokio::time::timeout(CHECK_TIMEOUT, self.publisher.check()),
         );
-        let mongodb = describe(mongo.map_err(|_| "timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string())));
-        let rabbitmq = describe(rabbit.map_err(|_| "timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string())));
+        let mongodb = describe(
+            mongo
+                .map_err(|_| "timed out".to_string())
+                .and_then(|r| r.map_err(|e| e.to_string())),
+        );
+        let rabbitmq = describe(
+            rabbit
+                .map_err(|_| "timed out".to_string())
+                .and_then(|r| r.map_err(|e| e.to_string())),
+        );
         let ok = mongodb == "up" && rabbitmq == "up";
         let body = Readiness {
             status: if ok { "ready" } else { "unavailable" }.into(),

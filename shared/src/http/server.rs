@@ -98,7 +98,11 @@ pub async fn bind(address: &str, port: u16) -> std::io::Result<TcpListener> {
 }
 
 /// Serves until `shutdown`, then lets in-flight requests finish (up to 10 s).
-pub async fn serve<A>(listener: TcpListener, app: A, shutdown: CancellationToken) -> std::io::Result<()>
+pub async fn serve<A>(
+    listener: TcpListener,
+    app: A,
+    shutdown: CancellationToken,
+) -> std::io::Result<()>
 where
     A: IntoEndpoint,
     A::Endpoint: 'static,

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{Outgoing, PublishOutcome, Publisher, topology::has_subscriber},
-    events::{Envelope, Event},
+    events::Envelope,
 };
 
 pub const OUTBOX: &str = "outbox";
@@ -47,7 +47,7 @@ pub struct OutboxRecord {
 }
 
 /// Adds `event` to the outbox inside `session`'s transaction.
-pub async fn stage_event<T: Event>(
+pub async fn stage_event<T: Serialize>(
     db: &Database,
     session: &mut ClientSession,
     event: &Envelope<T>,
@@ -137,7 +137,8 @@ impl OutboxRelay {
         }
         let ids: Vec<&str> = candidates.iter().map(|r| r.id.as_str()).collect();
         let token = uuid::Uuid::new_v4().to_string();
-        let lease_end = bson::DateTime::from_millis(now.timestamp_millis() + LEASE.as_millis() as i64);
+        let lease_end =
+            bson::DateTime::from_millis(now.timestamp_millis() + LEASE.as_millis() as i64);
         let mut claim_filter = due;
         claim_filter.insert("_id", doc! { "$in": &ids });
         let claimed = self

@@ -1,0 +1,49 @@
+//! The order service's errors, and their one mapping to HTTP.
+
+use shared::http::{ApiError, FieldError};
+
+use crate::domain::RuleViolation;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Rule(#[from] RuleViolation),
+    #[error("order {0} not found")]
+    NotFound(String),
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyMismatch,
+    #[error("order is at version {current}, not {expected}")]
+    StaleVersion { expected: i64, current: i64 },
+    #[error("unknown products")]
+    UnknownProducts(Vec<FieldError>),
+    #[error("the order kept changing under this request; try again")]
+    Contention,
+    #[error("database: {0}")]
+    Database(#[from] mongodb::error::Error),
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Rule(rule) => ApiError::conflict(rule.to_string()),
+            Error::NotFound(_) => ApiError::not_found(error.to_string()),
+            Error::IdempotencyMismatch | Error::StaleVersion { .. } | Error::Contention => {
+                ApiError::conflict(error.to_string())
+            }
+            Error::UnknownProducts(fields) => ApiError {
+                fields,
+                ..ApiError::unprocessable("some products do not exist")
+            },
+            Error::Database(e) if shared::store::is_transient(&e) => {
+                ApiError::unavailable(format!("the database is unavailable: {e}"))
+            }
+            Error::Database(e) => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<Error> for poem::Error {
+    fn from(error: Error) -> Self {
+        ApiError::from(error).into()
+    }
+}

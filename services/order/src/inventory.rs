@@ -1,0 +1,111 @@
+//! The order service's HTTP check that ordered products exist, behind a
+//! circuit breaker. When the inventory is slow or down the breaker opens and
+//! orders are accepted unchecked: the saga rejects unknown products anyway,
+//! so a customer never sees a 5xx because of the inventory.
+
+use std::{collections::HashSet, sync::RwLock, time::Duration};
+
+use failsafe::{
+    Config, StateMachine,
+    backoff::{self, Constant},
+    failure_policy::{ConsecutiveFailures, consecutive_failures},
+    futures::CircuitBreaker,
+};
+use futures::future::join_all;
+
+/// What the inventory said about a set of products.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProductCheck {
+    AllKnown,
+    /// These products do not exist.
+    Unknown(Vec<String>),
+    /// The inventory could not be asked; the saga will decide.
+    Unavailable(String),
+}
+
+pub struct InventoryClient {
+    base_url: String,
+    http: reqwest::Client,
+    /// Products are never deleted, so a product seen once stays valid and
+    /// the hot path makes no HTTP call for it.
+    known: RwLock<HashSet<String>>,
+    breaker: StateMachine<ConsecutiveFailures<Constant>, ()>,
+}
+
+impl InventoryClient {
+    pub fn new(base_url: &str) -> Self {
+        InventoryClient {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("a reqwest client"),
+            known: RwLock::new(HashSet::new()),
+            breaker: Config::new()
+                .failure_policy(consecutive_failures(
+                    5,
+                    backoff::constant(Duration::from_secs(10)),
+                ))
+                .build(),
+        }
+    }
+
+    pub async fn check(&self, product_ids: &[&str]) -> ProductCheck {
+        let unseen: Vec<&str> = {
+            let known = self.known.read().expect("poisoned");
+            product_ids
+                .iter()
+                .copied()
+                .filter(|id| !known.contains(*id))
+                .collect()
+        };
+        if unseen.is_empty() {
+            return ProductCheck::AllKnown;
+        }
+        let lookups = join_all(unseen.iter().map(|id| self.exists(id))).await;
+        let mut unknown = Vec::new();
+        for (id, found) in unseen.iter().zip(lookups) {
+            match found {
+                Ok(true) => {
+                    self.known.write().expect("poisoned").insert(id.to_string());
+                }
+                Ok(false) => unknown.push(id.to_string()),
+                Err(reason) => return ProductCheck::Unavailable(reason),
+            }
+        }
+        if unknown.is_empty() {
+            ProductCheck::AllKnown
+        } else {
+            ProductCheck::Unknown(unknown)
+        }
+    }
+
+    async fn exists(&self, product_id: &str) -> Result<bool, String> {
+        let url = format!("{}/api/products/{}", self.base_url, urlencode(product_id));
+        let call = async {
+            let response = self.http.get(&url).send().await?;
+            // 404 is an answer, not a failure of the inventory.
+            if response.status() == reqwest::StatusCode::NOT_FOUND {
+                return Ok(false);
+            }
+            response.error_for_status().map(|_| true)
+        };
+        match self.breaker.call(call).await {
+            Ok(found) => Ok(found),
+            Err(failsafe::Error::Rejected) => Err("inventory circuit breaker is open".into()),
+            Err(failsafe::Error::Inner(e)) => Err(format!("inventory check failed: {e}")),
+        }
+    }
+}
+
+fn urlencode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,406 @@
+//! Orders in MongoDB. Every change and the event it causes commit together.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use mongodb::{
+    Collection, Database, IndexModel,
+    bson::{self, Document, doc},
+};
+use shared::{
+    events::{
+        Envelope, OrderCancelled, OrderConfirmed, OrderCreated, OrderLine, OrderRejected,
+        OrderStatusChanged, PricedLine, RawEnvelope,
+    },
+    http::{PageRequest, find_page},
+    store::{AlreadyHandled, Transaction, is_duplicate_key, record_in_inbox, stage_event},
+};
+use tokio::sync::Notify;
+
+use crate::{
+    domain::{self, Order, OrderStatus, RuleViolation, SagaStep},
+    error::Error,
+};
+
+const SOURCE: &str = "order-service";
+
+/// Marker: the Idempotency-Key is taken by an earlier request.
+#[derive(Debug, Clone, Copy)]
+struct KeyTaken;
+/// Marker: the order changed between our read and our write.
+#[derive(Debug, Clone, Copy)]
+struct VersionMoved;
+/// Marker: an event names an order we do not have.
+#[derive(Debug, Clone)]
+pub struct UnknownOrder(pub String);
+
+/// The result of a create.
+pub enum Created {
+    New(Order),
+    /// The same request was made before with this Idempotency-Key.
+    Replayed(Order),
+}
+
+pub struct OrderStore {
+    db: Database,
+    orders: Collection<Order>,
+    keys: Collection<Document>,
+    wake: Arc<Notify>,
+}
+
+impl OrderStore {
+    pub fn new(db: Database, wake: Arc<Notify>) -> Self {
+        OrderStore {
+            orders: db.collection("orders"),
+            keys: db.collection("idempotency_keys"),
+            db,
+            wake,
+        }
+    }
+
+    pub async fn ensure_indexes(&self) -> Result<(), Error> {
+        self.orders
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "customerId": 1, "_id": -1 })
+                    .build(),
+            )
+            .await?;
+        self.orders
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "_id": -1 })
+                    .build(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a new PENDING order with its `order.created` event. With an
+    /// Idempotency-Key, a repeat of the same request returns the first order
+    /// and a different request under the same key is refused.
+    pub async fn create(
+        &self,
+        order: Order,
+        idempotency: Option<(String, String)>,
+    ) -> Result<Created, Error> {
+        let event = Envelope::new(
+            SOURCE,
+            &order.correlation_id,
+            None,
+            OrderCreated {
+                order_id: order.id.clone(),
+                customer_id: order.customer_id.clone(),
+                customer_email: order.customer_email.clone(),
+                items: order
+                    .items
+                    .iter()
+                    .map(|i| OrderLine {
+                        product_id: i.product_id.clone(),
+                        quantity: i.quantity,
+                    })
+                    .collect(),
+            },
+        );
+        let result = self
+            .create_in_transaction(&order, &event, &idempotency)
+            .await;
+        match result {
+            Ok(()) => {
+                self.wake.notify_one();
+                Ok(Created::New(order))
+            }
+            Err(e) if e.get_custom::<KeyTaken>().is_some() => {
+                let (key, fingerprint) = idempotency.expect("only keyed creates collide");
+                let record = self
+                    .keys
+                    .find_one(doc! { "_id": &key })
+                    .await?
+                    .ok_or(Error::Contention)?;
+                if record.get_str("fingerprint").ok() != Some(fingerprint.as_str()) {
+                    return Err(Error::IdempotencyMismatch);
+                }
+                let order_id = record.get_str("orderId").unwrap_or_default().to_string();
+                let order = self
+                    .get(&order_id)
+                    .await?
+                    .ok_or(Error::NotFound(order_id))?;
+                Ok(Created::Replayed(order))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn create_in_transaction(
+        &self,
+        order: &Order,
+        event: &Envelope<OrderCreated>,
+        idempotency: &Option<(String, String)>,
+    ) -> Result<(), mongodb::error::Error> {
+        let mut tx = Transaction::begin(&self.db).await?;
+        loop {
+            let session = tx.attempt().await?;
+            let result = async {
+                if let Some((key, fingerprint)) = idempotency {
+                    let record = doc! {
+                        "_id": key, "orderId": &order.id, "fingerprint": fingerprint,
+                        "createdAt": bson::DateTime::now(),
+                    };
+                    if let Err(e) = self.keys.insert_one(record).session(&mut *session).await {
+                        return Err(if is_duplicate_key(&e) {
+                            mongodb::error::Error::custom(KeyTaken)
+                        } else {
+                            e
+                        });
+                    }
+                }
+                self.orders.insert_one(order).session(&mut *session).await?;
+                stage_event(&self.db, session, event).await
+            }
+            .await;
+            if let Some(()) = tx.finish(result).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    pub async fn get(&self, order_id: &str) -> Result<Option<Order>, Error> {
+        Ok(self.orders.find_one(doc! { "_id": order_id }).await?)
+    }
+
+    pub async fn page(
+        &self,
+        filter: Document,
+        page: &PageRequest,
+    ) -> Result<(Vec<Order>, Option<String>), Error> {
+        Ok(find_page(&self.orders, filter, page, |o| o.id.clone()).await?)
+    }
+
+    /// Cancels a PENDING or CONFIRMED order and emits `order.cancelled`.
+    pub async fn cancel(&self, order_id: &str, correlation_id: &str) -> Result<Order, Error> {
+        self.change(order_id, None, |order| {
+            domain::check_cancellable(order.status)?;
+            let event = Envelope::new(
+                SOURCE,
+                correlation_id,
+                None,
+                OrderCancelled {
+                    order_id: order.id.clone(),
+                    customer_id: order.customer_id.clone(),
+                    customer_email: order.customer_email.clone(),
+                    previous_status: order.status.as_str().into(),
+                },
+            );
+            Ok((
+                OrderStatus::Cancelled,
+                serde_json::to_value(event).expect("serializes"),
+            ))
+        })
+        .await
+    }
+
+    /// An admin move along CONFIRMED→SHIPPED→DELIVERED.
+    pub async fn set_status(
+        &self,
+        order_id: &str,
+        to: OrderStatus,
+        expected_version: Option<i64>,
+        correlation_id: &str,
+    ) -> Result<Order, Error> {
+        self.change(order_id, expected_version, |order| {
+            domain::check_admin_transition(order.status, to)?;
+            let event = Envelope::new(
+                SOURCE,
+                correlation_id,
+                None,
+                OrderStatusChanged {
+                    order_id: order.id.clone(),
+                    from: order.status.as_str().into(),
+                    to: to.as_str().into(),
+                    version: order.version + 1,
+                },
+            );
+            Ok((to, serde_json::to_value(event).expect("serializes")))
+        })
+        .await
+    }
+
+    /// Read, decide, write with a version guard; a concurrent change makes us
+    /// read again (a few times) rather than overwrite it.
+    async fn change(
+        &self,
+        order_id: &str,
+        expected_version: Option<i64>,
+        decide: impl Fn(&Order) -> Result<(OrderStatus, serde_json::Value), RuleViolation>,
+    ) -> Result<Order, Error> {
+        for _ in 0..5 {
+            let order = self
+                .get(order_id)
+                .await?
+                .ok_or_else(|| Error::NotFound(order_id.into()))?;
+            if let Some(expected) = expected_version
+                && expected != order.version
+            {
+                return Err(Error::StaleVersion {
+                    expected,
+                    current: order.version,
+                });
+            }
+            let (to, event) = decide(&order)?;
+            let event: RawEnvelope = serde_json::from_value(event).expect("an envelope");
+            let now = Utc::now();
+            let mut tx = Transaction::begin(&self.db).await?;
+            let result = loop {
+                let session = tx.attempt().await?;
+                let attempt = async {
+                let updated = self
+                    .orders
+                    .update_one(
+                        doc! { "_id": &order.id, "version": order.version },
+                        doc! { "$set": { "status": to.as_str(), "updatedAt": bson::DateTime::from_chrono(now) },
+                               "$inc": { "version": 1 } },
+                    )
+                    .session(&mut *session)
+                    .await?;
+                if updated.matched_count == 0 {
+                    return Err(mongodb::error::Error::custom(VersionMoved));
+                }
+                stage_event(&self.db, session, &event).await
+                }
+                .await;
+                match tx.finish(attempt).await {
+                    Ok(Some(())) => break Ok(()),
+                    Ok(None) => continue,
+                    Err(e) => break Err(e),
+                }
+            };
+            match result {
+                Ok(()) => {
+                    self.wake.notify_one();
+                    return Ok(Order {
+                        status: to,
+                        version: order.version + 1,
+                        updated_at: now,
+                        ..order
+                    });
+                }
+                Err(e) if e.get_custom::<VersionMoved>().is_some() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contention)
+    }
+
+    /// Applies the inventory's answer to an order, once per event: the inbox
+    /// record, the new state and the resulting event commit together.
+    pub async fn apply_inventory_answer(
+        &self,
+        event: &RawEnvelope,
+        order_id: &str,
+        decide: impl Fn(&Order) -> Result<SagaStep, RuleViolation>,
+    ) -> Result<(), mongodb::error::Error> {
+        let mut tx = Transaction::begin(&self.db).await?;
+        loop {
+            let session = tx.attempt().await?;
+            let attempt = self.answer_attempt(session, event, order_id, &decide).await;
+            if let Some(()) = tx.finish(attempt).await? {
+                self.wake.notify_one();
+                return Ok(());
+            }
+        }
+    }
+
+    async fn answer_attempt(
+        &self,
+        session: &mut mongodb::ClientSession,
+        event: &RawEnvelope,
+        order_id: &str,
+        decide: &impl Fn(&Order) -> Result<SagaStep, RuleViolation>,
+    ) -> Result<(), mongodb::error::Error> {
+        record_in_inbox(&self.db, session, event).await?;
+        let order = self
+            .orders
+            .find_one(doc! { "_id": order_id })
+            .session(&mut *session)
+            .await?
+            .ok_or_else(|| mongodb::error::Error::custom(UnknownOrder(order_id.to_string())))?;
+        let step = decide(&order).map_err(mongodb::error::Error::custom)?;
+        let now = bson::DateTime::now();
+        let guard = doc! { "_id": &order.id, "version": order.version };
+        match step {
+            SagaStep::Ignore => return Ok(()),
+            SagaStep::Confirm { items, total_cents } => {
+                let lines: Vec<PricedLine> = items
+                    .iter()
+                    .map(|i| PricedLine {
+                        product_id: i.product_id.clone(),
+                        quantity: i.quantity,
+                        unit_price_cents: i.unit_price_cents.unwrap_or_default(),
+                    })
+                    .collect();
+                let set = doc! {
+                    "status": OrderStatus::Confirmed.as_str(),
+                    "items": bson::to_bson(&items)?,
+                    "totalCents": total_cents,
+                    "updatedAt": now,
+                };
+                self.guarded_update(session, guard, set).await?;
+                let confirmed = Envelope::new(
+                    SOURCE,
+                    &order.correlation_id,
+                    Some(event.event_id),
+                    OrderConfirmed {
+                        order_id: order.id.clone(),
+                        customer_id: order.customer_id.clone(),
+                        customer_email: order.customer_email.clone(),
+                        items: lines,
+                        total_cents,
+                    },
+                );
+                stage_event(&self.db, session, &confirmed).await
+            }
+            SagaStep::Reject { reason } => {
+                let set = doc! { "status": OrderStatus::Rejected.as_str(), "reason": &reason, "updatedAt": now };
+                self.guarded_update(session, guard, set).await?;
+                let rejected = Envelope::new(
+                    SOURCE,
+                    &order.correlation_id,
+                    Some(event.event_id),
+                    OrderRejected {
+                        order_id: order.id.clone(),
+                        customer_id: order.customer_id.clone(),
+                        customer_email: order.customer_email.clone(),
+                        reason,
+                    },
+                );
+                stage_event(&self.db, session, &rejected).await
+            }
+        }
+    }
+
+    async fn guarded_update(
+        &self,
+        session: &mut mongodb::ClientSession,
+        guard: Document,
+        set: Document,
+    ) -> Result<(), mongodb::error::Error> {
+        let updated = self
+            .orders
+            .update_one(guard, doc! { "$set": set, "$inc": { "version": 1 } })
+            .session(session)
+            .await?;
+        if updated.matched_count == 0 {
+            return Err(mongodb::error::Error::custom(VersionMoved));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a failed `apply_inventory_answer` can never succeed.
+pub fn is_permanent(error: &mongodb::error::Error) -> bool {
+    error.get_custom::<RuleViolation>().is_some() || error.get_custom::<UnknownOrder>().is_some()
+}
+
+pub fn already_handled(error: &mongodb::error::Error) -> bool {
+    error.get_custom::<AlreadyHandled>().is_some()
+}

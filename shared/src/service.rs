@@ -1,0 +1,180 @@
+//! What starting a service means, once for all three: connect to MongoDB
+//! (waiting a little, then failing with a clear message), run the outbox
+//! relay and the consumers, serve HTTP, and stop every task on one signal.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use mongodb::Database;
+use poem_openapi::OpenApi;
+use tokio::{sync::Notify, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    broker::{
+        Handler, Publisher, Subscription, Topology, consumer::ConsumerSettings, run_consumer,
+    },
+    config::CommonConfig,
+    http::{self, HealthApi},
+    store::{self, OutboxRelay, outbox::ensure_outbox_indexes},
+};
+
+/// How long startup waits for MongoDB before giving up.
+const STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// A service's connections and background tasks, before HTTP is served.
+pub struct ServiceCore {
+    pub config: CommonConfig,
+    pub db: Database,
+    pub publisher: Arc<Publisher>,
+    /// Notified after every commit that staged events.
+    pub outbox_wake: Arc<Notify>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl ServiceCore {
+    pub async fn start(config: CommonConfig) -> anyhow::Result<Self> {
+        let db = store::connect(&config.mongodb_uri, &config.database, config.service)
+            .await
+            .with_context(|| {
+                format!(
+                    "MONGODB_URI={} is not a usable MongoDB URI",
+                    config.mongodb_uri
+                )
+            })?;
+        wait_for_mongodb(&db, &config.mongodb_uri).await?;
+        ensure_outbox_indexes(&db)
+            .await
+            .context("creating outbox indexes")?;
+
+        let topology = Topology::new(&config.amqp_namespace);
+        let publisher = Publisher::new(
+            &config.rabbitmq_url,
+            &format!("{}-publisher", config.service),
+            topology,
+        );
+        let core = ServiceCore {
+            db,
+            publisher,
+            outbox_wake: Arc::new(Notify::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            config,
+        };
+        let relay = OutboxRelay::new(&core.db, core.publisher.clone(), core.outbox_wake.clone());
+        core.tasks.spawn(relay.run(core.shutdown.clone()));
+        Ok(core)
+    }
+
+    /// Consumes `subscription` with `handler` until shutdown.
+    pub fn spawn_consumer<H: Handler>(&self, subscription: Subscription, handler: Arc<H>) {
+        let settings = ConsumerSettings {
+            url: self.config.rabbitmq_url.clone(),
+            name: format!("{}-consumer", self.config.service),
+            topology: self.publisher.topology().clone(),
+            subscription,
+            policy: self.config.retry,
+            prefetch: self.config.prefetch,
+        };
+        self.tasks
+            .spawn(run_consumer(settings, handler, self.shutdown.clone()));
+    }
+
+    pub fn health_api(&self) -> HealthApi {
+        HealthApi {
+            service: self.config.service,
+            db: self.db.clone(),
+            publisher: self.publisher.clone(),
+        }
+    }
+
+    /// Binds the port and serves `api` (with health, docs and spec).
+    pub async fn serve<T: OpenApi + 'static>(
+        self,
+        api: T,
+        title: &str,
+    ) -> anyhow::Result<RunningService> {
+        let listener = http::bind(&self.config.bind_address, self.config.port)
+            .await
+            .with_context(|| {
+                format!("binding {}:{}", self.config.bind_address, self.config.port)
+            })?;
+        let port = listener.local_addr()?.port();
+        let app = http::build_app((api, self.health_api()), title, &self.config.admin_token);
+        let server = tokio::spawn(http::serve(listener, app, self.shutdown.clone()));
+        let base = format!("http://{}:{port}", self.config.bind_address);
+        tracing::info!(
+            service = self.config.service,
+            api = %base,
+            swagger_ui = %format!("{base}/docs"),
+            openapi = %format!("{base}/openapi.json"),
+            database = %self.config.database,
+            "listening"
+        );
+        Ok(RunningService {
+            port,
+            server,
+            core: self,
+        })
+    }
+}
+
+async fn wait_for_mongodb(db: &Database, uri: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+    loop {
+        match store::ping(db).await {
+            Ok(()) => return Ok(()),
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%error, "MongoDB at {uri} is not answering yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => anyhow::bail!(
+                "MongoDB at {uri} did not answer within {}s ({error}). Is it running? \
+                 ./scripts/run.sh starts one.",
+                STARTUP_WAIT.as_secs()
+            ),
+        }
+    }
+}
+
+/// A service that is serving.
+pub struct RunningService {
+    port: u16,
+    server: JoinHandle<std::io::Result<()>>,
+    core: ServiceCore,
+}
+
+impl RunningService {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The signal that stops the server and every background task.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.core.shutdown.clone()
+    }
+
+    /// Runs until the shutdown token fires, then waits for the HTTP server
+    /// to drain and every consumer and relay to finish what it holds.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let served = self.server.await.context("HTTP server task panicked")?;
+        self.core.shutdown.cancel();
+        self.core.tasks.close();
+        self.core.tasks.wait().await;
+        self.core.publisher.close().await;
+        tracing::info!(service = self.core.config.service, "stopped");
+        served.context("HTTP server failed")
+    }
+
+    /// Runs until SIGINT or SIGTERM.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown_token();
+        tokio::spawn(async move {
+            http::wait_for_signal().await;
+            tracing::info!("shutdown signal received; draining");
+            shutdown.cancel();
+        });
+        self.run_until_stopped().await
+    }
+}
