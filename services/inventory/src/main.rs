@@ -1,1 +1,9 @@
-fn main() {}
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = inventory_service::Config::from_env()?;
+    shared::telemetry::init("inventory_service");
+    inventory_service::build(config)
+        .await?
+        .run_until_signal()
+        .await
+}

@@ -1,0 +1,245 @@
+//! The inventory API.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use mongodb::bson::doc;
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Object, OpenApi, Tags,
+    param::{Path, Query},
+    payload::Json,
+};
+use shared::http::{AdminAuth, CorrelationId, FieldError, PageRequest, validate};
+use validator::Validate;
+
+use crate::{
+    domain::{self, Product},
+    error::Error,
+    store::InventoryStore,
+};
+
+#[derive(Tags)]
+enum Tag {
+    /// Products and stock.
+    Products,
+}
+
+pub struct InventoryApi {
+    pub store: Arc<InventoryStore>,
+}
+
+/// A new product.
+#[derive(Debug, Object, Validate, serde::Serialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateProductRequest {
+    /// Stock keeping unit, unique.
+    #[validate(length(min = 1, max = 64))]
+    pub sku: String,
+    #[validate(length(min = 1, max = 200))]
+    pub name: String,
+    #[validate(length(max = 2000))]
+    pub description: Option<String>,
+    #[validate(length(min = 1, max = 64))]
+    pub category: String,
+    /// Unit price in major units, at most 2 decimals.
+    pub price: f64,
+    /// Units available to sell (0 or more).
+    #[validate(range(min = 0, max = 1_000_000_000))]
+    pub stock: i64,
+    /// An alert goes to the admin when stock falls to or below this (default 5).
+    #[validate(range(min = 0, max = 1_000_000_000))]
+    pub low_stock_threshold: Option<i64>,
+}
+
+/// A stock count.
+#[derive(Debug, Object, Validate, serde::Serialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetStockRequest {
+    /// The new available stock (0 or more).
+    #[validate(range(min = 0, max = 1_000_000_000))]
+    pub stock: i64,
+}
+
+/// A product.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ProductView {
+    pub product_id: String,
+    pub sku: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub category: String,
+    /// Unit price in major units.
+    pub price: f64,
+    /// Available to sell.
+    pub stock: i64,
+    /// Held by confirmed orders.
+    pub reserved: i64,
+    pub low_stock_threshold: i64,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Product> for ProductView {
+    fn from(p: Product) -> Self {
+        ProductView {
+            product_id: p.id,
+            sku: p.sku,
+            name: p.name,
+            description: p.description,
+            category: p.category,
+            price: p.price_cents as f64 / 100.0,
+            stock: p.stock,
+            reserved: p.reserved,
+            low_stock_threshold: p.low_stock_threshold,
+            version: p.version,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+/// A page of products, newest first.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ProductPage {
+    pub items: Vec<ProductView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedResponse {
+    #[oai(status = 201)]
+    Created(Json<ProductView>, #[oai(header = "Location")] String),
+}
+
+#[derive(ApiResponse)]
+pub enum ProductResponse {
+    #[oai(status = 200)]
+    Ok(Json<ProductView>),
+}
+
+#[derive(ApiResponse)]
+pub enum PageResponse {
+    #[oai(status = 200)]
+    Ok(Json<ProductPage>),
+}
+
+#[OpenApi(tag = "Tag::Products")]
+impl InventoryApi {
+    /// Add a product (admin). A duplicate sku gets 409.
+    #[oai(path = "/api/products", method = "post")]
+    async fn create_product(
+        &self,
+        _admin: AdminAuth,
+        body: Json<CreateProductRequest>,
+        correlation: Data<&CorrelationId>,
+    ) -> poem::Result<CreatedResponse> {
+        let request = body.0;
+        validate(&request)?;
+        let price_cents = domain::price_to_cents(request.price).map_err(|message| {
+            Error::Invalid(vec![FieldError {
+                field: "price".into(),
+                message: message.into(),
+            }])
+        })?;
+        let now = Utc::now();
+        let product = Product {
+            id: uuid::Uuid::now_v7().to_string(),
+            sku: request.sku,
+            name: request.name,
+            description: request.description,
+            category: request.category,
+            price_cents,
+            stock: request.stock,
+            reserved: 0,
+            low_stock_threshold: request.low_stock_threshold.unwrap_or(5),
+            low_stock_alerted: false,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let product = self.store.create(product, &correlation.0.0).await?;
+        let location = format!("/api/products/{}", product.id);
+        Ok(CreatedResponse::Created(Json(product.into()), location))
+    }
+
+    /// One product, with its available and reserved stock.
+    #[oai(path = "/api/products/:product_id", method = "get")]
+    async fn get_product(&self, product_id: Path<String>) -> poem::Result<ProductResponse> {
+        let product = self
+            .store
+            .get(&product_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(product_id.0.clone()))?;
+        Ok(ProductResponse::Ok(Json(product.into())))
+    }
+
+    /// Set the available stock (admin).
+    #[oai(path = "/api/products/:product_id/stock", method = "put")]
+    async fn set_stock(
+        &self,
+        _admin: AdminAuth,
+        product_id: Path<String>,
+        body: Json<SetStockRequest>,
+        correlation: Data<&CorrelationId>,
+    ) -> poem::Result<ProductResponse> {
+        validate(&body.0)?;
+        let product = self
+            .store
+            .set_stock(&product_id, body.stock, &correlation.0.0)
+            .await?;
+        Ok(ProductResponse::Ok(Json(product.into())))
+    }
+
+    /// Products in a category, newest first.
+    #[oai(path = "/api/products/category/:category", method = "get")]
+    async fn by_category(
+        &self,
+        category: Path<String>,
+        /// Page size, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<u32>>,
+        /// `nextCursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> poem::Result<PageResponse> {
+        self.list(doc! { "category": &category.0 }, limit.0, cursor.0)
+            .await
+    }
+
+    /// Products at or below their low-stock threshold (admin).
+    #[oai(path = "/api/products/low-stock", method = "get")]
+    async fn low_stock(
+        &self,
+        _admin: AdminAuth,
+        /// Page size, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<u32>>,
+        /// `nextCursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> poem::Result<PageResponse> {
+        self.list(doc! { "lowStockAlerted": true }, limit.0, cursor.0)
+            .await
+    }
+}
+
+impl InventoryApi {
+    async fn list(
+        &self,
+        filter: mongodb::bson::Document,
+        limit: Option<u32>,
+        cursor: Option<String>,
+    ) -> poem::Result<PageResponse> {
+        let (products, next_cursor) = self
+            .store
+            .page(filter, &PageRequest::new(limit, cursor))
+            .await?;
+        Ok(PageResponse::Ok(Json(ProductPage {
+            items: products.into_iter().map(Into::into).collect(),
+            next_cursor,
+        })))
+    }
+}
