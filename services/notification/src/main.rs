@@ -1,1 +1,9 @@
-fn main() {}
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = notification_service::Config::from_env()?;
+    shared::telemetry::init("notification_service");
+    notification_service::build(config)
+        .await?
+        .run_until_signal()
+        .await
+}

@@ -1,0 +1,255 @@
+//! Notifications and what they say. No I/O.
+
+use chrono::{DateTime, Utc};
+use poem_openapi::Enum;
+use serde::{Deserialize, Serialize};
+use shared::events::{InventoryLow, OrderCancelled, OrderConfirmed, OrderRejected};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NotificationKind {
+    OrderConfirmed,
+    OrderRejected,
+    OrderCancelled,
+    LowStock,
+    Manual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NotificationStatus {
+    /// Recorded; the email has not gone out yet (or will be retried).
+    Pending,
+    Sent,
+    /// Every attempt failed.
+    Failed,
+}
+
+impl NotificationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationStatus::Pending => "PENDING",
+            NotificationStatus::Sent => "SENT",
+            NotificationStatus::Failed => "FAILED",
+        }
+    }
+}
+
+/// A notification as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub kind: NotificationKind,
+    pub recipient: String,
+    pub subject: String,
+    pub body: String,
+    pub status: NotificationStatus,
+    pub attempts: u32,
+    pub order_id: Option<String>,
+    pub product_id: Option<String>,
+    /// Unique: one notification per order and outcome (or per alert event).
+    pub dedupe_key: String,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub sent_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Not sent before this time (back-off, or another sender's lease).
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub next_attempt_at: DateTime<Utc>,
+    pub claimed_by: Option<String>,
+    pub correlation_id: String,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a notification will say, before it is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Draft {
+    pub kind: NotificationKind,
+    pub recipient: String,
+    pub subject: String,
+    pub body: String,
+    pub order_id: Option<String>,
+    pub product_id: Option<String>,
+    pub dedupe_key: String,
+}
+
+impl Draft {
+    pub fn into_notification(self, correlation_id: &str, now: DateTime<Utc>) -> Notification {
+        Notification {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: self.kind,
+            recipient: self.recipient,
+            subject: self.subject,
+            body: self.body,
+            status: NotificationStatus::Pending,
+            attempts: 0,
+            order_id: self.order_id,
+            product_id: self.product_id,
+            dedupe_key: self.dedupe_key,
+            sent_at: None,
+            last_error: None,
+            next_attempt_at: now,
+            claimed_by: None,
+            correlation_id: correlation_id.to_string(),
+            created_at: now,
+        }
+    }
+}
+
+fn money(cents: i64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+fn order_key(kind: &str, order_id: &str) -> String {
+    format!("{kind}:{order_id}")
+}
+
+pub fn order_confirmed(event: &OrderConfirmed) -> Draft {
+    let lines: Vec<String> = event
+        .items
+        .iter()
+        .map(|l| {
+            format!(
+                "  {} x {} at {}",
+                l.quantity,
+                l.product_id,
+                money(l.unit_price_cents)
+            )
+        })
+        .collect();
+    Draft {
+        kind: NotificationKind::OrderConfirmed,
+        recipient: event.customer_email.clone(),
+        subject: format!("Order {} confirmed", event.order_id),
+        body: format!(
+            "Your order {} is confirmed.\n\n{}\n\nTotal: {}\n",
+            event.order_id,
+            lines.join("\n"),
+            money(event.total_cents)
+        ),
+        order_id: Some(event.order_id.clone()),
+        product_id: None,
+        dedupe_key: order_key("ORDER_CONFIRMED", &event.order_id),
+    }
+}
+
+pub fn order_rejected(event: &OrderRejected) -> Draft {
+    Draft {
+        kind: NotificationKind::OrderRejected,
+        recipient: event.customer_email.clone(),
+        subject: format!("Order {} could not be accepted", event.order_id),
+        body: format!(
+            "We could not accept your order {}: {}.\n",
+            event.order_id, event.reason
+        ),
+        order_id: Some(event.order_id.clone()),
+        product_id: None,
+        dedupe_key: order_key("ORDER_REJECTED", &event.order_id),
+    }
+}
+
+pub fn order_cancelled(event: &OrderCancelled) -> Draft {
+    Draft {
+        kind: NotificationKind::OrderCancelled,
+        recipient: event.customer_email.clone(),
+        subject: format!("Order {} cancelled", event.order_id),
+        body: format!("Your order {} has been cancelled.\n", event.order_id),
+        order_id: Some(event.order_id.clone()),
+        product_id: None,
+        dedupe_key: order_key("ORDER_CANCELLED", &event.order_id),
+    }
+}
+
+/// `alert_id` is the event id: each crossing is its own alert.
+pub fn low_stock(event: &InventoryLow, admin_email: &str, alert_id: &str) -> Draft {
+    Draft {
+        kind: NotificationKind::LowStock,
+        recipient: admin_email.to_string(),
+        subject: format!("Low stock: {} ({})", event.name, event.sku),
+        body: format!(
+            "{} ({}) is down to {} units (threshold {}).\n",
+            event.name, event.sku, event.stock, event.low_stock_threshold
+        ),
+        order_id: None,
+        product_id: Some(event.product_id.clone()),
+        dedupe_key: format!("LOW_STOCK:{alert_id}"),
+    }
+}
+
+/// After a failed send: try again, or give up after `max_attempts`.
+pub fn gives_up(attempts_made: u32, max_attempts: u32) -> bool {
+    attempts_made >= max_attempts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::events::PricedLine;
+
+    #[test]
+    fn a_confirmation_lists_lines_and_total_in_major_units() {
+        let draft = order_confirmed(&OrderConfirmed {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            customer_email: "c@example.com".into(),
+            items: vec![PricedLine {
+                product_id: "p".into(),
+                quantity: 2,
+                unit_price_cents: 1005,
+            }],
+            total_cents: 2010,
+        });
+        assert_eq!(draft.recipient, "c@example.com");
+        assert!(draft.body.contains("2 x p at 10.05"), "{}", draft.body);
+        assert!(draft.body.contains("Total: 20.10"), "{}", draft.body);
+        assert_eq!(draft.dedupe_key, "ORDER_CONFIRMED:o1");
+    }
+
+    #[test]
+    fn each_outcome_of_an_order_has_its_own_dedupe_key() {
+        let cancelled = order_cancelled(&OrderCancelled {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            customer_email: "c@example.com".into(),
+            previous_status: "CONFIRMED".into(),
+        });
+        let rejected = order_rejected(&OrderRejected {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            customer_email: "c@example.com".into(),
+            reason: "insufficient stock".into(),
+        });
+        assert_ne!(cancelled.dedupe_key, rejected.dedupe_key);
+        assert!(rejected.body.contains("insufficient stock"));
+    }
+
+    #[test]
+    fn low_stock_alerts_go_to_the_admin() {
+        let draft = low_stock(
+            &InventoryLow {
+                product_id: "p".into(),
+                sku: "S".into(),
+                name: "Mug".into(),
+                stock: 1,
+                low_stock_threshold: 2,
+            },
+            "admin@example.com",
+            "e1",
+        );
+        assert_eq!(draft.recipient, "admin@example.com");
+        assert_eq!(draft.dedupe_key, "LOW_STOCK:e1");
+    }
+
+    #[test]
+    fn sending_gives_up_after_the_last_attempt() {
+        assert!(!gives_up(4, 5));
+        assert!(gives_up(5, 5));
+    }
+}

@@ -1,0 +1,29 @@
+//! The notification service's errors, and their one mapping to HTTP.
+
+use shared::http::ApiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("notification {0} not found")]
+    NotFound(String),
+    #[error("database: {0}")]
+    Database(#[from] mongodb::error::Error),
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::NotFound(_) => ApiError::not_found(error.to_string()),
+            Error::Database(e) if shared::store::is_transient(&e) => {
+                ApiError::unavailable(format!("the database is unavailable: {e}"))
+            }
+            Error::Database(e) => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<Error> for poem::Error {
+    fn from(error: Error) -> Self {
+        ApiError::from(error).into()
+    }
+}

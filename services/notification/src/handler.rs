@@ -1,0 +1,50 @@
+//! Turns the saga's outcomes into notifications.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use shared::{
+    broker::{HandleError, Handler},
+    events::{
+        ContractError, Event, InventoryLow, OrderCancelled, OrderConfirmed, OrderRejected,
+        RawEnvelope,
+    },
+    store::inbox::was_already_handled,
+};
+
+use crate::{domain, store::NotificationStore};
+
+pub struct SagaOutcomes {
+    pub store: Arc<NotificationStore>,
+    pub admin_email: String,
+}
+
+impl Handler for SagaOutcomes {
+    async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
+        let permanent = |e: ContractError| HandleError::Permanent(e.to_string());
+        let draft = match event.event_type.as_str() {
+            OrderConfirmed::TYPE => domain::order_confirmed(&event.decode().map_err(permanent)?),
+            OrderRejected::TYPE => domain::order_rejected(&event.decode().map_err(permanent)?),
+            OrderCancelled::TYPE => domain::order_cancelled(&event.decode().map_err(permanent)?),
+            InventoryLow::TYPE => domain::low_stock(
+                &event.decode().map_err(permanent)?,
+                &self.admin_email,
+                &event.event_id.to_string(),
+            ),
+            other => {
+                return Err(HandleError::Permanent(format!(
+                    "notification-service does not handle {other}"
+                )));
+            }
+        };
+        let notification = draft.into_notification(&event.correlation_id, Utc::now());
+        match self.store.record_for_event(&event, notification).await {
+            Ok(()) => Ok(()),
+            Err(e) if was_already_handled(&e) => {
+                tracing::info!("duplicate delivery ignored");
+                Ok(())
+            }
+            Err(e) => Err(HandleError::Transient(e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The notification API.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use mongodb::bson::doc;
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Object, OpenApi, Tags,
+    param::{Path, Query},
+    payload::Json,
+};
+use shared::http::{AdminAuth, CorrelationId, PageRequest, validate};
+use validator::Validate;
+
+use crate::{
+    domain::{Draft, Notification, NotificationKind, NotificationStatus},
+    error::Error,
+    store::NotificationStore,
+};
+
+#[derive(Tags)]
+enum Tag {
+    /// Emails sent to customers and the admin.
+    Notifications,
+}
+
+pub struct NotificationApi {
+    pub store: Arc<NotificationStore>,
+}
+
+/// A manual email.
+#[derive(Debug, Object, Validate, serde::Serialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SendRequest {
+    #[validate(email, length(max = 254))]
+    pub recipient: String,
+    #[validate(length(min = 1, max = 200))]
+    pub subject: String,
+    #[validate(length(min = 1, max = 20000))]
+    pub body: String,
+}
+
+/// A notification and its delivery state.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct NotificationView {
+    pub notification_id: String,
+    pub kind: NotificationKind,
+    pub recipient: String,
+    pub subject: String,
+    pub status: NotificationStatus,
+    /// SMTP attempts made so far.
+    pub attempts: u32,
+    pub order_id: Option<String>,
+    pub product_id: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Notification> for NotificationView {
+    fn from(n: Notification) -> Self {
+        NotificationView {
+            notification_id: n.id,
+            kind: n.kind,
+            recipient: n.recipient,
+            subject: n.subject,
+            status: n.status,
+            attempts: n.attempts,
+            order_id: n.order_id,
+            product_id: n.product_id,
+            sent_at: n.sent_at,
+            last_error: n.last_error,
+            created_at: n.created_at,
+        }
+    }
+}
+
+/// A page of notifications, newest first.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct NotificationPage {
+    pub items: Vec<NotificationView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum AcceptedResponse {
+    /// Recorded; it is sent shortly.
+    #[oai(status = 202)]
+    Accepted(Json<NotificationView>, #[oai(header = "Location")] String),
+}
+
+#[derive(ApiResponse)]
+pub enum NotificationResponse {
+    #[oai(status = 200)]
+    Ok(Json<NotificationView>),
+}
+
+#[derive(ApiResponse)]
+pub enum PageResponse {
+    #[oai(status = 200)]
+    Ok(Json<NotificationPage>),
+}
+
+#[OpenApi(tag = "Tag::Notifications")]
+impl NotificationApi {
+    /// Send an email (admin).
+    #[oai(path = "/api/notifications", method = "post")]
+    async fn send(
+        &self,
+        _admin: AdminAuth,
+        body: Json<SendRequest>,
+        correlation: Data<&CorrelationId>,
+    ) -> poem::Result<AcceptedResponse> {
+        validate(&body.0)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let notification = Draft {
+            kind: NotificationKind::Manual,
+            recipient: body.0.recipient,
+            subject: body.0.subject,
+            body: body.0.body,
+            order_id: None,
+            product_id: None,
+            dedupe_key: format!("MANUAL:{id}"),
+        }
+        .into_notification(&correlation.0.0, Utc::now());
+        self.store.insert(&notification).await?;
+        let location = format!("/api/notifications/{}", notification.id);
+        Ok(AcceptedResponse::Accepted(
+            Json(notification.into()),
+            location,
+        ))
+    }
+
+    /// One notification.
+    #[oai(path = "/api/notifications/:notification_id", method = "get")]
+    async fn get(&self, notification_id: Path<String>) -> poem::Result<NotificationResponse> {
+        let n = self
+            .store
+            .get(&notification_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(notification_id.0.clone()))?;
+        Ok(NotificationResponse::Ok(Json(n.into())))
+    }
+
+    /// Notifications in one status (admin).
+    #[oai(path = "/api/notifications/status/:status", method = "get")]
+    async fn by_status(
+        &self,
+        _admin: AdminAuth,
+        status: Path<NotificationStatus>,
+        /// Page size, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<u32>>,
+        /// `nextCursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> poem::Result<PageResponse> {
+        self.list(doc! { "status": status.0.as_str() }, limit.0, cursor.0)
+            .await
+    }
+
+    /// The notifications about one order.
+    #[oai(path = "/api/notifications", method = "get")]
+    async fn by_order(
+        &self,
+        /// The order's id.
+        #[oai(name = "orderId")]
+        order_id: Query<String>,
+        /// Page size, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<u32>>,
+        /// `nextCursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> poem::Result<PageResponse> {
+        self.list(doc! { "orderId": &order_id.0 }, limit.0, cursor.0)
+            .await
+    }
+}
+
+impl NotificationApi {
+    async fn list(
+        &self,
+        filter: mongodb::bson::Document,
+        limit: Option<u32>,
+        cursor: Option<String>,
+    ) -> poem::Result<PageResponse> {
+        let (items, next_cursor) = self
+            .store
+            .page(filter, &PageRequest::new(limit, cursor))
+            .await?;
+        Ok(PageResponse::Ok(Json(NotificationPage {
+            items: items.into_iter().map(Into::into).collect(),
+            next_cursor,
+        })))
+    }
+}

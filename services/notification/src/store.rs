@@ -1,0 +1,260 @@
+//! Notifications in MongoDB.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use futures::TryStreamExt;
+use mongodb::{
+    Collection, Database, IndexModel,
+    bson::{self, Document, doc},
+    error::Error as DbError,
+    options::IndexOptions,
+};
+use shared::{
+    events::{Envelope, NotificationFailed, NotificationSent, RawEnvelope},
+    http::{PageRequest, find_page},
+    store::{Transaction, is_duplicate_key, record_in_inbox, stage_event},
+};
+use tokio::sync::Notify;
+
+use crate::{
+    domain::{Notification, NotificationStatus},
+    error::Error,
+};
+
+const SOURCE: &str = "notification-service";
+/// How long a sender holds a claimed notification.
+const LEASE: Duration = Duration::from_secs(60);
+
+pub struct NotificationStore {
+    db: Database,
+    notifications: Collection<Notification>,
+    /// Wakes the outbox relay.
+    outbox_wake: Arc<Notify>,
+    /// Wakes the sender.
+    pub send_wake: Arc<Notify>,
+}
+
+impl NotificationStore {
+    pub fn new(db: Database, outbox_wake: Arc<Notify>) -> Self {
+        NotificationStore {
+            notifications: db.collection("notifications"),
+            db,
+            outbox_wake,
+            send_wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub async fn ensure_indexes(&self) -> Result<(), Error> {
+        self.notifications
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "dedupeKey": 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+            )
+            .await?;
+        for keys in [
+            doc! { "status": 1, "nextAttemptAt": 1 },
+            doc! { "status": 1, "_id": -1 },
+            doc! { "orderId": 1, "_id": -1 },
+        ] {
+            self.notifications
+                .create_index(IndexModel::builder().keys(keys).build())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records the notification an event calls for, once: the inbox and the
+    /// unique dedupe key both guard against a second email.
+    pub async fn record_for_event(
+        &self,
+        event: &RawEnvelope,
+        notification: Notification,
+    ) -> Result<(), DbError> {
+        let mut tx = Transaction::begin(&self.db).await?;
+        let result = loop {
+            let session = tx.attempt().await?;
+            let attempt = async {
+                record_in_inbox(&self.db, session, event).await?;
+                self.notifications
+                    .insert_one(&notification)
+                    .session(&mut *session)
+                    .await
+                    .map(|_| ())
+            }
+            .await;
+            match tx.finish(attempt).await {
+                Ok(Some(())) => break Ok(()),
+                Ok(None) => continue,
+                Err(e) => break Err(e),
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.send_wake.notify_one();
+                Ok(())
+            }
+            // Another event already produced this very notification.
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn insert(&self, notification: &Notification) -> Result<(), Error> {
+        self.notifications.insert_one(notification).await?;
+        self.send_wake.notify_one();
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Notification>, Error> {
+        Ok(self.notifications.find_one(doc! { "_id": id }).await?)
+    }
+
+    pub async fn page(
+        &self,
+        filter: Document,
+        page: &PageRequest,
+    ) -> Result<(Vec<Notification>, Option<String>), Error> {
+        Ok(find_page(&self.notifications, filter, page, |n| n.id.clone()).await?)
+    }
+
+    /// Claims up to `limit` due PENDING notifications for this sender.
+    pub async fn claim_due(&self, sender: &str, limit: i64) -> Result<Vec<Notification>, DbError> {
+        let now = bson::DateTime::now();
+        let due = doc! { "status": NotificationStatus::Pending.as_str(), "nextAttemptAt": { "$lte": now } };
+        let ids: Vec<String> = self
+            .notifications
+            .find(due.clone())
+            .sort(doc! { "nextAttemptAt": 1 })
+            .limit(limit)
+            .await?
+            .map_ok(|n| n.id)
+            .try_collect()
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let token = format!("{sender}:{}", uuid::Uuid::new_v4());
+        let lease_end =
+            bson::DateTime::from_millis(now.timestamp_millis() + LEASE.as_millis() as i64);
+        let mut claim = due;
+        claim.insert("_id", doc! { "$in": &ids });
+        self.notifications
+            .update_many(
+                claim,
+                doc! { "$set": { "nextAttemptAt": lease_end, "claimedBy": &token } },
+            )
+            .await?;
+        self.notifications
+            .find(doc! { "claimedBy": &token })
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// The email went out: SENT, with `notification.sent`.
+    pub async fn mark_sent(&self, notification: &Notification) -> Result<(), DbError> {
+        let now = bson::DateTime::now();
+        let event = Envelope::new(
+            SOURCE,
+            &notification.correlation_id,
+            None,
+            NotificationSent {
+                notification_id: notification.id.clone(),
+                kind: format!("{:?}", notification.kind),
+                recipient: notification.recipient.clone(),
+                order_id: notification.order_id.clone(),
+            },
+        );
+        self.finish(
+            notification,
+            doc! { "$set": { "status": NotificationStatus::Sent.as_str(), "sentAt": now, "claimedBy": null },
+                   "$inc": { "attempts": 1 } },
+            &event,
+        )
+        .await
+    }
+
+    /// A send failed: try again at `retry_at`, or (if `None`) give up as FAILED.
+    pub async fn mark_failed_attempt(
+        &self,
+        notification: &Notification,
+        error: &str,
+        retry_at: Option<chrono::DateTime<Utc>>,
+    ) -> Result<(), DbError> {
+        match retry_at {
+            Some(at) => {
+                self.notifications
+                    .update_one(
+                        doc! { "_id": &notification.id },
+                        doc! { "$set": { "lastError": error, "nextAttemptAt": bson::DateTime::from_chrono(at), "claimedBy": null },
+                               "$inc": { "attempts": 1 } },
+                    )
+                    .await?;
+                Ok(())
+            }
+            None => {
+                let event = Envelope::new(
+                    SOURCE,
+                    &notification.correlation_id,
+                    None,
+                    NotificationFailed {
+                        notification_id: notification.id.clone(),
+                        kind: format!("{:?}", notification.kind),
+                        recipient: notification.recipient.clone(),
+                        order_id: notification.order_id.clone(),
+                        last_error: error.to_string(),
+                    },
+                );
+                self.finish(
+                    notification,
+                    doc! { "$set": { "status": NotificationStatus::Failed.as_str(), "lastError": error, "claimedBy": null },
+                           "$inc": { "attempts": 1 } },
+                    &event,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Puts a claimed notification back untouched (the SMTP breaker is open).
+    pub async fn postpone(
+        &self,
+        notification: &Notification,
+        until: chrono::DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        self.notifications
+            .update_one(
+                doc! { "_id": &notification.id },
+                doc! { "$set": { "nextAttemptAt": bson::DateTime::from_chrono(until), "claimedBy": null } },
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn finish<T: serde::Serialize>(
+        &self,
+        notification: &Notification,
+        update: Document,
+        event: &Envelope<T>,
+    ) -> Result<(), DbError> {
+        let mut tx = Transaction::begin(&self.db).await?;
+        loop {
+            let session = tx.attempt().await?;
+            let attempt = async {
+                self.notifications
+                    .update_one(doc! { "_id": &notification.id }, update.clone())
+                    .session(&mut *session)
+                    .await?;
+                stage_event(&self.db, session, event).await
+            }
+            .await;
+            if let Some(()) = tx.finish(attempt).await? {
+                self.outbox_wake.notify_one();
+                return Ok(());
+            }
+        }
+    }
+}
