@@ -1,0 +1,314 @@
+//! Starts the real services in-process, on port 0, against the real
+//! RabbitMQ, MongoDB and MailDev, each test with its own databases and its
+//! own AMQP namespace so tests run in parallel without crosstalk.
+
+use std::{collections::HashMap, future::Future, time::Duration};
+
+use serde_json::{Value, json};
+use shared::{CancellationToken, config::Env};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub fn mongodb_uri() -> String {
+    std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
+}
+pub fn rabbitmq_url() -> String {
+    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+pub fn maildev_url() -> String {
+    std::env::var("MAILDEV_URL").unwrap_or_else(|_| "http://127.0.0.1:1080".into())
+}
+
+/// Three services sharing one namespace.
+pub struct Stack {
+    pub id: String,
+    pub order: String,
+    pub inventory: String,
+    pub notification: String,
+    pub http: reqwest::Client,
+    shutdown: Vec<CancellationToken>,
+}
+
+impl Stack {
+    /// Settings for one service of this stack.
+    fn env(
+        id: &str,
+        service: &str,
+        extra: &[(&str, String)],
+    ) -> Env<impl Fn(&str) -> Option<String> + use<>> {
+        let mut map: HashMap<String, String> = HashMap::from([
+            ("PORT".into(), "0".into()),
+            ("MONGODB_URI".into(), mongodb_uri()),
+            ("MONGODB_DATABASE".into(), format!("t_{id}_{service}")),
+            ("RABBITMQ_URL".into(), rabbitmq_url()),
+            ("AMQP_NAMESPACE".into(), format!("t-{id}.")),
+            ("ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+            // Short retry delays keep failing-path tests quick.
+            ("RETRY_BASE_MS".into(), "200".into()),
+            ("RETRY_CAP_MS".into(), "1000".into()),
+        ]);
+        for (k, v) in extra {
+            map.insert(k.to_string(), v.clone());
+        }
+        Env::from_lookup(move |k| map.get(k).cloned())
+    }
+
+    pub async fn start() -> Stack {
+        Self::start_with(&[]).await
+    }
+
+    /// With extra settings for every service (e.g. `PREFETCH=1` to make
+    /// delivery order observable).
+    pub async fn start_with(extra: &[(&str, &str)]) -> Stack {
+        shared::telemetry::init("e2e");
+        let extra: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let mut shutdown = Vec::new();
+
+        let env = Self::env(&id, "inventory", &extra);
+        let inventory = inventory_service::build(inventory_service::Config {
+            common: shared::config::CommonConfig::from_env(&env, "inventory-service", 0, "x")
+                .unwrap(),
+        })
+        .await
+        .expect("inventory starts");
+        let inventory_url = format!("http://127.0.0.1:{}", inventory.port());
+        shutdown.push(inventory.shutdown_token());
+        tokio::spawn(inventory.run_until_stopped());
+
+        let env = Self::env(&id, "order", &extra);
+        let order = order_service::build(order_service::Config {
+            common: shared::config::CommonConfig::from_env(&env, "order-service", 0, "x").unwrap(),
+            inventory_url: inventory_url.clone(),
+        })
+        .await
+        .expect("order starts");
+        let order_url = format!("http://127.0.0.1:{}", order.port());
+        shutdown.push(order.shutdown_token());
+        tokio::spawn(order.run_until_stopped());
+
+        let env = Self::env(&id, "notification", &extra);
+        let notification = notification_service::build(notification_service::Config {
+            common: shared::config::CommonConfig::from_env(&env, "notification-service", 0, "x")
+                .unwrap(),
+            smtp: notification_service::sender::SmtpConfig {
+                host: "127.0.0.1".into(),
+                port: std::env::var("SMTP_PORT")
+                    .ok()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(1025),
+                from: "shop@example.com".into(),
+            },
+            admin_email: format!("admin-{id}@example.com"),
+        })
+        .await
+        .expect("notification starts");
+        let notification_url = format!("http://127.0.0.1:{}", notification.port());
+        shutdown.push(notification.shutdown_token());
+        tokio::spawn(notification.run_until_stopped());
+
+        let stack = Stack {
+            id,
+            order: order_url,
+            inventory: inventory_url,
+            notification: notification_url,
+            http: reqwest::Client::new(),
+            shutdown,
+        };
+        // Consumers declare their queues on connect; wait until they have, so
+        // no event is published before its queue exists.
+        stack.wait_for_queues().await;
+        stack
+    }
+
+    async fn wait_for_queues(&self) {
+        let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
+            .await
+            .unwrap();
+        for queue in [
+            "order-service.events",
+            "inventory-service.events",
+            "notification-service.events",
+        ] {
+            let name = format!("t-{}.{queue}", self.id);
+            eventually(&format!("queue {name} declared"), || async {
+                let channel = connection.create_channel().await.ok()?;
+                channel
+                    .queue_declare(
+                        name.as_str().into(),
+                        lapin::options::QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await
+                    .ok()
+                    .map(|_| ())
+            })
+            .await;
+        }
+        let _ = connection.close(200, "done".into()).await;
+    }
+
+    /// A customer email unique to this stack.
+    pub fn email(&self, who: &str) -> String {
+        format!("{who}-{}@example.com", self.id)
+    }
+
+    pub async fn create_product(&self, stock: i64, threshold: i64, price: f64) -> String {
+        let response = self
+            .http
+            .post(format!("{}/api/products", self.inventory))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({
+                "sku": format!("SKU-{}", uuid::Uuid::new_v4()),
+                "name": "Test mug",
+                "category": format!("cat-{}", self.id),
+                "price": price,
+                "stock": stock,
+                "lowStockThreshold": threshold,
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["productId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn product(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/api/products/{id}", self.inventory))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn place_order(
+        &self,
+        email: &str,
+        product: &str,
+        quantity: u32,
+    ) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/orders", self.order))
+            .json(&json!({ "customerId": "c-1", "customerEmail": email, "items": [{ "productId": product, "quantity": quantity }] }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn order(&self, id: &str) -> Value {
+        self.http
+            .get(format!("{}/api/orders/{id}", self.order))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the order leaves PENDING and returns it.
+    pub async fn final_order(&self, id: &str) -> Value {
+        eventually(&format!("order {id} decided"), || async {
+            let order = self.order(id).await;
+            (order["status"] != "PENDING").then_some(order)
+        })
+        .await
+    }
+
+    /// Ready messages in one of this stack's queues.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                format!("t-{}.{queue}", self.id).as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let _ = connection.close(200, "done".into()).await;
+        declared.message_count()
+    }
+
+    /// Publishes an envelope straight onto this stack's exchange.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel.confirm_select(Default::default()).await.unwrap();
+        channel
+            .basic_publish(
+                format!("t-{}.e-commerce.events", self.id).as_str().into(),
+                routing_key.into(),
+                Default::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let _ = connection.close(200, "done".into()).await;
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for token in &self.shutdown {
+            token.cancel();
+        }
+    }
+}
+
+/// Emails MailDev received for `address`.
+pub async fn emails_to(address: &str) -> Vec<Value> {
+    let all: Vec<Value> = reqwest::get(format!("{}/api/email", maildev_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    all.into_iter()
+        .filter(|m| {
+            m["to"]
+                .as_array()
+                .is_some_and(|to| to.iter().any(|t| t["address"] == address))
+        })
+        .collect()
+}
+
+/// Polls `check` until it yields a value, failing after 20 s. This waits for
+/// an asynchronous outcome; it does not paper over a race.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
