@@ -227,7 +227,7 @@ fn camel_case(name: &str) -> String {
 mod tests {
     use super::*;
 
-    #[derive(Validate)]
+    #[derive(Validate, serde::Serialize)]
     struct Line {
         #[validate(range(min = 1, max = 10))]
         quantity: u32,

@@ -60,7 +60,11 @@ impl Stack {
     /// With extra settings for every service (e.g. `PREFETCH=1` to make
     /// delivery order observable).
     pub async fn start_with(extra: &[(&str, &str)]) -> Stack {
-        shared::telemetry::init("e2e");
+        // The services log to stdout, which the test harness does not
+        // capture: only when asked.
+        if std::env::var_os("TEST_LOG").is_some() {
+            shared::telemetry::init("e2e");
+        }
         let extra: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let mut shutdown = Vec::new();

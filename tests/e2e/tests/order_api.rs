@@ -1,0 +1,286 @@
+//! The order service's HTTP contract: bad input is a 4xx with a JSON body
+//! naming the problem, and writes nothing.
+
+use e2e_tests::{ADMIN_TOKEN, Stack};
+use serde_json::{Value, json};
+
+async fn post(stack: &Stack, body: &str) -> (u16, Value) {
+    let response = stack
+        .http
+        .post(format!("{}/api/orders", stack.order))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn customer_orders(stack: &Stack, customer: &str) -> usize {
+    let page: Value = stack
+        .http
+        .get(format!("{}/api/customers/{customer}/orders", stack.order))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["items"].as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_order_returns_400_naming_every_invalid_field_and_writes_nothing() {
+    let stack = Stack::start().await;
+    let body = json!({
+        "customerId": "bad-input",
+        "customerEmail": "not-an-email",
+        "items": [{ "productId": "p", "quantity": 0 }],
+    });
+    let (status, error) = post(&stack, &body.to_string()).await;
+    assert_eq!(status, 400);
+    assert_eq!(error["error"], "validation_failed");
+    let fields: Vec<&str> = error["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, vec!["customerEmail", "items[0].quantity"]);
+    assert_eq!(customer_orders(&stack, "bad-input").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_unknown_fields_and_wrong_types_are_400_with_a_json_body() {
+    let stack = Stack::start().await;
+    for body in [
+        "{ not json".to_string(),
+        json!({ "customerId": "c", "customerEmail": "c@x.io", "items": [], "coupon": "FREE" }).to_string(),
+        json!({ "customerId": "c", "customerEmail": "c@x.io", "items": [{ "productId": "p", "quantity": -1 }] }).to_string(),
+    ] {
+        let (status, error) = post(&stack, &body).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(error["error"], "bad_request", "{body}: {error}");
+        assert!(!error["message"].as_str().unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_64_kib_is_413() {
+    let stack = Stack::start().await;
+    let (status, error) = post(
+        &stack,
+        &format!("{{\"customerId\":\"{}\"}}", "x".repeat(70 * 1024)),
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(error["error"], "payload_too_large");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_product_is_422_naming_the_line_and_an_unknown_order_is_404() {
+    let stack = Stack::start().await;
+    let response = stack
+        .place_order("x@example.com", "no-such-product", 1)
+        .await;
+    assert_eq!(response.status(), 422);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["fields"][0]["field"], "items[0].productId");
+
+    let missing = stack
+        .http
+        .get(format!("{}/api/orders/nope", stack.order))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<Value>().await.unwrap()["error"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_status_moves_need_the_token_and_follow_the_lifecycle() {
+    let stack = Stack::start().await;
+    let product = stack.create_product(5, 0, 2.0).await;
+    let order: Value = stack
+        .place_order(&stack.email("ship"), &product, 1)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = order["orderId"].as_str().unwrap();
+    let order = stack.final_order(id).await;
+    assert_eq!(order["status"], "CONFIRMED");
+    let url = format!("{}/api/orders/{id}/status", stack.order);
+
+    let anonymous = stack
+        .http
+        .put(&url)
+        .json(&json!({ "status": "SHIPPED" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(
+        anonymous.json::<Value>().await.unwrap()["error"],
+        "unauthorized"
+    );
+
+    let skip = stack
+        .http
+        .put(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "status": "DELIVERED" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(skip.status(), 409);
+
+    let stale = stack
+        .http
+        .put(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "status": "SHIPPED", "expectedVersion": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 409);
+
+    for next in ["SHIPPED", "DELIVERED"] {
+        let moved = stack
+            .http
+            .put(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "status": next }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(moved.status(), 200);
+        assert_eq!(moved.json::<Value>().await.unwrap()["status"], next);
+    }
+    let cancel = stack
+        .http
+        .post(format!("{}/api/orders/{id}/cancel", stack.order))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 409);
+
+    let by_status: Value = stack
+        .http
+        .get(format!("{}/api/orders/status/DELIVERED", stack.order))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        by_status["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["orderId"] == id)
+    );
+    let bad_status = stack
+        .http
+        .get(format!("{}/api/orders/status/LOST", stack.order))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_status.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_orders_page_with_a_cursor() {
+    let stack = Stack::start().await;
+    let product = stack.create_product(100, 0, 1.0).await;
+    for _ in 0..5 {
+        assert_eq!(
+            stack
+                .place_order(&stack.email("pager"), &product, 1)
+                .await
+                .status(),
+            202
+        );
+    }
+    let url = format!("{}/api/customers/c-1/orders", stack.order);
+    let first: Value = stack
+        .http
+        .get(format!("{url}?limit=3"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["items"].as_array().unwrap().len(), 3);
+    let cursor = first["nextCursor"].as_str().unwrap();
+    let second: Value = stack
+        .http
+        .get(format!("{url}?limit=3&cursor={cursor}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["items"].as_array().unwrap().len(), 2);
+    assert!(second["nextCursor"].is_null());
+    let too_big = stack
+        .http
+        .get(format!("{url}?limit=101"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_docs_and_spec_answer() {
+    let stack = Stack::start().await;
+    for base in [&stack.order, &stack.inventory, &stack.notification] {
+        let ready: Value = stack
+            .http
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ready["status"], "ready", "{ready}");
+        assert_eq!(
+            stack
+                .http
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            stack
+                .http
+                .get(format!("{base}/docs"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let spec: Value = stack
+            .http
+            .get(format!("{base}/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(spec["paths"].as_object().unwrap().len() >= 3);
+    }
+}
