@@ -24,7 +24,8 @@ stop_all() {
   infra_down
   note "stopped"
 }
-trap stop_all INT TERM EXIT
+trap stop_all EXIT
+trap 'stop_all; exit 0' INT TERM
 
 infra_up
 command -v curl >/dev/null || apt_install curl

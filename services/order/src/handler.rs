@@ -5,11 +5,12 @@ use std::sync::Arc;
 use shared::{
     broker::{HandleError, Handler},
     events::{Event, InventoryReservationFailed, InventoryReserved, RawEnvelope},
+    store::inbox::was_already_handled,
 };
 
 use crate::{
     domain,
-    store::{OrderStore, already_handled, is_permanent},
+    store::{OrderStore, is_permanent},
 };
 
 pub struct InventoryAnswers {
@@ -50,7 +51,7 @@ impl Handler for InventoryAnswers {
         };
         match result {
             Ok(()) => Ok(()),
-            Err(e) if already_handled(&e) => {
+            Err(e) if was_already_handled(&e) => {
                 tracing::info!("duplicate delivery ignored");
                 Ok(())
             }

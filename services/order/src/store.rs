@@ -13,7 +13,7 @@ use shared::{
         OrderStatusChanged, PricedLine, RawEnvelope,
     },
     http::{PageRequest, find_page},
-    store::{AlreadyHandled, Transaction, is_duplicate_key, record_in_inbox, stage_event},
+    store::{Transaction, is_duplicate_key, record_in_inbox, stage_event},
 };
 use tokio::sync::Notify;
 
@@ -399,8 +399,4 @@ impl OrderStore {
 /// Whether a failed `apply_inventory_answer` can never succeed.
 pub fn is_permanent(error: &mongodb::error::Error) -> bool {
     error.get_custom::<RuleViolation>().is_some() || error.get_custom::<UnknownOrder>().is_some()
-}
-
-pub fn already_handled(error: &mongodb::error::Error) -> bool {
-    error.get_custom::<AlreadyHandled>().is_some()
 }

@@ -284,3 +284,39 @@ async fn health_readiness_docs_and_spec_answer() {
         assert!(spec["paths"].as_object().unwrap().len() >= 3);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_503_naming_rabbitmq_when_the_broker_is_unreachable() {
+    use shared::config::{CommonConfig, Env};
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let settings = std::collections::HashMap::from([
+        ("PORT", "0".to_string()),
+        ("MONGODB_URI", e2e_tests::mongodb_uri()),
+        ("MONGODB_DATABASE", format!("t_{id}_nobroker")),
+        // Nothing listens on port 1.
+        (
+            "RABBITMQ_URL",
+            "amqp://guest:guest@127.0.0.1:1/%2f".to_string(),
+        ),
+    ]);
+    let env = Env::from_lookup(move |k| settings.get(k).cloned());
+    let service = order_service::build(order_service::Config {
+        common: CommonConfig::from_env(&env, "order-service", 0, "x").unwrap(),
+        inventory_url: "http://127.0.0.1:1".into(),
+    })
+    .await
+    .expect("starts without the broker and keeps retrying");
+    let url = format!("http://127.0.0.1:{}/ready", service.port());
+    let shutdown = service.shutdown_token();
+    tokio::spawn(service.run_until_stopped());
+
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["mongodb"], "up");
+    assert!(
+        body["rabbitmq"].as_str().unwrap().starts_with("down"),
+        "{body}"
+    );
+    shutdown.cancel();
+}
