@@ -48,6 +48,23 @@ impl<T: Event> Envelope<T> {
     }
 }
 
+impl<T: Event> Envelope<T> {
+    /// The same event with its payload as plain JSON, so events of different
+    /// types can travel together.
+    pub fn into_raw(self) -> RawEnvelope {
+        Envelope {
+            event_id: self.event_id,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            occurred_at: self.occurred_at,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            source: self.source,
+            data: serde_json::to_value(self.data).expect("events serialize"),
+        }
+    }
+}
+
 /// Why a message can never be handled, whatever the number of attempts.
 #[derive(Debug, thiserror::Error)]
 pub enum ContractError {

@@ -17,6 +17,7 @@ use lettre::{
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor, message::header::ContentType,
 };
 use shared::{CancellationToken, retry::RetryPolicy};
+use tracing::Instrument;
 
 use crate::{
     domain::{self, Notification},
@@ -98,7 +99,10 @@ impl Sender {
 
     async fn deliver(&self, notification: Notification) {
         let span = tracing::info_span!("notification", id = %notification.id, correlation_id = %notification.correlation_id);
-        let _enter = span.enter();
+        self.deliver_in_span(notification).instrument(span).await
+    }
+
+    async fn deliver_in_span(&self, notification: Notification) {
         let message = match self.message(&notification) {
             Ok(message) => message,
             Err(error) => {

@@ -191,10 +191,7 @@ impl OrderStore {
                     previous_status: order.status.as_str().into(),
                 },
             );
-            Ok((
-                OrderStatus::Cancelled,
-                serde_json::to_value(event).expect("serializes"),
-            ))
+            Ok((OrderStatus::Cancelled, event.into_raw()))
         })
         .await
     }
@@ -220,7 +217,7 @@ impl OrderStore {
                     version: order.version + 1,
                 },
             );
-            Ok((to, serde_json::to_value(event).expect("serializes")))
+            Ok((to, event.into_raw()))
         })
         .await
     }
@@ -231,7 +228,7 @@ impl OrderStore {
         &self,
         order_id: &str,
         expected_version: Option<i64>,
-        decide: impl Fn(&Order) -> Result<(OrderStatus, serde_json::Value), RuleViolation>,
+        decide: impl Fn(&Order) -> Result<(OrderStatus, RawEnvelope), RuleViolation>,
     ) -> Result<Order, Error> {
         for _ in 0..5 {
             let order = self
@@ -247,7 +244,6 @@ impl OrderStore {
                 });
             }
             let (to, event) = decide(&order)?;
-            let event: RawEnvelope = serde_json::from_value(event).expect("an envelope");
             let now = Utc::now();
             let mut tx = Transaction::begin(&self.db).await?;
             let result = loop {
