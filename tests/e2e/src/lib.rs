@@ -183,15 +183,34 @@ impl Stack {
             .to_string()
     }
 
-    pub async fn product(&self, id: &str) -> Value {
+    /// GET `url` and decode the JSON body.
+    pub async fn get_json(&self, url: &str) -> Value {
         self.http
-            .get(format!("{}/api/products/{id}", self.inventory))
+            .get(url)
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// GET `url` with the admin token and decode the JSON body.
+    pub async fn admin_get_json(&self, url: &str) -> Value {
+        self.http
+            .get(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn product(&self, id: &str) -> Value {
+        self.get_json(&format!("{}/api/products/{id}", self.inventory))
+            .await
     }
 
     pub async fn place_order(
@@ -209,14 +228,8 @@ impl Stack {
     }
 
     pub async fn order(&self, id: &str) -> Value {
-        self.http
-            .get(format!("{}/api/orders/{id}", self.order))
-            .send()
+        self.get_json(&format!("{}/api/orders/{id}", self.order))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
     }
 
     /// Waits until the order leaves PENDING and returns it.

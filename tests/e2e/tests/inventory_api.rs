@@ -125,15 +125,8 @@ async fn one_low_stock_email_goes_to_the_admin_per_crossing() {
     .await;
 
     let low: Value = stack
-        .http
-        .get(format!("{}/api/products/low-stock", stack.inventory))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_get_json(&format!("{}/api/products/low-stock", stack.inventory))
+        .await;
     assert!(
         low["items"]
             .as_array()
@@ -157,17 +150,11 @@ async fn products_are_listed_by_category() {
     let a = stack.create_product(1, 0, 1.0).await;
     let b = stack.create_product(1, 0, 1.0).await;
     let page: Value = stack
-        .http
-        .get(format!(
+        .get_json(&format!(
             "{}/api/products/category/cat-{}",
             stack.inventory, stack.id
         ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     let ids: Vec<&str> = page["items"]
         .as_array()
         .unwrap()

@@ -36,15 +36,7 @@ async fn a_manual_notification_is_sent_by_smtp_and_recorded_as_sent() {
         .to_string();
 
     let sent = eventually("SENT", || async {
-        let n: Value = stack
-            .http
-            .get(format!("{url}/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let n: Value = stack.get_json(&format!("{url}/{id}")).await;
         (n["status"] == "SENT").then_some(n)
     })
     .await;
@@ -54,16 +46,7 @@ async fn a_manual_notification_is_sent_by_smtp_and_recorded_as_sent() {
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0]["subject"], "Hello");
 
-    let by_status: Value = stack
-        .http
-        .get(format!("{url}/status/SENT"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_status: Value = stack.admin_get_json(&format!("{url}/status/SENT")).await;
     assert!(
         by_status["items"]
             .as_array()

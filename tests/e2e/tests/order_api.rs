@@ -19,14 +19,8 @@ async fn post(stack: &Stack, body: &str) -> (u16, Value) {
 
 async fn customer_orders(stack: &Stack, customer: &str) -> usize {
     let page: Value = stack
-        .http
-        .get(format!("{}/api/customers/{customer}/orders", stack.order))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("{}/api/customers/{customer}/orders", stack.order))
+        .await;
     page["items"].as_array().unwrap().len()
 }
 
@@ -167,15 +161,8 @@ async fn admin_status_moves_need_the_token_and_follow_the_lifecycle() {
     assert_eq!(cancel.status(), 409);
 
     let by_status: Value = stack
-        .http
-        .get(format!("{}/api/orders/status/DELIVERED", stack.order))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_get_json(&format!("{}/api/orders/status/DELIVERED", stack.order))
+        .await;
     assert!(
         by_status["items"]
             .as_array()
@@ -207,26 +194,12 @@ async fn customer_orders_page_with_a_cursor() {
         );
     }
     let url = format!("{}/api/customers/c-1/orders", stack.order);
-    let first: Value = stack
-        .http
-        .get(format!("{url}?limit=3"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: Value = stack.get_json(&format!("{url}?limit=3")).await;
     assert_eq!(first["items"].as_array().unwrap().len(), 3);
     let cursor = first["nextCursor"].as_str().unwrap();
     let second: Value = stack
-        .http
-        .get(format!("{url}?limit=3&cursor={cursor}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("{url}?limit=3&cursor={cursor}"))
+        .await;
     assert_eq!(second["items"].as_array().unwrap().len(), 2);
     assert!(second["nextCursor"].is_null());
     let too_big = stack
@@ -242,15 +215,7 @@ async fn customer_orders_page_with_a_cursor() {
 async fn health_readiness_docs_and_spec_answer() {
     let stack = Stack::start().await;
     for base in [&stack.order, &stack.inventory, &stack.notification] {
-        let ready: Value = stack
-            .http
-            .get(format!("{base}/ready"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready: Value = stack.get_json(&format!("{base}/ready")).await;
         assert_eq!(ready["status"], "ready", "{ready}");
         assert_eq!(
             stack
@@ -272,15 +237,7 @@ async fn health_readiness_docs_and_spec_answer() {
                 .status(),
             200
         );
-        let spec: Value = stack
-            .http
-            .get(format!("{base}/openapi.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let spec: Value = stack.get_json(&format!("{base}/openapi.json")).await;
         assert!(spec["paths"].as_object().unwrap().len() >= 3);
     }
 }

@@ -253,14 +253,8 @@ async fn twenty_parallel_requests_with_one_idempotency_key_make_one_order() {
     }
     assert_eq!(ids.len(), 1, "{ids:?}");
     let page: Value = stack
-        .http
-        .get(format!("{}/api/customers/c-idem/orders", stack.order))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("{}/api/customers/c-idem/orders", stack.order))
+        .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
 
     // The same key with another body is a conflict.
