@@ -20,10 +20,7 @@ impl From<Error> for ApiError {
             Error::NotFound(_) => ApiError::not_found(error.to_string()),
             Error::DuplicateSku(_) => ApiError::conflict(error.to_string()),
             Error::Invalid(fields) => ApiError::validation(fields),
-            Error::Database(e) if shared::store::is_transient(&e) => {
-                ApiError::unavailable(format!("the database is unavailable: {e}"))
-            }
-            Error::Database(e) => ApiError::internal(&e),
+            Error::Database(e) => ApiError::database(&e),
         }
     }
 }

@@ -14,10 +14,7 @@ impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         match error {
             Error::NotFound(_) => ApiError::not_found(error.to_string()),
-            Error::Database(e) if shared::store::is_transient(&e) => {
-                ApiError::unavailable(format!("the database is unavailable: {e}"))
-            }
-            Error::Database(e) => ApiError::internal(&e),
+            Error::Database(e) => ApiError::database(&e),
         }
     }
 }

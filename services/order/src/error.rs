@@ -34,10 +34,7 @@ impl From<Error> for ApiError {
                 fields,
                 ..ApiError::unprocessable("some products do not exist")
             },
-            Error::Database(e) if shared::store::is_transient(&e) => {
-                ApiError::unavailable(format!("the database is unavailable: {e}"))
-            }
-            Error::Database(e) => ApiError::internal(&e),
+            Error::Database(e) => ApiError::database(&e),
         }
     }
 }

@@ -272,23 +272,12 @@ fn retry_later(
         ATTEMPT_HEADER,
         AMQPValue::LongUInt(attempt + 1),
     );
-    Outgoing {
-        exchange: String::new(),
-        routing_key: settings.topology.delay_queue(&settings.subscription, delay),
-        payload: delivery.data.clone(),
+    reroute(
+        delivery,
+        String::new(),
+        settings.topology.delay_queue(&settings.subscription, delay),
         headers,
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.to_string()),
-        correlation_id: delivery
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|s| s.to_string()),
-        mandatory: true,
-    }
+    )
 }
 
 fn dead_letter(
@@ -302,21 +291,31 @@ fn dead_letter(
     let mut headers = failure_headers(delivery, settings, headers, reason);
     set_header(&mut headers, REASON_HEADER, text(truncate(reason, 1000)));
     set_header(&mut headers, ATTEMPT_HEADER, AMQPValue::LongUInt(attempt));
+    reroute(
+        delivery,
+        settings.topology.dead_letter_exchange(),
+        settings.topology.work_queue(&settings.subscription),
+        headers,
+    )
+}
+
+/// A copy of `delivery` (same body and ids) bound somewhere else.
+fn reroute(
+    delivery: &Delivery,
+    exchange: String,
+    routing_key: String,
+    headers: FieldTable,
+) -> Outgoing {
+    let property =
+        |value: &Option<lapin::types::ShortString>| value.as_ref().map(|s| s.to_string());
     Outgoing {
-        exchange: settings.topology.dead_letter_exchange(),
-        routing_key: settings.topology.work_queue(&settings.subscription),
+        exchange,
+        routing_key,
         payload: delivery.data.clone(),
         headers,
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.to_string()),
-        correlation_id: delivery
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|s| s.to_string()),
+        message_id: property(delivery.properties.message_id()),
+        correlation_id: property(delivery.properties.correlation_id()),
+        // Delay queues and DLQs always exist: a return means the topology is broken.
         mandatory: true,
     }
 }

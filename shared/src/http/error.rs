@@ -90,6 +90,16 @@ impl ApiError {
         )
     }
 
+    /// A database failure: 503 when retrying may help (the server is
+    /// unreachable, a write conflicted), else a 500 of ours.
+    pub fn database(error: &mongodb::error::Error) -> Self {
+        if crate::store::is_transient(error) {
+            Self::unavailable(format!("the database is unavailable: {error}"))
+        } else {
+            Self::internal(error)
+        }
+    }
+
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: self.code.to_string(),

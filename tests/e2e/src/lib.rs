@@ -126,33 +126,44 @@ impl Stack {
     }
 
     async fn wait_for_queues(&self) {
-        let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
-            .await
-            .unwrap();
+        let connection = connect_to_broker().await;
         for queue in [
             "order-service.events",
             "inventory-service.events",
             "notification-service.events",
         ] {
-            let name = format!("t-{}.{queue}", self.id);
-            eventually(&format!("queue {name} declared"), || async {
-                let channel = connection.create_channel().await.ok()?;
-                channel
-                    .queue_declare(
-                        name.as_str().into(),
-                        lapin::options::QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        Default::default(),
-                    )
-                    .await
-                    .ok()
-                    .map(|_| ())
+            eventually(&format!("queue {queue} declared"), || {
+                self.existing_queue(&connection, queue)
             })
             .await;
         }
         let _ = connection.close(200, "done".into()).await;
+    }
+
+    /// This stack's name for an exchange or queue.
+    fn name(&self, base: &str) -> String {
+        format!("t-{}.{base}", self.id)
+    }
+
+    /// The queue, if it exists. A passive declare of a missing queue closes
+    /// its channel, so each try gets a channel of its own.
+    async fn existing_queue(
+        &self,
+        connection: &lapin::Connection,
+        queue: &str,
+    ) -> Option<lapin::Queue> {
+        let channel = connection.create_channel().await.ok()?;
+        channel
+            .queue_declare(
+                self.name(queue).as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .ok()
     }
 
     /// A customer email unique to this stack.
@@ -243,35 +254,23 @@ impl Stack {
 
     /// Ready messages in one of this stack's queues.
     pub async fn queue_depth(&self, queue: &str) -> u32 {
-        let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
+        let connection = connect_to_broker().await;
+        let declared = self
+            .existing_queue(&connection, queue)
             .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        let declared = channel
-            .queue_declare(
-                format!("t-{}.{queue}", self.id).as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .unwrap();
+            .expect("the queue exists");
         let _ = connection.close(200, "done".into()).await;
         declared.message_count()
     }
 
     /// Publishes an envelope straight onto this stack's exchange.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
-        let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
-            .await
-            .unwrap();
+        let connection = connect_to_broker().await;
         let channel = connection.create_channel().await.unwrap();
         channel.confirm_select(Default::default()).await.unwrap();
         channel
             .basic_publish(
-                format!("t-{}.e-commerce.events", self.id).as_str().into(),
+                self.name("e-commerce.events").as_str().into(),
                 routing_key.into(),
                 Default::default(),
                 body,
@@ -291,6 +290,12 @@ impl Drop for Stack {
             token.cancel();
         }
     }
+}
+
+async fn connect_to_broker() -> lapin::Connection {
+    lapin::Connection::connect(&rabbitmq_url(), Default::default())
+        .await
+        .expect("RabbitMQ is reachable")
 }
 
 /// Emails MailDev received for `address`.
