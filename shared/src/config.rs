@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use crate::retry::RetryPolicy;
+use std::num::NonZeroU32;
+
+use crate::{http::ratelimit::RateLimit, retry::RetryPolicy};
 
 /// A variable that is set but cannot be used. Startup stops with this message.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,9 @@ pub struct CommonConfig {
     pub prefetch: u16,
     /// `RETRY_MAX_ATTEMPTS`, `RETRY_BASE_MS`, `RETRY_CAP_MS`.
     pub retry: RetryPolicy,
+    /// `RATE_LIMIT_PER_SECOND` (default 100) and `RATE_LIMIT_BURST` (default
+    /// 200) per client address; a rate of 0 turns limiting off.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl CommonConfig {
@@ -125,6 +130,20 @@ impl CommonConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let per_second: u32 = env.parse("RATE_LIMIT_PER_SECOND", 100)?;
+        let burst: u32 = env.parse("RATE_LIMIT_BURST", per_second.saturating_mul(2))?;
+        let rate_limit = match (NonZeroU32::new(per_second), NonZeroU32::new(burst)) {
+            (None, _) => None,
+            (Some(per_second), Some(burst)) => Some(RateLimit { per_second, burst }),
+            (Some(_), None) => {
+                return Err(ConfigError {
+                    name: "RATE_LIMIT_BURST".into(),
+                    value: "0".into(),
+                    reason: "must be at least 1 (set RATE_LIMIT_PER_SECOND=0 to turn limiting off)"
+                        .into(),
+                });
+            }
+        };
         Ok(CommonConfig {
             service,
             port: env.parse("PORT", default_port)?,
@@ -136,6 +155,7 @@ impl CommonConfig {
             admin_token: env.string("ADMIN_TOKEN", "dev-admin-token"),
             prefetch,
             retry,
+            rate_limit,
         })
     }
 }
@@ -169,6 +189,31 @@ mod tests {
             CommonConfig::from_env(&env(&[("PORT", "http")]), "order", 3001, "orders").unwrap_err();
         assert_eq!(err.name, "PORT");
         assert!(err.to_string().contains("PORT=\"http\""), "{err}");
+    }
+
+    #[test]
+    fn rate_limits_default_to_twice_the_rate_as_burst_and_zero_turns_them_off() {
+        let config = CommonConfig::from_env(
+            &env(&[("RATE_LIMIT_PER_SECOND", "50")]),
+            "order",
+            3001,
+            "orders",
+        )
+        .unwrap();
+        let limit = config.rate_limit.unwrap();
+        assert_eq!((limit.per_second.get(), limit.burst.get()), (50, 100));
+        let off = CommonConfig::from_env(
+            &env(&[("RATE_LIMIT_PER_SECOND", "0")]),
+            "order",
+            3001,
+            "orders",
+        )
+        .unwrap();
+        assert_eq!(off.rate_limit, None);
+        let err =
+            CommonConfig::from_env(&env(&[("RATE_LIMIT_BURST", "0")]), "order", 3001, "orders")
+                .unwrap_err();
+        assert_eq!(err.name, "RATE_LIMIT_BURST");
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! HTTP plumbing shared by the three APIs: JSON errors, request limits,
-//! correlation ids, admin auth, health and readiness, paging, and serving
-//! with graceful shutdown.
+//! rate limits, correlation ids, admin auth, health, readiness and metrics,
+//! dead-letter admin routes, paging, and serving with graceful shutdown.
 
 pub mod auth;
+pub mod deadletters;
 pub mod error;
 pub mod health;
 pub mod page;
+pub mod ratelimit;
 pub mod server;
 
 pub use auth::{AdminAuth, AdminToken};

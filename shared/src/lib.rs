@@ -2,12 +2,16 @@
 //! each service is mostly its domain: configuration, telemetry, the event
 //! envelope, the RabbitMQ machinery (topology, confirmed publishing, consumers
 //! with retries and dead letters), MongoDB helpers (outbox, inbox,
-//! transactions) and the HTTP plumbing (errors, health, admin auth, paging).
+//! transactions, dead letters), circuit breakers and the HTTP plumbing
+//! (errors, health, metrics, rate limits, admin auth, paging).
 
 pub mod broker;
 pub mod config;
+pub mod deadletter;
 pub mod events;
+pub mod fault;
 pub mod http;
+pub mod resilience;
 pub mod retry;
 pub mod service;
 pub mod store;

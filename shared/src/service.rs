@@ -12,10 +12,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     broker::{
-        Handler, Publisher, Subscription, Topology, consumer::ConsumerSettings, run_consumer,
+        Handler, Publisher, Subscription, Topology,
+        consumer::{ConsumerSettings, run_worker},
+        run_consumer,
     },
     config::CommonConfig,
-    http::{self, HealthApi},
+    deadletter::{DeadLetterArchiver, DeadLetterStore},
+    http::{self, HealthApi, deadletters::DeadLetterApi, ratelimit::RateLimiter},
+    resilience::Breakers,
     store::{self, OutboxRelay, outbox::ensure_outbox_indexes},
 };
 
@@ -29,6 +33,9 @@ pub struct ServiceCore {
     pub publisher: Arc<Publisher>,
     /// Notified after every commit that staged events.
     pub outbox_wake: Arc<Notify>,
+    /// Every circuit breaker of the service, reported by `/ready`.
+    pub breakers: Breakers,
+    pub dead_letters: DeadLetterStore,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -47,6 +54,11 @@ impl ServiceCore {
         ensure_outbox_indexes(&db)
             .await
             .context("creating outbox indexes")?;
+        let dead_letters = DeadLetterStore::new(&db);
+        dead_letters
+            .ensure_indexes()
+            .await
+            .context("creating dead-letter indexes")?;
 
         let topology = Topology::new(&config.amqp_namespace);
         let publisher = Publisher::new(
@@ -58,17 +70,39 @@ impl ServiceCore {
             db,
             publisher,
             outbox_wake: Arc::new(Notify::new()),
+            breakers: Breakers::default(),
+            dead_letters,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             config,
         };
-        let relay = OutboxRelay::new(&core.db, core.publisher.clone(), core.outbox_wake.clone());
+        let relay = OutboxRelay::new(
+            &core.db,
+            core.publisher.clone(),
+            core.breakers
+                .breaker("rabbitmq-publish", 3, Duration::from_secs(5)),
+            core.outbox_wake.clone(),
+        );
         core.tasks.spawn(relay.run(core.shutdown.clone()));
         Ok(core)
     }
 
-    /// Consumes `subscription` with `handler` until shutdown.
+    /// Consumes `subscription` with `handler` until shutdown, and archives
+    /// its dead letters for the admin routes.
     pub fn spawn_consumer<H: Handler>(&self, subscription: Subscription, handler: Arc<H>) {
+        let archiver = DeadLetterArchiver {
+            topology: self.publisher.topology().clone(),
+            subscription,
+            policy: self.config.retry,
+            store: self.dead_letters.clone(),
+        };
+        let url = self.config.rabbitmq_url.clone();
+        let name = format!("{}-dead-letters", self.config.service);
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            run_worker(&url, &name, 16, &archiver, shutdown).await;
+        });
+
         let settings = ConsumerSettings {
             url: self.config.rabbitmq_url.clone(),
             name: format!("{}-consumer", self.config.service),
@@ -81,15 +115,18 @@ impl ServiceCore {
             .spawn(run_consumer(settings, handler, self.shutdown.clone()));
     }
 
-    pub fn health_api(&self) -> HealthApi {
+    fn health_api(&self, rate_limiter: Option<Arc<RateLimiter>>) -> HealthApi {
         HealthApi {
             service: self.config.service,
             db: self.db.clone(),
             publisher: self.publisher.clone(),
+            breakers: self.breakers.clone(),
+            rate_limiter,
         }
     }
 
-    /// Binds the port and serves `api` (with health, docs and spec).
+    /// Binds the port and serves `api` (with health, metrics, dead-letter
+    /// admin routes, docs and spec).
     pub async fn serve<T: OpenApi + 'static>(
         self,
         api: T,
@@ -101,7 +138,17 @@ impl ServiceCore {
                 format!("binding {}:{}", self.config.bind_address, self.config.port)
             })?;
         let port = listener.local_addr()?.port();
-        let app = http::build_app((api, self.health_api()), title, &self.config.admin_token);
+        let rate_limiter = self.config.rate_limit.map(RateLimiter::new);
+        let dead_letters = DeadLetterApi {
+            store: self.dead_letters.clone(),
+            publisher: self.publisher.clone(),
+        };
+        let app = http::build_app(
+            (api, self.health_api(rate_limiter.clone()), dead_letters),
+            title,
+            &self.config.admin_token,
+            rate_limiter,
+        );
         let server = tokio::spawn(http::serve(listener, app, self.shutdown.clone()));
         let base = format!("http://{}:{port}", self.config.bind_address);
         tracing::info!(

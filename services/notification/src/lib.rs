@@ -52,7 +52,12 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
         core.outbox_wake.clone(),
     ));
     store.ensure_indexes().await?;
-    let sender = sender::Sender::new(store.clone(), &config.smtp, core.config.retry)?;
+    let sender = sender::Sender::new(
+        store.clone(),
+        &config.smtp,
+        core.config.retry,
+        &core.breakers,
+    )?;
     core.tasks.spawn(sender.run(core.shutdown.clone()));
     core.spawn_consumer(
         NOTIFICATION_SERVICE,

@@ -6,17 +6,16 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use failsafe::{
-    Config, StateMachine,
-    backoff::{self, Constant},
-    failure_policy::{ConsecutiveFailures, consecutive_failures},
-    futures::CircuitBreaker,
-};
+use failsafe::futures::CircuitBreaker;
 use futures::StreamExt;
 use lettre::{
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor, message::header::ContentType,
 };
-use shared::{CancellationToken, retry::RetryPolicy};
+use shared::{
+    CancellationToken,
+    resilience::{Breaker, Breakers},
+    retry::RetryPolicy,
+};
 use tracing::Instrument;
 
 use crate::{
@@ -40,7 +39,7 @@ pub struct Sender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: lettre::message::Mailbox,
     policy: RetryPolicy,
-    breaker: StateMachine<ConsecutiveFailures<Constant>, ()>,
+    breaker: Breaker,
     name: String,
 }
 
@@ -49,6 +48,7 @@ impl Sender {
         store: Arc<NotificationStore>,
         smtp: &SmtpConfig,
         policy: RetryPolicy,
+        breakers: &Breakers,
     ) -> anyhow::Result<Self> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
             .port(smtp.port)
@@ -61,12 +61,7 @@ impl Sender {
                 anyhow::anyhow!("NOTIFY_FROM={:?} is not an email address: {e}", smtp.from)
             })?,
             policy,
-            breaker: Config::new()
-                .failure_policy(consecutive_failures(
-                    3,
-                    backoff::constant(Duration::from_secs(5)),
-                ))
-                .build(),
+            breaker: breakers.breaker("smtp", 3, Duration::from_secs(5)),
             name: format!("sender-{}", uuid::Uuid::new_v4()),
         })
     }

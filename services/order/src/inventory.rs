@@ -5,13 +5,9 @@
 
 use std::{collections::HashSet, sync::RwLock, time::Duration};
 
-use failsafe::{
-    Config, StateMachine,
-    backoff::{self, Constant},
-    failure_policy::{ConsecutiveFailures, consecutive_failures},
-    futures::CircuitBreaker,
-};
+use failsafe::futures::CircuitBreaker;
 use futures::future::join_all;
+use shared::resilience::{Breaker, Breakers};
 
 /// What the inventory said about a set of products.
 #[derive(Debug, PartialEq, Eq)]
@@ -29,11 +25,11 @@ pub struct InventoryClient {
     /// Products are never deleted, so a product seen once stays valid and
     /// the hot path makes no HTTP call for it.
     known: RwLock<HashSet<String>>,
-    breaker: StateMachine<ConsecutiveFailures<Constant>, ()>,
+    breaker: Breaker,
 }
 
 impl InventoryClient {
-    pub fn new(base_url: &str) -> Self {
+    pub fn new(base_url: &str, breakers: &Breakers) -> Self {
         InventoryClient {
             base_url: base_url.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
@@ -41,12 +37,7 @@ impl InventoryClient {
                 .build()
                 .expect("a reqwest client"),
             known: RwLock::new(HashSet::new()),
-            breaker: Config::new()
-                .failure_policy(consecutive_failures(
-                    5,
-                    backoff::constant(Duration::from_secs(10)),
-                ))
-                .build(),
+            breaker: breakers.breaker("inventory-http", 5, Duration::from_secs(10)),
         }
     }
 

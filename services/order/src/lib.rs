@@ -49,7 +49,10 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     );
     let api = http::OrderApi {
         store,
-        inventory: Arc::new(inventory::InventoryClient::new(&config.inventory_url)),
+        inventory: Arc::new(inventory::InventoryClient::new(
+            &config.inventory_url,
+            &core.breakers,
+        )),
     };
     core.serve(api, "Order service").await
 }

@@ -10,7 +10,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use futures::StreamExt;
 use lapin::{
-    Connection,
+    Channel, Connection,
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
@@ -64,6 +64,55 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
 }
 
+/// A queue consumed with manual acks: what to declare, and how to settle one
+/// delivery. The work-queue consumer and the dead-letter archiver are both
+/// one, and share the reconnecting loop below.
+pub(crate) trait QueueWorker: Send + Sync {
+    /// For log lines.
+    fn label(&self) -> &str;
+    fn topology(&self) -> &Topology;
+    /// Declares what the worker needs and returns the queue to consume.
+    fn declare(
+        &self,
+        channel: &Channel,
+    ) -> impl Future<Output = Result<String, lapin::Error>> + Send;
+    /// Settles one delivery (ack, or nack with requeue) once its outcome is
+    /// durable. An error means the channel is unusable.
+    fn settle(
+        &self,
+        delivery: Delivery,
+        publisher: &Publisher,
+    ) -> impl Future<Output = Result<(), lapin::Error>> + Send;
+}
+
+struct HandlerWorker<H> {
+    settings: ConsumerSettings,
+    handler: Arc<H>,
+}
+
+impl<H: Handler> QueueWorker for HandlerWorker<H> {
+    fn label(&self) -> &str {
+        self.settings.subscription.queue
+    }
+
+    fn topology(&self) -> &Topology {
+        &self.settings.topology
+    }
+
+    async fn declare(&self, channel: &Channel) -> Result<String, lapin::Error> {
+        let settings = &self.settings;
+        settings
+            .topology
+            .declare_subscription(channel, &settings.subscription, &settings.policy)
+            .await?;
+        Ok(settings.topology.work_queue(&settings.subscription))
+    }
+
+    async fn settle(&self, delivery: Delivery, publisher: &Publisher) -> Result<(), lapin::Error> {
+        settle(delivery, &self.settings, &self.handler, publisher).await
+    }
+}
+
 /// Runs until `shutdown`, reconnecting whenever the broker goes away. On
 /// shutdown it stops taking deliveries and finishes the ones in hand.
 pub async fn run_consumer<H: Handler>(
@@ -71,14 +120,30 @@ pub async fn run_consumer<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) {
+    let (url, name, prefetch) = (
+        settings.url.clone(),
+        settings.name.clone(),
+        settings.prefetch,
+    );
+    let worker = HandlerWorker { settings, handler };
+    run_worker(&url, &name, prefetch, &worker, shutdown).await;
+}
+
+pub(crate) async fn run_worker<W: QueueWorker>(
+    url: &str,
+    name: &str,
+    prefetch: u16,
+    worker: &W,
+    shutdown: CancellationToken,
+) {
     let mut backoff = reconnect_backoff();
     while !shutdown.is_cancelled() {
-        match consume_until_broken(&settings, &handler, &shutdown).await {
+        match consume_until_broken(url, name, prefetch, worker, &shutdown).await {
             Ok(()) => backoff = reconnect_backoff(),
             Err(error) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(
-                    queue = settings.subscription.queue,
+                    queue = worker.label(),
                     %error,
                     retry_in_ms = delay.as_millis() as u64,
                     "consumer lost RabbitMQ; reconnecting"
@@ -90,7 +155,7 @@ pub async fn run_consumer<H: Handler>(
             }
         }
     }
-    tracing::info!(queue = settings.subscription.queue, "consumer stopped");
+    tracing::info!(queue = worker.label(), "consumer stopped");
 }
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
@@ -102,34 +167,31 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-async fn consume_until_broken<H: Handler>(
-    settings: &ConsumerSettings,
-    handler: &Arc<H>,
+async fn consume_until_broken<W: QueueWorker>(
+    url: &str,
+    name: &str,
+    prefetch: u16,
+    worker: &W,
     shutdown: &CancellationToken,
 ) -> Result<(), lapin::Error> {
-    let connection =
-        Connection::connect(&settings.url, connection_properties(&settings.name)).await?;
+    let connection = Connection::connect(url, connection_properties(name)).await?;
     let channel = connection.create_channel().await?;
-    settings
-        .topology
-        .declare_subscription(&channel, &settings.subscription, &settings.policy)
-        .await?;
+    let queue = worker.declare(&channel).await?;
     channel
-        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
     // Retries and dead letters go out on their own confirmed channel, so a
     // delivery is acked only once its next hop is safely stored.
-    let publisher = Publisher::from_connection(&connection, &settings.topology).await?;
-    let queue = settings.topology.work_queue(&settings.subscription);
+    let publisher = Publisher::from_connection(&connection, worker.topology()).await?;
     let consumer = channel
         .basic_consume(
             queue.as_str().into(),
-            settings.name.as_str().into(),
+            name.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    tracing::info!(%queue, prefetch = settings.prefetch, "consuming");
+    tracing::info!(%queue, prefetch, "consuming");
 
     let failure: Arc<std::sync::Mutex<Option<lapin::Error>>> = Default::default();
     consumer
@@ -141,12 +203,12 @@ async fn consume_until_broken<H: Handler>(
             }
             futures::future::ready(ok)
         })
-        .for_each_concurrent(settings.prefetch as usize, |delivery| {
+        .for_each_concurrent(prefetch as usize, |delivery| {
             let publisher = &publisher;
             let failure = failure.clone();
             async move {
                 let Ok(delivery) = delivery else { return };
-                if let Err(error) = settle(delivery, settings, handler, publisher).await {
+                if let Err(error) = worker.settle(delivery, publisher).await {
                     failure.lock().expect("poisoned").replace(error);
                 }
             }
@@ -227,6 +289,9 @@ async fn settle<H: Handler>(
             }
         }
     }
+    fail::fail_point!("consumer.before_ack", |_| crate::fault::crash(
+        "consumer.before_ack"
+    ));
     delivery.ack(BasicAckOptions::default()).await.map(|_| ())
 }
 

@@ -1,12 +1,23 @@
-//! `/health` (the process is alive) and `/ready` (its database and broker
-//! answer). Readiness names what is down so an operator knows where to look.
+//! `/health` (the process is alive), `/ready` (its database and broker
+//! answer, and the state of its circuit breakers) and `/metrics`
+//! (Prometheus text). Readiness names what is down so an operator knows
+//! where to look.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, sync::Arc, time::Duration};
 
-use mongodb::Database;
-use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use mongodb::{Database, bson::doc};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    payload::{Json, PlainText},
+};
 
-use crate::{broker::Publisher, store};
+use super::ratelimit::RateLimiter;
+use crate::{
+    broker::Publisher,
+    deadletter::{DEAD_LETTERS, DeadLetterStatus},
+    resilience::Breakers,
+    store::{self, outbox::OUTBOX},
+};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -14,6 +25,8 @@ pub struct HealthApi {
     pub service: &'static str,
     pub db: Database,
     pub publisher: Arc<Publisher>,
+    pub breakers: Breakers,
+    pub rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 /// Liveness.
@@ -34,6 +47,10 @@ pub struct Readiness {
     pub mongodb: String,
     /// `up`, or `down: <reason>`.
     pub rabbitmq: String,
+    /// Each circuit breaker: `closed`, `open` or `half_open`. An open
+    /// breaker does not make the service unready: it is how the service
+    /// stays useful while a dependency is down.
+    pub breakers: BTreeMap<String, String>,
 }
 
 #[derive(ApiResponse)]
@@ -55,6 +72,13 @@ impl HealthApi {
             status: "ok".into(),
             service: self.service.into(),
         })
+    }
+
+    /// Counters and states in Prometheus text format: outbox backlog, dead
+    /// letters, circuit breakers, rate-limited requests.
+    #[oai(path = "/metrics", method = "get")]
+    async fn metrics(&self) -> PlainText<String> {
+        PlainText(self.render_metrics().await)
     }
 
     /// Readiness: MongoDB and RabbitMQ are reachable.
@@ -79,12 +103,98 @@ impl HealthApi {
             status: if ok { "ready" } else { "unavailable" }.into(),
             mongodb,
             rabbitmq,
+            breakers: self
+                .breakers
+                .snapshot()
+                .iter()
+                .map(|b| (b.name().to_string(), b.state().as_str().to_string()))
+                .collect(),
         };
         if ok {
             ReadyResponse::Ready(Json(body))
         } else {
             ReadyResponse::NotReady(Json(body))
         }
+    }
+}
+
+impl HealthApi {
+    /// Counts for `/metrics`; a count that cannot be read is left out.
+    async fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        let mut described = std::collections::HashSet::new();
+        let service = self.service;
+        let mut gauge = |name: &'static str, help: &str, labels: &str, value: f64| {
+            if described.insert(name) {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            }
+            let _ = writeln!(out, "{name}{{service=\"{service}\"{labels}}} {value}");
+        };
+        let count = |collection: &str, filter| {
+            let db = self.db.clone();
+            let collection = collection.to_string();
+            async move {
+                tokio::time::timeout(
+                    CHECK_TIMEOUT,
+                    db.collection::<mongodb::bson::Document>(&collection)
+                        .count_documents(filter),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+            }
+        };
+        let (outbox, dead) = tokio::join!(
+            count(OUTBOX, doc! {}),
+            count(
+                DEAD_LETTERS,
+                doc! { "status": DeadLetterStatus::Dead.as_str() }
+            ),
+        );
+        if let Some(n) = outbox {
+            gauge(
+                "outbox_pending",
+                "Events written but not yet confirmed by the broker.",
+                "",
+                n as f64,
+            );
+        }
+        if let Some(n) = dead {
+            gauge(
+                "dead_letters",
+                "Dead letters waiting for an operator.",
+                "",
+                n as f64,
+            );
+        }
+        for breaker in self.breakers.snapshot() {
+            let labels = format!(",breaker=\"{}\"", breaker.name());
+            gauge(
+                "circuit_breaker_open",
+                "1 when the breaker is open, 0.5 half-open, 0 closed.",
+                &labels,
+                match breaker.state() {
+                    crate::resilience::BreakerState::Closed => 0.0,
+                    crate::resilience::BreakerState::HalfOpen => 0.5,
+                    crate::resilience::BreakerState::Open => 1.0,
+                },
+            );
+            gauge(
+                "circuit_breaker_rejected",
+                "Calls refused while open, since start.",
+                &labels,
+                breaker.rejected() as f64,
+            );
+        }
+        if let Some(limiter) = &self.rate_limiter {
+            gauge(
+                "http_rate_limited",
+                "Requests refused with 429, since start.",
+                "",
+                limiter.refused() as f64,
+            );
+        }
+        out
     }
 }
 

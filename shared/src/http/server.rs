@@ -1,7 +1,7 @@
 //! Building the poem app around a service's API and serving it until the
 //! shutdown signal.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use poem::{
     Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route, Server,
@@ -14,7 +14,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{AdminToken, ApiError, error::json_errors};
+use super::{
+    AdminToken, ApiError,
+    error::json_errors,
+    ratelimit::{self, RateLimiter},
+};
 
 /// Largest request body accepted (64 KiB); larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -26,11 +30,13 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub struct CorrelationId(pub String);
 
 /// Wraps `api` with its Swagger UI (`/docs`), its spec (`/openapi.json`),
-/// the body limit, correlation ids, admin token and JSON errors.
+/// the rate limit, the body limit, correlation ids, admin token and JSON
+/// errors.
 pub fn build_app<T: OpenApi + 'static>(
     api: T,
     title: &str,
     admin_token: &str,
+    rate_limiter: Option<Arc<RateLimiter>>,
 ) -> impl Endpoint<Output = Response> + 'static {
     let service = OpenApiService::new(api, title, env!("CARGO_PKG_VERSION"));
     let docs = service.swagger_ui();
@@ -41,6 +47,15 @@ pub fn build_app<T: OpenApi + 'static>(
         .at("/openapi.json", spec)
         .around(limit_body)
         .around(correlate)
+        .around(move |next, req| {
+            let limiter = rate_limiter.clone();
+            async move {
+                match limiter {
+                    Some(limiter) => ratelimit::limit(limiter, next, req).await,
+                    None => next.call(req).await.map(IntoResponse::into_response),
+                }
+            }
+        })
         .data(AdminToken(admin_token.to_string()))
         .with(Tracing)
         .catch_all_error(json_errors)

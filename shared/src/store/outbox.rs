@@ -17,15 +17,19 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use failsafe::futures::CircuitBreaker as _;
+
 use crate::{
     broker::{Outgoing, PublishOutcome, Publisher, topology::has_subscriber},
     events::Envelope,
+    resilience::Breaker,
 };
 
 pub const OUTBOX: &str = "outbox";
 
-/// How long a claimed batch belongs to one relay.
-const LEASE: Duration = Duration::from_secs(30);
+/// How long a claimed batch belongs to one relay: publishing a batch takes
+/// milliseconds, so a lease still held after this was left by a crash.
+const LEASE: Duration = Duration::from_secs(10);
 /// How soon to look again at an event no queue took, or after a failure.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
@@ -81,6 +85,9 @@ pub async fn ensure_outbox_indexes(db: &Database) -> Result<(), Error> {
 pub struct OutboxRelay {
     outbox: Collection<OutboxRecord>,
     publisher: Arc<Publisher>,
+    /// Opens when the broker keeps failing, so the relay stops reconnecting
+    /// on every commit; events wait in the outbox until a trial succeeds.
+    breaker: Breaker,
     wake: Arc<Notify>,
     instance: String,
     batch_size: i64,
@@ -88,10 +95,16 @@ pub struct OutboxRelay {
 }
 
 impl OutboxRelay {
-    pub fn new(db: &Database, publisher: Arc<Publisher>, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        db: &Database,
+        publisher: Arc<Publisher>,
+        breaker: Breaker,
+        wake: Arc<Notify>,
+    ) -> Self {
         OutboxRelay {
             outbox: db.collection(OUTBOX),
             publisher,
+            breaker,
             wake,
             instance: uuid::Uuid::new_v4().to_string(),
             batch_size: 256,
@@ -106,6 +119,14 @@ impl OutboxRelay {
             let pause = match self.relay_batch().await {
                 Ok(count) if count as i64 == self.batch_size => continue,
                 Ok(_) => self.poll_interval,
+                Err(RelayError::BreakerOpen) => {
+                    // Commits keep waking us; the trial call comes on a timer.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(RETRY_AFTER) => {}
+                    }
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "outbox relay could not publish; will retry");
                     RETRY_AFTER
@@ -122,6 +143,9 @@ impl OutboxRelay {
 
     /// Claims, publishes and removes one batch; returns how many it handled.
     pub async fn relay_batch(&self) -> Result<usize, RelayError> {
+        if !failsafe::CircuitBreaker::is_call_permitted(&self.breaker) {
+            return Err(RelayError::BreakerOpen);
+        }
         let now = bson::DateTime::now();
         let due = doc! { "$or": [ { "notBefore": null }, { "notBefore": { "$lte": now } } ] };
         let candidates: Vec<OutboxRecord> = self
@@ -161,13 +185,26 @@ impl OutboxRelay {
         };
 
         let messages: Vec<Outgoing> = batch.iter().map(|r| self.message(r)).collect();
-        let outcomes = match self.publisher.publish_all(&messages).await {
+        fail::fail_point!("relay.before_publish", |_| crate::fault::crash(
+            "relay.before_publish"
+        ));
+        let outcomes = match self
+            .breaker
+            .call(self.publisher.publish_all(&messages))
+            .await
+        {
             Ok(outcomes) => outcomes,
             Err(error) => {
                 self.release(&batch).await;
-                return Err(error.into());
+                return Err(match error {
+                    failsafe::Error::Inner(error) => error.into(),
+                    failsafe::Error::Rejected => RelayError::BreakerOpen,
+                });
             }
         };
+        fail::fail_point!("relay.after_publish", |_| crate::fault::crash(
+            "relay.after_publish"
+        ));
 
         let mut done = Vec::new();
         let mut retry = Vec::new();
@@ -237,4 +274,6 @@ pub enum RelayError {
     Database(#[from] Error),
     #[error("publishing to RabbitMQ: {0}")]
     Broker(#[from] lapin::Error),
+    #[error("the publisher circuit breaker is open")]
+    BreakerOpen,
 }

@@ -46,6 +46,9 @@ impl Stack {
             // Short retry delays keep failing-path tests quick.
             ("RETRY_BASE_MS".into(), "200".into()),
             ("RETRY_CAP_MS".into(), "1000".into()),
+            // Tests send bursts from one address; the limiter stays on but
+            // out of the way (one test turns it down on purpose).
+            ("RATE_LIMIT_PER_SECOND".into(), "100000".into()),
         ]);
         for (k, v) in extra {
             map.insert(k.to_string(), v.clone());
@@ -241,6 +244,36 @@ impl Stack {
     pub async fn order(&self, id: &str) -> Value {
         self.get_json(&format!("{}/api/orders/{id}", self.order))
             .await
+    }
+
+    /// `method` `url` with the admin token and an optional JSON body;
+    /// returns the status and the decoded body.
+    pub async fn admin_call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, url).bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Waits until `service_url` has archived `count` dead letters in
+    /// `status`, and returns them.
+    pub async fn dead_letters(&self, service_url: &str, status: &str, count: usize) -> Vec<Value> {
+        eventually(&format!("{count} {status} dead letters"), || async {
+            let page = self
+                .admin_get_json(&format!("{service_url}/admin/dead-letters?status={status}"))
+                .await;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            (items.len() == count).then_some(items)
+        })
+        .await
     }
 
     /// Waits until the order leaves PENDING and returns it.

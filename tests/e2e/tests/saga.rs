@@ -287,10 +287,13 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_without_blocking_the_que
         stack.final_order(order["orderId"].as_str().unwrap()).await["status"],
         "CONFIRMED"
     );
-    eventually("the poison message in the DLQ", || async {
-        (stack.queue_depth("inventory-service.events.dlq").await == 1).then_some(())
-    })
-    .await;
+    let dead = stack.dead_letters(&stack.inventory, "DEAD", 1).await;
+    assert_eq!(dead[0]["payload"], "{ this is not json");
+    assert_eq!(dead[0]["routingKey"], "order.created");
+    assert_eq!(
+        dead[0]["attempts"], 1,
+        "a permanent failure skips the retries"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

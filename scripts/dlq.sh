@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Dead letters from a terminal: the same admin routes as /docs, with a
+# readable listing. Services are found at ORDER_URL / INVENTORY_URL /
+# NOTIFICATION_URL (defaults: the ports run.sh uses), authenticated with
+# ADMIN_TOKEN (default: the development token).
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: scripts/dlq.sh <service> <command> [args]
+
+  service: order | inventory | notification
+
+  list [DEAD|REPLAYED|DISCARDED]   dead letters, newest first (default: DEAD)
+  show <id>                        one dead letter with its payload
+  replay <id>                      send one back to its work queue
+  replay-all [eventType]           replay every DEAD one (of that event type)
+  discard <id> <note...>           give up on one; it stays on record
+
+examples:
+  scripts/dlq.sh inventory list
+  scripts/dlq.sh order replay-all inventory.reserved
+  scripts/dlq.sh notification discard 0193... "customer address bounced"
+USAGE
+  exit 2
+}
+
+[ $# -ge 2 ] || usage
+service=$1 command=$2
+shift 2
+case $service in
+  order) base=${ORDER_URL:-http://127.0.0.1:3001} ;;
+  inventory) base=${INVENTORY_URL:-http://127.0.0.1:3002} ;;
+  notification) base=${NOTIFICATION_URL:-http://127.0.0.1:3003} ;;
+  *) echo "unknown service: $service" >&2; usage ;;
+esac
+token=${ADMIN_TOKEN:-dev-admin-token}
+url="$base/admin/dead-letters"
+
+# Prints the body; fails with the service's JSON error on a non-2xx answer.
+call() {
+  local method=$1 target=$2 body=${3:-}
+  local args=(-sS -X "$method" -H "Authorization: Bearer $token" -w '\n%{http_code}')
+  [ -n "$body" ] && args+=(-H 'Content-Type: application/json' --data "$body")
+  local answer status
+  answer=$(curl "${args[@]}" "$target") || { echo "error: $base is not answering" >&2; exit 1; }
+  status=${answer##*$'\n'}
+  answer=${answer%$'\n'*}
+  if [ "${status:0:1}" != 2 ]; then
+    echo "error: HTTP $status: $answer" >&2
+    exit 1
+  fi
+  printf '%s\n' "$answer"
+}
+
+json_string() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
+pretty() { python3 -m json.tool; }
+
+case $command in
+  list)
+    status=${1:-DEAD}
+    cursor=""
+    # Walks every page, so a long backlog is listed in full.
+    while :; do
+      page=$(call GET "$url?status=$status&limit=100${cursor:+&cursor=$cursor}")
+      printf '%s' "$page" | python3 -c '
+import json, sys
+for d in json.load(sys.stdin)["items"]:
+    print("{}  {:<9}  {:<26}  attempts={}  {}  {}".format(d["deadLetterId"], d["status"],
+          d.get("eventType") or "?", d["attempts"], d["deadAt"][:19], d["reason"][:80]))'
+      cursor=$(printf '%s' "$page" | python3 -c 'import json, sys; print(json.load(sys.stdin).get("nextCursor") or "")')
+      [ -n "$cursor" ] || break
+    done
+    ;;
+  show)
+    [ $# -eq 1 ] || usage
+    call GET "$url/$1" | pretty
+    ;;
+  replay)
+    [ $# -eq 1 ] || usage
+    call POST "$url/$1/replay" | pretty
+    ;;
+  replay-all)
+    filter='{}'
+    [ $# -ge 1 ] && filter="{\"eventType\": $(json_string "$1")}"
+    call POST "$url/replay" "$filter" | pretty
+    ;;
+  discard)
+    [ $# -ge 2 ] || usage
+    id=$1
+    shift
+    call POST "$url/$id/discard" "{\"note\": $(json_string "$*")}" | pretty
+    ;;
+  *) usage ;;
+esac

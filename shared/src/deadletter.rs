@@ -1,0 +1,430 @@
+//! Dead letters an operator can see, replay and discard.
+//!
+//! A consumer that gives up on a message publishes it to `e-commerce.dlx`,
+//! which routes it to its queue's `<queue>.dlq`. Each service runs an
+//! archiver on its DLQ that copies every dead letter, with the failure
+//! headers, into its own `dead_letters` collection and only then acks it. The
+//! collection is what the admin routes list and filter; the DLQ is only the
+//! durable hand-over between the two.
+//!
+//! Replaying publishes the original body, ids and correlation id straight to
+//! the work queue it died in, with the attempt count reset; the normal
+//! handler runs, and its inbox still stops a second effect. The record is
+//! marked `REPLAYED` only after the broker confirmed the copy, so a crash in
+//! between can at worst replay twice, never lose the message. Discarding
+//! keeps the record, marked `DISCARDED` with a note.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::TryStreamExt;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+    types::{AMQPValue, FieldTable},
+};
+use mongodb::{
+    Collection, Database, IndexModel,
+    bson::{self, Document, doc},
+    error::Error,
+    options::IndexOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    broker::{
+        Outgoing, PublishOutcome, Publisher, Subscription, Topology,
+        consumer::{
+            ATTEMPT_HEADER, FIRST_FAILURE_HEADER, LAST_ERROR_HEADER, LAST_FAILURE_HEADER,
+            ORIGINAL_QUEUE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, QueueWorker, REASON_HEADER,
+        },
+        header_string, header_u32, set_header, text,
+    },
+    events::RawEnvelope,
+    http::{PageRequest, find_page},
+    retry::RetryPolicy,
+    store,
+};
+
+pub const DEAD_LETTERS: &str = "dead_letters";
+/// Header on a replayed copy naming the dead letter it came from.
+pub const REPLAYED_FROM_HEADER: &str = "x-replayed-from";
+/// At most this many dead letters are replayed by one filtered replay.
+pub const MAX_REPLAY_BATCH: usize = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, poem_openapi::Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeadLetterStatus {
+    /// Waiting for an operator.
+    Dead,
+    /// Sent back to its work queue.
+    Replayed,
+    /// Given up on by an operator; kept as a record.
+    Discarded,
+}
+
+impl DeadLetterStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterStatus::Dead => "DEAD",
+            DeadLetterStatus::Replayed => "REPLAYED",
+            DeadLetterStatus::Discarded => "DISCARDED",
+        }
+    }
+}
+
+/// One message a consumer gave up on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// UUIDv7: newest first is descending `_id`.
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// The same dead letter archived twice (redelivered before its ack)
+    /// has the same key; the unique index keeps one.
+    pub dedupe_key: String,
+    /// The work queue the message died in; replays go back there.
+    pub queue: String,
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// Read from the body when it parses as an event.
+    pub event_type: Option<String>,
+    pub reason: String,
+    pub attempts: u32,
+    pub first_failure_at: Option<String>,
+    pub last_failure_at: Option<String>,
+    pub last_error: Option<String>,
+    /// The body as received (bytes that are not UTF-8 are replaced).
+    pub payload: String,
+    pub status: DeadLetterStatus,
+    pub dead_at: bson::DateTime,
+    pub replay_count: u32,
+    pub replayed_at: Option<bson::DateTime>,
+    pub discarded_at: Option<bson::DateTime>,
+    pub discard_note: Option<String>,
+}
+
+/// Which dead letters a list or a filtered replay applies to.
+#[derive(Clone, Debug, Default)]
+pub struct DeadLetterFilter {
+    pub status: Option<DeadLetterStatus>,
+    pub event_type: Option<String>,
+    pub routing_key: Option<String>,
+    pub message_id: Option<String>,
+}
+
+impl DeadLetterFilter {
+    fn to_document(&self) -> Document {
+        let mut filter = Document::new();
+        if let Some(status) = self.status {
+            filter.insert("status", status.as_str());
+        }
+        if let Some(event_type) = &self.event_type {
+            filter.insert("eventType", event_type);
+        }
+        if let Some(routing_key) = &self.routing_key {
+            filter.insert("routingKey", routing_key);
+        }
+        if let Some(message_id) = &self.message_id {
+            filter.insert("messageId", message_id);
+        }
+        filter
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("no dead letter {0}")]
+    NotFound(String),
+    #[error("dead letter {id} is {status:?}; only DEAD ones can be replayed or discarded")]
+    NotDead {
+        id: String,
+        status: DeadLetterStatus,
+    },
+    #[error("the broker did not take the replayed message: {0}")]
+    Broker(String),
+    #[error(transparent)]
+    Database(#[from] Error),
+}
+
+/// A service's archive of dead letters.
+#[derive(Clone)]
+pub struct DeadLetterStore {
+    collection: Collection<DeadLetter>,
+}
+
+impl DeadLetterStore {
+    pub fn new(db: &Database) -> Self {
+        DeadLetterStore {
+            collection: db.collection(DEAD_LETTERS),
+        }
+    }
+
+    pub async fn ensure_indexes(&self) -> Result<(), Error> {
+        self.collection
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "dedupeKey": 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "_id": -1 })
+                    .build(),
+            ])
+            .await
+            .map(|_| ())
+    }
+
+    /// Stores `letter` unless it is already archived.
+    pub async fn archive(&self, letter: &DeadLetter) -> Result<(), Error> {
+        match self.collection.insert_one(letter).await {
+            Ok(_) => Ok(()),
+            Err(error) if store::is_duplicate_key(&error) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<DeadLetter, DeadLetterError> {
+        self.collection
+            .find_one(doc! { "_id": id })
+            .await?
+            .ok_or_else(|| DeadLetterError::NotFound(id.to_string()))
+    }
+
+    pub async fn page(
+        &self,
+        filter: &DeadLetterFilter,
+        page: &PageRequest,
+    ) -> Result<(Vec<DeadLetter>, Option<String>), Error> {
+        find_page(&self.collection, filter.to_document(), page, |d| {
+            d.id.clone()
+        })
+        .await
+    }
+
+    /// Publishes one DEAD letter back to its work queue, then marks it.
+    pub async fn replay(
+        &self,
+        id: &str,
+        publisher: &Publisher,
+    ) -> Result<DeadLetter, DeadLetterError> {
+        let letter = self.get(id).await?;
+        if letter.status != DeadLetterStatus::Dead {
+            return Err(DeadLetterError::NotDead {
+                id: letter.id,
+                status: letter.status,
+            });
+        }
+        self.replay_letter(letter, publisher).await
+    }
+
+    /// Replays every DEAD letter matching `filter` (oldest first, at most
+    /// [`MAX_REPLAY_BATCH`]); returns the ones replayed.
+    pub async fn replay_matching(
+        &self,
+        filter: &DeadLetterFilter,
+        publisher: &Publisher,
+    ) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        let mut query = filter.to_document();
+        query.insert("status", DeadLetterStatus::Dead.as_str());
+        let letters: Vec<DeadLetter> = self
+            .collection
+            .find(query)
+            .sort(doc! { "_id": 1 })
+            .limit(MAX_REPLAY_BATCH as i64)
+            .await?
+            .try_collect()
+            .await?;
+        let mut replayed = Vec::with_capacity(letters.len());
+        for letter in letters {
+            replayed.push(self.replay_letter(letter, publisher).await?);
+        }
+        Ok(replayed)
+    }
+
+    async fn replay_letter(
+        &self,
+        letter: DeadLetter,
+        publisher: &Publisher,
+    ) -> Result<DeadLetter, DeadLetterError> {
+        let mut headers = FieldTable::default();
+        set_header(&mut headers, REPLAYED_FROM_HEADER, text(letter.id.clone()));
+        // No attempt header: the replay starts again at attempt 1.
+        let outcome = publisher
+            .publish(Outgoing {
+                exchange: String::new(),
+                routing_key: letter.queue.clone(),
+                payload: letter.payload.clone().into_bytes(),
+                headers,
+                message_id: letter.message_id.clone(),
+                correlation_id: letter.correlation_id.clone(),
+                mandatory: true,
+            })
+            .await
+            .map_err(|e| DeadLetterError::Broker(e.to_string()))?;
+        if outcome != PublishOutcome::Confirmed {
+            return Err(DeadLetterError::Broker(format!(
+                "queue {} did not take it ({outcome:?})",
+                letter.queue
+            )));
+        }
+        let now = bson::DateTime::now();
+        self.collection
+            .update_one(
+                doc! { "_id": &letter.id, "status": DeadLetterStatus::Dead.as_str() },
+                doc! {
+                    "$set": { "status": DeadLetterStatus::Replayed.as_str(), "replayedAt": now },
+                    "$inc": { "replayCount": 1 },
+                },
+            )
+            .await?;
+        tracing::info!(dead_letter = %letter.id, queue = %letter.queue, "dead letter replayed");
+        self.get(&letter.id).await
+    }
+
+    /// Marks one DEAD letter as discarded, keeping it on record.
+    pub async fn discard(&self, id: &str, note: &str) -> Result<DeadLetter, DeadLetterError> {
+        let updated = self
+            .collection
+            .update_one(
+                doc! { "_id": id, "status": DeadLetterStatus::Dead.as_str() },
+                doc! { "$set": {
+                    "status": DeadLetterStatus::Discarded.as_str(),
+                    "discardedAt": bson::DateTime::now(),
+                    "discardNote": note,
+                } },
+            )
+            .await?;
+        let letter = self.get(id).await?;
+        if updated.modified_count == 0 {
+            return Err(DeadLetterError::NotDead {
+                id: letter.id,
+                status: letter.status,
+            });
+        }
+        tracing::info!(dead_letter = %id, %note, "dead letter discarded");
+        Ok(letter)
+    }
+}
+
+/// Builds the archived record of a delivery from a DLQ.
+pub fn dead_letter_from(delivery: &Delivery, dlq: &str) -> DeadLetter {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let property =
+        |value: &Option<lapin::types::ShortString>| value.as_ref().map(|s| s.to_string());
+    let message_id = property(delivery.properties.message_id());
+    let last_failure_at = header_string(&headers, LAST_FAILURE_HEADER);
+    let queue = header_string(&headers, ORIGINAL_QUEUE_HEADER)
+        .unwrap_or_else(|| dlq.trim_end_matches(".dlq").to_string());
+    let dedupe_key = match (&message_id, &last_failure_at) {
+        (Some(id), Some(at)) => format!("{queue}|{id}|{at}"),
+        // Without both, two archivings cannot be told apart from two deaths.
+        _ => uuid::Uuid::new_v4().to_string(),
+    };
+    let payload = String::from_utf8_lossy(&delivery.data).into_owned();
+    DeadLetter {
+        id: uuid::Uuid::now_v7().to_string(),
+        dedupe_key,
+        routing_key: header_string(&headers, ORIGINAL_ROUTING_KEY_HEADER)
+            .unwrap_or_else(|| delivery.routing_key.to_string()),
+        queue,
+        message_id,
+        correlation_id: property(delivery.properties.correlation_id()),
+        event_type: RawEnvelope::parse(&delivery.data)
+            .ok()
+            .map(|event| event.event_type),
+        reason: header_string(&headers, REASON_HEADER)
+            .or_else(|| broker_reason(&headers))
+            .unwrap_or_else(|| "unknown".into()),
+        attempts: header_u32(&headers, ATTEMPT_HEADER).unwrap_or(1),
+        first_failure_at: header_string(&headers, FIRST_FAILURE_HEADER),
+        last_failure_at,
+        last_error: header_string(&headers, LAST_ERROR_HEADER),
+        payload,
+        status: DeadLetterStatus::Dead,
+        dead_at: bson::DateTime::now(),
+        replay_count: 0,
+        replayed_at: None,
+        discarded_at: None,
+        discard_note: None,
+    }
+}
+
+/// The reason RabbitMQ itself recorded (`x-death`), for messages it
+/// dead-lettered without our consumer (a reject, an expired TTL).
+fn broker_reason(headers: &FieldTable) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    header_string(first, "reason").map(|reason| format!("broker: {reason}"))
+}
+
+/// Consumes one service's DLQ into its `dead_letters` collection.
+pub(crate) struct DeadLetterArchiver {
+    pub topology: Topology,
+    pub subscription: Subscription,
+    pub policy: RetryPolicy,
+    pub store: DeadLetterStore,
+}
+
+impl QueueWorker for DeadLetterArchiver {
+    fn label(&self) -> &str {
+        "dead-letter archiver"
+    }
+
+    fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    async fn declare(&self, channel: &Channel) -> Result<String, lapin::Error> {
+        self.topology
+            .declare_subscription(channel, &self.subscription, &self.policy)
+            .await?;
+        Ok(self.topology.dead_letter_queue(&self.subscription))
+    }
+
+    async fn settle(&self, delivery: Delivery, _: &Publisher) -> Result<(), lapin::Error> {
+        let letter = dead_letter_from(
+            &delivery,
+            &self.topology.dead_letter_queue(&self.subscription),
+        );
+        let stored = (|| self.store.archive(&letter))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_jitter()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(6),
+            )
+            .when(store::is_transient)
+            .await;
+        match stored {
+            Ok(()) => {
+                tracing::warn!(
+                    dead_letter = %letter.id,
+                    queue = %letter.queue,
+                    reason = %letter.reason,
+                    "dead letter archived"
+                );
+                delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+            }
+            Err(error) => {
+                // Still in the DLQ: it is archived on a later delivery.
+                tracing::error!(%error, "could not archive a dead letter; leaving it in the DLQ");
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Admin routes over a service's dead letters: list, show, replay one,
+//! replay all matching a filter, discard one. See [`crate::deadletter`].
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+use validator::Validate;
+
+use super::{AdminAuth, ApiError, PageRequest, validate};
+use crate::{
+    broker::Publisher,
+    deadletter::{
+        DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterStatus, DeadLetterStore,
+    },
+};
+
+pub struct DeadLetterApi {
+    pub store: DeadLetterStore,
+    pub publisher: Arc<Publisher>,
+}
+
+/// A message a consumer gave up on, with why and when.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct DeadLetterView {
+    pub dead_letter_id: String,
+    pub status: DeadLetterStatus,
+    /// The work queue it died in; a replay goes back there.
+    pub queue: String,
+    /// The routing key it was first published with.
+    pub routing_key: String,
+    pub event_type: Option<String>,
+    /// The event id (AMQP message id).
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub reason: String,
+    /// Attempts made before it was dead-lettered.
+    pub attempts: u32,
+    pub first_failure_at: Option<String>,
+    pub last_failure_at: Option<String>,
+    pub last_error: Option<String>,
+    /// The message body as received.
+    pub payload: String,
+    pub dead_at: DateTime<Utc>,
+    pub replay_count: u32,
+    pub replayed_at: Option<DateTime<Utc>>,
+    pub discarded_at: Option<DateTime<Utc>>,
+    pub discard_note: Option<String>,
+}
+
+impl From<DeadLetter> for DeadLetterView {
+    fn from(d: DeadLetter) -> Self {
+        DeadLetterView {
+            dead_letter_id: d.id,
+            status: d.status,
+            queue: d.queue,
+            routing_key: d.routing_key,
+            event_type: d.event_type,
+            message_id: d.message_id,
+            correlation_id: d.correlation_id,
+            reason: d.reason,
+            attempts: d.attempts,
+            first_failure_at: d.first_failure_at,
+            last_failure_at: d.last_failure_at,
+            last_error: d.last_error,
+            payload: d.payload,
+            dead_at: d.dead_at.to_chrono(),
+            replay_count: d.replay_count,
+            replayed_at: d.replayed_at.map(|t| t.to_chrono()),
+            discarded_at: d.discarded_at.map(|t| t.to_chrono()),
+            discard_note: d.discard_note,
+        }
+    }
+}
+
+/// A page of dead letters, newest first.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct DeadLetterPage {
+    pub items: Vec<DeadLetterView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Which DEAD letters to replay. Every given field must match; an empty
+/// filter replays every DEAD letter (up to 1000 per call).
+#[derive(Debug, Default, Object, Validate)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplayFilter {
+    #[validate(length(min = 1, max = 200))]
+    pub event_type: Option<String>,
+    #[validate(length(min = 1, max = 200))]
+    pub routing_key: Option<String>,
+    #[validate(length(min = 1, max = 200))]
+    pub message_id: Option<String>,
+}
+
+/// What a filtered replay did.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ReplayResult {
+    pub replayed: u32,
+    pub dead_letter_ids: Vec<String>,
+}
+
+/// Why a dead letter is given up on.
+#[derive(Debug, Object, Validate)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiscardRequest {
+    #[validate(length(min = 1, max = 1000))]
+    pub note: String,
+}
+
+#[derive(ApiResponse)]
+pub enum DeadLetterResponse {
+    #[oai(status = 200)]
+    Ok(Json<DeadLetterView>),
+}
+
+#[derive(ApiResponse)]
+pub enum DeadLetterPageResponse {
+    #[oai(status = 200)]
+    Ok(Json<DeadLetterPage>),
+}
+
+#[derive(ApiResponse)]
+pub enum ReplayResponse {
+    #[oai(status = 200)]
+    Ok(Json<ReplayResult>),
+}
+
+impl From<DeadLetterError> for ApiError {
+    fn from(error: DeadLetterError) -> Self {
+        match error {
+            DeadLetterError::NotFound(_) => ApiError::not_found(error.to_string()),
+            DeadLetterError::NotDead { .. } => ApiError::conflict(error.to_string()),
+            DeadLetterError::Broker(_) => ApiError::unavailable(error.to_string()),
+            DeadLetterError::Database(e) => ApiError::database(&e),
+        }
+    }
+}
+
+impl From<DeadLetterError> for poem::Error {
+    fn from(error: DeadLetterError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+#[OpenApi(tag = "Tag::DeadLetters")]
+impl DeadLetterApi {
+    /// This service's dead letters, newest first (admin).
+    #[oai(path = "/admin/dead-letters", method = "get")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        _admin: AdminAuth,
+        /// Only this status (DEAD, REPLAYED or DISCARDED).
+        status: Query<Option<DeadLetterStatus>>,
+        /// Only this event type, e.g. `order.created`.
+        #[oai(name = "eventType")]
+        event_type: Query<Option<String>>,
+        /// Only this original routing key.
+        #[oai(name = "routingKey")]
+        routing_key: Query<Option<String>>,
+        /// Only this event id.
+        #[oai(name = "messageId")]
+        message_id: Query<Option<String>>,
+        /// Page size, 1 to 100 (default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<u32>>,
+        /// `nextCursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> poem::Result<DeadLetterPageResponse> {
+        let filter = DeadLetterFilter {
+            status: status.0,
+            event_type: event_type.0,
+            routing_key: routing_key.0,
+            message_id: message_id.0,
+        };
+        let (items, next_cursor) = self
+            .store
+            .page(&filter, &PageRequest::new(limit.0, cursor.0))
+            .await
+            .map_err(|e| ApiError::database(&e))?;
+        Ok(DeadLetterPageResponse::Ok(Json(DeadLetterPage {
+            items: items.into_iter().map(Into::into).collect(),
+            next_cursor,
+        })))
+    }
+
+    /// One dead letter (admin).
+    #[oai(path = "/admin/dead-letters/:dead_letter_id", method = "get")]
+    async fn get(
+        &self,
+        _admin: AdminAuth,
+        dead_letter_id: Path<String>,
+    ) -> poem::Result<DeadLetterResponse> {
+        let letter = self.store.get(&dead_letter_id).await?;
+        Ok(DeadLetterResponse::Ok(Json(letter.into())))
+    }
+
+    /// Send one DEAD letter back to its work queue (admin). The normal
+    /// handler runs again; its inbox prevents a second effect.
+    #[oai(path = "/admin/dead-letters/:dead_letter_id/replay", method = "post")]
+    async fn replay(
+        &self,
+        _admin: AdminAuth,
+        dead_letter_id: Path<String>,
+    ) -> poem::Result<DeadLetterResponse> {
+        let letter = self.store.replay(&dead_letter_id, &self.publisher).await?;
+        Ok(DeadLetterResponse::Ok(Json(letter.into())))
+    }
+
+    /// Replay every DEAD letter matching the filter, oldest first, up to
+    /// 1000 per call (admin).
+    #[oai(path = "/admin/dead-letters/replay", method = "post")]
+    async fn replay_matching(
+        &self,
+        _admin: AdminAuth,
+        body: Json<ReplayFilter>,
+    ) -> poem::Result<ReplayResponse> {
+        validate(&body.0)?;
+        let filter = DeadLetterFilter {
+            status: Some(DeadLetterStatus::Dead),
+            event_type: body.0.event_type,
+            routing_key: body.0.routing_key,
+            message_id: body.0.message_id,
+        };
+        let replayed = self.store.replay_matching(&filter, &self.publisher).await?;
+        Ok(ReplayResponse::Ok(Json(ReplayResult {
+            replayed: replayed.len() as u32,
+            dead_letter_ids: replayed.into_iter().map(|d| d.id).collect(),
+        })))
+    }
+
+    /// Give up on one DEAD letter; it stays on record as DISCARDED (admin).
+    #[oai(path = "/admin/dead-letters/:dead_letter_id/discard", method = "post")]
+    async fn discard(
+        &self,
+        _admin: AdminAuth,
+        dead_letter_id: Path<String>,
+        body: Json<DiscardRequest>,
+    ) -> poem::Result<DeadLetterResponse> {
+        validate(&body.0)?;
+        let letter = self.store.discard(&dead_letter_id, &body.0.note).await?;
+        Ok(DeadLetterResponse::Ok(Json(letter.into())))
+    }
+}
+
+#[derive(poem_openapi::Tags)]
+enum Tag {
+    /// Messages a consumer gave up on, and what an operator does with them.
+    DeadLetters,
+}
