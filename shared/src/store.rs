@@ -20,8 +20,8 @@ pub use outbox::{OutboxRelay, stage_event};
 pub async fn connect(uri: &str, database: &str, app_name: &str) -> Result<Database, Error> {
     let mut options = ClientOptions::parse(uri).await?;
     options.app_name = Some(app_name.to_string());
-    options.server_selection_timeout = Some(Duration::from_secs(3));
-    options.connect_timeout = Some(Duration::from_secs(3));
+    options.server_selection_timeout = Some(Duration::from_secs(2));
+    options.connect_timeout = Some(Duration::from_secs(2));
     let client = Client::with_options(options)?;
     Ok(client.database(database))
 }
@@ -78,16 +78,21 @@ pub fn is_transient(error: &Error) -> bool {
 pub struct Transaction {
     session: ClientSession,
     attempts: u32,
+    started: std::time::Instant,
 }
 
 /// Transient conflicts are retried this many times before giving up.
 const MAX_TRANSACTION_ATTEMPTS: u32 = 20;
+/// ... and for at most this long, so that with the database gone a request
+/// gets its 503 in seconds instead of waiting out every attempt.
+const MAX_TRANSACTION_TIME: Duration = Duration::from_secs(4);
 
 impl Transaction {
     pub async fn begin(db: &Database) -> Result<Self, Error> {
         Ok(Transaction {
             session: db.client().start_session().await?,
             attempts: 0,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -101,9 +106,11 @@ impl Transaction {
     /// Commits after a successful body (`Some(value)`), or aborts. Returns
     /// `None` when the attempt hit a transient conflict and should run again.
     pub async fn finish<R>(&mut self, result: Result<R, Error>) -> Result<Option<R>, Error> {
+        let in_time = self.started.elapsed() < MAX_TRANSACTION_TIME;
         let retry = |e: &Error, attempts| {
             e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
                 && attempts < MAX_TRANSACTION_ATTEMPTS
+                && in_time
         };
         match result {
             Ok(value) => loop {

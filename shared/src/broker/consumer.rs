@@ -162,7 +162,8 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_jitter()
         .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
+        // A restarted broker is back within seconds; keep the gap short.
+        .with_max_delay(Duration::from_secs(3))
         .without_max_times()
         .build()
 }

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The standard benchmark: release build, the three services on fresh
+# databases, then the load generator: 30 s at 1,000 orders/s, 60 s at
+# 1,700 orders/s, then a ramp (+250/s every 10 s from 500/s) until the
+# end-to-end p99 passes 100 ms. Writes result.json, plot.png and summary.md
+# under bench/results/<run>/ and copies the summary and plot to
+# bench/results/latest.{md,png}.
+#
+#   BENCH_STAGES=1000x30,1700x60   the fixed-rate stages (RATExSECONDS)
+#   BENCH_RAMP=0                   skip the ramp
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/infra.sh
+
+RUN=bench_$(date -u +%Y%m%dT%H%M%SZ)
+OUT=bench/results/$RUN
+STAGES=${BENCH_STAGES:-1000x30,1700x60}
+RAMP=${BENCH_RAMP:-1}
+PIDS=()
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  infra_down
+}
+trap cleanup EXIT
+
+infra_up
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  note "installing fonts-dejavu-core for the plot"
+  apt_install fonts-dejavu-core
+fi
+
+step "Building in release mode (minutes on a cold cache)"
+cargo build --release --locked -p order-service -p inventory-service -p notification-service -p loadgen
+
+step "Starting the services on fresh databases ($RUN)"
+export AMQP_NAMESPACE="$RUN." ADMIN_TOKEN=${ADMIN_TOKEN:-dev-admin-token}
+# The limiter stays on, out of the way of one client sending thousands/s.
+export RATE_LIMIT_PER_SECOND=1000000 RUST_LOG=${RUST_LOG:-warn} LOG_FORMAT=json
+export INVENTORY_URL=http://127.0.0.1:3102
+declare -A WATCH
+for service in inventory order notification; do
+  case $service in inventory) port=3102 ;; order) port=3101 ;; notification) port=3103 ;; esac
+  PORT=$port MONGODB_DATABASE="${RUN}_$service" nohup "./target/release/$service-service" \
+    >>"$LOG_DIR/bench-$service.log" 2>&1 </dev/null &
+  PIDS+=($!)
+  WATCH[$service-service]=$!
+  wait_for_port "$port" "$service-service" 30 "$LOG_DIR/bench-$service.log" "$!"
+  until curl -fs "http://127.0.0.1:$port/ready" >/dev/null; do sleep 0.2; done
+  note "$service-service ready on $port (pid $!)"
+done
+
+watch_args=()
+for name in "${!WATCH[@]}"; do watch_args+=(--watch "$name=${WATCH[$name]}"); done
+for spec in "rabbitmq=beam.smp" "mongodb=secantusd-rs|mongod " "maildev=maildev"; do
+  pid=$(pgrep -o -f "${spec#*=}" || true)
+  [ -n "$pid" ] && watch_args+=(--watch "${spec%%=*}=$pid")
+done
+
+step "Load (stages $STAGES$([ "$RAMP" = 1 ] && echo ', then the ramp'))"
+ramp_args=()
+[ "$RAMP" = 1 ] && ramp_args=(--ramp)
+status=0
+./target/release/loadgen \
+  --order-url http://127.0.0.1:3101 --inventory-url http://127.0.0.1:3102 \
+  --namespace "$RUN." --stages "$STAGES" "${ramp_args[@]}" "${watch_args[@]}" \
+  --out "$OUT" || status=$?
+
+cp "$OUT/summary.md" bench/results/latest.md
+[ -f "$OUT/plot.png" ] && cp "$OUT/plot.png" bench/results/latest.png
+step "Done: $OUT (summary also in bench/results/latest.md)"
+exit $status

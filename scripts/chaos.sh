@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Only the fault-injection suite (tests/e2e/tests/chaos.rs), which
+# ./scripts/test.sh also runs: the services as separate processes under a
+# steady order load while RabbitMQ is restarted, services are killed (also at
+# fail points between a write and its ack or publish), MongoDB is stopped,
+# SMTP disappears, events are duplicated, poison and unroutable messages are
+# sent and hundreds of orders race for the last units. It prints a table and
+# fails if any order is lost or any effect happens twice. About 5 minutes.
+#
+# It restarts the RabbitMQ application it finds on 5672 (rabbitmqctl
+# stop_app / start_app) and runs its own secantusd-rs on a free port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/infra.sh
+trap infra_down EXIT
+
+infra_up
+step "Running the fault-injection suite (logs under target/tmp/chaos-<id>/)"
+cargo test --locked -p e2e-tests --test chaos "$@"

@@ -1,0 +1,1140 @@
+//! The fault-injection suite: the three services run as separate processes
+//! under a steady order load while the suite breaks things for real, then
+//! checks invariants over all three databases and the SMTP sink.
+//!
+//! Run by `./scripts/test.sh` (as part of `cargo test`) or alone with
+//! `./scripts/chaos.sh`. It restarts the RabbitMQ application
+//! (`rabbitmqctl stop_app` / `start_app`), runs its own `secantusd-rs` so
+//! that it can stop the database, and puts a switchable TCP proxy in front of
+//! MailDev to take SMTP away. The services are this same test binary started
+//! again with `CHAOS_SERVICE=order|inventory|notification`, so the test
+//! needs no separate build; crashes at exact points use the `fail` crate's
+//! fail points (see `shared::fault`).
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    process::{Child, Command, ExitCode, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use e2e_tests::{ADMIN_TOKEN, maildev_url, rabbitmq_url};
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use serde_json::{Value, json};
+use shared::{
+    CancellationToken,
+    broker::{Outgoing, PublishOutcome, Publisher, Topology},
+};
+use tokio::net::{TcpListener, TcpStream};
+
+const SERVICES: [&str; 3] = ["inventory", "order", "notification"];
+/// Orders per second while a fault is injected.
+const RATE: u64 = 30;
+/// How long a phase waits for its orders and emails after the fault.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--list") {
+        // `cargo test -- --list`: this binary has no libtest tests to list.
+        return ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Ok(service) = std::env::var("CHAOS_SERVICE") {
+        return runtime.block_on(run_service(&service));
+    }
+    runtime.block_on(suite())
+}
+
+/// The child process: one service, exactly as its `main.rs` runs it, with
+/// fail points armed from `FAILPOINTS`.
+async fn run_service(service: &str) -> ExitCode {
+    let _failpoints = fail::FailScenario::setup();
+    shared::telemetry::init(service);
+    let running = match service {
+        "order" => order_service::build(order_service::Config::from_env().unwrap()).await,
+        "inventory" => {
+            inventory_service::build(inventory_service::Config::from_env().unwrap()).await
+        }
+        "notification" => {
+            notification_service::build(notification_service::Config::from_env().unwrap()).await
+        }
+        other => panic!("unknown service {other}"),
+    };
+    match running.expect("service starts").run_until_signal().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{service}: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One row of the results table.
+struct Row {
+    fault: String,
+    sent: u64,
+    accepted: usize,
+    finished: usize,
+    lost: usize,
+    duplicated: usize,
+    recover: Duration,
+    note: String,
+}
+
+async fn suite() -> ExitCode {
+    let mut chaos = Chaos::start().await;
+    let mut rows = Vec::new();
+
+    rows.push(
+        chaos
+            .phase("baseline (no fault)", |_| Box::pin(async { String::new() }))
+            .await,
+    );
+    rows.push(
+        chaos
+            .phase("1. RabbitMQ restarted", |c| Box::pin(c.restart_rabbitmq()))
+            .await,
+    );
+    rows.push(
+        chaos
+            .phase("2a. inventory SIGKILLed, restarted", |c| {
+                Box::pin(async move {
+                    c.kill("inventory");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    c.spawn("inventory", None).await;
+                    String::new()
+                })
+            })
+            .await,
+    );
+    rows.push(
+        chaos
+            .phase("2b. inventory crashed after write, before ack", |c| {
+                Box::pin(c.crash_at("inventory", "consumer.before_ack=20*off->return"))
+            })
+            .await,
+    );
+    rows.push(
+        chaos
+            .phase("3a. order crashed after write, before publish", |c| {
+                Box::pin(c.crash_at("order", "relay.before_publish=10*off->return"))
+            })
+            .await,
+    );
+    rows.push(
+        chaos
+            .phase(
+                "3b. order crashed after publish, before outbox delete",
+                |c| Box::pin(c.crash_at("order", "relay.after_publish=10*off->return")),
+            )
+            .await,
+    );
+    rows.push(
+        chaos
+            .phase("4. MongoDB stopped and started", |c| {
+                Box::pin(c.restart_mongodb())
+            })
+            .await,
+    );
+    rows.push(
+        chaos
+            .phase("5. SMTP unavailable for 8 s", |c| {
+                Box::pin(async move {
+                    c.smtp_up.store(false, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(8)).await;
+                    let pending = c
+                        .count(
+                            "notification",
+                            "notifications",
+                            doc! { "status": "PENDING" },
+                        )
+                        .await;
+                    c.smtp_up.store(true, Ordering::SeqCst);
+                    format!("{pending} PENDING while down, none FAILED")
+                })
+            })
+            .await,
+    );
+    rows.push(
+        chaos
+            .phase("6. duplicate events and poison messages", |c| {
+                Box::pin(c.duplicates_and_poison())
+            })
+            .await,
+    );
+    rows.push(chaos.unroutable().await);
+    rows.push(chaos.oversell().await);
+
+    chaos.stop().await;
+    print_table(&rows);
+    let violations = chaos.violations.lock().unwrap().clone();
+    for violation in &violations {
+        eprintln!("VIOLATION: {violation}");
+    }
+    let failed = violations.len() + rows.iter().map(|r| r.lost + r.duplicated).sum::<usize>();
+    if failed == 0 {
+        println!("chaos: every invariant held");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("chaos: {failed} failures");
+        ExitCode::FAILURE
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "| {:<52} | {:>5} | {:>8} | {:>8} | {:>4} | {:>10} | {:>8} | {} |",
+        "fault", "sent", "accepted", "finished", "lost", "duplicated", "recover", "note"
+    );
+    println!(
+        "|{:-<54}|{:->7}|{:->10}|{:->10}|{:->6}|{:->12}|{:->10}|---|",
+        "", "", "", "", "", "", ""
+    );
+    for r in rows {
+        println!(
+            "| {:<52} | {:>5} | {:>8} | {:>8} | {:>4} | {:>10} | {:>7.1}s | {} |",
+            r.fault,
+            r.sent,
+            r.accepted,
+            r.finished,
+            r.lost,
+            r.duplicated,
+            r.recover.as_secs_f64(),
+            r.note
+        );
+    }
+    println!();
+}
+
+type FaultFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = String> + 'a>>;
+
+struct Chaos {
+    id: String,
+    dir: PathBuf,
+    http: reqwest::Client,
+    mongo: mongodb::Client,
+    mongo_port: u16,
+    mongod: Option<Child>,
+    smtp_port: u16,
+    smtp_up: Arc<AtomicBool>,
+    ports: HashMap<&'static str, u16>,
+    children: HashMap<&'static str, Child>,
+    /// Product id → stock it was created with.
+    products: Vec<(String, i64)>,
+    accepted: Vec<String>,
+    next_order: u64,
+    min_stock: Arc<AtomicI64>,
+    /// Dead letters replayed since the last phase.
+    replayed: AtomicU64,
+    /// Second copies of one email (same Message-ID) since the last phase.
+    redelivered: AtomicU64,
+    violations: Arc<Mutex<Vec<String>>>,
+    shutdown: CancellationToken,
+}
+
+impl Chaos {
+    async fn start() -> Chaos {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("chaos-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        println!("chaos {id}: logs and database under {}", dir.display());
+
+        let mongo_port = free_port();
+        let mut chaos = Chaos {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap(),
+            mongo: mongodb::Client::with_uri_str(format!("mongodb://127.0.0.1:{mongo_port}"))
+                .await
+                .unwrap(),
+            mongo_port,
+            mongod: None,
+            smtp_port: 0,
+            smtp_up: Arc::new(AtomicBool::new(true)),
+            ports: SERVICES.iter().map(|s| (*s, free_port())).collect(),
+            children: HashMap::new(),
+            products: Vec::new(),
+            accepted: Vec::new(),
+            next_order: 0,
+            min_stock: Arc::new(AtomicI64::new(i64::MAX)),
+            replayed: AtomicU64::new(0),
+            redelivered: AtomicU64::new(0),
+            violations: Arc::default(),
+            shutdown: CancellationToken::new(),
+            id,
+            dir,
+        };
+        chaos.start_mongodb().await;
+        chaos.smtp_port = smtp_proxy(chaos.smtp_up.clone(), chaos.shutdown.clone()).await;
+        for service in SERVICES {
+            chaos.spawn(service, None).await;
+        }
+        for (stock, threshold) in [(100_000, 10), (100_000, 10), (100_000, 10), (40, 5)] {
+            let id = chaos.create_product(stock, threshold).await;
+            chaos.products.push((id, stock));
+        }
+        chaos.watch_stock();
+        chaos
+    }
+
+    fn url(&self, service: &str) -> String {
+        format!("http://127.0.0.1:{}", self.ports[service])
+    }
+
+    fn db(&self, service: &str) -> mongodb::Database {
+        self.mongo.database(&format!("c_{}_{service}", self.id))
+    }
+
+    async fn start_mongodb(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mongodb.log"))
+            .unwrap();
+        let child = Command::new("secantusd-rs")
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.mongo_port.to_string(),
+            ])
+            .arg("--storage-path")
+            .arg(self.dir.join("mongodb"))
+            .args(["--cache-size", "256M"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("secantusd-rs is on PATH (./scripts/test.sh installs it)");
+        self.mongod = Some(child);
+        wait_until(
+            "the chaos MongoDB answers",
+            Duration::from_secs(30),
+            || async {
+                TcpStream::connect(("127.0.0.1", self.mongo_port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+    }
+
+    async fn stop_mongodb(&mut self) {
+        if let Some(mut child) = self.mongod.take() {
+            terminate(&mut child).await;
+        }
+    }
+
+    /// Starts (or restarts) one service process; `failpoints` arms crashes.
+    async fn spawn(&mut self, service: &'static str, failpoints: Option<&str>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{service}.log")))
+            .unwrap();
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .env("CHAOS_SERVICE", service)
+            .env("PORT", self.ports[service].to_string())
+            .env(
+                "MONGODB_URI",
+                format!("mongodb://127.0.0.1:{}", self.mongo_port),
+            )
+            .env("MONGODB_DATABASE", format!("c_{}_{service}", self.id))
+            .env("RABBITMQ_URL", rabbitmq_url())
+            .env("AMQP_NAMESPACE", format!("c-{}.", self.id))
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("INVENTORY_URL", self.url("inventory"))
+            .env("SMTP_PORT", self.smtp_port.to_string())
+            .env("ADMIN_EMAIL", format!("admin-{}@example.com", self.id))
+            // Few, short retries: a MongoDB outage longer than about 2 s
+            // dead-letters what was in flight, which the suite then replays.
+            .env("RETRY_MAX_ATTEMPTS", "4")
+            .env("RETRY_BASE_MS", "200")
+            .env("RETRY_CAP_MS", "1000")
+            .env("RATE_LIMIT_PER_SECOND", "0")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("FAILPOINTS")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null());
+        if let Some(failpoints) = failpoints {
+            command.env("FAILPOINTS", failpoints);
+        }
+        let child = command.spawn().expect("the service process starts");
+        self.children.insert(service, child);
+        let url = format!("{}/ready", self.url(service));
+        let http = self.http.clone();
+        wait_until(
+            &format!("{service} ready"),
+            Duration::from_secs(60),
+            || async {
+                http.get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
+    }
+
+    fn kill(&mut self, service: &str) {
+        if let Some(mut child) = self.children.remove(service) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts `service` with a fail point, waits for the crash it causes,
+    /// and starts it again clean.
+    async fn crash_at(&mut self, service: &'static str, failpoints: &str) -> String {
+        let mut old = self.children.remove(service).unwrap();
+        terminate(&mut old).await;
+        self.spawn(service, Some(failpoints)).await;
+        let child = self.children.get_mut(service).unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{service} never reached its fail point {failpoints}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.children.remove(service);
+        self.spawn(service, None).await;
+        format!("crashed at the fail point ({status})")
+    }
+
+    async fn restart_rabbitmq(&mut self) -> String {
+        rabbitmqctl("stop_app");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        rabbitmqctl("start_app");
+        "stop_app, 3 s, start_app".into()
+    }
+
+    async fn restart_mongodb(&mut self) -> String {
+        self.stop_mongodb().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // While it is down, writes are refused with 503 and nothing is 2xx.
+        let (status, _) = self.post_order(&self.products[0].0.clone(), 1).await;
+        self.start_mongodb().await;
+        format!(
+            "POST while down: {}",
+            status.map_or("no answer".into(), |s| s.to_string())
+        )
+    }
+
+    /// A real `order.created`, taken off the wire and published twice more,
+    /// and poison messages for two queues, in the middle of the load.
+    async fn duplicates_and_poison(&mut self) -> String {
+        let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let tap = format!("c-{}.chaos-tap", self.id);
+        channel
+            .queue_declare(
+                tap.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                tap.as_str().into(),
+                format!("c-{}.e-commerce.events", self.id).as_str().into(),
+                "order.created".into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let original = loop {
+            if let Some(message) = channel
+                .basic_get(tap.as_str().into(), Default::default())
+                .await
+                .unwrap()
+            {
+                break message.delivery.data;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let publisher = Publisher::new(
+            &rabbitmq_url(),
+            "chaos",
+            Topology::new(&format!("c-{}.", self.id)),
+        );
+        let event: Value = serde_json::from_slice(&original).unwrap();
+        for (routing_key, body) in [
+            ("order.created", original.clone()),
+            ("order.created", b"{ poison".to_vec()),
+            ("order.created", original.clone()),
+            ("inventory.reserved", b"\xff\xfe not even utf-8".to_vec()),
+        ] {
+            let outcome = publisher
+                .publish(Outgoing {
+                    exchange: publisher.topology().events_exchange(),
+                    routing_key: routing_key.into(),
+                    payload: body,
+                    headers: Default::default(),
+                    message_id: event["eventId"].as_str().map(str::to_string),
+                    correlation_id: None,
+                    mandatory: true,
+                })
+                .await
+                .unwrap();
+            assert_eq!(outcome, PublishOutcome::Confirmed);
+        }
+        publisher.close().await;
+        let _ = connection.close(200, "done".into()).await;
+        // Both poison messages end up archived as dead letters.
+        let http = self.http.clone();
+        let urls = [self.url("inventory"), self.url("order")];
+        wait_until(
+            "both poison messages archived",
+            Duration::from_secs(30),
+            || async {
+                let mut found = 0;
+                for url in &urls {
+                    let page: Value = http
+                        .get(format!("{url}/admin/dead-letters?status=DEAD"))
+                        .bearer_auth(ADMIN_TOKEN)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    found += page["items"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|d| {
+                            d["payload"]
+                                .as_str()
+                                .is_some_and(|p| p.contains("poison") || p.contains("utf-8"))
+                        })
+                        .count();
+                }
+                found == 2
+            },
+        )
+        .await;
+        format!(
+            "order.created {} sent 3 times; 2 poison messages dead-lettered",
+            event["data"]["orderId"].as_str().unwrap_or("?")
+        )
+    }
+
+    /// 7: a publish nobody can receive is reported, not silently confirmed.
+    async fn unroutable(&mut self) -> Row {
+        let started = Instant::now();
+        let publisher = Publisher::new(
+            &rabbitmq_url(),
+            "chaos",
+            Topology::new(&format!("c-{}.", self.id)),
+        );
+        let outcome = publisher
+            .publish(Outgoing {
+                exchange: publisher.topology().events_exchange(),
+                routing_key: "order.nobody_listens".into(),
+                payload: b"{}".to_vec(),
+                headers: Default::default(),
+                message_id: None,
+                correlation_id: None,
+                mandatory: true,
+            })
+            .await
+            .unwrap();
+        publisher.close().await;
+        let noticed = outcome == PublishOutcome::Unroutable;
+        if !noticed {
+            self.violation(format!("an unroutable mandatory publish was {outcome:?}"));
+        }
+        Row {
+            fault: "7. publish to a routing key with no queue".into(),
+            sent: 1,
+            accepted: 0,
+            finished: 0,
+            lost: usize::from(!noticed),
+            duplicated: 0,
+            recover: started.elapsed(),
+            note: format!("broker answered {outcome:?}"),
+        }
+    }
+
+    /// 8: hundreds of concurrent orders for the last few units.
+    async fn oversell(&mut self) -> Row {
+        let units = 5;
+        let product = self.create_product(units, 0).await;
+        self.products.push((product.clone(), units));
+        let started = Instant::now();
+        let posts = futures::future::join_all((0..300).map(|_| {
+            let http = self.http.clone();
+            let url = format!("{}/api/orders", self.url("order"));
+            let email = self.customer();
+            let product = product.clone();
+            async move {
+                let response = http
+                    .post(url)
+                    .json(&json!({ "customerId": "oversell", "customerEmail": email,
+                                   "items": [{ "productId": product, "quantity": 1 }] }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+                response.json::<Value>().await.unwrap()["orderId"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
+        }))
+        .await;
+        self.accepted.extend(posts.iter().cloned());
+        let (finished, lost, duplicated) = self.settle(&posts).await;
+        let confirmed = self
+            .count(
+                "order",
+                "orders",
+                doc! { "_id": { "$in": &posts }, "status": "CONFIRMED" },
+            )
+            .await;
+        if confirmed != units as u64 {
+            self.violation(format!("{confirmed} orders confirmed for {units} units"));
+        }
+        Row {
+            fault: "8. 300 concurrent orders for the last 5 units".into(),
+            sent: 300,
+            accepted: posts.len(),
+            finished,
+            lost,
+            duplicated,
+            recover: started.elapsed(),
+            note: format!("{confirmed} CONFIRMED"),
+        }
+    }
+
+    /// Steady load; the fault is injected 3 s in, the load goes on 3 s after
+    /// it ends; then every accepted order must finish and be told.
+    async fn phase<F>(&mut self, name: &str, fault: F) -> Row
+    where
+        F: for<'a> FnOnce(&'a mut Chaos) -> FaultFuture<'a>,
+    {
+        println!("chaos: {name}");
+        let stop = CancellationToken::new();
+        let sent = Arc::new(AtomicU64::new(0));
+        let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
+        let load = tokio::spawn(steady_load(
+            self.http.clone(),
+            format!("{}/api/orders", self.url("order")),
+            self.products.iter().map(|(id, _)| id.clone()).collect(),
+            self.customer(),
+            sent.clone(),
+            accepted.clone(),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut note = fault(self).await;
+        let fault_ended = Instant::now();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.cancel();
+        load.await.unwrap();
+
+        let ids = accepted.lock().unwrap().clone();
+        self.accepted.extend(ids.iter().cloned());
+        let (finished, lost, duplicated) = self.settle(&ids).await;
+        let replayed = self.replayed.swap(0, Ordering::SeqCst);
+        if replayed > 0 {
+            note = format!("{note}; {replayed} dead letters replayed with dlq.sh");
+        }
+        let redelivered = self.redelivered.swap(0, Ordering::SeqCst);
+        if redelivered > 0 {
+            note = format!("{note}; {redelivered} SMTP redeliveries (same Message-ID)");
+        }
+        Row {
+            fault: name.into(),
+            sent: sent.load(Ordering::SeqCst),
+            accepted: ids.len(),
+            finished,
+            lost,
+            duplicated,
+            recover: fault_ended.elapsed(),
+            note,
+        }
+    }
+}
+
+impl Chaos {
+    fn customer(&self) -> String {
+        format!("chaos-{}@example.com", self.id)
+    }
+
+    fn violation(&self, what: String) {
+        eprintln!("chaos: VIOLATION {what}");
+        self.violations.lock().unwrap().push(what);
+    }
+
+    async fn count(&self, service: &str, collection: &str, filter: Document) -> u64 {
+        self.db(service)
+            .collection::<Document>(collection)
+            .count_documents(filter)
+            .await
+            .unwrap()
+    }
+
+    async fn create_product(&self, stock: i64, threshold: i64) -> String {
+        let response = self
+            .http
+            .post(format!("{}/api/products", self.url("inventory")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({
+                "sku": format!("CHAOS-{}", uuid::Uuid::new_v4()),
+                "name": "Chaos mug",
+                "category": format!("chaos-{}", self.id),
+                "price": 2.5,
+                "stock": stock,
+                "lowStockThreshold": threshold,
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["productId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn post_order(&mut self, product: &str, quantity: u32) -> (Option<u16>, Option<String>) {
+        self.next_order += 1;
+        post_order(
+            &self.http,
+            &format!("{}/api/orders", self.url("order")),
+            &self.customer(),
+            product,
+            quantity,
+        )
+        .await
+    }
+
+    /// Samples every product's stock, so a moment below zero is caught
+    /// even if it is repaired later.
+    fn watch_stock(&self) {
+        let products = self.db("inventory").collection::<Document>("products");
+        let min = self.min_stock.clone();
+        let violations = self.violations.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            while !shutdown.is_cancelled() {
+                if let Ok(cursor) = products.find(doc! {}).await
+                    && let Ok(all) = cursor.try_collect::<Vec<Document>>().await
+                {
+                    for product in all {
+                        let lowest = num(&product, "stock").min(num(&product, "reserved"));
+                        min.fetch_min(lowest, Ordering::SeqCst);
+                        if lowest < 0 {
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("negative stock: {product}"));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// Waits for `ids` to reach a final state and for one email each
+    /// (replaying dead letters with `scripts/dlq.sh` meanwhile), then checks
+    /// the stock invariants. Returns (finished, lost, duplicated effects).
+    async fn settle(&mut self, ids: &[String]) -> (usize, usize, usize) {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let orders = self.db("order").collection::<Document>("orders");
+        let mut finished;
+        loop {
+            finished = orders
+                .count_documents(
+                    doc! { "_id": { "$in": ids }, "status": { "$in": ["CONFIRMED", "REJECTED"] } },
+                )
+                .await
+                .unwrap() as usize;
+            if finished == ids.len() || Instant::now() > deadline {
+                break;
+            }
+            self.replay_dead_letters().await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let mut lost = ids.len() - finished;
+        if lost > 0 {
+            self.violation(format!("{lost} accepted orders never finished"));
+        }
+
+        // Exactly one outcome email per finished order.
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut per_order: HashMap<String, HashMap<String, usize>>;
+        loop {
+            per_order = outcome_emails(&self.customer(), &wanted).await;
+            if per_order.len() >= finished || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let missing = finished.saturating_sub(per_order.len());
+        if missing > 0 {
+            self.violation(format!("{missing} finished orders got no email"));
+            lost += missing;
+        }
+        let mut duplicated: usize = per_order.values().map(|ids| ids.len() - 1).sum();
+        if duplicated > 0 {
+            self.violation(format!(
+                "{duplicated} orders got two different outcome emails"
+            ));
+        }
+        let redelivered: usize = per_order
+            .values()
+            .map(|ids| ids.values().map(|copies| copies - 1).sum::<usize>())
+            .sum();
+        self.redelivered
+            .fetch_add(redelivered as u64, Ordering::SeqCst);
+        duplicated += self.check_stock().await;
+        (finished, lost, duplicated)
+    }
+
+    /// Replays, through the operator's script, every dead letter that is a
+    /// real event (poison messages stay dead).
+    async fn replay_dead_letters(&mut self) {
+        for (service, event_types) in [
+            ("inventory", &["order.created", "order.cancelled"][..]),
+            (
+                "order",
+                &["inventory.reserved", "inventory.reservation_failed"][..],
+            ),
+            (
+                "notification",
+                &[
+                    "order.confirmed",
+                    "order.rejected",
+                    "order.cancelled",
+                    "inventory.low",
+                ][..],
+            ),
+        ] {
+            for event_type in event_types {
+                let waiting = self
+                    .count(
+                        service,
+                        "dead_letters",
+                        doc! { "status": "DEAD", "eventType": event_type },
+                    )
+                    .await;
+                if waiting == 0 {
+                    continue;
+                }
+                let output =
+                    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/dlq.sh"))
+                        .args([service, "replay-all", event_type])
+                        .env(format!("{}_URL", service.to_uppercase()), self.url(service))
+                        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+                        .output()
+                        .expect("scripts/dlq.sh runs");
+                let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+                    panic!("dlq.sh: {}", String::from_utf8_lossy(&output.stderr))
+                });
+                self.replayed
+                    .fetch_add(answer["replayed"].as_u64().unwrap_or(0), Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Stock is conserved and held exactly by the confirmed orders.
+    /// Returns the number of products or orders that break it.
+    async fn check_stock(&self) -> usize {
+        let mut held: HashMap<String, i64> = HashMap::new();
+        let mut confirmed: HashSet<String> = HashSet::new();
+        let mut cursor = self
+            .db("order")
+            .collection::<Document>("orders")
+            .find(doc! { "status": "CONFIRMED" })
+            .await
+            .unwrap();
+        while let Some(order) = cursor.try_next().await.unwrap() {
+            confirmed.insert(order.get_str("_id").unwrap().to_string());
+            for item in order.get_array("items").unwrap() {
+                let item = item.as_document().unwrap();
+                *held
+                    .entry(item.get_str("productId").unwrap().to_string())
+                    .or_default() += num(item, "quantity");
+            }
+        }
+        let reserved: HashSet<String> = self
+            .db("inventory")
+            .collection::<Document>("reservations")
+            .find(doc! { "status": "RESERVED" })
+            .await
+            .unwrap()
+            .try_collect::<Vec<Document>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.get_str("_id").unwrap().to_string())
+            .collect();
+        let mut broken = confirmed.symmetric_difference(&reserved).count();
+        if broken > 0 {
+            self.violation(format!(
+                "{broken} orders confirmed without a reservation or reserved without confirmation"
+            ));
+        }
+        for (id, initial) in &self.products {
+            let product = self
+                .db("inventory")
+                .collection::<Document>("products")
+                .find_one(doc! { "_id": id })
+                .await
+                .unwrap()
+                .unwrap();
+            let (stock, reserved) = (num(&product, "stock"), num(&product, "reserved"));
+            let by_orders = held.get(id).copied().unwrap_or(0);
+            if stock + reserved != *initial || reserved != by_orders || stock < 0 {
+                broken += 1;
+                self.violation(format!(
+                    "product {id}: initial {initial}, available {stock}, reserved {reserved}, held by confirmed orders {by_orders}"
+                ));
+            }
+        }
+        broken
+    }
+
+    async fn stop(&mut self) {
+        self.shutdown.cancel();
+        for service in SERVICES {
+            if let Some(mut child) = self.children.remove(service) {
+                terminate(&mut child).await;
+            }
+        }
+        self.stop_mongodb().await;
+        if self.violations.lock().unwrap().is_empty() {
+            let _ = std::fs::remove_dir_all(self.dir.join("mongodb"));
+        }
+    }
+}
+
+impl Drop for Chaos {
+    fn drop(&mut self) {
+        for child in self.children.values_mut().chain(self.mongod.as_mut()) {
+            let _ = child.kill();
+        }
+    }
+}
+
+fn num(document: &Document, key: &str) -> i64 {
+    document
+        .get_i64(key)
+        .or_else(|_| document.get_i32(key).map(i64::from))
+        .unwrap_or_else(|_| panic!("{key} is a number in {document}"))
+}
+
+async fn post_order(
+    http: &reqwest::Client,
+    url: &str,
+    email: &str,
+    product: &str,
+    quantity: u32,
+) -> (Option<u16>, Option<String>) {
+    let Ok(response) = http
+        .post(url)
+        .json(&json!({ "customerId": "chaos", "customerEmail": email,
+                       "items": [{ "productId": product, "quantity": quantity }] }))
+        .send()
+        .await
+    else {
+        return (None, None);
+    };
+    let status = response.status().as_u16();
+    let id = if status == 202 {
+        response
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|b| b["orderId"].as_str().map(str::to_string))
+    } else {
+        None
+    };
+    (Some(status), id)
+}
+
+/// `RATE` orders a second, round-robin over `products`, until `stop`.
+async fn steady_load(
+    http: reqwest::Client,
+    url: String,
+    products: Vec<String>,
+    email: String,
+    sent: Arc<AtomicU64>,
+    accepted: Arc<Mutex<Vec<String>>>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE));
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut n = 0usize;
+    while !stop.is_cancelled() {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let (http, url, email, accepted) =
+            (http.clone(), url.clone(), email.clone(), accepted.clone());
+        let product = products[n % products.len()].clone();
+        n += 1;
+        sent.fetch_add(1, Ordering::SeqCst);
+        in_flight.spawn(async move {
+            // A 202 means the order is durable; anything else (503 while
+            // the database is down, no answer while the service restarts)
+            // must have written nothing, so it is not followed.
+            if let (Some(202), Some(id)) = post_order(&http, &url, &email, &product, 1).await {
+                accepted.lock().unwrap().push(id);
+            }
+        });
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Order id → the outcome emails (confirmed or rejected) it got, as
+/// Message-ID → copies. The notification service gives each email one
+/// stable Message-ID; a second copy of the same one is an SMTP redelivery
+/// (the connection broke after the server took the message but before its
+/// reply arrived), which mail systems drop by Message-ID. A second
+/// Message-ID would be a second email.
+async fn outcome_emails(
+    address: &str,
+    orders: &HashSet<&str>,
+) -> HashMap<String, HashMap<String, usize>> {
+    let all: Vec<Value> = reqwest::get(format!("{}/api/email", maildev_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut counts: HashMap<String, HashMap<String, usize>> = HashMap::new();
+    for mail in all {
+        let to_us = mail["to"]
+            .as_array()
+            .is_some_and(|to| to.iter().any(|t| t["address"] == address));
+        let subject = mail["subject"].as_str().unwrap_or_default();
+        let Some(order) = subject
+            .strip_prefix("Order ")
+            .and_then(|s| s.split(' ').next())
+        else {
+            continue;
+        };
+        let outcome = subject.ends_with("confirmed") || subject.ends_with("could not be accepted");
+        if to_us && outcome && orders.contains(order) {
+            let message_id = mail["headers"]["message-id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            *counts
+                .entry(order.to_string())
+                .or_insert_with(HashMap::new)
+                .entry(message_id)
+                .or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// A TCP proxy in front of MailDev that refuses and cuts connections while
+/// `up` is false: SMTP unavailable, as the notification service sees it.
+async fn smtp_proxy(up: Arc<AtomicBool>, shutdown: CancellationToken) -> u16 {
+    let target: u16 = std::env::var("SMTP_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1025);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted { Ok(c) => c, Err(_) => continue },
+            };
+            if !up.load(Ordering::SeqCst) {
+                continue; // dropped: connection closed at once
+            }
+            let up = up.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = async { while up.load(Ordering::SeqCst) { tokio::time::sleep(Duration::from_millis(50)).await } } => {}
+                }
+            });
+        }
+    });
+    port
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it holds; panics naming `what` after `timeout`.
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within 20 s.
+async fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn rabbitmqctl(command: &str) {
+    let ok = |mut c: Command| c.arg(command).status().is_ok_and(|s| s.success());
+    let direct = Command::new("rabbitmqctl");
+    let mut sudo = Command::new("sudo");
+    sudo.args(["-n", "rabbitmqctl"]);
+    assert!(ok(direct) || ok(sudo), "rabbitmqctl {command} failed");
+}

@@ -1,0 +1,54 @@
+//! The CI smoke run of the load generator: a few seconds of load against
+//! the real services, every order followed to its final state. The speed
+//! targets live in ./scripts/bench.sh, not here.
+
+use clap::Parser;
+use e2e_tests::{ADMIN_TOKEN, Stack, rabbitmq_url};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_open_loop_run_finishes_every_order_and_writes_its_results() {
+    let stack = Stack::start().await;
+    let out = std::env::temp_dir().join(format!("loadgen-smoke-{}", stack.id));
+    let args = loadgen::Args::parse_from([
+        "loadgen",
+        "--order-url",
+        &stack.order,
+        "--inventory-url",
+        &stack.inventory,
+        "--rabbitmq-url",
+        &rabbitmq_url(),
+        "--namespace",
+        &format!("t-{}.", stack.id),
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--stages",
+        "50x3",
+        "--products",
+        "3",
+        "--drain-seconds",
+        "20",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let report = loadgen::run(args).await.unwrap();
+    let stage = &report.stages[0];
+    assert!(stage.accepted >= 100, "{}", stage.one_line());
+    assert_eq!(
+        (stage.errors, stage.unfinished),
+        (0, 0),
+        "{}",
+        stage.one_line()
+    );
+    assert_eq!(stage.finished, stage.accepted);
+    assert!(report.clean());
+    assert!(stage.end_to_end.p99_ms > 0.0);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(json["stages"][0]["finished"], stage.finished);
+    assert!(
+        std::fs::read_to_string(out.join("summary.md"))
+            .unwrap()
+            .contains("| stage |")
+    );
+    let _ = std::fs::remove_dir_all(out);
+}
