@@ -23,7 +23,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use serde_json::json;
 
-use report::{OrderRecord, StageReport};
+use report::OrderRecord;
 pub use report::{Percentiles, Report, StageReport};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
