@@ -28,7 +28,7 @@ use mongodb::{
     Collection, Database, IndexModel,
     bson::{self, Document, doc},
     error::Error,
-    options::IndexOptions,
+    options::{IndexOptions, ReturnDocument},
 };
 use serde::{Deserialize, Serialize};
 
@@ -272,24 +272,31 @@ impl DeadLetterStore {
             )));
         }
         let now = bson::DateTime::now();
-        self.collection
-            .update_one(
+        let marked = self
+            .collection
+            .find_one_and_update(
                 doc! { "_id": &letter.id, "status": DeadLetterStatus::Dead.as_str() },
                 doc! {
                     "$set": { "status": DeadLetterStatus::Replayed.as_str(), "replayedAt": now },
                     "$inc": { "replayCount": 1 },
                 },
             )
+            .return_document(ReturnDocument::After)
             .await?;
         tracing::info!(dead_letter = %letter.id, queue = %letter.queue, "dead letter replayed");
-        self.get(&letter.id).await
+        match marked {
+            Some(letter) => Ok(letter),
+            // Another replay or a discard got there between our read and
+            // this write; the copy we published is harmless (inbox).
+            None => self.get(&letter.id).await,
+        }
     }
 
     /// Marks one DEAD letter as discarded, keeping it on record.
     pub async fn discard(&self, id: &str, note: &str) -> Result<DeadLetter, DeadLetterError> {
-        let updated = self
+        let discarded = self
             .collection
-            .update_one(
+            .find_one_and_update(
                 doc! { "_id": id, "status": DeadLetterStatus::Dead.as_str() },
                 doc! { "$set": {
                     "status": DeadLetterStatus::Discarded.as_str(),
@@ -297,16 +304,22 @@ impl DeadLetterStore {
                     "discardNote": note,
                 } },
             )
+            .return_document(ReturnDocument::After)
             .await?;
-        let letter = self.get(id).await?;
-        if updated.modified_count == 0 {
-            return Err(DeadLetterError::NotDead {
-                id: letter.id,
-                status: letter.status,
-            });
+        match discarded {
+            Some(letter) => {
+                tracing::info!(dead_letter = %id, %note, "dead letter discarded");
+                Ok(letter)
+            }
+            // Unknown (404) or not DEAD (409): the read tells which.
+            None => {
+                let letter = self.get(id).await?;
+                Err(DeadLetterError::NotDead {
+                    id: letter.id,
+                    status: letter.status,
+                })
+            }
         }
-        tracing::info!(dead_letter = %id, %note, "dead letter discarded");
-        Ok(letter)
     }
 }
 

@@ -34,6 +34,15 @@ impl BreakerState {
             BreakerState::HalfOpen => "half_open",
         }
     }
+
+    /// For `/metrics`: 1 open, 0.5 half-open, 0 closed.
+    pub fn as_gauge(self) -> f64 {
+        match self {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 0.5,
+            BreakerState::Open => 1.0,
+        }
+    }
 }
 
 /// What a breaker last reported, readable from elsewhere.

@@ -324,7 +324,7 @@ impl OrderStore {
         let now = bson::DateTime::now();
         let guard = doc! { "_id": &order.id, "version": order.version };
         match step {
-            SagaStep::Ignore => return Ok(()),
+            SagaStep::Ignore => Ok(()),
             SagaStep::Confirm { items, total_cents } => {
                 let lines: Vec<PricedLine> = items
                     .iter()

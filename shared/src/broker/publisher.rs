@@ -188,10 +188,10 @@ impl Publisher {
 
     /// Closes the connection (at shutdown, after the last publish).
     pub async fn close(&self) {
-        if let Some(link) = self.link.lock().await.take() {
-            if let Some(connection) = link.connection {
-                let _ = connection.close(200, "shutdown".into()).await;
-            }
+        if let Some(link) = self.link.lock().await.take()
+            && let Some(connection) = link.connection
+        {
+            let _ = connection.close(200, "shutdown".into()).await;
         }
     }
 }

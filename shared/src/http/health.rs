@@ -173,11 +173,7 @@ impl HealthApi {
                 "circuit_breaker_open",
                 "1 when the breaker is open, 0.5 half-open, 0 closed.",
                 &labels,
-                match breaker.state() {
-                    crate::resilience::BreakerState::Closed => 0.0,
-                    crate::resilience::BreakerState::HalfOpen => 0.5,
-                    crate::resilience::BreakerState::Open => 1.0,
-                },
+                breaker.state().as_gauge(),
             );
             gauge(
                 "circuit_breaker_rejected",

@@ -21,8 +21,9 @@ use super::ApiError;
 
 /// Paths that are never limited.
 pub const UNLIMITED_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
-/// Above this many tracked addresses, forget the ones with a full bucket.
-const MAX_TRACKED: usize = 10_000;
+/// Every this many checks, forget the addresses whose bucket is full again,
+/// so the map does not grow with every client ever seen.
+const PRUNE_EVERY: u64 = 4096;
 
 /// `RATE_LIMIT_PER_SECOND` and `RATE_LIMIT_BURST`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +35,7 @@ pub struct RateLimit {
 /// The limiter of one service, and how many requests it refused.
 pub struct RateLimiter {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
+    checks: AtomicU64,
     refused: AtomicU64,
 }
 
@@ -43,6 +45,7 @@ impl RateLimiter {
             limiter: DefaultKeyedRateLimiter::keyed(
                 Quota::per_second(limit.per_second).allow_burst(limit.burst),
             ),
+            checks: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         })
     }
@@ -53,7 +56,7 @@ impl RateLimiter {
 
     /// `Err(seconds to wait)` when `address` is over its limit.
     fn check(&self, address: IpAddr) -> Result<(), u64> {
-        if self.limiter.len() > MAX_TRACKED {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
             self.limiter.retain_recent();
         }
         self.limiter.check_key(&address).map_err(|not_until| {
@@ -64,14 +67,15 @@ impl RateLimiter {
     }
 }
 
-/// The `around` middleware.
+/// The `around` middleware; `None` when limiting is off.
 pub async fn limit<E: Endpoint>(
-    limiter: Arc<RateLimiter>,
+    limiter: Option<Arc<RateLimiter>>,
     next: E,
     req: Request,
 ) -> poem::Result<Response> {
     let address = req.remote_addr().as_socket_addr().map(|a| a.ip());
-    if let Some(address) = address
+    if let Some(limiter) = limiter
+        && let Some(address) = address
         && !UNLIMITED_PATHS.contains(&req.uri().path())
         && let Err(wait) = limiter.check(address)
     {

@@ -47,15 +47,7 @@ pub fn build_app<T: OpenApi + 'static>(
         .at("/openapi.json", spec)
         .around(limit_body)
         .around(correlate)
-        .around(move |next, req| {
-            let limiter = rate_limiter.clone();
-            async move {
-                match limiter {
-                    Some(limiter) => ratelimit::limit(limiter, next, req).await,
-                    None => next.call(req).await.map(IntoResponse::into_response),
-                }
-            }
-        })
+        .around(move |next, req| ratelimit::limit(rate_limiter.clone(), next, req))
         .data(AdminToken(admin_token.to_string()))
         .with(Tracing)
         .catch_all_error(json_errors)

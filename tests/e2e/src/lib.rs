@@ -175,26 +175,15 @@ impl Stack {
     }
 
     pub async fn create_product(&self, stock: i64, threshold: i64, price: f64) -> String {
-        let response = self
-            .http
-            .post(format!("{}/api/products", self.inventory))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({
-                "sku": format!("SKU-{}", uuid::Uuid::new_v4()),
-                "name": "Test mug",
-                "category": format!("cat-{}", self.id),
-                "price": price,
-                "stock": stock,
-                "lowStockThreshold": threshold,
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        response.json::<Value>().await.unwrap()["productId"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        create_product(
+            &self.http,
+            &self.inventory,
+            &format!("cat-{}", self.id),
+            stock,
+            threshold,
+            price,
+        )
+        .await
     }
 
     /// GET `url` and decode the JSON body.
@@ -211,13 +200,17 @@ impl Stack {
 
     /// GET `url` with the admin token and decode the JSON body.
     pub async fn admin_get_json(&self, url: &str) -> Value {
+        self.admin_call(reqwest::Method::GET, url, None).await.1
+    }
+
+    /// GET `url` and return the body as text.
+    pub async fn get_text(&self, url: &str) -> String {
         self.http
             .get(url)
-            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
             .unwrap()
     }
@@ -285,17 +278,6 @@ impl Stack {
         .await
     }
 
-    /// Ready messages in one of this stack's queues.
-    pub async fn queue_depth(&self, queue: &str) -> u32 {
-        let connection = connect_to_broker().await;
-        let declared = self
-            .existing_queue(&connection, queue)
-            .await
-            .expect("the queue exists");
-        let _ = connection.close(200, "done".into()).await;
-        declared.message_count()
-    }
-
     /// Publishes an envelope straight onto this stack's exchange.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
         let connection = connect_to_broker().await;
@@ -348,14 +330,53 @@ pub async fn emails_to(address: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Creates a product through the inventory API (admin) and returns its id.
+pub async fn create_product(
+    http: &reqwest::Client,
+    inventory: &str,
+    category: &str,
+    stock: i64,
+    threshold: i64,
+    price: f64,
+) -> String {
+    let response = http
+        .post(format!("{inventory}/api/products"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({
+            "sku": format!("SKU-{}", uuid::Uuid::new_v4()),
+            "name": "Test mug",
+            "category": category,
+            "price": price,
+            "stock": stock,
+            "lowStockThreshold": threshold,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json::<Value>().await.unwrap()["productId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Polls `check` until it yields a value, failing after 20 s. This waits for
 /// an asynchronous outcome; it does not paper over a race.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    eventually_within(what, Duration::from_secs(20), check).await
+}
+
+/// [`eventually`] with its own time limit.
+pub async fn eventually_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(value) = check().await {
             return value;

@@ -1,7 +1,7 @@
 //! Dead-letter admin routes, rate limits, breaker states and metrics, on
 //! the real services.
 
-use e2e_tests::{ADMIN_TOKEN, Stack};
+use e2e_tests::Stack;
 use reqwest::Method;
 use serde_json::{Value, json};
 use shared::events::{Envelope, OrderCancelled};
@@ -186,15 +186,7 @@ async fn over_the_rate_limit_a_client_gets_429_with_retry_after_but_probes_are_n
             .unwrap();
         assert_eq!(response.status(), 200, "{path} is never limited");
     }
-    let metrics = stack
-        .http
-        .get(format!("{}/metrics", stack.order))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.get_text(&format!("{}/metrics", stack.order)).await;
     assert!(
         metrics.contains("http_rate_limited{service=\"order-service\"} 1"),
         "{metrics}"
@@ -212,16 +204,7 @@ async fn readiness_and_metrics_report_every_circuit_breaker() {
         .await;
     assert_eq!(notification["breakers"]["smtp"], "closed", "{notification}");
 
-    let metrics = stack
-        .http
-        .get(format!("{}/metrics", stack.order))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.get_text(&format!("{}/metrics", stack.order)).await;
     for line in [
         "circuit_breaker_open{service=\"order-service\",breaker=\"inventory-http\"} 0",
         "outbox_pending{service=\"order-service\"} 0",

@@ -49,9 +49,8 @@ async fn fifty_concurrent_orders_for_ten_units_confirm_exactly_ten() {
     let ids: Vec<String> = futures::future::join_all(posts)
         .await
         .into_iter()
-        .map(|r| {
+        .inspect(|r| {
             assert_eq!(r.status(), 202);
-            r
         })
         .map(|r| async {
             r.json::<Value>().await.unwrap()["orderId"]

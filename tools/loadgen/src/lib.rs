@@ -124,7 +124,6 @@ struct Shared {
     sent: AtomicU64,
     accepted: AtomicU64,
     errors: AtomicU64,
-    next: AtomicU64,
     epoch: Instant,
 }
 
@@ -132,9 +131,8 @@ impl Shared {
     /// One order; `intended` is when it should have been sent (open loop),
     /// so time spent waiting for a free connection counts.
     async fn order(&self, intended: Instant, stage: usize) {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        let n = self.sent.fetch_add(1, Ordering::Relaxed) as usize;
         let product = &self.products[n % self.products.len()];
-        self.sent.fetch_add(1, Ordering::Relaxed);
         let body = json!({
             "customerId": format!("load-{}", n % 1000),
             "customerEmail": format!("load-{}@example.com", n % 1000),
@@ -164,7 +162,7 @@ impl Shared {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let mut stages = parse_stages(&args.stages)?;
+    let stages = parse_stages(&args.stages)?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
         .timeout(Duration::from_secs(10))
@@ -181,34 +179,31 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         sent: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         errors: AtomicU64::new(0),
-        next: AtomicU64::new(0),
         epoch: follower.epoch(),
     });
 
+    // The fixed stages, then (open loop only) the ramp, which stops at the
+    // first step over the target.
+    let ramp = (args.ramp && args.mode == Mode::Open)
+        .then(|| {
+            (0..)
+                .map(|step| args.ramp_start + step * args.ramp_step)
+                .take_while(|load| *load <= args.ramp_max)
+                .map(|load| Stage {
+                    load,
+                    seconds: args.ramp_seconds,
+                    ramp: true,
+                })
+        })
+        .into_iter()
+        .flatten();
     let mut reports = Vec::new();
-    let mut index = 0;
-    let mut ramp_rate = args.ramp_start;
-    loop {
-        let stage = if index < stages.len() {
-            stages[index]
-        } else if args.ramp && args.mode == Mode::Open && ramp_rate <= args.ramp_max {
-            let stage = Stage {
-                load: ramp_rate,
-                seconds: args.ramp_seconds,
-                ramp: true,
-            };
-            ramp_rate += args.ramp_step;
-            stages.push(stage);
-            stage
-        } else {
-            break;
-        };
+    for (index, stage) in stages.into_iter().chain(ramp).enumerate() {
         let cpu_before = watched.sample();
         let started = shared.epoch.elapsed();
         drive(&shared, args.mode, stage, index).await;
         let load_ended = shared.epoch.elapsed();
-        let stragglers = wait_for_outcomes(&shared, &follower, index, args.drain_seconds).await;
-        let cpu_after = watched.sample();
+        // Every request task of the stage has been joined: its records are final.
         let records: Vec<OrderRecord> = shared
             .records
             .lock()
@@ -217,6 +212,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             .filter(|r| r.stage == index)
             .cloned()
             .collect();
+        let ids: Vec<String> = records.iter().filter_map(|r| r.order_id.clone()).collect();
+        let stragglers = wait_for_outcomes(&follower, &ids, args.drain_seconds).await;
+        let cpu_after = watched.sample();
         let report = StageReport::build(
             index,
             args.mode,
@@ -236,7 +234,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         if stage.ramp && over_target {
             break;
         }
-        index += 1;
     }
 
     let load_stopped = shared.epoch.elapsed();
@@ -328,25 +325,16 @@ async fn progress_line(shared: Arc<Shared>, stage: Stage, deadline: Instant) {
     }
 }
 
-/// Waits until every order accepted in `stage` has an outcome; returns how
-/// many never got one.
+/// Waits until every order in `ids` has an outcome; returns how many never
+/// got one.
 async fn wait_for_outcomes(
-    shared: &Shared,
     follower: &follow::Follower,
-    stage: usize,
+    ids: &[String],
     drain_seconds: u64,
 ) -> usize {
     let deadline = Instant::now() + Duration::from_secs(drain_seconds);
     loop {
-        let ids: Vec<String> = shared
-            .records
-            .lock()
-            .expect("poisoned")
-            .iter()
-            .filter(|r| r.stage == stage)
-            .filter_map(|r| r.order_id.clone())
-            .collect();
-        let missing = follower.missing(&ids);
+        let missing = follower.missing(ids);
         if missing == 0 || Instant::now() > deadline {
             return missing;
         }
