@@ -37,6 +37,8 @@ cargo build --release --locked -p order-service -p inventory-service -p notifica
 
 step "Starting the services on fresh databases ($RUN)"
 export AMQP_NAMESPACE="$RUN." ADMIN_TOKEN=${ADMIN_TOKEN:-dev-admin-token}
+# Each run's queues are its own; the broker drops them an hour after it ends.
+export AMQP_QUEUE_EXPIRES_MS=3600000
 # The limiter stays on, out of the way of one client sending thousands/s.
 export RATE_LIMIT_PER_SECOND=1000000 RUST_LOG=${RUST_LOG:-warn} LOG_FORMAT=json
 export INVENTORY_URL=http://127.0.0.1:3102

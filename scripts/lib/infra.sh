@@ -25,9 +25,10 @@ fail() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# wait_for_port PORT NAME SECONDS LOGFILE [PID]: fails early if PID dies.
+# wait_for_port PORT NAME SECONDS LOGFILE [PID [HINT]]: fails early if PID
+# dies; HINT is printed if it never listens.
 wait_for_port() {
-  local port=$1 name=$2 seconds=$3 log=$4 pid=${5:-} waited=0
+  local port=$1 name=$2 seconds=$3 log=$4 pid=${5:-} hint=${6:-} waited=0
   until port_open "$port"; do
     if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
       echo "---- last lines of $log ----" >&2
@@ -37,6 +38,7 @@ wait_for_port() {
     if (( waited >= seconds )); then
       echo "---- last lines of $log ----" >&2
       tail -n 30 "$log" >&2 2>/dev/null
+      [ -z "$hint" ] || note "$hint" >&2
       fail "$name did not start listening on port $port within ${seconds}s (log: $log)"
     fi
     sleep 1
@@ -98,10 +100,21 @@ start_rabbitmq() {
   fi
   note "starting RabbitMQ (log: $LOG_DIR/rabbitmq.log)"
   as_root rabbitmq-plugins enable --offline rabbitmq_management >>"$LOG_DIR/rabbitmq.log" 2>&1 || true
+  # RabbitMQ wants a file handle per queue at boot and crawls without them.
+  # Debian's wrapper starts it through su, whose PAM session puts the soft
+  # limit back to 1024; the env file is sourced after that, so raise it there.
+  local env_file="$RUN_DIR/rabbitmq-env.conf"
+  cat >"$env_file" <<'ENV'
+[ -f /etc/rabbitmq/rabbitmq-env.conf ] && . /etc/rabbitmq/rabbitmq-env.conf
+ulimit -n "$(ulimit -Hn)"
+ENV
+  chmod 644 "$env_file"
   # Crash dumps land in the working directory; keep them with the logs.
-  (cd "$LOG_DIR" && as_root nohup rabbitmq-server >>"$LOG_DIR/rabbitmq.log" 2>&1 </dev/null &
+  (cd "$LOG_DIR" && as_root nohup env RABBITMQ_CONF_ENV_FILE="$env_file" rabbitmq-server \
+    >>"$LOG_DIR/rabbitmq.log" 2>&1 </dev/null &
     echo $! >"$RUN_DIR/rabbitmq.pid")
-  wait_for_port 5672 RabbitMQ 120 "$LOG_DIR/rabbitmq.log" "$(cat "$RUN_DIR/rabbitmq.pid")"
+  wait_for_port 5672 RabbitMQ 180 "$LOG_DIR/rabbitmq.log" "$(cat "$RUN_DIR/rabbitmq.pid")" \
+    "RabbitMQ's own log is under /var/log/rabbitmq/. A broker holding thousands of durable queues (left by old test runs) boots slowly: list them with 'rabbitmqctl list_queues name', or reset it with 'rabbitmqctl stop_app; rabbitmqctl reset; rabbitmqctl start_app' if nothing in it matters."
   INFRA_STARTED+=(rabbitmq)
 }
 

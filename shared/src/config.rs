@@ -85,6 +85,11 @@ pub struct CommonConfig {
     /// `AMQP_NAMESPACE`: prefix for every exchange and queue name, so that
     /// several stacks (or parallel tests) share one broker without crosstalk.
     pub amqp_namespace: String,
+    /// `AMQP_QUEUE_EXPIRES_MS`: unset (the default) keeps queues forever;
+    /// set for throwaway namespaces so the broker deletes their queues once
+    /// unused for that long. Must outlast the longest life of a retry tier
+    /// queue without a redeclare, i.e. the life of the stack.
+    pub queue_expiry: Option<Duration>,
     /// `ADMIN_TOKEN`: bearer token for admin routes.
     pub admin_token: String,
     /// `PREFETCH`: unacknowledged deliveries a consumer works on at once.
@@ -152,6 +157,10 @@ impl CommonConfig {
             database: env.string("MONGODB_DATABASE", default_database),
             rabbitmq_url: env.string("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             amqp_namespace: env.string("AMQP_NAMESPACE", ""),
+            queue_expiry: match env.parse::<u64>("AMQP_QUEUE_EXPIRES_MS", 0)? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             admin_token: env.string("ADMIN_TOKEN", "dev-admin-token"),
             prefetch,
             retry,
@@ -181,6 +190,20 @@ mod tests {
         assert_eq!(config.retry.max_attempts, 5);
         assert_eq!(config.retry.base, Duration::from_secs(1));
         assert_eq!(config.retry.cap, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn queues_never_expire_unless_asked() {
+        let keep = CommonConfig::from_env(&env(&[]), "order", 3001, "orders").unwrap();
+        assert_eq!(keep.queue_expiry, None);
+        let throwaway = CommonConfig::from_env(
+            &env(&[("AMQP_QUEUE_EXPIRES_MS", "60000")]),
+            "order",
+            3001,
+            "orders",
+        )
+        .unwrap();
+        assert_eq!(throwaway.queue_expiry, Some(Duration::from_secs(60)));
     }
 
     #[test]

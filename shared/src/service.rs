@@ -60,7 +60,7 @@ impl ServiceCore {
             .await
             .context("creating dead-letter indexes")?;
 
-        let topology = Topology::new(&config.amqp_namespace);
+        let topology = Topology::new(&config.amqp_namespace).with_queue_expiry(config.queue_expiry);
         let publisher = Publisher::new(
             &config.rabbitmq_url,
             &format!("{}-publisher", config.service),

@@ -63,13 +63,36 @@ pub fn has_subscriber(routing_key: &str) -> bool {
 #[derive(Clone, Debug)]
 pub struct Topology {
     namespace: String,
+    queue_expiry: Option<Duration>,
 }
 
 impl Topology {
     pub fn new(namespace: &str) -> Self {
         Topology {
             namespace: namespace.to_string(),
+            queue_expiry: None,
         }
+    }
+
+    /// Queues that nobody consumes or declares for this long are deleted by
+    /// the broker (`x-expires`). Only for throwaway namespaces (tests,
+    /// benchmarks): every durable queue left behind costs RabbitMQ time at
+    /// each boot, and a few thousand of them kept it from starting at all.
+    pub fn with_queue_expiry(mut self, expiry: Option<Duration>) -> Self {
+        self.queue_expiry = expiry;
+        self
+    }
+
+    /// Arguments every queue we declare carries.
+    fn queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if let Some(expiry) = self.queue_expiry {
+            args.insert(
+                "x-expires".into(),
+                AMQPValue::LongLongInt(expiry.as_millis() as i64),
+            );
+        }
+        args
     }
 
     pub fn events_exchange(&self) -> String {
@@ -138,7 +161,7 @@ impl Topology {
 
         // A nack without requeue (which our consumer never sends on purpose)
         // still ends in the DLQ rather than vanishing.
-        let mut work_args = FieldTable::default();
+        let mut work_args = self.queue_args();
         work_args.insert(
             "x-dead-letter-exchange".into(),
             string(self.dead_letter_exchange()),
@@ -160,7 +183,7 @@ impl Topology {
         }
 
         channel
-            .queue_declare(dlq.as_str().into(), durable, FieldTable::default())
+            .queue_declare(dlq.as_str().into(), durable, self.queue_args())
             .await?;
         channel
             .queue_bind(
@@ -173,7 +196,7 @@ impl Topology {
             .await?;
 
         for tier in policy.tiers() {
-            let mut args = FieldTable::default();
+            let mut args = self.queue_args();
             args.insert(
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(tier.as_millis() as i64),

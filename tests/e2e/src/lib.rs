@@ -42,6 +42,8 @@ impl Stack {
             ("MONGODB_DATABASE".into(), format!("t_{id}_{service}")),
             ("RABBITMQ_URL".into(), rabbitmq_url()),
             ("AMQP_NAMESPACE".into(), format!("t-{id}.")),
+            // The broker deletes this test's queues 15 minutes after it ends.
+            ("AMQP_QUEUE_EXPIRES_MS".into(), "900000".into()),
             ("ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
             // Short retry delays keep failing-path tests quick.
             ("RETRY_BASE_MS".into(), "200".into()),
@@ -167,6 +169,31 @@ impl Stack {
             )
             .await
             .ok()
+    }
+
+    /// Declares one of this stack's queues again with the given arguments.
+    /// The broker refuses (PRECONDITION_FAILED) unless they are exactly the
+    /// ones the queue was declared with, which makes this a probe for them.
+    pub async fn redeclare_queue(
+        &self,
+        queue: &str,
+        args: lapin::types::FieldTable,
+    ) -> Result<(), lapin::Error> {
+        let connection = connect_to_broker().await;
+        let channel = connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(
+                self.name(queue).as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .map(drop);
+        let _ = connection.close(200, "done".into()).await;
+        declared
     }
 
     /// A customer email unique to this stack.

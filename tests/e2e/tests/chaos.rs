@@ -349,6 +349,9 @@ impl Chaos {
             .env("MONGODB_DATABASE", format!("c_{}_{service}", self.id))
             .env("RABBITMQ_URL", rabbitmq_url())
             .env("AMQP_NAMESPACE", format!("c-{}.", self.id))
+            // Longer than the whole suite: a retry tier is only redeclared
+            // when its service restarts.
+            .env("AMQP_QUEUE_EXPIRES_MS", "3600000")
             .env("ADMIN_TOKEN", ADMIN_TOKEN)
             .env("INVENTORY_URL", self.url("inventory"))
             .env("SMTP_PORT", self.smtp_port.to_string())

@@ -330,3 +330,27 @@ async fn an_order_for_more_than_the_stock_is_rejected_with_the_reason() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throwaway_namespace_declares_its_queues_to_expire() {
+    use lapin::types::{AMQPValue, FieldTable};
+    // Stack sets AMQP_QUEUE_EXPIRES_MS=900000, so the broker drops this
+    // test's queues once it is gone instead of recovering them at every boot.
+    let stack = Stack::start().await;
+    let expiring = || {
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(900_000));
+        args
+    };
+    stack
+        .redeclare_queue("inventory-service.events.dlq", expiring())
+        .await
+        .expect("the DLQ was declared with x-expires = 900000");
+    let without = stack
+        .redeclare_queue("inventory-service.events.dlq", FieldTable::default())
+        .await;
+    assert!(
+        without.is_err(),
+        "a declare without x-expires must be refused"
+    );
+}
