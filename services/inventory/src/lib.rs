@@ -4,6 +4,7 @@ pub mod domain;
 pub mod error;
 pub mod handler;
 pub mod http;
+pub mod locks;
 pub mod store;
 
 use std::sync::Arc;

@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use crate::{
     domain::{self, LowStock, Product, Reservation, ReservationStatus},
     error::Error,
+    locks::ProductLocks,
 };
 
 const SOURCE: &str = "inventory-service";
@@ -37,6 +38,7 @@ pub struct InventoryStore {
     products: Collection<Product>,
     reservations: Collection<Reservation>,
     wake: Arc<Notify>,
+    locks: ProductLocks,
 }
 
 impl InventoryStore {
@@ -46,6 +48,7 @@ impl InventoryStore {
             reservations: db.collection("reservations"),
             db,
             wake,
+            locks: ProductLocks::new(1024),
         }
     }
 
@@ -127,6 +130,7 @@ impl InventoryStore {
         stock: i64,
         correlation_id: &str,
     ) -> Result<Product, Error> {
+        let _held = self.locks.lock([product_id]).await;
         let mut tx = Transaction::begin(&self.db).await?;
         let product = loop {
             let session = tx.attempt().await?;
@@ -209,6 +213,10 @@ impl InventoryStore {
 
     /// `order.created`: holds every line or none, once per order.
     pub async fn reserve(&self, event: &RawEnvelope, order: &OrderCreated) -> Result<(), DbError> {
+        let _held = self
+            .locks
+            .lock(order.items.iter().map(|l| &l.product_id))
+            .await;
         let mut tx = Transaction::begin(&self.db).await?;
         loop {
             let session = tx.attempt().await?;
@@ -342,7 +350,9 @@ impl InventoryStore {
         }
     }
 
-    /// `order.cancelled`: gives back exactly what was held, once.
+    /// `order.cancelled`: gives back exactly what was held, once. Not under
+    /// the product locks (the lines are only known inside the transaction):
+    /// cancels are rare, and a conflict with a reservation is retried in place.
     pub async fn release(
         &self,
         event: &RawEnvelope,

@@ -177,7 +177,7 @@ impl OutboxRelay {
             candidates
         } else {
             self.outbox
-                .find(doc! { "claimedBy": format!("{}:{token}", self.instance) })
+                .find(doc! { "_id": { "$in": &ids }, "claimedBy": format!("{}:{token}", self.instance) })
                 .sort(doc! { "_id": 1 })
                 .await?
                 .try_collect()
