@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The standard benchmark: release build, the three services on fresh
-# databases, then the load generator: 30 s at 1,000 orders/s, 60 s at
-# 1,700 orders/s, then a ramp (+250/s every 10 s from 500/s) until the
-# end-to-end p99 passes 100 ms. Writes result.json, plot.png and summary.md
-# under bench/results/<run>/ and copies the summary and plot to
-# bench/results/latest.{md,png}.
+# databases, then the load generator, open loop: first a ramp on the idle
+# stack (+50/s every 10 s from 50/s until the end-to-end p99 passes 100 ms),
+# then 30 s at 1,000 orders/s and 60 s at 1,700 orders/s (the budget's
+# lines). Writes result.json, plot.png and summary.md (with CPU per process
+# and the database's operations per order) under bench/results/<run>/ and
+# copies the summary and plot to bench/results/latest.{md,png}.
 #
 #   BENCH_STAGES=1000x30,1700x60   the fixed-rate stages (RATExSECONDS)
 #   BENCH_RAMP=0                   skip the ramp
+#   BENCH_RAMP_START=50 BENCH_RAMP_STEP=50
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh
@@ -61,13 +63,14 @@ for spec in "rabbitmq=beam.smp" "mongodb=secantusd-rs|mongod " "maildev=maildev"
   [ -n "$pid" ] && watch_args+=(--watch "${spec%%=*}=$pid")
 done
 
-step "Load (stages $STAGES$([ "$RAMP" = 1 ] && echo ', then the ramp'))"
+step "Load ($([ "$RAMP" = 1 ] && echo 'the ramp, then ')stages $STAGES)"
 ramp_args=()
-[ "$RAMP" = 1 ] && ramp_args=(--ramp)
+[ "$RAMP" = 1 ] && ramp_args=(--ramp --ramp-start "${BENCH_RAMP_START:-50}" --ramp-step "${BENCH_RAMP_STEP:-50}")
 status=0
 ./target/release/loadgen \
   --order-url http://127.0.0.1:3101 --inventory-url http://127.0.0.1:3102 \
   --namespace "$RUN." --stages "$STAGES" "${ramp_args[@]}" "${watch_args[@]}" \
+  --mongodb-uri "mongodb://127.0.0.1:$MONGO_PORT" --db-prefix "${RUN}_" \
   --out "$OUT" || status=$?
 
 cp "$OUT/summary.md" bench/results/latest.md

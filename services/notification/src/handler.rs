@@ -9,7 +9,6 @@ use shared::{
         ContractError, Event, InventoryLow, OrderCancelled, OrderConfirmed, OrderRejected,
         RawEnvelope,
     },
-    store::inbox::was_already_handled,
 };
 
 use crate::{domain, store::NotificationStore};
@@ -38,13 +37,9 @@ impl Handler for SagaOutcomes {
             }
         };
         let notification = draft.into_notification(&event.correlation_id, Utc::now());
-        match self.store.record_for_event(&event, notification).await {
-            Ok(()) => Ok(()),
-            Err(e) if was_already_handled(&e) => {
-                tracing::info!("duplicate delivery ignored");
-                Ok(())
-            }
-            Err(e) => Err(HandleError::Transient(e.to_string())),
-        }
+        self.store
+            .record_for_event(notification)
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))
     }
 }

@@ -11,9 +11,9 @@ use mongodb::{
     options::IndexOptions,
 };
 use shared::{
-    events::{Envelope, NotificationFailed, NotificationSent, RawEnvelope},
+    events::{Envelope, NotificationFailed, NotificationSent},
     http::{PageRequest, find_page},
-    store::{Transaction, is_duplicate_key, record_in_inbox, stage_event},
+    store::{Transaction, is_duplicate_key, stage_event},
 };
 use tokio::sync::Notify;
 
@@ -66,38 +66,21 @@ impl NotificationStore {
         Ok(())
     }
 
-    /// Records the notification an event calls for, once: the inbox and the
-    /// unique dedupe key both guard against a second email.
-    pub async fn record_for_event(
-        &self,
-        event: &RawEnvelope,
-        notification: Notification,
-    ) -> Result<(), DbError> {
-        let mut tx = Transaction::begin(&self.db).await?;
-        let result = loop {
-            let session = tx.attempt().await?;
-            let attempt = async {
-                record_in_inbox(&self.db, session, event).await?;
-                self.notifications
-                    .insert_one(&notification)
-                    .session(&mut *session)
-                    .await
-                    .map(|_| ())
-            }
-            .await;
-            match tx.finish(attempt).await {
-                Ok(Some(())) => break Ok(()),
-                Ok(None) => continue,
-                Err(e) => break Err(e),
-            }
-        };
-        match result {
-            Ok(()) => {
+    /// Records the notification an event calls for, once. The dedupe key is
+    /// fixed by the event (order and outcome, or the alert's event id) and
+    /// unique, so the insert is its own inbox: a redelivery meets the key and
+    /// has no effect. One write instead of a transaction with an inbox record
+    /// saves two round trips per order.
+    pub async fn record_for_event(&self, notification: Notification) -> Result<(), DbError> {
+        match self.notifications.insert_one(&notification).await {
+            Ok(_) => {
                 self.send_wake.notify_one();
                 Ok(())
             }
-            // Another event already produced this very notification.
-            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => {
+                tracing::info!(dedupe_key = %notification.dedupe_key, "duplicate delivery ignored");
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

@@ -5,6 +5,7 @@
 //! services), and reports throughput and latency percentiles as a progress
 //! line, a JSON result, a PNG plot and a markdown summary.
 
+mod dbtop;
 mod follow;
 mod plot;
 mod procs;
@@ -60,13 +61,15 @@ pub struct Args {
     /// order, e.g. `1000x30,1700x60`.
     #[arg(long, default_value = "1000x10")]
     pub stages: String,
-    /// After the stages, raise the rate by `ramp_step` every `ramp_seconds`
-    /// from `ramp_start` until end-to-end p99 passes `p99_target_ms`.
+    /// Before the stages, on a stack still idle, raise the rate by
+    /// `ramp_step` every `ramp_seconds` from `ramp_start` until end-to-end
+    /// p99 passes `p99_target_ms` (open loop only). First, because a fixed
+    /// stage past capacity leaves a backlog that would spoil every step.
     #[arg(long)]
     pub ramp: bool,
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 50)]
     pub ramp_start: u32,
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 50)]
     pub ramp_step: u32,
     #[arg(long, default_value_t = 10)]
     pub ramp_seconds: u64,
@@ -81,6 +84,12 @@ pub struct Args {
     /// Products the orders spread over.
     #[arg(long, default_value_t = 20)]
     pub products: usize,
+    /// With `--db-prefix`: read the server's per-collection counters around
+    /// every stage (the databases whose names start with the prefix).
+    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
+    pub mongodb_uri: String,
+    #[arg(long)]
+    pub db_prefix: Option<String>,
     /// Processes to account CPU and memory to, as NAME=PID (repeatable).
     #[arg(long = "watch")]
     pub watch: Vec<String>,
@@ -170,6 +179,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let products = create_products(&http, &args).await?;
     let follower = follow::Follower::start(&args.rabbitmq_url, &args.namespace).await?;
     let mut watched = procs::Watched::parse(&args.watch)?;
+    let db = match &args.db_prefix {
+        Some(prefix) => Some(dbtop::DbProbe::connect(&args.mongodb_uri, prefix).await?),
+        None => None,
+    };
 
     let shared = Arc::new(Shared {
         http,
@@ -182,8 +195,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         epoch: follower.epoch(),
     });
 
-    // The fixed stages, then (open loop only) the ramp, which stops at the
-    // first step over the target.
+    // The ramp (open loop only), which stops at the first step over the
+    // target, then the fixed stages.
     let ramp = (args.ramp && args.mode == Mode::Open)
         .then(|| {
             (0..)
@@ -198,8 +211,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         .into_iter()
         .flatten();
     let mut reports = Vec::new();
-    for (index, stage) in stages.into_iter().chain(ramp).enumerate() {
+    let mut ramp_over = false;
+    for stage in ramp.chain(stages) {
+        if stage.ramp && ramp_over {
+            continue;
+        }
+        let index = reports.len();
         let cpu_before = watched.sample();
+        let db_before = db_snapshot(db.as_ref()).await;
         let started = shared.epoch.elapsed();
         drive(&shared, args.mode, stage, index).await;
         let load_ended = shared.epoch.elapsed();
@@ -215,7 +234,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let ids: Vec<String> = records.iter().filter_map(|r| r.order_id.clone()).collect();
         let stragglers = wait_for_outcomes(&follower, &ids, args.drain_seconds).await;
         let cpu_after = watched.sample();
-        let report = StageReport::build(
+        let db_after = db_snapshot(db.as_ref()).await;
+        let mut report = StageReport::build(
             index,
             args.mode,
             stage.load,
@@ -227,13 +247,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             &follower.outcomes(),
             procs::usage(&cpu_before, &cpu_after),
         );
+        if let (Some(before), Some(after)) = (&db_before, &db_after) {
+            report.db = Some(dbtop::profile(before, after, report.finished));
+        }
         println!("\n{}", report.one_line());
         let over_target =
             report.end_to_end.p99_ms > args.p99_target_ms || stragglers > 0 || report.errors > 0;
         reports.push(report);
-        if stage.ramp && over_target {
-            break;
-        }
+        ramp_over |= stage.ramp && over_target;
     }
 
     let load_stopped = shared.epoch.elapsed();
@@ -266,6 +287,18 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 }
 
 /// Sends one stage's orders, printing a progress line every second.
+/// The database counters, or `None` (with a warning) if the server will
+/// not give them: the run goes on without the database profile.
+async fn db_snapshot(db: Option<&dbtop::DbProbe>) -> Option<dbtop::Snapshot> {
+    match db?.snapshot().await {
+        Ok(snapshot) => Some(snapshot),
+        Err(error) => {
+            eprintln!("loadgen: no database profile for this stage: {error:#}");
+            None
+        }
+    }
+}
+
 async fn drive(shared: &Arc<Shared>, mode: Mode, stage: Stage, index: usize) {
     let deadline = Instant::now() + Duration::from_secs(stage.seconds);
     let progress = tokio::spawn(progress_line(shared.clone(), stage, deadline));

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::{Args, Mode, follow::Outcomes};
+use crate::{Args, Mode, dbtop::DbProfile, follow::Outcomes};
 
 /// One POST.
 #[derive(Clone, Debug)]
@@ -70,6 +70,8 @@ pub struct StageReport {
     /// CPU seconds per watched process during the stage (and its drain).
     pub cpu_seconds: BTreeMap<String, f64>,
     pub cpu_ms_per_order: BTreeMap<String, f64>,
+    /// The database's counters over the stage, with `--db-prefix`.
+    pub db: Option<DbProfile>,
 }
 
 impl StageReport {
@@ -125,6 +127,7 @@ impl StageReport {
                 .map(|(name, s)| (name.clone(), s * 1000.0 / orders))
                 .collect(),
             cpu_seconds,
+            db: None,
         }
     }
 
@@ -304,6 +307,18 @@ impl Report {
         }
     }
 
+    /// The stage whose costs stand for one order: the fastest ramp step
+    /// that kept up (nothing queued, so every cost belongs to its own
+    /// orders), else the first stage that measured any.
+    fn profile_stage(&self) -> Option<&StageReport> {
+        let measured = |s: &&StageReport| !s.cpu_ms_per_order.is_empty() || s.db.is_some();
+        self.stages
+            .iter()
+            .filter(|s| s.ramp && Some(s.load) == self.highest_sustained_rate)
+            .find(measured)
+            .or_else(|| self.stages.iter().find(measured))
+    }
+
     pub fn markdown(&self) -> String {
         let mut md = String::new();
         let _ = writeln!(md, "# Benchmark summary ({})\n", self.generated_at);
@@ -348,24 +363,63 @@ impl Report {
                 s.end_to_end.max_ms,
             );
         }
-        if let Some(rate) = self.highest_sustained_rate {
-            let _ = writeln!(
-                md,
-                "\nRamp: the highest rate with end-to-end p99 under {} ms was **{rate} orders/s**.",
-                self.p99_target_ms
-            );
+        match (
+            self.highest_sustained_rate,
+            self.stages.iter().find(|s| s.ramp),
+        ) {
+            (Some(rate), _) => {
+                let _ = writeln!(
+                    md,
+                    "\nRamp: the highest rate with end-to-end p99 under {} ms was **{rate} orders/s**.",
+                    self.p99_target_ms
+                );
+            }
+            (None, Some(first)) => {
+                let _ = writeln!(
+                    md,
+                    "\nRamp: no step kept end-to-end p99 under {} ms; the first, at {}/s, measured {:.1} ms.",
+                    self.p99_target_ms, first.load, first.end_to_end.p99_ms
+                );
+            }
+            (None, None) => {}
         }
-        if let Some(s) = self.stages.iter().find(|s| !s.cpu_ms_per_order.is_empty()) {
+        if let Some(s) = self.profile_stage() {
             let _ = writeln!(
                 md,
-                "\nCPU per order in stage {} (ms of CPU time per finished order):\n\n| process | CPU s | ms/order |\n|---|---|---|",
-                s.index
+                "\n## Where an order's time goes (stage {}: {} {})\n\nCPU time per finished order, by process:\n\n| process | CPU s | ms/order |\n|---|---|---|",
+                s.index,
+                s.load,
+                if s.mode == Mode::Open {
+                    "orders/s"
+                } else {
+                    "clients"
+                }
             );
             let total: f64 = s.cpu_ms_per_order.values().sum();
             for (name, ms) in &s.cpu_ms_per_order {
                 let _ = writeln!(md, "| {name} | {:.1} | {ms:.2} |", s.cpu_seconds[name]);
             }
             let _ = writeln!(md, "| all | | {total:.2} |");
+            if let Some(db) = &s.db {
+                let _ = writeln!(
+                    md,
+                    "\nDatabase operations per finished order (the server's `top` counters): \
+                     {:.1} operations, {:.2} transaction commits, {:.3} aborts.\n\n\
+                     | collection | operation | per order | server µs/op | share of server time |\n|---|---|---|---|---|",
+                    db.operations_per_order, db.commits_per_order, db.aborts_per_order
+                );
+                for row in &db.rows {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {:.2} | {:.0} | {:.1}% |",
+                        row.collection,
+                        row.operation,
+                        row.per_order,
+                        row.server_us_per_op,
+                        row.share * 100.0
+                    );
+                }
+            }
         }
         if !self.resident_mb.is_empty() {
             let _ = writeln!(
