@@ -47,6 +47,8 @@ export INVENTORY_URL=http://127.0.0.1:3102
 declare -A WATCH
 for service in inventory order notification; do
   case $service in inventory) port=3102 ;; order) port=3101 ;; notification) port=3103 ;; esac
+  # Otherwise the wait below would take whatever listens there for ours.
+  port_open "$port" && fail "port $port is in use: stop what listens there (a run.sh or an earlier bench?)"
   PORT=$port MONGODB_DATABASE="${RUN}_$service" nohup "./target/release/$service-service" \
     >>"$LOG_DIR/bench-$service.log" 2>&1 </dev/null &
   PIDS+=($!)

@@ -99,6 +99,9 @@ pub struct CommonConfig {
     /// `RATE_LIMIT_PER_SECOND` (default 100) and `RATE_LIMIT_BURST` (default
     /// 200) per client address; a rate of 0 turns limiting off.
     pub rate_limit: Option<RateLimit>,
+    /// `MAX_IN_FLIGHT_REQUESTS` (default 64): requests in progress at once;
+    /// past it, 503 with Retry-After. 0 turns shedding off.
+    pub max_in_flight: Option<usize>,
 }
 
 impl CommonConfig {
@@ -165,6 +168,7 @@ impl CommonConfig {
             prefetch,
             retry,
             rate_limit,
+            max_in_flight: Some(env.parse("MAX_IN_FLIGHT_REQUESTS", 64usize)?).filter(|n| *n > 0),
         })
     }
 }

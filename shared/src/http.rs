@@ -6,6 +6,7 @@ pub mod auth;
 pub mod deadletters;
 pub mod error;
 pub mod health;
+pub mod loadshed;
 pub mod page;
 pub mod ratelimit;
 pub mod server;

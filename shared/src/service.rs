@@ -18,7 +18,9 @@ use crate::{
     },
     config::CommonConfig,
     deadletter::{DeadLetterArchiver, DeadLetterStore},
-    http::{self, HealthApi, deadletters::DeadLetterApi, ratelimit::RateLimiter},
+    http::{
+        self, HealthApi, deadletters::DeadLetterApi, loadshed::LoadShedder, ratelimit::RateLimiter,
+    },
     resilience::Breakers,
     store::{self, OutboxRelay, outbox::ensure_outbox_indexes},
 };
@@ -115,13 +117,18 @@ impl ServiceCore {
             .spawn(run_consumer(settings, handler, self.shutdown.clone()));
     }
 
-    fn health_api(&self, rate_limiter: Option<Arc<RateLimiter>>) -> HealthApi {
+    fn health_api(
+        &self,
+        rate_limiter: Option<Arc<RateLimiter>>,
+        load_shedder: Option<Arc<LoadShedder>>,
+    ) -> HealthApi {
         HealthApi {
             service: self.config.service,
             db: self.db.clone(),
             publisher: self.publisher.clone(),
             breakers: self.breakers.clone(),
             rate_limiter,
+            load_shedder,
         }
     }
 
@@ -139,15 +146,21 @@ impl ServiceCore {
             })?;
         let port = listener.local_addr()?.port();
         let rate_limiter = self.config.rate_limit.map(RateLimiter::new);
+        let load_shedder = self.config.max_in_flight.map(LoadShedder::new);
         let dead_letters = DeadLetterApi {
             store: self.dead_letters.clone(),
             publisher: self.publisher.clone(),
         };
         let app = http::build_app(
-            (api, self.health_api(rate_limiter.clone()), dead_letters),
+            (
+                api,
+                self.health_api(rate_limiter.clone(), load_shedder.clone()),
+                dead_letters,
+            ),
             title,
             &self.config.admin_token,
             rate_limiter,
+            load_shedder,
         );
         let server = tokio::spawn(http::serve(listener, app, self.shutdown.clone()));
         let base = format!("http://{}:{port}", self.config.bind_address);

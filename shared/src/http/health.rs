@@ -11,7 +11,7 @@ use poem_openapi::{
     payload::{Json, PlainText},
 };
 
-use super::ratelimit::RateLimiter;
+use super::{loadshed::LoadShedder, ratelimit::RateLimiter};
 use crate::{
     broker::Publisher,
     deadletter::{DEAD_LETTERS, DeadLetterStatus},
@@ -27,6 +27,7 @@ pub struct HealthApi {
     pub publisher: Arc<Publisher>,
     pub breakers: Breakers,
     pub rate_limiter: Option<Arc<RateLimiter>>,
+    pub load_shedder: Option<Arc<LoadShedder>>,
 }
 
 /// Liveness.
@@ -188,6 +189,14 @@ impl HealthApi {
                 "Requests refused with 429, since start.",
                 "",
                 limiter.refused() as f64,
+            );
+        }
+        if let Some(shedder) = &self.load_shedder {
+            gauge(
+                "http_load_shed",
+                "Requests refused with 503 over MAX_IN_FLIGHT_REQUESTS, since start.",
+                "",
+                shedder.shed() as f64,
             );
         }
         out

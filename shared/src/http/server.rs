@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::{
     AdminToken, ApiError,
     error::json_errors,
+    loadshed::{self, LoadShedder},
     ratelimit::{self, RateLimiter},
 };
 
@@ -30,13 +31,14 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub struct CorrelationId(pub String);
 
 /// Wraps `api` with its Swagger UI (`/docs`), its spec (`/openapi.json`),
-/// the rate limit, the body limit, correlation ids, admin token and JSON
+/// the rate limit, load shedding, the body limit, correlation ids, admin token and JSON
 /// errors.
 pub fn build_app<T: OpenApi + 'static>(
     api: T,
     title: &str,
     admin_token: &str,
     rate_limiter: Option<Arc<RateLimiter>>,
+    load_shedder: Option<Arc<LoadShedder>>,
 ) -> impl Endpoint<Output = Response> + 'static {
     let service = OpenApiService::new(api, title, env!("CARGO_PKG_VERSION"));
     let docs = service.swagger_ui();
@@ -47,6 +49,7 @@ pub fn build_app<T: OpenApi + 'static>(
         .at("/openapi.json", spec)
         .around(limit_body)
         .around(correlate)
+        .around(move |next, req| loadshed::shed(load_shedder.clone(), next, req))
         .around(move |next, req| ratelimit::limit(rate_limiter.clone(), next, req))
         .data(AdminToken(admin_token.to_string()))
         .with(Tracing)

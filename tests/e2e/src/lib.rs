@@ -51,6 +51,8 @@ impl Stack {
             // Tests send bursts from one address; the limiter stays on but
             // out of the way (one test turns it down on purpose).
             ("RATE_LIMIT_PER_SECOND".into(), "100000".into()),
+            // Likewise the load shedding: some tests send hundreds at once.
+            ("MAX_IN_FLIGHT_REQUESTS".into(), "0".into()),
         ]);
         for (k, v) in extra {
             map.insert(k.to_string(), v.clone());

@@ -362,6 +362,8 @@ impl Chaos {
             .env("RETRY_BASE_MS", "200")
             .env("RETRY_CAP_MS", "1000")
             .env("RATE_LIMIT_PER_SECOND", "0")
+            // Fault 8 sends 300 orders at once, all of which must be taken.
+            .env("MAX_IN_FLIGHT_REQUESTS", "0")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("FAILPOINTS")
