@@ -62,13 +62,16 @@ case $command in
     cursor=""
     # Walks every page, so a long backlog is listed in full.
     while :; do
-      page=$(call GET "$url?status=$status&limit=100${cursor:+&cursor=$cursor}")
-      printf '%s' "$page" | python3 -c '
+      # One parse per page: the next cursor on the first line, then the rows.
+      rows=$(call GET "$url?status=$status&limit=100${cursor:+&cursor=$cursor}" | python3 -c '
 import json, sys
-for d in json.load(sys.stdin)["items"]:
+page = json.load(sys.stdin)
+print(page.get("nextCursor") or "")
+for d in page["items"]:
     print("{}  {:<9}  {:<26}  attempts={}  {}  {}".format(d["deadLetterId"], d["status"],
-          d.get("eventType") or "?", d["attempts"], d["deadAt"][:19], d["reason"][:80]))'
-      cursor=$(printf '%s' "$page" | python3 -c 'import json, sys; print(json.load(sys.stdin).get("nextCursor") or "")')
+          d.get("eventType") or "?", d["attempts"], d["deadAt"][:19], d["reason"][:80]))')
+      cursor=$(head -n 1 <<<"$rows")
+      tail -n +2 <<<"$rows"
       [ -n "$cursor" ] || break
     done
     ;;

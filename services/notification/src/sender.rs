@@ -27,6 +27,8 @@ use crate::{
 /// SMTP settings.
 /// Emails on their way at once, each on its own pooled SMTP connection.
 const SENDS_IN_FLIGHT: usize = 16;
+/// Notifications claimed per round; a full batch means more are waiting.
+const CLAIM_BATCH: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct SmtpConfig {
@@ -77,14 +79,14 @@ impl Sender {
     pub async fn run(self, shutdown: CancellationToken) {
         let wake = self.store.send_wake.clone();
         loop {
-            let claimed = match self.store.claim_due(&self.name, 64).await {
+            let claimed = match self.store.claim_due(&self.name, CLAIM_BATCH as i64).await {
                 Ok(claimed) => claimed,
                 Err(error) => {
                     tracing::warn!(%error, "could not read pending notifications");
                     Vec::new()
                 }
             };
-            let full = claimed.len() == 64;
+            let full = claimed.len() == CLAIM_BATCH;
             futures::stream::iter(claimed)
                 .for_each_concurrent(SENDS_IN_FLIGHT, |n| self.deliver(n))
                 .await;

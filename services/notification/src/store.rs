@@ -103,33 +103,39 @@ impl NotificationStore {
         Ok(find_page(&self.notifications, filter, page, |n| n.id.clone()).await?)
     }
 
-    /// Claims up to `limit` due PENDING notifications for this sender.
+    /// Claims up to `limit` due PENDING notifications for this sender. The
+    /// notifications read are returned as they are unless another sender
+    /// took some of them in between, as the outbox relay does.
     pub async fn claim_due(&self, sender: &str, limit: i64) -> Result<Vec<Notification>, DbError> {
         let now = bson::DateTime::now();
         let due = doc! { "status": NotificationStatus::Pending.as_str(), "nextAttemptAt": { "$lte": now } };
-        let ids: Vec<String> = self
+        let candidates: Vec<Notification> = self
             .notifications
             .find(due.clone())
             .sort(doc! { "nextAttemptAt": 1 })
             .limit(limit)
             .await?
-            .map_ok(|n| n.id)
             .try_collect()
             .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        if candidates.is_empty() {
+            return Ok(candidates);
         }
+        let ids: Vec<&str> = candidates.iter().map(|n| n.id.as_str()).collect();
         let token = format!("{sender}:{}", uuid::Uuid::new_v4());
         let lease_end =
             bson::DateTime::from_millis(now.timestamp_millis() + LEASE.as_millis() as i64);
         let mut claim = due;
         claim.insert("_id", doc! { "$in": &ids });
-        self.notifications
+        let claimed = self
+            .notifications
             .update_many(
                 claim,
                 doc! { "$set": { "nextAttemptAt": lease_end, "claimedBy": &token } },
             )
             .await?;
+        if claimed.modified_count as usize == candidates.len() {
+            return Ok(candidates);
+        }
         // By id first: claimedBy has no index, and a scan of every
         // notification ever sent took 30-50 ms per claim.
         self.notifications

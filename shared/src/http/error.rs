@@ -100,6 +100,17 @@ impl ApiError {
         }
     }
 
+    /// This error as a response telling the client when to come back
+    /// (`Retry-After`, at least 1 s): rate limits and load shedding.
+    pub fn retry_after(&self, seconds: u64) -> Response {
+        let mut response = self.as_response();
+        response.headers_mut().insert(
+            poem::http::header::RETRY_AFTER,
+            poem::http::HeaderValue::from(seconds.max(1)),
+        );
+        response
+    }
+
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             error: self.code.to_string(),

@@ -12,11 +12,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use poem::error::ResponseError;
-use poem::{
-    Endpoint, IntoResponse, Request, Response,
-    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
-};
+use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
 use tokio::sync::Semaphore;
 
 use super::{ApiError, ratelimit::UNLIMITED_PATHS};
@@ -49,24 +45,26 @@ pub async fn shed<E: Endpoint>(
     next: E,
     req: Request,
 ) -> poem::Result<Response> {
-    let Some(shedder) = shedder.filter(|_| !UNLIMITED_PATHS.contains(&req.uri().path())) else {
-        return next.call(req).await.map(IntoResponse::into_response);
-    };
-    let Ok(_permit) = shedder.permits.clone().try_acquire_owned() else {
-        shedder.shed.fetch_add(1, Ordering::Relaxed);
-        let error = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            format!(
-                "{} requests are already in progress; retry in 1 s",
-                shedder.limit
-            ),
-        );
-        let mut response = error.as_response();
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        return Ok(response);
+    // Held until the response is built; `None` for the probes and when off.
+    let _permit = match shedder {
+        Some(shedder) if !UNLIMITED_PATHS.contains(&req.uri().path()) => {
+            match shedder.permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    shedder.shed.fetch_add(1, Ordering::Relaxed);
+                    return Ok(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        format!(
+                            "{} requests are already in progress; retry in 1 s",
+                            shedder.limit
+                        ),
+                    )
+                    .retry_after(1));
+                }
+            }
+        }
+        _ => None,
     };
     next.call(req).await.map(IntoResponse::into_response)
 }
@@ -74,7 +72,10 @@ pub async fn shed<E: Endpoint>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use poem::{EndpointExt, Route, handler, http::Method};
+    use poem::{
+        EndpointExt, Route, handler,
+        http::{Method, header::RETRY_AFTER},
+    };
     use tokio::sync::{mpsc, oneshot};
 
     fn request(path: &str) -> Request {

@@ -11,11 +11,7 @@ use std::{
 };
 
 use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
-use poem::error::ResponseError;
-use poem::{
-    Endpoint, IntoResponse, Request, Response,
-    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
-};
+use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
 
 use super::ApiError;
 
@@ -79,17 +75,12 @@ pub async fn limit<E: Endpoint>(
         && !UNLIMITED_PATHS.contains(&req.uri().path())
         && let Err(wait) = limiter.check(address)
     {
-        let error = ApiError::new(
+        return Ok(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!("too many requests from {address}; retry in {wait} s"),
-        );
-        let mut response = error.as_response();
-        response.headers_mut().insert(
-            RETRY_AFTER,
-            HeaderValue::from_str(&wait.max(1).to_string()).expect("digits"),
-        );
-        return Ok(response);
+        )
+        .retry_after(wait));
     }
     next.call(req).await.map(IntoResponse::into_response)
 }

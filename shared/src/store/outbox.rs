@@ -116,25 +116,20 @@ impl OutboxRelay {
     /// nothing is left published but not deleted by a clean shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            let pause = match self.relay_batch().await {
+            // (how long to wait, whether a commit may cut the wait short)
+            let (pause, wakeable) = match self.relay_batch().await {
                 Ok(count) if count as i64 == self.batch_size => continue,
-                Ok(_) => self.poll_interval,
-                Err(RelayError::BreakerOpen) => {
-                    // Commits keep waking us; the trial call comes on a timer.
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(RETRY_AFTER) => {}
-                    }
-                    continue;
-                }
+                Ok(_) => (self.poll_interval, true),
+                // Commits keep coming; the breaker's trial call comes on a timer.
+                Err(RelayError::BreakerOpen) => (RETRY_AFTER, false),
                 Err(error) => {
                     tracing::warn!(%error, "outbox relay could not publish; will retry");
-                    RETRY_AFTER
+                    (RETRY_AFTER, true)
                 }
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified(), if wakeable => {}
                 _ = tokio::time::sleep(pause) => {}
             }
         }
