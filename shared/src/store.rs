@@ -1,5 +1,6 @@
 //! MongoDB helpers: connecting, transactions, the inbox and the outbox.
 
+pub mod group;
 pub mod inbox;
 pub mod outbox;
 
@@ -7,13 +8,14 @@ use std::time::Duration;
 
 use mongodb::{
     Client, ClientSession, Database,
-    bson::doc,
+    bson::{Bson, Document, doc},
     error::{Error, ErrorKind, WriteFailure},
     options::ClientOptions,
 };
 
-pub use inbox::{AlreadyHandled, record_in_inbox};
-pub use outbox::{OutboxRelay, stage_event};
+pub use group::{GroupCommit, WriterGone, one_by_one_on_failure};
+pub use inbox::{AlreadyHandled, record_all_in_inbox, record_in_inbox};
+pub use outbox::{OutboxRecord, OutboxRelay, stage_event, stage_records};
 
 /// Connects lazily (the driver retries on its own) with short timeouts, so a
 /// missing server shows up as a clear error instead of a long hang.
@@ -31,6 +33,43 @@ pub async fn ping(db: &Database) -> Result<(), Error> {
     db.run_command(doc! { "ping": 1 }).await.map(|_| ())
 }
 
+/// Several single-document updates as one `update` command: one round trip
+/// inside `session`'s transaction instead of one per document. Returns how
+/// many documents matched their filter, so guarded updates can tell that one
+/// of them lost its race.
+pub async fn update_each(
+    db: &Database,
+    session: &mut ClientSession,
+    collection: &str,
+    updates: impl IntoIterator<Item = (Document, Document)>,
+) -> Result<u64, Error> {
+    let statements: Vec<Document> = updates
+        .into_iter()
+        .map(|(filter, update)| doc! { "q": filter, "u": update })
+        .collect();
+    if statements.is_empty() {
+        return Ok(0);
+    }
+    let reply = db
+        .run_command(doc! { "update": collection, "updates": statements, "ordered": true })
+        .session(session)
+        .await?;
+    if let Ok(errors) = reply.get_array("writeErrors")
+        && !errors.is_empty()
+    {
+        return Err(Error::custom(UpdateRefused(format!("{errors:?}"))));
+    }
+    Ok(match reply.get("n") {
+        Some(Bson::Int32(n)) => *n as u64,
+        Some(Bson::Int64(n)) => *n as u64,
+        _ => 0,
+    })
+}
+
+/// A statement of an [`update_each`] command was refused by the server.
+#[derive(Debug, Clone)]
+pub struct UpdateRefused(pub String);
+
 /// Whether a write failed on a unique index.
 pub fn is_duplicate_key(error: &Error) -> bool {
     match error.kind.as_ref() {
@@ -41,6 +80,20 @@ pub fn is_duplicate_key(error: &Error) -> bool {
             .as_ref()
             .is_some_and(|errors| errors.iter().any(|e| e.code == 11000)),
         _ => false,
+    }
+}
+
+/// Whether every write that failed failed on a unique index (an unordered
+/// `insert_many` whose other documents went in).
+pub fn only_duplicate_keys(error: &Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::InsertMany(e) => {
+            e.write_concern_error.is_none()
+                && e.write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|e| e.code == 11000))
+        }
+        _ => is_duplicate_key(error),
     }
 }
 

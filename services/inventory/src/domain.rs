@@ -87,6 +87,58 @@ pub fn plan_reservation(
     }
 }
 
+/// What the inventory decided for one order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Every line is held. `alerts` are the products (as they stand right
+    /// after this order) whose stock this order took to or below the threshold.
+    Reserve {
+        lines: Vec<PricedLine>,
+        alerts: Vec<Product>,
+    },
+    /// Nothing is held.
+    Reject(Vec<ShortLine>),
+}
+
+/// Decides orders one after another against `products`, all of each order
+/// or none, so a later order sees what the earlier ones took: a batch of
+/// orders decided together ends exactly as if they had come one by one.
+/// Returns one decision per order and leaves `products` at the stock after
+/// all of them.
+pub fn decide_reservations(orders: &[&[OrderLine]], products: &mut [Product]) -> Vec<Decision> {
+    orders
+        .iter()
+        .map(|lines| match plan_reservation(lines, products) {
+            Err(short) => Decision::Reject(short),
+            Ok(planned) => {
+                let mut alerts = Vec::new();
+                for line in &planned {
+                    let product = products
+                        .iter_mut()
+                        .find(|p| p.id == line.product_id)
+                        .expect("planned from these products");
+                    let quantity = i64::from(line.quantity);
+                    product.stock -= quantity;
+                    product.reserved += quantity;
+                    if low_stock_transition(
+                        product.stock,
+                        product.low_stock_threshold,
+                        product.low_stock_alerted,
+                    ) == LowStock::Alert
+                    {
+                        product.low_stock_alerted = true;
+                        alerts.push(product.clone());
+                    }
+                }
+                Decision::Reserve {
+                    lines: planned,
+                    alerts,
+                }
+            }
+        })
+        .collect()
+}
+
 /// The reason given with a failed reservation.
 pub fn shortage_reason(short: &[ShortLine]) -> &'static str {
     if short.iter().any(|s| s.available.is_none()) {
@@ -192,6 +244,50 @@ mod tests {
         let short = plan_reservation(&[line("zz", 1)], &[]).unwrap_err();
         assert_eq!(short[0].available, None);
         assert_eq!(shortage_reason(&short), "unknown product");
+    }
+
+    #[test]
+    fn orders_decided_together_see_what_the_earlier_ones_took() {
+        let mut products = vec![product("a", 5), product("b", 1)];
+        let (first, second, third) = (
+            [line("a", 2), line("b", 1)],
+            [line("a", 2), line("b", 1)],
+            [line("a", 3)],
+        );
+        let decisions = decide_reservations(&[&first, &second, &third], &mut products);
+
+        // The first takes 2 of a (5 → 3) and the last b (an alert); the
+        // second finds no b left; the third takes the 3 of a left (an alert).
+        assert!(matches!(&decisions[0], Decision::Reserve { lines, alerts }
+            if lines.len() == 2 && alerts.iter().map(|p| p.id.as_str()).eq(["b"])));
+        assert_eq!(
+            decisions[1],
+            Decision::Reject(vec![ShortLine {
+                product_id: "b".into(),
+                requested: 1,
+                available: Some(0)
+            }])
+        );
+        assert!(matches!(&decisions[2], Decision::Reserve { alerts, .. }
+            if alerts.len() == 1 && alerts[0].id == "a" && alerts[0].stock == 0));
+        assert_eq!((products[0].stock, products[0].reserved), (0, 5));
+        assert_eq!((products[1].stock, products[1].reserved), (0, 1));
+        assert!(products.iter().all(|p| p.low_stock_alerted));
+    }
+
+    #[test]
+    fn a_product_already_alerted_does_not_alert_again_in_a_batch() {
+        let mut products = vec![product("a", 4)];
+        let one = [line("a", 2)];
+        let decisions = decide_reservations(&[&one, &one], &mut products);
+        let alerts: Vec<usize> = decisions
+            .iter()
+            .map(|d| match d {
+                Decision::Reserve { alerts, .. } => alerts.len(),
+                Decision::Reject(_) => panic!("both fit"),
+            })
+            .collect();
+        assert_eq!(alerts, vec![1, 0]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ impl Handler for OrderEvents {
         let result = match event.event_type.as_str() {
             OrderCreated::TYPE => {
                 let order = event.decode::<OrderCreated>().map_err(permanent)?;
-                self.store.reserve(&event, &order).await
+                self.store.reserve(event, order).await
             }
             OrderCancelled::TYPE => {
                 let cancelled = event.decode::<OrderCancelled>().map_err(permanent)?;

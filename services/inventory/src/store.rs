@@ -1,7 +1,10 @@
 //! Products and reservations in MongoDB. Each stock change commits with the
 //! events it causes; each handled event commits with its inbox record.
 
-use std::sync::Arc;
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::{Arc, Weak},
+};
 
 use chrono::Utc;
 use futures::TryStreamExt;
@@ -17,12 +20,15 @@ use shared::{
         InventoryUpdated, OrderCancelled, OrderCreated, OrderLine, RawEnvelope,
     },
     http::{PageRequest, find_page},
-    store::{Transaction, is_duplicate_key, record_in_inbox, stage_event},
+    store::{
+        GroupCommit, OutboxRecord, Transaction, is_duplicate_key, one_by_one_on_failure,
+        record_all_in_inbox, record_in_inbox, stage_event, stage_records, update_each,
+    },
 };
 use tokio::sync::Notify;
 
 use crate::{
-    domain::{self, LowStock, Product, Reservation, ReservationStatus},
+    domain::{self, Decision, LowStock, Product, Reservation, ReservationStatus},
     error::Error,
     locks::ProductLocks,
 };
@@ -39,17 +45,33 @@ pub struct InventoryStore {
     reservations: Collection<Reservation>,
     wake: Arc<Notify>,
     locks: ProductLocks,
+    /// `order.created` events waiting for the next batch.
+    reservations_in: GroupCommit<(RawEnvelope, OrderCreated), Result<(), DbError>>,
 }
 
+/// Orders decided in one transaction at most: a prefetch's worth.
+const RESERVE_BATCH: usize = 64;
+
 impl InventoryStore {
-    pub fn new(db: Database, wake: Arc<Notify>) -> Self {
-        InventoryStore {
-            products: db.collection("products"),
-            reservations: db.collection("reservations"),
-            db,
-            wake,
-            locks: ProductLocks::new(1024),
-        }
+    pub fn new(db: Database, wake: Arc<Notify>) -> Arc<Self> {
+        Arc::new_cyclic(|store: &Weak<Self>| {
+            let store = store.clone();
+            InventoryStore {
+                products: db.collection("products"),
+                reservations: db.collection("reservations"),
+                db,
+                wake,
+                locks: ProductLocks::new(1024),
+                reservations_in: GroupCommit::spawn(RESERVE_BATCH, move |batch| {
+                    let store = store.clone();
+                    async move {
+                        // The writer lives inside the store, so the store is there.
+                        let store = store.upgrade().expect("the store owns its writer");
+                        store.reserve_batch(batch).await
+                    }
+                }),
+            }
+        })
     }
 
     pub async fn ensure_indexes(&self) -> Result<(), Error> {
@@ -108,8 +130,12 @@ impl InventoryStore {
                     .insert_one(&product)
                     .session(&mut *session)
                     .await?;
-                self.stage_stock_events(session, &product, alert, correlation_id, None)
-                    .await
+                stage_records(
+                    &self.db,
+                    session,
+                    stock_events(&product, alert, correlation_id, None),
+                )
+                .await
             }
             .await;
             match tx.finish(attempt).await {
@@ -159,7 +185,7 @@ impl InventoryStore {
                     .session(&mut *session)
                     .await?;
                 let updated = Product { stock, low_stock_alerted: alerted, version: product.version + 1, updated_at: now, ..product };
-                self.stage_stock_events(session, &updated, transition == LowStock::Alert, correlation_id, None)
+                stage_records(&self.db, session, stock_events(&updated, transition == LowStock::Alert, correlation_id, None))
                     .await?;
                 Ok(Some(updated))
             }
@@ -173,54 +199,33 @@ impl InventoryStore {
         Ok(product)
     }
 
-    /// `inventory.updated`, and `inventory.low` when the stock just crossed.
-    async fn stage_stock_events(
-        &self,
-        session: &mut ClientSession,
-        product: &Product,
-        alert: bool,
-        correlation_id: &str,
-        causation: Option<uuid::Uuid>,
-    ) -> Result<(), DbError> {
-        let updated = Envelope::new(
-            SOURCE,
-            correlation_id,
-            causation,
-            InventoryUpdated {
-                product_id: product.id.clone(),
-                stock: product.stock,
-                reserved: product.reserved,
-            },
-        );
-        stage_event(&self.db, session, &updated).await?;
-        if alert {
-            let low = Envelope::new(
-                SOURCE,
-                correlation_id,
-                causation,
-                InventoryLow {
-                    product_id: product.id.clone(),
-                    sku: product.sku.clone(),
-                    name: product.name.clone(),
-                    stock: product.stock,
-                    low_stock_threshold: product.low_stock_threshold,
-                },
-            );
-            stage_event(&self.db, session, &low).await?;
-        }
-        Ok(())
+    /// `order.created`: holds every line or none, once per order. Orders
+    /// arriving together are decided together, in one transaction (see
+    /// [`GroupCommit`]).
+    pub async fn reserve(&self, event: RawEnvelope, order: OrderCreated) -> Result<(), DbError> {
+        self.reservations_in
+            .submit((event, order))
+            .await
+            .unwrap_or_else(|gone| Err(DbError::custom(gone)))
     }
 
-    /// `order.created`: holds every line or none, once per order.
-    pub async fn reserve(&self, event: &RawEnvelope, order: &OrderCreated) -> Result<(), DbError> {
-        let _held = self
-            .locks
-            .lock(order.items.iter().map(|l| &l.product_id))
-            .await;
+    async fn reserve_batch(
+        &self,
+        batch: Vec<(RawEnvelope, OrderCreated)>,
+    ) -> Vec<Result<(), DbError>> {
+        one_by_one_on_failure(&batch, |some| self.reserve_together(some)).await
+    }
+
+    async fn reserve_together(&self, batch: &[(RawEnvelope, OrderCreated)]) -> Result<(), DbError> {
+        let product_ids: BTreeSet<&str> = batch
+            .iter()
+            .flat_map(|(_, order)| order.items.iter().map(|l| l.product_id.as_str()))
+            .collect();
+        let _held = self.locks.lock(&product_ids).await;
         let mut tx = Transaction::begin(&self.db).await?;
         loop {
             let session = tx.attempt().await?;
-            let attempt = self.reserve_attempt(session, event, order).await;
+            let attempt = self.reserve_attempt(session, batch, &product_ids).await;
             if let Some(()) = tx.finish(attempt).await? {
                 self.wake.notify_one();
                 return Ok(());
@@ -228,126 +233,122 @@ impl InventoryStore {
         }
     }
 
+    /// A fixed number of round trips however many orders: inbox, the
+    /// decided orders, the products, one update command, the reservations
+    /// and the events.
     async fn reserve_attempt(
         &self,
         session: &mut ClientSession,
-        event: &RawEnvelope,
-        order: &OrderCreated,
+        batch: &[(RawEnvelope, OrderCreated)],
+        product_ids: &BTreeSet<&str>,
     ) -> Result<(), DbError> {
-        record_in_inbox(&self.db, session, event).await?;
-        if self
+        record_all_in_inbox(&self.db, session, batch.iter().map(|(event, _)| event)).await?;
+        let order_ids: Vec<&str> = batch.iter().map(|(_, o)| o.order_id.as_str()).collect();
+        // Already decided, or cancelled before it arrived: no effect.
+        let decided: HashSet<String> = self
             .reservations
-            .find_one(doc! { "_id": &order.order_id })
+            .clone_with_type::<Document>()
+            .find(doc! { "_id": { "$in": &order_ids } })
+            .projection(doc! { "_id": 1 })
             .session(&mut *session)
             .await?
-            .is_some()
-        {
-            // Already decided, or cancelled before it arrived: no effect.
+            .stream(&mut *session)
+            .try_filter_map(|d| async move { Ok(d.get_str("_id").ok().map(str::to_string)) })
+            .try_collect()
+            .await?;
+        let open: Vec<&(RawEnvelope, OrderCreated)> = batch
+            .iter()
+            .filter(|(_, order)| !decided.contains(&order.order_id))
+            .collect();
+        if open.is_empty() {
             return Ok(());
         }
-        // Sorted, so concurrent orders touch products in the same order.
-        let mut lines: Vec<OrderLine> = order.items.clone();
-        lines.sort_by(|a, b| a.product_id.cmp(&b.product_id));
-        let ids: Vec<&str> = lines.iter().map(|l| l.product_id.as_str()).collect();
-        let products: Vec<Product> = self
+        let mut products: Vec<Product> = self
             .products
-            .find(doc! { "_id": { "$in": &ids } })
+            .find(doc! { "_id": { "$in": product_ids.iter().collect::<Vec<_>>() } })
             .session(&mut *session)
             .await?
             .stream(&mut *session)
             .try_collect()
             .await?;
+        let before: HashMap<String, (i64, i64)> = products
+            .iter()
+            .map(|p| (p.id.clone(), (p.version, p.stock)))
+            .collect();
+        let lines: Vec<&[OrderLine]> = open.iter().map(|(_, o)| o.items.as_slice()).collect();
+        let decisions = domain::decide_reservations(&lines, &mut products);
+
         let now = Utc::now();
-        match domain::plan_reservation(&lines, &products) {
-            Err(short) => {
-                let reservation = Reservation {
-                    order_id: order.order_id.clone(),
-                    status: ReservationStatus::Rejected,
-                    lines: Vec::new(),
-                    updated_at: now,
-                };
-                self.reservations
-                    .insert_one(&reservation)
-                    .session(&mut *session)
-                    .await?;
-                let failed = Envelope::new(
-                    SOURCE,
-                    &event.correlation_id,
-                    Some(event.event_id),
-                    InventoryReservationFailed {
-                        order_id: order.order_id.clone(),
-                        reason: domain::shortage_reason(&short).into(),
-                        short_lines: short,
-                    },
-                );
-                stage_event(&self.db, session, &failed).await
-            }
-            Ok(planned) => {
-                for line in &planned {
-                    let product = products
-                        .iter()
-                        .find(|p| p.id == line.product_id)
-                        .expect("planned from these");
-                    let quantity = i64::from(line.quantity);
-                    let stock = product.stock - quantity;
-                    let transition = domain::low_stock_transition(
-                        stock,
-                        product.low_stock_threshold,
-                        product.low_stock_alerted,
-                    );
-                    let held = self
-                        .products
-                        .update_one(
-                            // The stock guard makes negative stock impossible even
-                            // if isolation were weaker than we assume.
-                            doc! { "_id": &product.id, "stock": { "$gte": quantity }, "version": product.version },
-                            doc! { "$inc": { "stock": -quantity, "reserved": quantity, "version": 1 },
-                                   "$set": { "lowStockAlerted": product.low_stock_alerted || transition == LowStock::Alert,
-                                             "updatedAt": bson::DateTime::from_chrono(now) } },
-                        )
-                        .session(&mut *session)
-                        .await?;
-                    if held.matched_count == 0 {
-                        return Err(DbError::custom(StockMoved));
-                    }
-                    if transition == LowStock::Alert {
-                        let after = Product {
-                            stock,
-                            reserved: product.reserved + quantity,
-                            ..product.clone()
-                        };
-                        self.stage_stock_events(
-                            session,
-                            &after,
-                            true,
-                            &event.correlation_id,
-                            Some(event.event_id),
-                        )
-                        .await?;
-                    }
+        let mut reservations = Vec::with_capacity(open.len());
+        let mut events = Vec::with_capacity(open.len());
+        for ((event, order), decision) in open.into_iter().zip(decisions) {
+            let (causation, correlation) = (Some(event.event_id), &event.correlation_id);
+            let (status, lines) = match decision {
+                Decision::Reject(short) => {
+                    events.push(OutboxRecord::new(&Envelope::new(
+                        SOURCE,
+                        correlation,
+                        causation,
+                        InventoryReservationFailed {
+                            order_id: order.order_id.clone(),
+                            reason: domain::shortage_reason(&short).into(),
+                            short_lines: short,
+                        },
+                    )));
+                    (ReservationStatus::Rejected, Vec::new())
                 }
-                let reservation = Reservation {
-                    order_id: order.order_id.clone(),
-                    status: ReservationStatus::Reserved,
-                    lines: planned.clone(),
-                    updated_at: now,
-                };
-                self.reservations
-                    .insert_one(&reservation)
-                    .session(&mut *session)
-                    .await?;
-                let reserved = Envelope::new(
-                    SOURCE,
-                    &event.correlation_id,
-                    Some(event.event_id),
-                    InventoryReserved {
-                        order_id: order.order_id.clone(),
-                        lines: planned,
-                    },
-                );
-                stage_event(&self.db, session, &reserved).await
-            }
+                Decision::Reserve { lines, alerts } => {
+                    for product in &alerts {
+                        events.extend(stock_events(product, true, correlation, causation));
+                    }
+                    events.push(OutboxRecord::new(&Envelope::new(
+                        SOURCE,
+                        correlation,
+                        causation,
+                        InventoryReserved {
+                            order_id: order.order_id.clone(),
+                            lines: lines.clone(),
+                        },
+                    )));
+                    (ReservationStatus::Reserved, lines)
+                }
+            };
+            reservations.push(Reservation {
+                order_id: order.order_id.clone(),
+                status,
+                lines,
+                updated_at: now,
+            });
         }
+
+        // One guarded update per product whose stock moved. The version
+        // guard fails if another instance changed it since the read, and the
+        // stock guard makes negative stock impossible even if isolation were
+        // weaker than we assume.
+        let updates: Vec<(Document, Document)> = products
+            .iter()
+            .filter_map(|p| {
+                let (version, stock) = before[&p.id];
+                let taken = stock - p.stock;
+                (taken != 0).then(|| {
+                    (
+                        doc! { "_id": &p.id, "version": version, "stock": { "$gte": taken } },
+                        doc! { "$inc": { "stock": -taken, "reserved": taken, "version": 1 },
+                        "$set": { "lowStockAlerted": p.low_stock_alerted,
+                                  "updatedAt": bson::DateTime::from_chrono(now) } },
+                    )
+                })
+            })
+            .collect();
+        let expected = updates.len() as u64;
+        if update_each(&self.db, session, self.products.name(), updates).await? != expected {
+            return Err(DbError::custom(StockMoved));
+        }
+        self.reservations
+            .insert_many(&reservations)
+            .session(&mut *session)
+            .await?;
+        stage_records(&self.db, session, events).await
     }
 
     /// `order.cancelled`: gives back exactly what was held, once. Not under
@@ -453,4 +454,40 @@ impl InventoryStore {
         );
         stage_event(&self.db, session, &released).await
     }
+}
+
+/// `inventory.updated`, and `inventory.low` when the stock just crossed.
+fn stock_events(
+    product: &Product,
+    alert: bool,
+    correlation_id: &str,
+    causation: Option<uuid::Uuid>,
+) -> Vec<OutboxRecord> {
+    let updated = Envelope::new(
+        SOURCE,
+        correlation_id,
+        causation,
+        InventoryUpdated {
+            product_id: product.id.clone(),
+            stock: product.stock,
+            reserved: product.reserved,
+        },
+    );
+    let mut events = vec![OutboxRecord::new(&updated)];
+    if alert {
+        let low = Envelope::new(
+            SOURCE,
+            correlation_id,
+            causation,
+            InventoryLow {
+                product_id: product.id.clone(),
+                sku: product.sku.clone(),
+                name: product.name.clone(),
+                stock: product.stock,
+                low_stock_threshold: product.low_stock_threshold,
+            },
+        );
+        events.push(OutboxRecord::new(&low));
+    }
+    events
 }

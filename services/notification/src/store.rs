@@ -1,6 +1,9 @@
 //! Notifications in MongoDB.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use chrono::Utc;
 use futures::TryStreamExt;
@@ -13,7 +16,10 @@ use mongodb::{
 use shared::{
     events::{Envelope, NotificationFailed, NotificationSent},
     http::{PageRequest, find_page},
-    store::{Transaction, is_duplicate_key, stage_event},
+    store::{
+        GroupCommit, OutboxRecord, Transaction, one_by_one_on_failure, only_duplicate_keys,
+        stage_records,
+    },
 };
 use tokio::sync::Notify;
 
@@ -26,6 +32,11 @@ const SOURCE: &str = "notification-service";
 /// How long a sender holds a claimed notification.
 const LEASE: Duration = Duration::from_secs(60);
 
+/// Writes in one round trip (or transaction) at most: a prefetch's worth.
+const BATCH: usize = 64;
+
+type Written = Result<(), DbError>;
+
 pub struct NotificationStore {
     db: Database,
     notifications: Collection<Notification>,
@@ -33,16 +44,35 @@ pub struct NotificationStore {
     outbox_wake: Arc<Notify>,
     /// Wakes the sender.
     pub send_wake: Arc<Notify>,
+    recorded: GroupCommit<Notification, Written>,
+    sent: GroupCommit<Notification, Written>,
 }
 
 impl NotificationStore {
-    pub fn new(db: Database, outbox_wake: Arc<Notify>) -> Self {
-        NotificationStore {
-            notifications: db.collection("notifications"),
-            db,
-            outbox_wake,
-            send_wake: Arc::new(Notify::new()),
-        }
+    pub fn new(db: Database, outbox_wake: Arc<Notify>) -> Arc<Self> {
+        // Each writer lives inside the store, so the store outlives its batches.
+        let upgrade = |store: &Weak<Self>| store.upgrade().expect("the store owns its writers");
+        Arc::new_cyclic(|store: &Weak<Self>| {
+            let (for_recorded, for_sent) = (store.clone(), store.clone());
+            NotificationStore {
+                notifications: db.collection("notifications"),
+                db,
+                outbox_wake,
+                send_wake: Arc::new(Notify::new()),
+                recorded: GroupCommit::spawn(BATCH, move |batch| {
+                    let store = upgrade(&for_recorded);
+                    async move {
+                        one_by_one_on_failure(&batch, |some| store.record_together(some)).await
+                    }
+                }),
+                sent: GroupCommit::spawn(BATCH, move |batch| {
+                    let store = upgrade(&for_sent);
+                    async move {
+                        one_by_one_on_failure(&batch, |some| store.mark_sent_together(some)).await
+                    }
+                }),
+            }
+        })
     }
 
     pub async fn ensure_indexes(&self) -> Result<(), Error> {
@@ -70,19 +100,26 @@ impl NotificationStore {
     /// fixed by the event (order and outcome, or the alert's event id) and
     /// unique, so the insert is its own inbox: a redelivery meets the key and
     /// has no effect. One write instead of a transaction with an inbox record
-    /// saves two round trips per order.
+    /// saves two round trips per order, and events arriving together share
+    /// one insert.
     pub async fn record_for_event(&self, notification: Notification) -> Result<(), DbError> {
-        match self.notifications.insert_one(&notification).await {
-            Ok(_) => {
-                self.send_wake.notify_one();
-                Ok(())
+        self.recorded
+            .submit(notification)
+            .await
+            .unwrap_or_else(|gone| Err(DbError::custom(gone)))
+    }
+
+    async fn record_together(&self, batch: &[Notification]) -> Result<(), DbError> {
+        // Unordered: every new one is written even if others are duplicates.
+        match self.notifications.insert_many(batch).ordered(false).await {
+            Ok(_) => {}
+            Err(e) if only_duplicate_keys(&e) => {
+                tracing::info!("duplicate delivery ignored");
             }
-            Err(e) if is_duplicate_key(&e) => {
-                tracing::info!(dedupe_key = %notification.dedupe_key, "duplicate delivery ignored");
-                Ok(())
-            }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        self.send_wake.notify_one();
+        Ok(())
     }
 
     pub async fn insert(&self, notification: &Notification) -> Result<(), Error> {
@@ -145,25 +182,38 @@ impl NotificationStore {
             .await
     }
 
-    /// The email went out: SENT, with `notification.sent`.
+    /// The email went out: SENT, with `notification.sent`. Sends that end
+    /// together are recorded in one transaction.
     pub async fn mark_sent(&self, notification: &Notification) -> Result<(), DbError> {
+        self.sent
+            .submit(notification.clone())
+            .await
+            .unwrap_or_else(|gone| Err(DbError::custom(gone)))
+    }
+
+    async fn mark_sent_together(&self, batch: &[Notification]) -> Result<(), DbError> {
+        let events = batch
+            .iter()
+            .map(|notification| {
+                OutboxRecord::new(&Envelope::new(
+                    SOURCE,
+                    &notification.correlation_id,
+                    None,
+                    NotificationSent {
+                        notification_id: notification.id.clone(),
+                        kind: format!("{:?}", notification.kind),
+                        recipient: notification.recipient.clone(),
+                        order_id: notification.order_id.clone(),
+                    },
+                ))
+            })
+            .collect();
         let now = bson::DateTime::now();
-        let event = Envelope::new(
-            SOURCE,
-            &notification.correlation_id,
-            None,
-            NotificationSent {
-                notification_id: notification.id.clone(),
-                kind: format!("{:?}", notification.kind),
-                recipient: notification.recipient.clone(),
-                order_id: notification.order_id.clone(),
-            },
-        );
         self.finish(
-            notification,
+            batch,
             doc! { "$set": { "status": NotificationStatus::Sent.as_str(), "sentAt": now, "claimedBy": null },
                    "$inc": { "attempts": 1 } },
-            &event,
+            events,
         )
         .await
     }
@@ -200,10 +250,10 @@ impl NotificationStore {
                     },
                 );
                 self.finish(
-                    notification,
+                    std::slice::from_ref(notification),
                     doc! { "$set": { "status": NotificationStatus::Failed.as_str(), "lastError": error, "claimedBy": null },
                            "$inc": { "attempts": 1 } },
-                    &event,
+                    vec![OutboxRecord::new(&event)],
                 )
                 .await
             }
@@ -225,21 +275,23 @@ impl NotificationStore {
             .map(|_| ())
     }
 
-    async fn finish<T: serde::Serialize>(
+    /// Settles claimed notifications with their events, atomically.
+    async fn finish(
         &self,
-        notification: &Notification,
+        notifications: &[Notification],
         update: Document,
-        event: &Envelope<T>,
+        events: Vec<OutboxRecord>,
     ) -> Result<(), DbError> {
+        let ids: Vec<&str> = notifications.iter().map(|n| n.id.as_str()).collect();
         let mut tx = Transaction::begin(&self.db).await?;
         loop {
             let session = tx.attempt().await?;
             let attempt = async {
                 self.notifications
-                    .update_one(doc! { "_id": &notification.id }, update.clone())
+                    .update_many(doc! { "_id": { "$in": &ids } }, update.clone())
                     .session(&mut *session)
                     .await?;
-                stage_event(&self.db, session, event).await
+                stage_records(&self.db, session, events.clone()).await
             }
             .await;
             if let Some(()) = tx.finish(attempt).await? {

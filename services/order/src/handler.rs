@@ -8,10 +8,7 @@ use shared::{
     store::inbox::was_already_handled,
 };
 
-use crate::{
-    domain,
-    store::{OrderStore, is_permanent},
-};
+use crate::store::{InventoryAnswer, OrderStore, is_permanent};
 
 pub struct InventoryAnswers {
     pub store: Arc<OrderStore>,
@@ -20,28 +17,12 @@ pub struct InventoryAnswers {
 impl Handler for InventoryAnswers {
     async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
         let permanent = |e: shared::events::ContractError| HandleError::Permanent(e.to_string());
-        let result = match event.event_type.as_str() {
+        let answer = match event.event_type.as_str() {
             InventoryReserved::TYPE => {
-                let data = event.decode::<InventoryReserved>().map_err(permanent)?;
-                self.store
-                    .apply_inventory_answer(&event, &data.order_id, |order| {
-                        domain::on_reserved(order, &data.lines)
-                    })
-                    .await
+                InventoryAnswer::Reserved(event.decode().map_err(permanent)?)
             }
             InventoryReservationFailed::TYPE => {
-                let data = event
-                    .decode::<InventoryReservationFailed>()
-                    .map_err(permanent)?;
-                self.store
-                    .apply_inventory_answer(&event, &data.order_id, |order| {
-                        Ok(domain::on_reservation_failed(
-                            order,
-                            &data.reason,
-                            &data.short_lines,
-                        ))
-                    })
-                    .await
+                InventoryAnswer::Failed(event.decode().map_err(permanent)?)
             }
             other => {
                 return Err(HandleError::Permanent(format!(
@@ -49,6 +30,7 @@ impl Handler for InventoryAnswers {
                 )));
             }
         };
+        let result = self.store.apply_inventory_answer(event, answer).await;
         match result {
             Ok(()) => Ok(()),
             Err(e) if was_already_handled(&e) => {

@@ -1,19 +1,26 @@
 //! Orders in MongoDB. Every change and the event it causes commit together.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Weak},
+};
 
 use chrono::Utc;
+use futures::TryStreamExt;
 use mongodb::{
     Collection, Database, IndexModel,
     bson::{self, Document, doc},
 };
 use shared::{
     events::{
-        Envelope, OrderCancelled, OrderConfirmed, OrderCreated, OrderLine, OrderRejected,
-        OrderStatusChanged, PricedLine, RawEnvelope,
+        Envelope, InventoryReservationFailed, InventoryReserved, OrderCancelled, OrderConfirmed,
+        OrderCreated, OrderLine, OrderRejected, OrderStatusChanged, PricedLine, RawEnvelope,
     },
     http::{PageRequest, find_page},
-    store::{Transaction, is_duplicate_key, record_in_inbox, stage_event},
+    store::{
+        GroupCommit, OutboxRecord, Transaction, is_duplicate_key, one_by_one_on_failure,
+        record_all_in_inbox, stage_event, stage_records, update_each,
+    },
 };
 use tokio::sync::Notify;
 
@@ -41,21 +48,71 @@ pub enum Created {
     Replayed(Order),
 }
 
+/// The inventory's answer to an `order.created`.
+pub enum InventoryAnswer {
+    Reserved(InventoryReserved),
+    Failed(InventoryReservationFailed),
+}
+
+impl InventoryAnswer {
+    fn order_id(&self) -> &str {
+        match self {
+            InventoryAnswer::Reserved(data) => &data.order_id,
+            InventoryAnswer::Failed(data) => &data.order_id,
+        }
+    }
+
+    fn decide(&self, order: &Order) -> Result<SagaStep, RuleViolation> {
+        match self {
+            InventoryAnswer::Reserved(data) => domain::on_reserved(order, &data.lines),
+            InventoryAnswer::Failed(data) => Ok(domain::on_reservation_failed(
+                order,
+                &data.reason,
+                &data.short_lines,
+            )),
+        }
+    }
+}
+
+/// A create waiting for its batch: the order, its event, its Idempotency-Key
+/// and the request's fingerprint.
+type NewOrder = (Order, Envelope<OrderCreated>, Option<(String, String)>);
+type Written = Result<(), mongodb::error::Error>;
+
+/// Writes in one transaction at most: a prefetch's worth of answers, or as
+/// many creates as requests may be in progress.
+const BATCH: usize = 64;
+
 pub struct OrderStore {
     db: Database,
     orders: Collection<Order>,
     keys: Collection<Document>,
     wake: Arc<Notify>,
+    creates: GroupCommit<NewOrder, Written>,
+    answers: GroupCommit<(RawEnvelope, InventoryAnswer), Written>,
 }
 
 impl OrderStore {
-    pub fn new(db: Database, wake: Arc<Notify>) -> Self {
-        OrderStore {
-            orders: db.collection("orders"),
-            keys: db.collection("idempotency_keys"),
-            db,
-            wake,
-        }
+    pub fn new(db: Database, wake: Arc<Notify>) -> Arc<Self> {
+        // Each writer lives inside the store, so the store outlives its batches.
+        let upgrade = |store: &Weak<Self>| store.upgrade().expect("the store owns its writers");
+        Arc::new_cyclic(|store: &Weak<Self>| {
+            let (for_creates, for_answers) = (store.clone(), store.clone());
+            OrderStore {
+                orders: db.collection("orders"),
+                keys: db.collection("idempotency_keys"),
+                db,
+                wake,
+                creates: GroupCommit::spawn(BATCH, move |batch| {
+                    let store = upgrade(&for_creates);
+                    async move { store.create_batch(batch).await }
+                }),
+                answers: GroupCommit::spawn(BATCH, move |batch| {
+                    let store = upgrade(&for_answers);
+                    async move { store.answer_batch(batch).await }
+                }),
+            }
+        })
     }
 
     pub async fn ensure_indexes(&self) -> Result<(), Error> {
@@ -103,13 +160,12 @@ impl OrderStore {
             },
         );
         let result = self
-            .create_in_transaction(&order, &event, &idempotency)
-            .await;
+            .creates
+            .submit((order.clone(), event, idempotency.clone()))
+            .await
+            .unwrap_or_else(|gone| Err(mongodb::error::Error::custom(gone)));
         match result {
-            Ok(()) => {
-                self.wake.notify_one();
-                Ok(Created::New(order))
-            }
+            Ok(()) => Ok(Created::New(order)),
             Err(e) if e.get_custom::<KeyTaken>().is_some() => {
                 let (key, fingerprint) = idempotency.expect("only keyed creates collide");
                 let record = self
@@ -131,34 +187,49 @@ impl OrderStore {
         }
     }
 
-    async fn create_in_transaction(
-        &self,
-        order: &Order,
-        event: &Envelope<OrderCreated>,
-        idempotency: &Option<(String, String)>,
-    ) -> Result<(), mongodb::error::Error> {
+    /// Creates that arrived together, in one transaction. If that fails (an
+    /// Idempotency-Key is taken), each is tried on its own so that only the
+    /// request at fault hears about it.
+    async fn create_batch(&self, batch: Vec<NewOrder>) -> Vec<Result<(), mongodb::error::Error>> {
+        one_by_one_on_failure(&batch, |some| self.create_together(some)).await
+    }
+
+    async fn create_together(&self, batch: &[NewOrder]) -> Result<(), mongodb::error::Error> {
+        let now = bson::DateTime::now();
+        let keys: Vec<Document> = batch
+            .iter()
+            .filter_map(|(order, _, key)| {
+                key.as_ref().map(|(key, fingerprint)| {
+                    doc! { "_id": key, "orderId": &order.id, "fingerprint": fingerprint, "createdAt": now }
+                })
+            })
+            .collect();
+        let events: Vec<OutboxRecord> = batch
+            .iter()
+            .map(|(_, event, _)| OutboxRecord::new(event))
+            .collect();
         let mut tx = Transaction::begin(&self.db).await?;
         loop {
             let session = tx.attempt().await?;
             let result = async {
-                if let Some((key, fingerprint)) = idempotency {
-                    let record = doc! {
-                        "_id": key, "orderId": &order.id, "fingerprint": fingerprint,
-                        "createdAt": bson::DateTime::now(),
-                    };
-                    if let Err(e) = self.keys.insert_one(record).session(&mut *session).await {
-                        return Err(if is_duplicate_key(&e) {
-                            mongodb::error::Error::custom(KeyTaken)
-                        } else {
-                            e
-                        });
-                    }
+                if !keys.is_empty()
+                    && let Err(e) = self.keys.insert_many(&keys).session(&mut *session).await
+                {
+                    return Err(if is_duplicate_key(&e) {
+                        mongodb::error::Error::custom(KeyTaken)
+                    } else {
+                        e
+                    });
                 }
-                self.orders.insert_one(order).session(&mut *session).await?;
-                stage_event(&self.db, session, event).await
+                self.orders
+                    .insert_many(batch.iter().map(|(order, _, _)| order))
+                    .session(&mut *session)
+                    .await?;
+                stage_records(&self.db, session, events.clone()).await
             }
             .await;
             if let Some(()) = tx.finish(result).await? {
+                self.wake.notify_one();
                 return Ok(());
             }
         }
@@ -289,16 +360,33 @@ impl OrderStore {
 
     /// Applies the inventory's answer to an order, once per event: the inbox
     /// record, the new state and the resulting event commit together.
+    /// Answers arriving together commit together.
     pub async fn apply_inventory_answer(
         &self,
-        event: &RawEnvelope,
-        order_id: &str,
-        decide: impl Fn(&Order) -> Result<SagaStep, RuleViolation>,
+        event: RawEnvelope,
+        answer: InventoryAnswer,
+    ) -> Result<(), mongodb::error::Error> {
+        self.answers
+            .submit((event, answer))
+            .await
+            .unwrap_or_else(|gone| Err(mongodb::error::Error::custom(gone)))
+    }
+
+    async fn answer_batch(
+        &self,
+        batch: Vec<(RawEnvelope, InventoryAnswer)>,
+    ) -> Vec<Result<(), mongodb::error::Error>> {
+        one_by_one_on_failure(&batch, |some| self.answer_together(some)).await
+    }
+
+    async fn answer_together(
+        &self,
+        batch: &[(RawEnvelope, InventoryAnswer)],
     ) -> Result<(), mongodb::error::Error> {
         let mut tx = Transaction::begin(&self.db).await?;
         loop {
             let session = tx.attempt().await?;
-            let attempt = self.answer_attempt(session, event, order_id, &decide).await;
+            let attempt = self.answer_attempt(session, batch).await;
             if let Some(()) = tx.finish(attempt).await? {
                 self.wake.notify_one();
                 return Ok(());
@@ -306,89 +394,92 @@ impl OrderStore {
         }
     }
 
+    /// Four round trips however many answers: inbox, the orders, one update
+    /// command and the events.
     async fn answer_attempt(
         &self,
         session: &mut mongodb::ClientSession,
-        event: &RawEnvelope,
-        order_id: &str,
-        decide: &impl Fn(&Order) -> Result<SagaStep, RuleViolation>,
+        batch: &[(RawEnvelope, InventoryAnswer)],
     ) -> Result<(), mongodb::error::Error> {
-        record_in_inbox(&self.db, session, event).await?;
-        let order = self
+        record_all_in_inbox(&self.db, session, batch.iter().map(|(event, _)| event)).await?;
+        let ids: Vec<&str> = batch.iter().map(|(_, a)| a.order_id()).collect();
+        let orders: HashMap<String, Order> = self
             .orders
-            .find_one(doc! { "_id": order_id })
+            .find(doc! { "_id": { "$in": &ids } })
             .session(&mut *session)
             .await?
-            .ok_or_else(|| mongodb::error::Error::custom(UnknownOrder(order_id.to_string())))?;
-        let step = decide(&order).map_err(mongodb::error::Error::custom)?;
-        let now = bson::DateTime::now();
-        let guard = doc! { "_id": &order.id, "version": order.version };
-        match step {
-            SagaStep::Ignore => Ok(()),
-            SagaStep::Confirm { items, total_cents } => {
-                let lines: Vec<PricedLine> = items
-                    .iter()
-                    .map(|i| PricedLine {
-                        product_id: i.product_id.clone(),
-                        quantity: i.quantity,
-                        unit_price_cents: i.unit_price_cents.unwrap_or_default(),
-                    })
-                    .collect();
-                let set = doc! {
-                    "status": OrderStatus::Confirmed.as_str(),
-                    "items": bson::to_bson(&items)?,
-                    "totalCents": total_cents,
-                    "updatedAt": now,
-                };
-                self.guarded_update(session, guard, set).await?;
-                let confirmed = Envelope::new(
-                    SOURCE,
-                    &order.correlation_id,
-                    Some(event.event_id),
-                    OrderConfirmed {
-                        order_id: order.id.clone(),
-                        customer_id: order.customer_id.clone(),
-                        customer_email: order.customer_email.clone(),
-                        items: lines,
-                        total_cents,
-                    },
-                );
-                stage_event(&self.db, session, &confirmed).await
-            }
-            SagaStep::Reject { reason } => {
-                let set = doc! { "status": OrderStatus::Rejected.as_str(), "reason": &reason, "updatedAt": now };
-                self.guarded_update(session, guard, set).await?;
-                let rejected = Envelope::new(
-                    SOURCE,
-                    &order.correlation_id,
-                    Some(event.event_id),
-                    OrderRejected {
-                        order_id: order.id.clone(),
-                        customer_id: order.customer_id.clone(),
-                        customer_email: order.customer_email.clone(),
-                        reason,
-                    },
-                );
-                stage_event(&self.db, session, &rejected).await
-            }
-        }
-    }
-
-    async fn guarded_update(
-        &self,
-        session: &mut mongodb::ClientSession,
-        guard: Document,
-        set: Document,
-    ) -> Result<(), mongodb::error::Error> {
-        let updated = self
-            .orders
-            .update_one(guard, doc! { "$set": set, "$inc": { "version": 1 } })
-            .session(session)
+            .stream(&mut *session)
+            .map_ok(|order| (order.id.clone(), order))
+            .try_collect()
             .await?;
-        if updated.matched_count == 0 {
+        let now = bson::DateTime::now();
+        let mut updates = Vec::new();
+        let mut events = Vec::new();
+        for (event, answer) in batch {
+            let order = orders.get(answer.order_id()).ok_or_else(|| {
+                mongodb::error::Error::custom(UnknownOrder(answer.order_id().to_string()))
+            })?;
+            let guard = doc! { "_id": &order.id, "version": order.version };
+            let (set, outcome) = match answer
+                .decide(order)
+                .map_err(mongodb::error::Error::custom)?
+            {
+                SagaStep::Ignore => continue,
+                SagaStep::Confirm { items, total_cents } => {
+                    let lines: Vec<PricedLine> = items
+                        .iter()
+                        .map(|i| PricedLine {
+                            product_id: i.product_id.clone(),
+                            quantity: i.quantity,
+                            unit_price_cents: i.unit_price_cents.unwrap_or_default(),
+                        })
+                        .collect();
+                    let set = doc! {
+                        "status": OrderStatus::Confirmed.as_str(),
+                        "items": bson::to_bson(&items)?,
+                        "totalCents": total_cents,
+                        "updatedAt": now,
+                    };
+                    let confirmed = Envelope::new(
+                        SOURCE,
+                        &order.correlation_id,
+                        Some(event.event_id),
+                        OrderConfirmed {
+                            order_id: order.id.clone(),
+                            customer_id: order.customer_id.clone(),
+                            customer_email: order.customer_email.clone(),
+                            items: lines,
+                            total_cents,
+                        },
+                    );
+                    (set, OutboxRecord::new(&confirmed))
+                }
+                SagaStep::Reject { reason } => {
+                    let set = doc! { "status": OrderStatus::Rejected.as_str(), "reason": &reason, "updatedAt": now };
+                    let rejected = Envelope::new(
+                        SOURCE,
+                        &order.correlation_id,
+                        Some(event.event_id),
+                        OrderRejected {
+                            order_id: order.id.clone(),
+                            customer_id: order.customer_id.clone(),
+                            customer_email: order.customer_email.clone(),
+                            reason,
+                        },
+                    );
+                    (set, OutboxRecord::new(&rejected))
+                }
+            };
+            updates.push((guard, doc! { "$set": set, "$inc": { "version": 1 } }));
+            events.push(outcome);
+        }
+        // Two answers for one order in a batch meet the same version: the
+        // second matches nothing, and on its own it finds the order decided.
+        let expected = updates.len() as u64;
+        if update_each(&self.db, session, self.orders.name(), updates).await? != expected {
             return Err(mongodb::error::Error::custom(VersionMoved));
         }
-        Ok(())
+        stage_records(&self.db, session, events).await
     }
 }
 

@@ -25,16 +25,32 @@ pub async fn record_in_inbox(
     session: &mut ClientSession,
     event: &RawEnvelope,
 ) -> Result<(), Error> {
-    let record = doc! {
-        "_id": event.event_id.to_string(),
-        "eventType": &event.event_type,
-        "source": &event.source,
-        "correlationId": &event.correlation_id,
-        "handledAt": bson::DateTime::now(),
-    };
+    record_all_in_inbox(db, session, [event]).await
+}
+
+/// Records several events as handled in one round trip. If any of them was
+/// handled before, the whole transaction must abort (`AlreadyHandled`).
+pub async fn record_all_in_inbox<'a>(
+    db: &Database,
+    session: &mut ClientSession,
+    events: impl IntoIterator<Item = &'a RawEnvelope>,
+) -> Result<(), Error> {
+    let handled_at = bson::DateTime::now();
+    let records: Vec<bson::Document> = events
+        .into_iter()
+        .map(|event| {
+            doc! {
+                "_id": event.event_id.to_string(),
+                "eventType": &event.event_type,
+                "source": &event.source,
+                "correlationId": &event.correlation_id,
+                "handledAt": handled_at,
+            }
+        })
+        .collect();
     match db
         .collection::<bson::Document>(INBOX)
-        .insert_one(record)
+        .insert_many(records)
         .session(session)
         .await
     {

@@ -50,23 +50,42 @@ pub struct OutboxRecord {
     pub claimed_by: Option<String>,
 }
 
+impl OutboxRecord {
+    /// `event` as it will wait in the outbox.
+    pub fn new<T: Serialize>(event: &Envelope<T>) -> Self {
+        OutboxRecord {
+            id: event.event_id.to_string(),
+            routing_key: event.event_type.clone(),
+            payload: serde_json::to_string(event).expect("events serialize"),
+            correlation_id: event.correlation_id.clone(),
+            created_at: bson::DateTime::now(),
+            not_before: None,
+            claimed_by: None,
+        }
+    }
+}
+
 /// Adds `event` to the outbox inside `session`'s transaction.
 pub async fn stage_event<T: Serialize>(
     db: &Database,
     session: &mut ClientSession,
     event: &Envelope<T>,
 ) -> Result<(), Error> {
-    let record = OutboxRecord {
-        id: event.event_id.to_string(),
-        routing_key: event.event_type.clone(),
-        payload: serde_json::to_string(event).expect("events serialize"),
-        correlation_id: event.correlation_id.clone(),
-        created_at: bson::DateTime::now(),
-        not_before: None,
-        claimed_by: None,
-    };
+    stage_records(db, session, vec![OutboxRecord::new(event)]).await
+}
+
+/// Adds several events to the outbox inside `session`'s transaction, in one
+/// round trip.
+pub async fn stage_records(
+    db: &Database,
+    session: &mut ClientSession,
+    records: Vec<OutboxRecord>,
+) -> Result<(), Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
     db.collection::<OutboxRecord>(OUTBOX)
-        .insert_one(record)
+        .insert_many(records)
         .session(session)
         .await
         .map(|_| ())
