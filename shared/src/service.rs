@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use mongodb::Database;
 use poem_openapi::OpenApi;
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
         self, HealthApi, deadletters::DeadLetterApi, loadshed::LoadShedder, ratelimit::RateLimiter,
     },
     resilience::Breakers,
-    store::{self, OutboxRelay, outbox::ensure_outbox_indexes},
+    store::{self, Outbox, OutboxRelay, outbox::ensure_outbox_indexes},
 };
 
 /// How long startup waits for MongoDB before giving up.
@@ -33,8 +33,8 @@ pub struct ServiceCore {
     pub config: CommonConfig,
     pub db: Database,
     pub publisher: Arc<Publisher>,
-    /// Notified after every commit that staged events.
-    pub outbox_wake: Arc<Notify>,
+    /// Where the service's writes stage their events for the relay.
+    pub outbox: Outbox,
     /// Every circuit breaker of the service, reported by `/ready`.
     pub breakers: Breakers,
     pub dead_letters: DeadLetterStore,
@@ -62,29 +62,28 @@ impl ServiceCore {
             .await
             .context("creating dead-letter indexes")?;
 
+        let breakers = Breakers::default();
         let topology = Topology::new(&config.amqp_namespace).with_queue_expiry(config.queue_expiry);
         let publisher = Publisher::new(
             &config.rabbitmq_url,
             &format!("{}-publisher", config.service),
             topology,
         );
+        let (relay, outbox) = OutboxRelay::new(
+            &db,
+            publisher.clone(),
+            breakers.breaker("rabbitmq-publish", 3, Duration::from_secs(5)),
+        );
         let core = ServiceCore {
             db,
             publisher,
-            outbox_wake: Arc::new(Notify::new()),
-            breakers: Breakers::default(),
+            outbox,
+            breakers,
             dead_letters,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             config,
         };
-        let relay = OutboxRelay::new(
-            &core.db,
-            core.publisher.clone(),
-            core.breakers
-                .breaker("rabbitmq-publish", 3, Duration::from_secs(5)),
-            core.outbox_wake.clone(),
-        );
         core.tasks.spawn(relay.run(core.shutdown.clone()));
         Ok(core)
     }

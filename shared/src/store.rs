@@ -15,7 +15,7 @@ use mongodb::{
 
 pub use group::{GroupCommit, WriterGone, one_by_one_on_failure};
 pub use inbox::{AlreadyHandled, record_all_in_inbox, record_in_inbox};
-pub use outbox::{OutboxRecord, OutboxRelay, stage_event, stage_records};
+pub use outbox::{Outbox, OutboxRecord, OutboxRelay, stage_records};
 
 /// Connects lazily (the driver retries on its own) with short timeouts, so a
 /// missing server shows up as a clear error instead of a long hang.

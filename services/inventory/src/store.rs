@@ -21,11 +21,10 @@ use shared::{
     },
     http::{PageRequest, find_page},
     store::{
-        GroupCommit, OutboxRecord, Transaction, is_duplicate_key, one_by_one_on_failure,
-        record_all_in_inbox, record_in_inbox, stage_event, stage_records, update_each,
+        GroupCommit, Outbox, OutboxRecord, Transaction, is_duplicate_key, one_by_one_on_failure,
+        record_all_in_inbox, record_in_inbox, stage_records, update_each,
     },
 };
-use tokio::sync::Notify;
 
 use crate::{
     domain::{self, Decision, LowStock, Product, Reservation, ReservationStatus},
@@ -43,7 +42,7 @@ pub struct InventoryStore {
     db: Database,
     products: Collection<Product>,
     reservations: Collection<Reservation>,
-    wake: Arc<Notify>,
+    outbox: Outbox,
     locks: ProductLocks,
     /// `order.created` events waiting for the next batch.
     reservations_in: GroupCommit<(RawEnvelope, OrderCreated), Result<(), DbError>>,
@@ -53,14 +52,14 @@ pub struct InventoryStore {
 const RESERVE_BATCH: usize = 64;
 
 impl InventoryStore {
-    pub fn new(db: Database, wake: Arc<Notify>) -> Arc<Self> {
+    pub fn new(db: Database, outbox: Outbox) -> Arc<Self> {
         Arc::new_cyclic(|store: &Weak<Self>| {
             let store = store.clone();
             InventoryStore {
                 products: db.collection("products"),
                 reservations: db.collection("reservations"),
                 db,
-                wake,
+                outbox,
                 locks: ProductLocks::new(1024),
                 reservations_in: GroupCommit::spawn(RESERVE_BATCH, move |batch| {
                     let store = store.clone();
@@ -122,6 +121,7 @@ impl InventoryStore {
         let alert = domain::low_stock_transition(product.stock, product.low_stock_threshold, false)
             == LowStock::Alert;
         product.low_stock_alerted = alert;
+        let events = self.stock_events(&product, alert, correlation_id, None);
         let mut tx = Transaction::begin(&self.db).await?;
         loop {
             let session = tx.attempt().await?;
@@ -130,12 +130,7 @@ impl InventoryStore {
                     .insert_one(&product)
                     .session(&mut *session)
                     .await?;
-                stage_records(
-                    &self.db,
-                    session,
-                    stock_events(&product, alert, correlation_id, None),
-                )
-                .await
+                stage_records(&self.db, session, &events).await
             }
             .await;
             match tx.finish(attempt).await {
@@ -145,7 +140,7 @@ impl InventoryStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.wake.notify_one();
+        self.outbox.committed(events);
         Ok(product)
     }
 
@@ -185,17 +180,17 @@ impl InventoryStore {
                     .session(&mut *session)
                     .await?;
                 let updated = Product { stock, low_stock_alerted: alerted, version: product.version + 1, updated_at: now, ..product };
-                stage_records(&self.db, session, stock_events(&updated, transition == LowStock::Alert, correlation_id, None))
-                    .await?;
-                Ok(Some(updated))
+                let events = self.stock_events(&updated, transition == LowStock::Alert, correlation_id, None);
+                stage_records(&self.db, session, &events).await?;
+                Ok(Some((updated, events)))
             }
             .await;
             if let Some(product) = tx.finish(attempt).await? {
                 break product;
             }
         };
-        let product = product.ok_or_else(|| Error::NotFound(product_id.to_string()))?;
-        self.wake.notify_one();
+        let (product, events) = product.ok_or_else(|| Error::NotFound(product_id.to_string()))?;
+        self.outbox.committed(events);
         Ok(product)
     }
 
@@ -226,8 +221,8 @@ impl InventoryStore {
         loop {
             let session = tx.attempt().await?;
             let attempt = self.reserve_attempt(session, batch, &product_ids).await;
-            if let Some(()) = tx.finish(attempt).await? {
-                self.wake.notify_one();
+            if let Some(events) = tx.finish(attempt).await? {
+                self.outbox.committed(events);
                 return Ok(());
             }
         }
@@ -235,13 +230,13 @@ impl InventoryStore {
 
     /// A fixed number of round trips however many orders: inbox, the
     /// decided orders, the products, one update command, the reservations
-    /// and the events.
+    /// and the events. Returns the events staged.
     async fn reserve_attempt(
         &self,
         session: &mut ClientSession,
         batch: &[(RawEnvelope, OrderCreated)],
         product_ids: &BTreeSet<&str>,
-    ) -> Result<(), DbError> {
+    ) -> Result<Vec<OutboxRecord>, DbError> {
         record_all_in_inbox(&self.db, session, batch.iter().map(|(event, _)| event)).await?;
         let order_ids: Vec<&str> = batch.iter().map(|(_, o)| o.order_id.as_str()).collect();
         // Already decided, or cancelled before it arrived: no effect.
@@ -261,7 +256,7 @@ impl InventoryStore {
             .filter(|(_, order)| !decided.contains(&order.order_id))
             .collect();
         if open.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut products: Vec<Product> = self
             .products
@@ -285,7 +280,7 @@ impl InventoryStore {
             let (causation, correlation) = (Some(event.event_id), &event.correlation_id);
             let (status, lines) = match decision {
                 Decision::Reject(short) => {
-                    events.push(OutboxRecord::new(&Envelope::new(
+                    events.push(self.outbox.record(&Envelope::new(
                         SOURCE,
                         correlation,
                         causation,
@@ -299,9 +294,9 @@ impl InventoryStore {
                 }
                 Decision::Reserve { lines, alerts } => {
                     for product in &alerts {
-                        events.extend(stock_events(product, true, correlation, causation));
+                        events.extend(self.stock_events(product, true, correlation, causation));
                     }
-                    events.push(OutboxRecord::new(&Envelope::new(
+                    events.push(self.outbox.record(&Envelope::new(
                         SOURCE,
                         correlation,
                         causation,
@@ -348,7 +343,8 @@ impl InventoryStore {
             .insert_many(&reservations)
             .session(&mut *session)
             .await?;
-        stage_records(&self.db, session, events).await
+        stage_records(&self.db, session, &events).await?;
+        Ok(events)
     }
 
     /// `order.cancelled`: gives back exactly what was held, once. Not under
@@ -363,8 +359,8 @@ impl InventoryStore {
         loop {
             let session = tx.attempt().await?;
             let attempt = self.release_attempt(session, event, cancelled).await;
-            if let Some(()) = tx.finish(attempt).await? {
-                self.wake.notify_one();
+            if let Some(events) = tx.finish(attempt).await? {
+                self.outbox.committed(events);
                 return Ok(());
             }
         }
@@ -375,7 +371,7 @@ impl InventoryStore {
         session: &mut ClientSession,
         event: &RawEnvelope,
         cancelled: &OrderCancelled,
-    ) -> Result<(), DbError> {
+    ) -> Result<Vec<OutboxRecord>, DbError> {
         record_in_inbox(&self.db, session, event).await?;
         let now = Utc::now();
         let existing = self
@@ -385,7 +381,7 @@ impl InventoryStore {
             .await?;
         let reservation = match existing {
             Some(r) if r.status == ReservationStatus::Reserved => r,
-            Some(_) => return Ok(()),
+            Some(_) => return Ok(Vec::new()),
             None => {
                 // The cancel overtook the order: make sure nothing is held later.
                 let tombstone = Reservation {
@@ -398,7 +394,7 @@ impl InventoryStore {
                     .insert_one(&tombstone)
                     .session(&mut *session)
                     .await?;
-                return Ok(());
+                return Ok(Vec::new());
             }
         };
         for line in &reservation.lines {
@@ -452,42 +448,45 @@ impl InventoryStore {
                     .collect(),
             },
         );
-        stage_event(&self.db, session, &released).await
+        let events = vec![self.outbox.record(&released)];
+        stage_records(&self.db, session, &events).await?;
+        Ok(events)
     }
-}
 
-/// `inventory.updated`, and `inventory.low` when the stock just crossed.
-fn stock_events(
-    product: &Product,
-    alert: bool,
-    correlation_id: &str,
-    causation: Option<uuid::Uuid>,
-) -> Vec<OutboxRecord> {
-    let updated = Envelope::new(
-        SOURCE,
-        correlation_id,
-        causation,
-        InventoryUpdated {
-            product_id: product.id.clone(),
-            stock: product.stock,
-            reserved: product.reserved,
-        },
-    );
-    let mut events = vec![OutboxRecord::new(&updated)];
-    if alert {
-        let low = Envelope::new(
+    /// `inventory.updated`, and `inventory.low` when the stock just crossed.
+    fn stock_events(
+        &self,
+        product: &Product,
+        alert: bool,
+        correlation_id: &str,
+        causation: Option<uuid::Uuid>,
+    ) -> Vec<OutboxRecord> {
+        let updated = Envelope::new(
             SOURCE,
             correlation_id,
             causation,
-            InventoryLow {
+            InventoryUpdated {
                 product_id: product.id.clone(),
-                sku: product.sku.clone(),
-                name: product.name.clone(),
                 stock: product.stock,
-                low_stock_threshold: product.low_stock_threshold,
+                reserved: product.reserved,
             },
         );
-        events.push(OutboxRecord::new(&low));
+        let mut events = vec![self.outbox.record(&updated)];
+        if alert {
+            let low = Envelope::new(
+                SOURCE,
+                correlation_id,
+                causation,
+                InventoryLow {
+                    product_id: product.id.clone(),
+                    sku: product.sku.clone(),
+                    name: product.name.clone(),
+                    stock: product.stock,
+                    low_stock_threshold: product.low_stock_threshold,
+                },
+            );
+            events.push(self.outbox.record(&low));
+        }
+        events
     }
-    events
 }

@@ -17,7 +17,7 @@ use shared::{
     events::{Envelope, NotificationFailed, NotificationSent},
     http::{PageRequest, find_page},
     store::{
-        GroupCommit, OutboxRecord, Transaction, one_by_one_on_failure, only_duplicate_keys,
+        GroupCommit, Outbox, OutboxRecord, Transaction, one_by_one_on_failure, only_duplicate_keys,
         stage_records,
     },
 };
@@ -40,8 +40,7 @@ type Written = Result<(), DbError>;
 pub struct NotificationStore {
     db: Database,
     notifications: Collection<Notification>,
-    /// Wakes the outbox relay.
-    outbox_wake: Arc<Notify>,
+    outbox: Outbox,
     /// Wakes the sender.
     pub send_wake: Arc<Notify>,
     recorded: GroupCommit<Notification, Written>,
@@ -49,7 +48,7 @@ pub struct NotificationStore {
 }
 
 impl NotificationStore {
-    pub fn new(db: Database, outbox_wake: Arc<Notify>) -> Arc<Self> {
+    pub fn new(db: Database, outbox: Outbox) -> Arc<Self> {
         // Each writer lives inside the store, so the store outlives its batches.
         let upgrade = |store: &Weak<Self>| store.upgrade().expect("the store owns its writers");
         Arc::new_cyclic(|store: &Weak<Self>| {
@@ -57,7 +56,7 @@ impl NotificationStore {
             NotificationStore {
                 notifications: db.collection("notifications"),
                 db,
-                outbox_wake,
+                outbox,
                 send_wake: Arc::new(Notify::new()),
                 recorded: GroupCommit::spawn(BATCH, move |batch| {
                     let store = upgrade(&for_recorded);
@@ -195,7 +194,7 @@ impl NotificationStore {
         let events = batch
             .iter()
             .map(|notification| {
-                OutboxRecord::new(&Envelope::new(
+                self.outbox.record(&Envelope::new(
                     SOURCE,
                     &notification.correlation_id,
                     None,
@@ -253,7 +252,7 @@ impl NotificationStore {
                     std::slice::from_ref(notification),
                     doc! { "$set": { "status": NotificationStatus::Failed.as_str(), "lastError": error, "claimedBy": null },
                            "$inc": { "attempts": 1 } },
-                    vec![OutboxRecord::new(&event)],
+                    vec![self.outbox.record(&event)],
                 )
                 .await
             }
@@ -291,11 +290,11 @@ impl NotificationStore {
                     .update_many(doc! { "_id": { "$in": &ids } }, update.clone())
                     .session(&mut *session)
                     .await?;
-                stage_records(&self.db, session, events.clone()).await
+                stage_records(&self.db, session, &events).await
             }
             .await;
             if let Some(()) = tx.finish(attempt).await? {
-                self.outbox_wake.notify_one();
+                self.outbox.committed(events);
                 return Ok(());
             }
         }

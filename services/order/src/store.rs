@@ -18,11 +18,10 @@ use shared::{
     },
     http::{PageRequest, find_page},
     store::{
-        GroupCommit, OutboxRecord, Transaction, is_duplicate_key, one_by_one_on_failure,
-        record_all_in_inbox, stage_event, stage_records, update_each,
+        GroupCommit, Outbox, OutboxRecord, Transaction, is_duplicate_key, one_by_one_on_failure,
+        record_all_in_inbox, stage_records, update_each,
     },
 };
-use tokio::sync::Notify;
 
 use crate::{
     domain::{self, Order, OrderStatus, RuleViolation, SagaStep},
@@ -87,13 +86,13 @@ pub struct OrderStore {
     db: Database,
     orders: Collection<Order>,
     keys: Collection<Document>,
-    wake: Arc<Notify>,
+    outbox: Outbox,
     creates: GroupCommit<NewOrder, Written>,
     answers: GroupCommit<(RawEnvelope, InventoryAnswer), Written>,
 }
 
 impl OrderStore {
-    pub fn new(db: Database, wake: Arc<Notify>) -> Arc<Self> {
+    pub fn new(db: Database, outbox: Outbox) -> Arc<Self> {
         // Each writer lives inside the store, so the store outlives its batches.
         let upgrade = |store: &Weak<Self>| store.upgrade().expect("the store owns its writers");
         Arc::new_cyclic(|store: &Weak<Self>| {
@@ -102,7 +101,7 @@ impl OrderStore {
                 orders: db.collection("orders"),
                 keys: db.collection("idempotency_keys"),
                 db,
-                wake,
+                outbox,
                 creates: GroupCommit::spawn(BATCH, move |batch| {
                     let store = upgrade(&for_creates);
                     async move { store.create_batch(batch).await }
@@ -206,7 +205,7 @@ impl OrderStore {
             .collect();
         let events: Vec<OutboxRecord> = batch
             .iter()
-            .map(|(_, event, _)| OutboxRecord::new(event))
+            .map(|(_, event, _)| self.outbox.record(event))
             .collect();
         let mut tx = Transaction::begin(&self.db).await?;
         loop {
@@ -225,11 +224,11 @@ impl OrderStore {
                     .insert_many(batch.iter().map(|(order, _, _)| order))
                     .session(&mut *session)
                     .await?;
-                stage_records(&self.db, session, events.clone()).await
+                stage_records(&self.db, session, &events).await
             }
             .await;
             if let Some(()) = tx.finish(result).await? {
-                self.wake.notify_one();
+                self.outbox.committed(events);
                 return Ok(());
             }
         }
@@ -315,6 +314,7 @@ impl OrderStore {
                 });
             }
             let (to, event) = decide(&order)?;
+            let record = [self.outbox.record(&event)];
             let now = Utc::now();
             let mut tx = Transaction::begin(&self.db).await?;
             let result = loop {
@@ -332,7 +332,7 @@ impl OrderStore {
                 if updated.matched_count == 0 {
                     return Err(mongodb::error::Error::custom(VersionMoved));
                 }
-                stage_event(&self.db, session, &event).await
+                stage_records(&self.db, session, &record).await
                 }
                 .await;
                 match tx.finish(attempt).await {
@@ -343,7 +343,7 @@ impl OrderStore {
             };
             match result {
                 Ok(()) => {
-                    self.wake.notify_one();
+                    self.outbox.committed(record.into());
                     return Ok(Order {
                         status: to,
                         version: order.version + 1,
@@ -387,20 +387,20 @@ impl OrderStore {
         loop {
             let session = tx.attempt().await?;
             let attempt = self.answer_attempt(session, batch).await;
-            if let Some(()) = tx.finish(attempt).await? {
-                self.wake.notify_one();
+            if let Some(events) = tx.finish(attempt).await? {
+                self.outbox.committed(events);
                 return Ok(());
             }
         }
     }
 
     /// Four round trips however many answers: inbox, the orders, one update
-    /// command and the events.
+    /// command and the events. Returns the events staged.
     async fn answer_attempt(
         &self,
         session: &mut mongodb::ClientSession,
         batch: &[(RawEnvelope, InventoryAnswer)],
-    ) -> Result<(), mongodb::error::Error> {
+    ) -> Result<Vec<OutboxRecord>, mongodb::error::Error> {
         record_all_in_inbox(&self.db, session, batch.iter().map(|(event, _)| event)).await?;
         let ids: Vec<&str> = batch.iter().map(|(_, a)| a.order_id()).collect();
         let orders: HashMap<String, Order> = self
@@ -452,7 +452,7 @@ impl OrderStore {
                             total_cents,
                         },
                     );
-                    (set, OutboxRecord::new(&confirmed))
+                    (set, self.outbox.record(&confirmed))
                 }
                 SagaStep::Reject { reason } => {
                     let set = doc! { "status": OrderStatus::Rejected.as_str(), "reason": &reason, "updatedAt": now };
@@ -467,7 +467,7 @@ impl OrderStore {
                             reason,
                         },
                     );
-                    (set, OutboxRecord::new(&rejected))
+                    (set, self.outbox.record(&rejected))
                 }
             };
             updates.push((guard, doc! { "$set": set, "$inc": { "version": 1 } }));
@@ -479,7 +479,8 @@ impl OrderStore {
         if update_each(&self.db, session, self.orders.name(), updates).await? != expected {
             return Err(mongodb::error::Error::custom(VersionMoved));
         }
-        stage_records(&self.db, session, events).await
+        stage_records(&self.db, session, &events).await?;
+        Ok(events)
     }
 }
 

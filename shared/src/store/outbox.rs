@@ -1,8 +1,15 @@
 //! The transactional outbox. A state change stages its events in the same
 //! transaction; the relay publishes them with confirms and deletes each one
 //! only after the broker confirmed it. Several relays may run against one
-//! database: each claims a batch with a lease before publishing, and a lease
-//! left by a crashed relay expires.
+//! database: each publishes only what it holds a lease on, and a lease left
+//! by a crashed relay expires.
+//!
+//! An event is born leased to its own process's relay, and the writer hands
+//! it over in memory after the commit ([`Outbox::committed`]), so the usual
+//! path costs the insert and one delete per batch: no read, no claim. The
+//! relay's poll takes what is left in the database: events whose process
+//! died before publishing them (after the lease), events handed back after a
+//! failed publish, and events that did not fit the hand-over queue.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,7 +21,7 @@ use mongodb::{
     error::Error,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use failsafe::futures::CircuitBreaker as _;
@@ -30,6 +37,9 @@ pub const OUTBOX: &str = "outbox";
 /// How long a claimed batch belongs to one relay: publishing a batch takes
 /// milliseconds, so a lease still held after this was left by a crash.
 const LEASE: Duration = Duration::from_secs(10);
+/// Committed batches waiting in memory for the relay. Past this, events wait
+/// out their lease in the database instead (load shedding keeps us far below).
+const HANDOVER_BATCHES: usize = 4096;
 /// How soon to look again at an event no queue took, or after a failure.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
@@ -50,36 +60,48 @@ pub struct OutboxRecord {
     pub claimed_by: Option<String>,
 }
 
-impl OutboxRecord {
-    /// `event` as it will wait in the outbox.
-    pub fn new<T: Serialize>(event: &Envelope<T>) -> Self {
+/// How a writer stages events for this process's relay. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    relay: String,
+    handover: mpsc::Sender<Vec<OutboxRecord>>,
+}
+
+impl Outbox {
+    /// `event` as it waits in the outbox: leased to this process's relay.
+    pub fn record<T: Serialize>(&self, event: &Envelope<T>) -> OutboxRecord {
+        let now = bson::DateTime::now();
         OutboxRecord {
             id: event.event_id.to_string(),
             routing_key: event.event_type.clone(),
             payload: serde_json::to_string(event).expect("events serialize"),
             correlation_id: event.correlation_id.clone(),
-            created_at: bson::DateTime::now(),
-            not_before: None,
-            claimed_by: None,
+            created_at: now,
+            not_before: Some(lease_from(now)),
+            claimed_by: Some(self.relay.clone()),
+        }
+    }
+
+    /// Hands records whose transaction committed to the relay. If the relay
+    /// is far behind, they stay in the database and its poll takes them
+    /// once their lease runs out.
+    pub fn committed(&self, records: Vec<OutboxRecord>) {
+        if !records.is_empty() && self.handover.try_send(records).is_err() {
+            tracing::debug!("outbox hand-over full; the relay's poll will take these");
         }
     }
 }
 
-/// Adds `event` to the outbox inside `session`'s transaction.
-pub async fn stage_event<T: Serialize>(
-    db: &Database,
-    session: &mut ClientSession,
-    event: &Envelope<T>,
-) -> Result<(), Error> {
-    stage_records(db, session, vec![OutboxRecord::new(event)]).await
+fn lease_from(now: bson::DateTime) -> bson::DateTime {
+    bson::DateTime::from_millis(now.timestamp_millis() + LEASE.as_millis() as i64)
 }
 
-/// Adds several events to the outbox inside `session`'s transaction, in one
-/// round trip.
+/// Adds events to the outbox inside `session`'s transaction, in one round
+/// trip. Hand them to [`Outbox::committed`] once the transaction commits.
 pub async fn stage_records(
     db: &Database,
     session: &mut ClientSession,
-    records: Vec<OutboxRecord>,
+    records: &[OutboxRecord],
 ) -> Result<(), Error> {
     if records.is_empty() {
         return Ok(());
@@ -98,64 +120,88 @@ pub async fn ensure_outbox_indexes(db: &Database) -> Result<(), Error> {
         .map(|_| ())
 }
 
-/// Publishes staged events. Writers call [`OutboxRelay::wake`] after a commit
-/// so an event leaves within milliseconds; a slow poll catches what other
-/// instances or a crash left behind.
+/// Publishes staged events: those handed over by this process's writers at
+/// once, and on a slow poll whatever other instances or a crash left behind.
 pub struct OutboxRelay {
     outbox: Collection<OutboxRecord>,
     publisher: Arc<Publisher>,
     /// Opens when the broker keeps failing, so the relay stops reconnecting
     /// on every commit; events wait in the outbox until a trial succeeds.
     breaker: Breaker,
-    wake: Arc<Notify>,
+    handover: mpsc::Receiver<Vec<OutboxRecord>>,
     instance: String,
-    batch_size: i64,
+    batch_size: usize,
     poll_interval: Duration,
 }
 
 impl OutboxRelay {
-    pub fn new(
-        db: &Database,
-        publisher: Arc<Publisher>,
-        breaker: Breaker,
-        wake: Arc<Notify>,
-    ) -> Self {
-        OutboxRelay {
+    /// The relay, and the [`Outbox`] through which writers feed it.
+    pub fn new(db: &Database, publisher: Arc<Publisher>, breaker: Breaker) -> (Self, Outbox) {
+        let instance = uuid::Uuid::new_v4().to_string();
+        let (handover, received) = mpsc::channel(HANDOVER_BATCHES);
+        let outbox = Outbox {
+            relay: format!("{instance}:handover"),
+            handover,
+        };
+        let relay = OutboxRelay {
             outbox: db.collection(OUTBOX),
             publisher,
             breaker,
-            wake,
-            instance: uuid::Uuid::new_v4().to_string(),
+            handover: received,
+            instance,
             batch_size: 256,
             poll_interval: Duration::from_millis(500),
-        }
+        };
+        (relay, outbox)
     }
 
     /// Runs until `shutdown`. A batch that has started is finished first, so
-    /// nothing is left published but not deleted by a clean shutdown.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// nothing is left published but not deleted by a clean shutdown; what
+    /// is still in the hand-over queue is released for the next instance.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        // The first poll at once: events an earlier run left behind.
+        let next_poll = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(next_poll);
         loop {
-            // (how long to wait, whether a commit may cut the wait short)
-            let (pause, wakeable) = match self.relay_batch().await {
-                Ok(count) if count as i64 == self.batch_size => continue,
-                Ok(_) => (self.poll_interval, true),
-                // Commits keep coming; the breaker's trial call comes on a timer.
-                Err(RelayError::BreakerOpen) => (RETRY_AFTER, false),
-                Err(error) => {
-                    tracing::warn!(%error, "outbox relay could not publish; will retry");
-                    (RETRY_AFTER, true)
-                }
-            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified(), if wakeable => {}
-                _ = tokio::time::sleep(pause) => {}
+                Some(mut batch) = self.handover.recv() => {
+                    while batch.len() < self.batch_size
+                        && let Ok(more) = self.handover.try_recv()
+                    {
+                        batch.extend(more);
+                    }
+                    if let Err(error) = self.publish(batch).await {
+                        tracing::warn!(%error, "outbox relay could not publish; the poll will retry");
+                    }
+                }
+                _ = &mut next_poll => {
+                    let pause = match self.relay_batch().await {
+                        Ok(count) if count == self.batch_size => Duration::ZERO,
+                        Ok(_) => self.poll_interval,
+                        Err(RelayError::BreakerOpen) => RETRY_AFTER,
+                        Err(error) => {
+                            tracing::warn!(%error, "outbox relay could not publish; will retry");
+                            RETRY_AFTER
+                        }
+                    };
+                    next_poll.as_mut().reset(tokio::time::Instant::now() + pause);
+                }
             }
+        }
+        self.handover.close();
+        let mut left = Vec::new();
+        while let Ok(batch) = self.handover.try_recv() {
+            left.extend(batch);
+        }
+        if !left.is_empty() {
+            self.release(&left).await;
         }
         tracing::info!("outbox relay stopped");
     }
 
-    /// Claims, publishes and removes one batch; returns how many it handled.
+    /// Claims, publishes and removes one batch of what is due in the
+    /// database; returns how many it handled.
     pub async fn relay_batch(&self) -> Result<usize, RelayError> {
         if !failsafe::CircuitBreaker::is_call_permitted(&self.breaker) {
             return Err(RelayError::BreakerOpen);
@@ -166,7 +212,7 @@ impl OutboxRelay {
             .outbox
             .find(due.clone())
             .sort(doc! { "_id": 1 })
-            .limit(self.batch_size)
+            .limit(self.batch_size as i64)
             .await?
             .try_collect()
             .await?;
@@ -174,16 +220,14 @@ impl OutboxRelay {
             return Ok(0);
         }
         let ids: Vec<&str> = candidates.iter().map(|r| r.id.as_str()).collect();
-        let token = uuid::Uuid::new_v4().to_string();
-        let lease_end =
-            bson::DateTime::from_millis(now.timestamp_millis() + LEASE.as_millis() as i64);
+        let token = format!("{}:{}", self.instance, uuid::Uuid::new_v4());
         let mut claim_filter = due;
         claim_filter.insert("_id", doc! { "$in": &ids });
         let claimed = self
             .outbox
             .update_many(
                 claim_filter,
-                doc! { "$set": { "notBefore": lease_end, "claimedBy": format!("{}:{token}", self.instance) } },
+                doc! { "$set": { "notBefore": lease_from(now), "claimedBy": &token } },
             )
             .await?;
         // Another relay took some of them: publish only what we hold.
@@ -191,13 +235,20 @@ impl OutboxRelay {
             candidates
         } else {
             self.outbox
-                .find(doc! { "_id": { "$in": &ids }, "claimedBy": format!("{}:{token}", self.instance) })
+                .find(doc! { "_id": { "$in": &ids }, "claimedBy": &token })
                 .sort(doc! { "_id": 1 })
                 .await?
                 .try_collect()
                 .await?
         };
+        let count = batch.len();
+        self.publish(batch).await?;
+        Ok(count)
+    }
 
+    /// Publishes a batch this relay holds, then deletes what the broker
+    /// confirmed and puts the rest back for later.
+    async fn publish(&self, batch: Vec<OutboxRecord>) -> Result<(), RelayError> {
         let messages: Vec<Outgoing> = batch.iter().map(|r| self.message(r)).collect();
         fail::fail_point!("relay.before_publish", |_| crate::fault::crash(
             "relay.before_publish"
@@ -252,7 +303,7 @@ impl OutboxRelay {
                 )
                 .await?;
         }
-        Ok(batch.len())
+        Ok(())
     }
 
     fn message(&self, record: &OutboxRecord) -> Outgoing {
@@ -269,7 +320,8 @@ impl OutboxRelay {
         }
     }
 
-    /// Gives a batch back after a failed publish so it goes out on the next try.
+    /// Gives a batch back (a failed publish, a shutdown) so the next poll,
+    /// here or in another instance, takes it at once.
     async fn release(&self, batch: &[OutboxRecord]) {
         let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
         let _ = self
