@@ -10,7 +10,10 @@ use poem_openapi::{
     param::{Header, Path, Query},
     payload::Json,
 };
-use shared::http::{AdminAuth, ApiError, CorrelationId, FieldError, PageRequest, validate};
+use shared::{
+    broker::Backlog,
+    http::{AdminAuth, ApiError, CorrelationId, FieldError, PageRequest, validate},
+};
 use validator::Validate;
 
 use crate::{
@@ -29,6 +32,8 @@ enum Tag {
 pub struct OrderApi {
     pub store: Arc<OrderStore>,
     pub inventory: Arc<InventoryClient>,
+    /// Refuses new orders while the saga is this far behind (`None`: off).
+    pub backlog: Option<Arc<Backlog>>,
 }
 
 /// A new order.
@@ -155,6 +160,8 @@ impl OrderApi {
     /// Place an order. Answers 202 at once; poll the order (or its Location)
     /// for the outcome. With `Idempotency-Key`, a retried request returns
     /// the same order and a different body under the same key gets 409.
+    /// While the saga is too far behind (`MAX_SAGA_BACKLOG` messages waiting)
+    /// a new order gets 503 `overloaded` with `Retry-After`.
     #[oai(path = "/api/orders", method = "post")]
     async fn create_order(
         &self,
@@ -192,6 +199,13 @@ impl OrderApi {
             }
             other => other,
         };
+        if let Some(waiting) = self.backlog.as_ref().and_then(|b| b.over_limit()) {
+            return Err(ApiError::overloaded(format!(
+                "{waiting} saga messages are waiting (limit {}); retry in 1 s",
+                self.backlog.as_ref().map_or(0, |b| b.limit())
+            ))
+            .into());
+        }
 
         match self.inventory.check(&product_ids).await {
             ProductCheck::AllKnown => {}

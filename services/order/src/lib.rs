@@ -11,7 +11,10 @@ pub mod store;
 use std::sync::Arc;
 
 use shared::{
-    broker::topology::ORDER_SERVICE,
+    broker::{
+        Backlog,
+        topology::{INVENTORY_SERVICE, ORDER_SERVICE},
+    },
     config::{CommonConfig, ConfigError, Env},
     service::{RunningService, ServiceCore},
 };
@@ -21,6 +24,9 @@ pub struct Config {
     pub common: CommonConfig,
     /// `INVENTORY_URL`, default `http://127.0.0.1:3002`.
     pub inventory_url: String,
+    /// `MAX_SAGA_BACKLOG` (default 1000): messages waiting in the saga's work
+    /// queues past which new orders get 503 with Retry-After. 0 turns it off.
+    pub max_saga_backlog: Option<u64>,
 }
 
 impl Config {
@@ -29,6 +35,7 @@ impl Config {
         Ok(Config {
             common: CommonConfig::from_env(&env, "order-service", 3001, "order_service")?,
             inventory_url: env.string("INVENTORY_URL", "http://127.0.0.1:3002"),
+            max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 1000u64)?).filter(|n| *n > 0),
         })
     }
 }
@@ -44,7 +51,21 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             store: store.clone(),
         }),
     );
+    let topology = core.publisher.topology();
+    let backlog = config.max_saga_backlog.map(|limit| {
+        Backlog::spawn(
+            &core.config.rabbitmq_url,
+            vec![
+                topology.work_queue(&INVENTORY_SERVICE),
+                topology.work_queue(&ORDER_SERVICE),
+            ],
+            limit,
+            core.shutdown.clone(),
+            &core.tasks,
+        )
+    });
     let api = http::OrderApi {
+        backlog,
         store,
         inventory: Arc::new(inventory::InventoryClient::new(
             &config.inventory_url,

@@ -39,6 +39,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub fields: Vec<FieldError>,
+    /// Seconds for a `Retry-After` header (refusals under load).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -48,6 +50,15 @@ impl ApiError {
             code,
             message: message.into(),
             fields: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// 503: the service is past what it can carry; come back in a second.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
         }
     }
 
@@ -102,13 +113,9 @@ impl ApiError {
 
     /// This error as a response telling the client when to come back
     /// (`Retry-After`, at least 1 s): rate limits and load shedding.
-    pub fn retry_after(&self, seconds: u64) -> Response {
-        let mut response = self.as_response();
-        response.headers_mut().insert(
-            poem::http::header::RETRY_AFTER,
-            poem::http::HeaderValue::from(seconds.max(1)),
-        );
-        response
+    pub fn retry_after(mut self, seconds: u64) -> Response {
+        self.retry_after = Some(seconds);
+        self.as_response()
     }
 
     pub fn body(&self) -> ErrorBody {
@@ -135,10 +142,17 @@ impl ResponseError for ApiError {
 
     fn as_response(&self) -> Response {
         let body = serde_json::to_vec(&self.body()).expect("error bodies serialize");
-        Response::builder()
+        let mut response = Response::builder()
             .status(self.status)
             .content_type("application/json; charset=utf-8")
-            .body(body)
+            .body(body);
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                poem::http::header::RETRY_AFTER,
+                poem::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
+        response
     }
 }
 

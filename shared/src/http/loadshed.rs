@@ -12,7 +12,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
+use poem::{Endpoint, IntoResponse, Request, Response, error::ResponseError};
 use tokio::sync::Semaphore;
 
 use super::{ApiError, ratelimit::UNLIMITED_PATHS};
@@ -52,15 +52,11 @@ pub async fn shed<E: Endpoint>(
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     shedder.shed.fetch_add(1, Ordering::Relaxed);
-                    return Ok(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                        format!(
-                            "{} requests are already in progress; retry in 1 s",
-                            shedder.limit
-                        ),
-                    )
-                    .retry_after(1));
+                    return Ok(ApiError::overloaded(format!(
+                        "{} requests are already in progress; retry in 1 s",
+                        shedder.limit
+                    ))
+                    .as_response());
                 }
             }
         }
@@ -74,7 +70,7 @@ mod tests {
     use super::*;
     use poem::{
         EndpointExt, Route, handler,
-        http::{Method, header::RETRY_AFTER},
+        http::{Method, StatusCode, header::RETRY_AFTER},
     };
     use tokio::sync::{mpsc, oneshot};
 

@@ -171,8 +171,11 @@ impl OutboxRelay {
                     {
                         batch.extend(more);
                     }
-                    if let Err(error) = self.publish(batch).await {
-                        tracing::warn!(%error, "outbox relay could not publish; the poll will retry");
+                    match self.publish(batch).await {
+                        Ok(()) => {}
+                        // Handed back already; the poll's trial call decides when to try again.
+                        Err(RelayError::BreakerOpen) => {}
+                        Err(error) => tracing::warn!(%error, "outbox relay could not publish; the poll will retry"),
                     }
                 }
                 _ = &mut next_poll => {

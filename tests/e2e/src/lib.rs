@@ -91,6 +91,8 @@ impl Stack {
         let order = order_service::build(order_service::Config {
             common: shared::config::CommonConfig::from_env(&env, "order-service", 0, "x").unwrap(),
             inventory_url: inventory_url.clone(),
+            max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 1000u64).unwrap())
+                .filter(|n| *n > 0),
         })
         .await
         .expect("order starts");
@@ -130,6 +132,12 @@ impl Stack {
         // no event is published before its queue exists.
         stack.wait_for_queues().await;
         stack
+    }
+
+    /// Stops the inventory service (its HTTP API and its consumer), as if
+    /// it had gone away; its queue stays and fills.
+    pub fn stop_inventory(&self) {
+        self.shutdown[0].cancel();
     }
 
     async fn wait_for_queues(&self) {

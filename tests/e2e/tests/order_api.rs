@@ -1,7 +1,7 @@
 //! The order service's HTTP contract: bad input is a 4xx with a JSON body
 //! naming the problem, and writes nothing.
 
-use e2e_tests::{ADMIN_TOKEN, Stack};
+use e2e_tests::{ADMIN_TOKEN, Stack, eventually};
 use serde_json::{Value, json};
 
 async fn post(stack: &Stack, body: &str) -> (u16, Value) {
@@ -260,6 +260,7 @@ async fn readiness_is_503_naming_rabbitmq_when_the_broker_is_unreachable() {
     let service = order_service::build(order_service::Config {
         common: CommonConfig::from_env(&env, "order-service", 0, "x").unwrap(),
         inventory_url: "http://127.0.0.1:1".into(),
+        max_saga_backlog: Some(1000),
     })
     .await
     .expect("starts without the broker and keeps retrying");
@@ -276,4 +277,44 @@ async fn readiness_is_503_naming_rabbitmq_when_the_broker_is_unreachable() {
         "{body}"
     );
     shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_orders_get_503_with_retry_after_while_the_saga_is_too_far_behind() {
+    let stack = Stack::start_with(&[("MAX_SAGA_BACKLOG", "3")]).await;
+    let product = stack.create_product(100, 0, 1.0).await;
+    // Nobody takes order.created now: every accepted order waits in the queue.
+    stack.stop_inventory();
+    let body = json!({ "customerId": "c-backlog", "customerEmail": stack.email("backlog"),
+                       "items": [{ "productId": product, "quantity": 1 }] })
+    .to_string();
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    let refusal = eventually("a 503 once the backlog passes 3", || async {
+        let response = stack
+            .http
+            .post(format!("{}/api/orders", stack.order))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 202 {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        Some(response)
+    })
+    .await;
+    assert_eq!(refusal.status(), 503);
+    assert_eq!(refusal.headers()["retry-after"], "1");
+    let error: Value = refusal.json().await.unwrap();
+    assert_eq!(error["error"], "overloaded", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("limit 3"),
+        "{error}"
+    );
+    // Refused only past the limit (the sampler may lag a few admissions).
+    let accepted = accepted.into_inner();
+    assert!((4..40).contains(&accepted), "accepted {accepted}");
+    assert_eq!(customer_orders(&stack, "c-backlog").await, accepted);
 }

@@ -225,36 +225,49 @@ async fn the_same_event_delivered_twice_has_one_effect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_parallel_requests_with_one_idempotency_key_make_one_order() {
+async fn twenty_parallel_requests_with_one_idempotency_key_make_one_order_and_the_others_theirs() {
     let stack = Stack::start().await;
     let product = stack.create_product(100, 0, 1.0).await;
     let email = stack.email("idem");
     let body = json!({ "customerId": "c-idem", "customerEmail": email, "items": [{ "productId": product, "quantity": 1 }] });
     let key = format!("key-{}", stack.id);
-    let posts = (0..20).map(|_| {
-        stack
+    // Ten requests without a key go in among them: creates that arrive
+    // together share a transaction, and the key's collisions must not cost
+    // the others their orders.
+    let posts = (0..30).map(|i| {
+        let request = stack
             .http
             .post(format!("{}/api/orders", stack.order))
-            .header("Idempotency-Key", &key)
-            .json(&body)
-            .send()
+            .json(&body);
+        let keyed = i % 3 != 0;
+        let request = if keyed {
+            request.header("Idempotency-Key", &key)
+        } else {
+            request
+        };
+        async move { (keyed, request.send().await) }
     });
-    let mut ids = std::collections::HashSet::new();
-    for response in futures::future::join_all(posts).await {
+    let mut keyed_ids = std::collections::HashSet::new();
+    let mut unkeyed_ids = std::collections::HashSet::new();
+    for (keyed, response) in futures::future::join_all(posts).await {
         let response = response.unwrap();
         assert_eq!(response.status(), 202);
-        ids.insert(
-            response.json::<Value>().await.unwrap()["orderId"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        let id = response.json::<Value>().await.unwrap()["orderId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if keyed {
+            keyed_ids.insert(id)
+        } else {
+            unkeyed_ids.insert(id)
+        };
     }
-    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(keyed_ids.len(), 1, "{keyed_ids:?}");
+    assert_eq!(unkeyed_ids.len(), 10, "{unkeyed_ids:?}");
     let page: Value = stack
         .get_json(&format!("{}/api/customers/c-idem/orders", stack.order))
         .await;
-    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"].as_array().unwrap().len(), 11);
 
     // The same key with another body is a conflict.
     let other = json!({ "customerId": "c-idem", "customerEmail": email, "items": [{ "productId": product, "quantity": 2 }] });
