@@ -53,23 +53,17 @@ const RESERVE_BATCH: usize = 64;
 
 impl InventoryStore {
     pub fn new(db: Database, outbox: Outbox) -> Arc<Self> {
-        Arc::new_cyclic(|store: &Weak<Self>| {
-            let store = store.clone();
-            InventoryStore {
-                products: db.collection("products"),
-                reservations: db.collection("reservations"),
-                db,
-                outbox,
-                locks: ProductLocks::new(1024),
-                reservations_in: GroupCommit::spawn(RESERVE_BATCH, move |batch| {
-                    let store = store.clone();
-                    async move {
-                        // The writer lives inside the store, so the store is there.
-                        let store = store.upgrade().expect("the store owns its writer");
-                        store.reserve_batch(batch).await
-                    }
-                }),
-            }
+        Arc::new_cyclic(|store: &Weak<Self>| InventoryStore {
+            products: db.collection("products"),
+            reservations: db.collection("reservations"),
+            db,
+            outbox,
+            locks: ProductLocks::new(1024),
+            reservations_in: GroupCommit::spawn_in(
+                store,
+                RESERVE_BATCH,
+                |store, batch| async move { store.reserve_batch(batch).await },
+            ),
         })
     }
 

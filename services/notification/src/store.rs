@@ -49,28 +49,17 @@ pub struct NotificationStore {
 
 impl NotificationStore {
     pub fn new(db: Database, outbox: Outbox) -> Arc<Self> {
-        // Each writer lives inside the store, so the store outlives its batches.
-        let upgrade = |store: &Weak<Self>| store.upgrade().expect("the store owns its writers");
-        Arc::new_cyclic(|store: &Weak<Self>| {
-            let (for_recorded, for_sent) = (store.clone(), store.clone());
-            NotificationStore {
-                notifications: db.collection("notifications"),
-                db,
-                outbox,
-                send_wake: Arc::new(Notify::new()),
-                recorded: GroupCommit::spawn(BATCH, move |batch| {
-                    let store = upgrade(&for_recorded);
-                    async move {
-                        one_by_one_on_failure(&batch, |some| store.record_together(some)).await
-                    }
-                }),
-                sent: GroupCommit::spawn(BATCH, move |batch| {
-                    let store = upgrade(&for_sent);
-                    async move {
-                        one_by_one_on_failure(&batch, |some| store.mark_sent_together(some)).await
-                    }
-                }),
-            }
+        Arc::new_cyclic(|store: &Weak<Self>| NotificationStore {
+            notifications: db.collection("notifications"),
+            db,
+            outbox,
+            send_wake: Arc::new(Notify::new()),
+            recorded: GroupCommit::spawn_in(store, BATCH, |store, batch| async move {
+                one_by_one_on_failure(&batch, |some| store.record_together(some)).await
+            }),
+            sent: GroupCommit::spawn_in(store, BATCH, |store, batch| async move {
+                one_by_one_on_failure(&batch, |some| store.mark_sent_together(some)).await
+            }),
         })
     }
 

@@ -24,7 +24,7 @@ pub struct Config {
     pub common: CommonConfig,
     /// `INVENTORY_URL`, default `http://127.0.0.1:3002`.
     pub inventory_url: String,
-    /// `MAX_SAGA_BACKLOG` (default 1000): messages waiting in the saga's work
+    /// `MAX_SAGA_BACKLOG` (default 500): messages waiting in the saga's work
     /// queues past which new orders get 503 with Retry-After. 0 turns it off.
     pub max_saga_backlog: Option<u64>,
 }
@@ -35,7 +35,7 @@ impl Config {
         Ok(Config {
             common: CommonConfig::from_env(&env, "order-service", 3001, "order_service")?,
             inventory_url: env.string("INVENTORY_URL", "http://127.0.0.1:3002"),
-            max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 1000u64)?).filter(|n| *n > 0),
+            max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 500u64)?).filter(|n| *n > 0),
         })
     }
 }

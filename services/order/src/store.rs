@@ -93,24 +93,17 @@ pub struct OrderStore {
 
 impl OrderStore {
     pub fn new(db: Database, outbox: Outbox) -> Arc<Self> {
-        // Each writer lives inside the store, so the store outlives its batches.
-        let upgrade = |store: &Weak<Self>| store.upgrade().expect("the store owns its writers");
-        Arc::new_cyclic(|store: &Weak<Self>| {
-            let (for_creates, for_answers) = (store.clone(), store.clone());
-            OrderStore {
-                orders: db.collection("orders"),
-                keys: db.collection("idempotency_keys"),
-                db,
-                outbox,
-                creates: GroupCommit::spawn(BATCH, move |batch| {
-                    let store = upgrade(&for_creates);
-                    async move { store.create_batch(batch).await }
-                }),
-                answers: GroupCommit::spawn(BATCH, move |batch| {
-                    let store = upgrade(&for_answers);
-                    async move { store.answer_batch(batch).await }
-                }),
-            }
+        Arc::new_cyclic(|store: &Weak<Self>| OrderStore {
+            orders: db.collection("orders"),
+            keys: db.collection("idempotency_keys"),
+            db,
+            outbox,
+            creates: GroupCommit::spawn_in(store, BATCH, |store, batch| async move {
+                store.create_batch(batch).await
+            }),
+            answers: GroupCommit::spawn_in(store, BATCH, |store, batch| async move {
+                store.answer_batch(batch).await
+            }),
         })
     }
 

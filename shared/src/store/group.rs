@@ -7,7 +7,11 @@
 //! timer, so no added latency when idle); under load, callers that arrive
 //! while a batch is being written share the next one.
 
-use std::{fmt::Display, future::Future};
+use std::{
+    fmt::Display,
+    future::Future,
+    sync::{Arc, Weak},
+};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,6 +49,21 @@ impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
             }
         });
         GroupCommit { queue }
+    }
+
+    /// A writer that calls into `owner`, for a store that keeps its writers
+    /// in its own fields (built with `Arc::new_cyclic`): the owner lives as
+    /// long as anyone can submit, and dropping it ends the writer.
+    pub fn spawn_in<S, F, Fut>(owner: &Weak<S>, max_batch: usize, write: F) -> Self
+    where
+        S: Send + Sync + 'static,
+        F: Fn(Arc<S>, Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Vec<R>> + Send,
+    {
+        let owner = owner.clone();
+        Self::spawn(max_batch, move |batch| {
+            write(owner.upgrade().expect("the owner holds its writer"), batch)
+        })
     }
 
     /// Queues `item` for the next batch and waits for its result.

@@ -91,7 +91,7 @@ impl Stack {
         let order = order_service::build(order_service::Config {
             common: shared::config::CommonConfig::from_env(&env, "order-service", 0, "x").unwrap(),
             inventory_url: inventory_url.clone(),
-            max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 1000u64).unwrap())
+            max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 500u64).unwrap())
                 .filter(|n| *n > 0),
         })
         .await

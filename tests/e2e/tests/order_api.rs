@@ -260,7 +260,7 @@ async fn readiness_is_503_naming_rabbitmq_when_the_broker_is_unreachable() {
     let service = order_service::build(order_service::Config {
         common: CommonConfig::from_env(&env, "order-service", 0, "x").unwrap(),
         inventory_url: "http://127.0.0.1:1".into(),
-        max_saga_backlog: Some(1000),
+        max_saga_backlog: Some(500),
     })
     .await
     .expect("starts without the broker and keeps retrying");
