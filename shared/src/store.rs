@@ -13,7 +13,7 @@ use mongodb::{
     options::ClientOptions,
 };
 
-pub use group::{GroupCommit, WriterGone, one_by_one_on_failure};
+pub use group::{GroupCommit, WriterGone, Written, one_by_one_on_failure};
 pub use inbox::{AlreadyHandled, record_all_in_inbox, record_in_inbox};
 pub use outbox::{Outbox, OutboxRecord, OutboxRelay, stage_records};
 

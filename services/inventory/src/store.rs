@@ -21,8 +21,8 @@ use shared::{
     },
     http::{PageRequest, find_page},
     store::{
-        GroupCommit, Outbox, OutboxRecord, Transaction, is_duplicate_key, one_by_one_on_failure,
-        record_all_in_inbox, record_in_inbox, stage_records, update_each,
+        GroupCommit, Outbox, OutboxRecord, Transaction, Written, is_duplicate_key,
+        one_by_one_on_failure, record_all_in_inbox, record_in_inbox, stage_records, update_each,
     },
 };
 
@@ -45,7 +45,7 @@ pub struct InventoryStore {
     outbox: Outbox,
     locks: ProductLocks,
     /// `order.created` events waiting for the next batch.
-    reservations_in: GroupCommit<(RawEnvelope, OrderCreated), Result<(), DbError>>,
+    reservations_in: GroupCommit<(RawEnvelope, OrderCreated), Written>,
 }
 
 /// Orders decided in one transaction at most: a prefetch's worth.
@@ -62,7 +62,11 @@ impl InventoryStore {
             reservations_in: GroupCommit::spawn_in(
                 store,
                 RESERVE_BATCH,
-                |store, batch| async move { store.reserve_batch(batch).await },
+                // A batch that fails as a whole (an event handled before, a
+                // stock guard that moved) goes again one by one.
+                |store, batch| async move {
+                    one_by_one_on_failure(&batch, |some| store.reserve_together(some)).await
+                },
             ),
         })
     }
@@ -192,20 +196,10 @@ impl InventoryStore {
     /// arriving together are decided together, in one transaction (see
     /// [`GroupCommit`]).
     pub async fn reserve(&self, event: RawEnvelope, order: OrderCreated) -> Result<(), DbError> {
-        self.reservations_in
-            .submit((event, order))
-            .await
-            .unwrap_or_else(|gone| Err(DbError::custom(gone)))
+        self.reservations_in.write((event, order)).await
     }
 
-    async fn reserve_batch(
-        &self,
-        batch: Vec<(RawEnvelope, OrderCreated)>,
-    ) -> Vec<Result<(), DbError>> {
-        one_by_one_on_failure(&batch, |some| self.reserve_together(some)).await
-    }
-
-    async fn reserve_together(&self, batch: &[(RawEnvelope, OrderCreated)]) -> Result<(), DbError> {
+    async fn reserve_together(&self, batch: &[(RawEnvelope, OrderCreated)]) -> Written {
         let product_ids: BTreeSet<&str> = batch
             .iter()
             .flat_map(|(_, order)| order.items.iter().map(|l| l.product_id.as_str()))

@@ -17,8 +17,8 @@ use shared::{
     events::{Envelope, NotificationFailed, NotificationSent},
     http::{PageRequest, find_page},
     store::{
-        GroupCommit, Outbox, OutboxRecord, Transaction, one_by_one_on_failure, only_duplicate_keys,
-        stage_records,
+        GroupCommit, Outbox, OutboxRecord, Transaction, Written, one_by_one_on_failure,
+        only_duplicate_keys, stage_records,
     },
 };
 use tokio::sync::Notify;
@@ -34,8 +34,6 @@ const LEASE: Duration = Duration::from_secs(60);
 
 /// Writes in one round trip (or transaction) at most: a prefetch's worth.
 const BATCH: usize = 64;
-
-type Written = Result<(), DbError>;
 
 pub struct NotificationStore {
     db: Database,
@@ -54,6 +52,7 @@ impl NotificationStore {
             db,
             outbox,
             send_wake: Arc::new(Notify::new()),
+            // A batch that fails as a whole goes again one by one.
             recorded: GroupCommit::spawn_in(store, BATCH, |store, batch| async move {
                 one_by_one_on_failure(&batch, |some| store.record_together(some)).await
             }),
@@ -91,10 +90,7 @@ impl NotificationStore {
     /// saves two round trips per order, and events arriving together share
     /// one insert.
     pub async fn record_for_event(&self, notification: Notification) -> Result<(), DbError> {
-        self.recorded
-            .submit(notification)
-            .await
-            .unwrap_or_else(|gone| Err(DbError::custom(gone)))
+        self.recorded.write(notification).await
     }
 
     async fn record_together(&self, batch: &[Notification]) -> Result<(), DbError> {
@@ -173,10 +169,7 @@ impl NotificationStore {
     /// The email went out: SENT, with `notification.sent`. Sends that end
     /// together are recorded in one transaction.
     pub async fn mark_sent(&self, notification: &Notification) -> Result<(), DbError> {
-        self.sent
-            .submit(notification.clone())
-            .await
-            .unwrap_or_else(|gone| Err(DbError::custom(gone)))
+        self.sent.write(notification.clone()).await
     }
 
     async fn mark_sent_together(&self, batch: &[Notification]) -> Result<(), DbError> {

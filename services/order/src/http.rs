@@ -199,10 +199,12 @@ impl OrderApi {
             }
             other => other,
         };
-        if let Some(waiting) = self.backlog.as_ref().and_then(|b| b.over_limit()) {
+        if let Some(backlog) = &self.backlog
+            && let Some(waiting) = backlog.over_limit()
+        {
             return Err(ApiError::overloaded(format!(
                 "{waiting} saga messages are waiting (limit {}); retry in 1 s",
-                self.backlog.as_ref().map_or(0, |b| b.limit())
+                backlog.limit()
             ))
             .into());
         }

@@ -18,8 +18,8 @@ use shared::{
     },
     http::{PageRequest, find_page},
     store::{
-        GroupCommit, Outbox, OutboxRecord, Transaction, is_duplicate_key, one_by_one_on_failure,
-        record_all_in_inbox, stage_records, update_each,
+        GroupCommit, Outbox, OutboxRecord, Transaction, Written, is_duplicate_key,
+        one_by_one_on_failure, record_all_in_inbox, stage_records, update_each,
     },
 };
 
@@ -76,7 +76,8 @@ impl InventoryAnswer {
 /// A create waiting for its batch: the order, its event, its Idempotency-Key
 /// and the request's fingerprint.
 type NewOrder = (Order, Envelope<OrderCreated>, Option<(String, String)>);
-type Written = Result<(), mongodb::error::Error>;
+/// A filter naming an order at the version read, and the update to make.
+type GuardedUpdate = (Document, Document);
 
 /// Writes in one transaction at most: a prefetch's worth of answers, or as
 /// many creates as requests may be in progress.
@@ -98,11 +99,13 @@ impl OrderStore {
             keys: db.collection("idempotency_keys"),
             db,
             outbox,
+            // Batches that fail as a whole (a taken Idempotency-Key, an
+            // answer handled before) go again one by one.
             creates: GroupCommit::spawn_in(store, BATCH, |store, batch| async move {
-                store.create_batch(batch).await
+                one_by_one_on_failure(&batch, |some| store.create_together(some)).await
             }),
             answers: GroupCommit::spawn_in(store, BATCH, |store, batch| async move {
-                store.answer_batch(batch).await
+                one_by_one_on_failure(&batch, |some| store.answer_together(some)).await
             }),
         })
     }
@@ -153,9 +156,8 @@ impl OrderStore {
         );
         let result = self
             .creates
-            .submit((order.clone(), event, idempotency.clone()))
-            .await
-            .unwrap_or_else(|gone| Err(mongodb::error::Error::custom(gone)));
+            .write((order.clone(), event, idempotency.clone()))
+            .await;
         match result {
             Ok(()) => Ok(Created::New(order)),
             Err(e) if e.get_custom::<KeyTaken>().is_some() => {
@@ -179,14 +181,8 @@ impl OrderStore {
         }
     }
 
-    /// Creates that arrived together, in one transaction. If that fails (an
-    /// Idempotency-Key is taken), each is tried on its own so that only the
-    /// request at fault hears about it.
-    async fn create_batch(&self, batch: Vec<NewOrder>) -> Vec<Result<(), mongodb::error::Error>> {
-        one_by_one_on_failure(&batch, |some| self.create_together(some)).await
-    }
-
-    async fn create_together(&self, batch: &[NewOrder]) -> Result<(), mongodb::error::Error> {
+    /// Creates that arrived together, in one transaction.
+    async fn create_together(&self, batch: &[NewOrder]) -> Written {
         let now = bson::DateTime::now();
         let keys: Vec<Document> = batch
             .iter()
@@ -359,23 +355,10 @@ impl OrderStore {
         event: RawEnvelope,
         answer: InventoryAnswer,
     ) -> Result<(), mongodb::error::Error> {
-        self.answers
-            .submit((event, answer))
-            .await
-            .unwrap_or_else(|gone| Err(mongodb::error::Error::custom(gone)))
+        self.answers.write((event, answer)).await
     }
 
-    async fn answer_batch(
-        &self,
-        batch: Vec<(RawEnvelope, InventoryAnswer)>,
-    ) -> Vec<Result<(), mongodb::error::Error>> {
-        one_by_one_on_failure(&batch, |some| self.answer_together(some)).await
-    }
-
-    async fn answer_together(
-        &self,
-        batch: &[(RawEnvelope, InventoryAnswer)],
-    ) -> Result<(), mongodb::error::Error> {
+    async fn answer_together(&self, batch: &[(RawEnvelope, InventoryAnswer)]) -> Written {
         let mut tx = Transaction::begin(&self.db).await?;
         loop {
             let session = tx.attempt().await?;
@@ -412,59 +395,13 @@ impl OrderStore {
             let order = orders.get(answer.order_id()).ok_or_else(|| {
                 mongodb::error::Error::custom(UnknownOrder(answer.order_id().to_string()))
             })?;
-            let guard = doc! { "_id": &order.id, "version": order.version };
-            let (set, outcome) = match answer
+            let step = answer
                 .decide(order)
-                .map_err(mongodb::error::Error::custom)?
-            {
-                SagaStep::Ignore => continue,
-                SagaStep::Confirm { items, total_cents } => {
-                    let lines: Vec<PricedLine> = items
-                        .iter()
-                        .map(|i| PricedLine {
-                            product_id: i.product_id.clone(),
-                            quantity: i.quantity,
-                            unit_price_cents: i.unit_price_cents.unwrap_or_default(),
-                        })
-                        .collect();
-                    let set = doc! {
-                        "status": OrderStatus::Confirmed.as_str(),
-                        "items": bson::to_bson(&items)?,
-                        "totalCents": total_cents,
-                        "updatedAt": now,
-                    };
-                    let confirmed = Envelope::new(
-                        SOURCE,
-                        &order.correlation_id,
-                        Some(event.event_id),
-                        OrderConfirmed {
-                            order_id: order.id.clone(),
-                            customer_id: order.customer_id.clone(),
-                            customer_email: order.customer_email.clone(),
-                            items: lines,
-                            total_cents,
-                        },
-                    );
-                    (set, self.outbox.record(&confirmed))
-                }
-                SagaStep::Reject { reason } => {
-                    let set = doc! { "status": OrderStatus::Rejected.as_str(), "reason": &reason, "updatedAt": now };
-                    let rejected = Envelope::new(
-                        SOURCE,
-                        &order.correlation_id,
-                        Some(event.event_id),
-                        OrderRejected {
-                            order_id: order.id.clone(),
-                            customer_id: order.customer_id.clone(),
-                            customer_email: order.customer_email.clone(),
-                            reason,
-                        },
-                    );
-                    (set, self.outbox.record(&rejected))
-                }
-            };
-            updates.push((guard, doc! { "$set": set, "$inc": { "version": 1 } }));
-            events.push(outcome);
+                .map_err(mongodb::error::Error::custom)?;
+            if let Some((update, outcome)) = self.saga_write(order, event, step, now)? {
+                updates.push(update);
+                events.push(outcome);
+            }
         }
         // Two answers for one order in a batch meet the same version: the
         // second matches nothing, and on its own it finds the order decided.
@@ -474,6 +411,67 @@ impl OrderStore {
         }
         stage_records(&self.db, session, &events).await?;
         Ok(events)
+    }
+
+    /// What a saga step writes: the order's guarded update and the event it
+    /// emits (`None` for a step that changes nothing).
+    fn saga_write(
+        &self,
+        order: &Order,
+        cause: &RawEnvelope,
+        step: SagaStep,
+        now: bson::DateTime,
+    ) -> Result<Option<(GuardedUpdate, OutboxRecord)>, mongodb::error::Error> {
+        let (set, outcome) = match step {
+            SagaStep::Ignore => return Ok(None),
+            SagaStep::Confirm { items, total_cents } => {
+                let lines: Vec<PricedLine> = items
+                    .iter()
+                    .map(|i| PricedLine {
+                        product_id: i.product_id.clone(),
+                        quantity: i.quantity,
+                        unit_price_cents: i.unit_price_cents.unwrap_or_default(),
+                    })
+                    .collect();
+                let set = doc! {
+                    "status": OrderStatus::Confirmed.as_str(),
+                    "items": bson::to_bson(&items)?,
+                    "totalCents": total_cents,
+                    "updatedAt": now,
+                };
+                let confirmed = Envelope::new(
+                    SOURCE,
+                    &order.correlation_id,
+                    Some(cause.event_id),
+                    OrderConfirmed {
+                        order_id: order.id.clone(),
+                        customer_id: order.customer_id.clone(),
+                        customer_email: order.customer_email.clone(),
+                        items: lines,
+                        total_cents,
+                    },
+                );
+                (set, self.outbox.record(&confirmed))
+            }
+            SagaStep::Reject { reason } => {
+                let set = doc! { "status": OrderStatus::Rejected.as_str(), "reason": &reason, "updatedAt": now };
+                let rejected = Envelope::new(
+                    SOURCE,
+                    &order.correlation_id,
+                    Some(cause.event_id),
+                    OrderRejected {
+                        order_id: order.id.clone(),
+                        customer_id: order.customer_id.clone(),
+                        customer_email: order.customer_email.clone(),
+                        reason,
+                    },
+                );
+                (set, self.outbox.record(&rejected))
+            }
+        };
+        let guard = doc! { "_id": &order.id, "version": order.version };
+        let update = doc! { "$set": set, "$inc": { "version": 1 } };
+        Ok(Some(((guard, update), outcome)))
     }
 }
 

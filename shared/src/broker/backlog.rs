@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use lapin::{Connection, options::QueueDeclareOptions, types::FieldTable};
+use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::connection_properties;
@@ -65,7 +65,9 @@ async fn sample(
     backlog: Arc<Backlog>,
     shutdown: CancellationToken,
 ) {
-    let mut connection: Option<Connection> = None;
+    // Kept between samples; dropped after any error (a passive declare of a
+    // missing queue closes the channel) and opened again on the next tick.
+    let mut link: Option<(Connection, Channel)> = None;
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -73,16 +75,16 @@ async fn sample(
             _ = shutdown.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        match count(&url, &queues, &mut connection).await {
+        match count(&url, &queues, &mut link).await {
             Ok(waiting) => backlog.waiting.store(waiting, Ordering::Relaxed),
             Err(error) => {
                 tracing::debug!(%error, "could not sample the saga's queues");
                 backlog.waiting.store(0, Ordering::Relaxed);
-                connection = None;
+                link = None;
             }
         }
     }
-    if let Some(connection) = connection {
+    if let Some((connection, _)) = link {
         let _ = connection.close(200, "stopping".into()).await;
     }
 }
@@ -90,17 +92,18 @@ async fn sample(
 async fn count(
     url: &str,
     queues: &[String],
-    connection: &mut Option<Connection>,
+    link: &mut Option<(Connection, Channel)>,
 ) -> Result<u64, lapin::Error> {
-    if !connection.as_ref().is_some_and(|c| c.status().connected()) {
-        *connection = Some(Connection::connect(url, connection_properties("saga-backlog")).await?);
-    }
-    // A passive declare of a missing queue closes its channel: one per sample.
-    let channel = connection
-        .as_ref()
-        .expect("connected above")
-        .create_channel()
-        .await?;
+    let channel = match link {
+        Some((_, channel)) if channel.status().connected() => channel.clone(),
+        _ => {
+            let connection =
+                Connection::connect(url, connection_properties("saga-backlog")).await?;
+            let channel = connection.create_channel().await?;
+            *link = Some((connection, channel.clone()));
+            channel
+        }
+    };
     let mut waiting = 0;
     for queue in queues {
         let declared = channel
@@ -115,6 +118,5 @@ async fn count(
             .await?;
         waiting += u64::from(declared.message_count());
     }
-    let _ = channel.close(200, "sampled".into()).await;
     Ok(waiting)
 }

@@ -15,6 +15,9 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
+/// What every writer of ours answers: whether the item's write committed.
+pub type Written = Result<(), mongodb::error::Error>;
+
 /// The writer task ended (it panicked), so the item's fate is unknown.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the batch writer stopped")]
@@ -74,6 +77,16 @@ impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
             .await
             .map_err(|_| WriterGone)?;
         result.await.map_err(|_| WriterGone)
+    }
+}
+
+impl<T: Send + 'static> GroupCommit<T, Written> {
+    /// Queues `item` and waits for its write; a stopped writer is a database
+    /// error like any other, so callers treat it as transient.
+    pub async fn write(&self, item: T) -> Written {
+        self.submit(item)
+            .await
+            .unwrap_or_else(|gone| Err(mongodb::error::Error::custom(gone)))
     }
 }
 
