@@ -7,7 +7,7 @@ pub mod publisher;
 pub mod topology;
 
 pub use backlog::Backlog;
-pub use consumer::{HandleError, Handler, run_consumer};
+pub use consumer::{HandleError, Handler, outcome, run_consumer};
 pub use publisher::{Outgoing, PublishOutcome, Publisher};
 pub use topology::{Subscription, Topology};
 

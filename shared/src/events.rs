@@ -65,6 +65,46 @@ impl<T: Event> Envelope<T> {
     }
 }
 
+/// Where the next events come from and why: the emitting service, the
+/// correlation id that follows the order, and the event that caused them
+/// (none for an HTTP request). Domain functions take one and return their
+/// events ready to be written.
+#[derive(Clone, Debug)]
+pub struct Cause {
+    source: &'static str,
+    correlation_id: String,
+    causation_id: Option<Uuid>,
+}
+
+impl Cause {
+    /// Events caused by an HTTP request carrying `correlation_id`.
+    pub fn request(source: &'static str, correlation_id: &str) -> Self {
+        Cause {
+            source,
+            correlation_id: correlation_id.to_string(),
+            causation_id: None,
+        }
+    }
+
+    /// Events caused by handling `event`: same correlation, caused by it.
+    pub fn event(source: &'static str, event: &RawEnvelope) -> Self {
+        Cause {
+            source,
+            correlation_id: event.correlation_id.clone(),
+            causation_id: Some(event.event_id),
+        }
+    }
+
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    /// A new event with `data`, ready for a unit of work to emit.
+    pub fn emit<T: Event>(&self, data: T) -> RawEnvelope {
+        Envelope::new(self.source, &self.correlation_id, self.causation_id, data).into_raw()
+    }
+}
+
 /// Why a message can never be handled, whatever the number of attempts.
 #[derive(Debug, thiserror::Error)]
 pub enum ContractError {

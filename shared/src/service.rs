@@ -22,7 +22,7 @@ use crate::{
         self, HealthApi, deadletters::DeadLetterApi, loadshed::LoadShedder, ratelimit::RateLimiter,
     },
     resilience::Breakers,
-    store::{self, Outbox, OutboxRelay, outbox::ensure_outbox_indexes},
+    store::{self, OutboxRelay, Store, outbox::ensure_outbox_indexes},
 };
 
 /// How long startup waits for MongoDB before giving up.
@@ -33,8 +33,8 @@ pub struct ServiceCore {
     pub config: CommonConfig,
     pub db: Database,
     pub publisher: Arc<Publisher>,
-    /// Where the service's writes stage their events for the relay.
-    pub outbox: Outbox,
+    /// The database and outbox every write of the service goes through.
+    pub store: Store,
     /// Every circuit breaker of the service, reported by `/ready`.
     pub breakers: Breakers,
     pub dead_letters: DeadLetterStore,
@@ -75,9 +75,9 @@ impl ServiceCore {
             breakers.breaker("rabbitmq-publish", 3, Duration::from_secs(5)),
         );
         let core = ServiceCore {
+            store: Store::new(db.clone(), outbox),
             db,
             publisher,
-            outbox,
             breakers,
             dead_letters,
             shutdown: CancellationToken::new(),

@@ -1,8 +1,20 @@
-//! Products, reservations and the stock rules. No I/O.
+//! Products, reservations and the stock rules. No I/O: each change is a
+//! function from what was read to what to write and the events it emits.
+//!
+//! `inventory.updated` announces admin changes (a product added, a stock
+//! count); the saga's own moves are told by `inventory.reserved` and
+//! `inventory.released`. `inventory.low` goes out once per crossing of the
+//! threshold, whatever moved the stock.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::events::{OrderLine, PricedLine, ShortLine};
+use shared::events::{
+    Cause, InventoryLow, InventoryReleased, InventoryReservationFailed, InventoryReserved,
+    InventoryUpdated, OrderCreated, OrderLine, PricedLine, RawEnvelope, ShortLine,
+};
+
+/// The `source` of every event this service emits.
+pub const SOURCE: &str = "inventory-service";
 
 /// A product as stored. `stock` is what can still be sold; `reserved` is
 /// held by confirmed orders.
@@ -105,7 +117,11 @@ pub enum Decision {
 /// orders decided together ends exactly as if they had come one by one.
 /// Returns one decision per order and leaves `products` at the stock after
 /// all of them.
-pub fn decide_reservations(orders: &[&[OrderLine]], products: &mut [Product]) -> Vec<Decision> {
+pub fn decide_reservations(
+    orders: &[&[OrderLine]],
+    products: &mut [Product],
+    now: DateTime<Utc>,
+) -> Vec<Decision> {
     orders
         .iter()
         .map(|lines| match plan_reservation(lines, products) {
@@ -118,15 +134,8 @@ pub fn decide_reservations(orders: &[&[OrderLine]], products: &mut [Product]) ->
                         .find(|p| p.id == line.product_id)
                         .expect("planned from these products");
                     let quantity = i64::from(line.quantity);
-                    product.stock -= quantity;
                     product.reserved += quantity;
-                    if low_stock_transition(
-                        product.stock,
-                        product.low_stock_threshold,
-                        product.low_stock_alerted,
-                    ) == LowStock::Alert
-                    {
-                        product.low_stock_alerted = true;
+                    if product.set_stock(product.stock - quantity, now) {
                         alerts.push(product.clone());
                     }
                 }
@@ -137,6 +146,166 @@ pub fn decide_reservations(orders: &[&[OrderLine]], products: &mut [Product]) ->
             }
         })
         .collect()
+}
+
+impl Product {
+    /// Moves the available stock to `stock`, one version on, and keeps the
+    /// low-stock flag: returns true when this move crossed to or below the
+    /// threshold (alert once), and re-arms the alert when it rose above.
+    pub fn set_stock(&mut self, stock: i64, now: DateTime<Utc>) -> bool {
+        self.stock = stock;
+        self.version += 1;
+        self.updated_at = now;
+        match low_stock_transition(stock, self.low_stock_threshold, self.low_stock_alerted) {
+            LowStock::Alert => {
+                self.low_stock_alerted = true;
+                true
+            }
+            LowStock::Rearm => {
+                self.low_stock_alerted = false;
+                false
+            }
+            LowStock::Unchanged => false,
+        }
+    }
+}
+
+/// A product as it stands after a change, and the events the change emits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StockChange {
+    pub product: Product,
+    pub events: Vec<RawEnvelope>,
+}
+
+/// A new product: `inventory.updated`, and `inventory.low` at once if it
+/// starts at or below its threshold.
+pub fn add_product(mut product: Product, cause: &Cause) -> StockChange {
+    product.low_stock_alerted = false;
+    let alert =
+        low_stock_transition(product.stock, product.low_stock_threshold, false) == LowStock::Alert;
+    product.low_stock_alerted = alert;
+    let events = admin_change_events(&product, alert, cause);
+    StockChange { product, events }
+}
+
+/// An admin count or restock: `inventory.updated`, and `inventory.low` if
+/// the new count crossed the threshold.
+pub fn count_stock(
+    product: &Product,
+    stock: i64,
+    cause: &Cause,
+    now: DateTime<Utc>,
+) -> StockChange {
+    let mut product = product.clone();
+    let alert = product.set_stock(stock, now);
+    let events = admin_change_events(&product, alert, cause);
+    StockChange { product, events }
+}
+
+fn admin_change_events(product: &Product, alert: bool, cause: &Cause) -> Vec<RawEnvelope> {
+    let mut events = vec![cause.emit(InventoryUpdated {
+        product_id: product.id.clone(),
+        stock: product.stock,
+        reserved: product.reserved,
+    })];
+    if alert {
+        events.push(low_stock_alert(product, cause));
+    }
+    events
+}
+
+fn low_stock_alert(product: &Product, cause: &Cause) -> RawEnvelope {
+    cause.emit(InventoryLow {
+        product_id: product.id.clone(),
+        sku: product.sku.clone(),
+        name: product.name.clone(),
+        stock: product.stock,
+        low_stock_threshold: product.low_stock_threshold,
+    })
+}
+
+/// What a decision about one order writes (its reservation, keyed by the
+/// order) and emits: `inventory.reserved` (after an `inventory.low` per
+/// product it took to the threshold) or `inventory.reservation_failed`.
+pub fn reservation_outcome(
+    order: &OrderCreated,
+    decision: Decision,
+    cause: &Cause,
+    now: DateTime<Utc>,
+) -> (Reservation, Vec<RawEnvelope>) {
+    let (status, lines, events) = match decision {
+        Decision::Reject(short) => {
+            let failed = cause.emit(InventoryReservationFailed {
+                order_id: order.order_id.clone(),
+                reason: shortage_reason(&short).into(),
+                short_lines: short,
+            });
+            (ReservationStatus::Rejected, Vec::new(), vec![failed])
+        }
+        Decision::Reserve { lines, alerts } => {
+            let mut events: Vec<RawEnvelope> =
+                alerts.iter().map(|p| low_stock_alert(p, cause)).collect();
+            events.push(cause.emit(InventoryReserved {
+                order_id: order.order_id.clone(),
+                lines: lines.clone(),
+            }));
+            (ReservationStatus::Reserved, lines, events)
+        }
+    };
+    let reservation = Reservation {
+        order_id: order.order_id.clone(),
+        status,
+        lines,
+        updated_at: now,
+    };
+    (reservation, events)
+}
+
+/// A cancel that overtook its order: nothing may be reserved for it later.
+pub fn cancelled_before_reservation(order_id: &str, now: DateTime<Utc>) -> Reservation {
+    Reservation {
+        order_id: order_id.to_string(),
+        status: ReservationStatus::CancelledBeforeReservation,
+        lines: Vec::new(),
+        updated_at: now,
+    }
+}
+
+/// A cancelled order gives back exactly what it held: each product of
+/// `products` it held gets its lines back (re-arming its low-stock alert if
+/// that lifts it over the threshold). Returns the released reservation and
+/// `inventory.released`.
+pub fn release(
+    reservation: &Reservation,
+    products: &mut [Product],
+    cause: &Cause,
+    now: DateTime<Utc>,
+) -> (Reservation, RawEnvelope) {
+    for line in &reservation.lines {
+        // A product deleted since has nothing to take back.
+        if let Some(product) = products.iter_mut().find(|p| p.id == line.product_id) {
+            let quantity = i64::from(line.quantity);
+            product.reserved -= quantity;
+            product.set_stock(product.stock + quantity, now);
+        }
+    }
+    let released = cause.emit(InventoryReleased {
+        order_id: reservation.order_id.clone(),
+        lines: reservation
+            .lines
+            .iter()
+            .map(|l| OrderLine {
+                product_id: l.product_id.clone(),
+                quantity: l.quantity,
+            })
+            .collect(),
+    });
+    let reservation = Reservation {
+        status: ReservationStatus::Released,
+        updated_at: now,
+        ..reservation.clone()
+    };
+    (reservation, released)
 }
 
 /// The reason given with a failed reservation.
@@ -254,7 +423,7 @@ mod tests {
             [line("a", 2), line("b", 1)],
             [line("a", 3)],
         );
-        let decisions = decide_reservations(&[&first, &second, &third], &mut products);
+        let decisions = decide_reservations(&[&first, &second, &third], &mut products, Utc::now());
 
         // The first takes 2 of a (5 → 3) and the last b (an alert); the
         // second finds no b left; the third takes the 3 of a left (an alert).
@@ -279,7 +448,7 @@ mod tests {
     fn a_product_already_alerted_does_not_alert_again_in_a_batch() {
         let mut products = vec![product("a", 4)];
         let one = [line("a", 2)];
-        let decisions = decide_reservations(&[&one, &one], &mut products);
+        let decisions = decide_reservations(&[&one, &one], &mut products, Utc::now());
         let alerts: Vec<usize> = decisions
             .iter()
             .map(|d| match d {
@@ -288,6 +457,95 @@ mod tests {
             })
             .collect();
         assert_eq!(alerts, vec![1, 0]);
+    }
+
+    fn cause() -> Cause {
+        Cause::request(SOURCE, "corr")
+    }
+
+    #[test]
+    fn a_reservation_bumps_each_product_once_per_order_and_alerts_only_on_the_crossing() {
+        let mut products = vec![product("a", 4)];
+        let one = [line("a", 1)];
+        decide_reservations(&[&one, &one, &one], &mut products, Utc::now());
+        assert_eq!(products[0].version, 4, "three changes after version 1");
+        assert_eq!((products[0].stock, products[0].reserved), (1, 3));
+    }
+
+    #[test]
+    fn a_reserved_order_emits_its_low_stock_alerts_then_inventory_reserved() {
+        let mut products = vec![product("a", 3)];
+        let order = OrderCreated {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            customer_email: "c@example.com".into(),
+            items: vec![line("a", 2)],
+        };
+        let decision = decide_reservations(&[&order.items], &mut products, Utc::now()).remove(0);
+        let (reservation, events) = reservation_outcome(&order, decision, &cause(), Utc::now());
+        assert_eq!(reservation.status, ReservationStatus::Reserved);
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, vec!["inventory.low", "inventory.reserved"]);
+        assert_eq!(events[0].data["stock"], 1);
+    }
+
+    #[test]
+    fn a_rejected_order_holds_nothing_and_says_why() {
+        let order = OrderCreated {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            customer_email: "c@example.com".into(),
+            items: vec![line("zz", 1)],
+        };
+        let decision = decide_reservations(&[&order.items], &mut [], Utc::now()).remove(0);
+        let (reservation, events) = reservation_outcome(&order, decision, &cause(), Utc::now());
+        assert_eq!(reservation.status, ReservationStatus::Rejected);
+        assert!(reservation.lines.is_empty());
+        assert_eq!(events[0].event_type, "inventory.reservation_failed");
+        assert_eq!(events[0].data["reason"], "unknown product");
+    }
+
+    #[test]
+    fn a_release_gives_back_exactly_the_held_lines_and_re_arms_the_alert() {
+        let mut products = vec![Product {
+            reserved: 3,
+            low_stock_alerted: true,
+            ..product("a", 1)
+        }];
+        let reservation = Reservation {
+            order_id: "o1".into(),
+            status: ReservationStatus::Reserved,
+            lines: vec![PricedLine {
+                product_id: "a".into(),
+                quantity: 3,
+                unit_price_cents: 250,
+            }],
+            updated_at: Utc::now(),
+        };
+        let (released, event) = release(&reservation, &mut products, &cause(), Utc::now());
+        assert_eq!(released.status, ReservationStatus::Released);
+        assert_eq!((products[0].stock, products[0].reserved), (4, 0));
+        assert!(!products[0].low_stock_alerted, "above the threshold again");
+        assert_eq!(event.event_type, "inventory.released");
+        assert_eq!(event.data["lines"][0]["quantity"], 3);
+    }
+
+    #[test]
+    fn admin_changes_announce_inventory_updated_and_the_crossing_once() {
+        let added = add_product(product("a", 1), &cause());
+        let types: Vec<&str> = added.events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, vec!["inventory.updated", "inventory.low"]);
+        assert!(added.product.low_stock_alerted);
+
+        let still_low = count_stock(&added.product, 0, &cause(), Utc::now());
+        assert_eq!(
+            still_low.events.len(),
+            1,
+            "no second alert below the threshold"
+        );
+        let restocked = count_stock(&still_low.product, 50, &cause(), Utc::now());
+        assert!(!restocked.product.low_stock_alerted);
+        assert_eq!(restocked.product.version, added.product.version + 2);
     }
 
     #[test]

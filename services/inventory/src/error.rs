@@ -1,6 +1,9 @@
 //! The inventory service's errors, and their one mapping to HTTP.
 
-use shared::http::{ApiError, FieldError};
+use shared::{
+    http::{ApiError, FieldError},
+    store::{MayConflict, StoreError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -10,8 +13,14 @@ pub enum Error {
     DuplicateSku(String),
     #[error("invalid fields")]
     Invalid(Vec<FieldError>),
-    #[error("database: {0}")]
-    Database(#[from] mongodb::error::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl MayConflict for Error {
+    fn is_conflict(&self) -> bool {
+        matches!(self, Error::Store(e) if e.is_conflict())
+    }
 }
 
 impl From<Error> for ApiError {
@@ -20,7 +29,7 @@ impl From<Error> for ApiError {
             Error::NotFound(_) => ApiError::not_found(error.to_string()),
             Error::DuplicateSku(_) => ApiError::conflict(error.to_string()),
             Error::Invalid(fields) => ApiError::validation(fields),
-            Error::Database(e) => ApiError::database(&e),
+            Error::Store(e) => e.into(),
         }
     }
 }

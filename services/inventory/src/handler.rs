@@ -1,11 +1,10 @@
-//! The inventory's reaction to order events.
+//! The inventory's reaction to order events: event → domain → store.
 
 use std::sync::Arc;
 
 use shared::{
-    broker::{HandleError, Handler},
+    broker::{HandleError, Handler, outcome},
     events::{Event, OrderCancelled, OrderCreated, RawEnvelope},
-    store::inbox::was_already_handled,
 };
 
 use crate::store::InventoryStore;
@@ -16,14 +15,13 @@ pub struct OrderEvents {
 
 impl Handler for OrderEvents {
     async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
-        let permanent = |e: shared::events::ContractError| HandleError::Permanent(e.to_string());
         let result = match event.event_type.as_str() {
             OrderCreated::TYPE => {
-                let order = event.decode::<OrderCreated>().map_err(permanent)?;
+                let order = event.decode::<OrderCreated>()?;
                 self.store.reserve(event, order).await
             }
             OrderCancelled::TYPE => {
-                let cancelled = event.decode::<OrderCancelled>().map_err(permanent)?;
+                let cancelled = event.decode::<OrderCancelled>()?;
                 self.store.release(&event, &cancelled).await
             }
             other => {
@@ -32,15 +30,6 @@ impl Handler for OrderEvents {
                 )));
             }
         };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if was_already_handled(&e) => {
-                tracing::info!("duplicate delivery ignored");
-                Ok(())
-            }
-            // Database down, write conflicts beyond the in-place retries, a
-            // stock guard that moved: all worth another try later.
-            Err(e) => Err(HandleError::Transient(e.to_string())),
-        }
+        outcome(result)
     }
 }

@@ -36,7 +36,7 @@ impl Config {
 /// Builds the whole service; tests start it on port 0.
 pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     let core = ServiceCore::start(config.common).await?;
-    let store = store::InventoryStore::new(core.db.clone(), core.outbox.clone());
+    let store = Arc::new(store::InventoryStore::new(core.store.clone(), &core.tasks));
     store.ensure_indexes().await?;
     core.spawn_consumer(
         INVENTORY_SERVICE,

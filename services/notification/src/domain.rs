@@ -3,7 +3,13 @@
 use chrono::{DateTime, Utc};
 use poem_openapi::Enum;
 use serde::{Deserialize, Serialize};
-use shared::events::{InventoryLow, OrderCancelled, OrderConfirmed, OrderRejected};
+use shared::events::{
+    Cause, InventoryLow, NotificationFailed, NotificationSent, OrderCancelled, OrderConfirmed,
+    OrderRejected, RawEnvelope,
+};
+
+/// The `source` of every event this service emits.
+pub const SOURCE: &str = "notification-service";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Enum)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -14,6 +20,19 @@ pub enum NotificationKind {
     OrderCancelled,
     LowStock,
     Manual,
+}
+
+impl NotificationKind {
+    /// The name the API and the events use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::OrderConfirmed => "ORDER_CONFIRMED",
+            NotificationKind::OrderRejected => "ORDER_REJECTED",
+            NotificationKind::OrderCancelled => "ORDER_CANCELLED",
+            NotificationKind::LowStock => "LOW_STOCK",
+            NotificationKind::Manual => "MANUAL",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Enum)]
@@ -183,6 +202,33 @@ pub fn low_stock(event: &InventoryLow, admin_email: &str, alert_id: &str) -> Dra
     }
 }
 
+impl Notification {
+    fn cause(&self) -> Cause {
+        Cause::request(SOURCE, &self.correlation_id)
+    }
+
+    /// `notification.sent`, once the SMTP server took the email.
+    pub fn sent_event(&self) -> RawEnvelope {
+        self.cause().emit(NotificationSent {
+            notification_id: self.id.clone(),
+            kind: self.kind.as_str().into(),
+            recipient: self.recipient.clone(),
+            order_id: self.order_id.clone(),
+        })
+    }
+
+    /// `notification.failed`, when sending gives up.
+    pub fn failed_event(&self, last_error: &str) -> RawEnvelope {
+        self.cause().emit(NotificationFailed {
+            notification_id: self.id.clone(),
+            kind: self.kind.as_str().into(),
+            recipient: self.recipient.clone(),
+            order_id: self.order_id.clone(),
+            last_error: last_error.to_string(),
+        })
+    }
+}
+
 /// After a failed send: try again, or give up after `max_attempts`.
 pub fn gives_up(attempts_made: u32, max_attempts: u32) -> bool {
     attempts_made >= max_attempts
@@ -245,6 +291,34 @@ mod tests {
         );
         assert_eq!(draft.recipient, "admin@example.com");
         assert_eq!(draft.dedupe_key, "LOW_STOCK:e1");
+    }
+
+    #[test]
+    fn sent_and_failed_events_name_the_kind_as_the_api_does() {
+        let notification = order_rejected(&OrderRejected {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            customer_email: "c@example.com".into(),
+            reason: "insufficient stock".into(),
+        })
+        .into_notification("corr", Utc::now());
+        let sent = notification.sent_event();
+        assert_eq!(sent.event_type, "notification.sent");
+        assert_eq!(sent.data["kind"], "ORDER_REJECTED");
+        assert_eq!(sent.correlation_id, "corr");
+        let failed = notification.failed_event("550 no such user");
+        assert_eq!(failed.data["kind"], "ORDER_REJECTED");
+        assert_eq!(failed.data["lastError"], "550 no such user");
+        // The API's spelling of every kind is the one in the events.
+        for kind in [
+            NotificationKind::OrderConfirmed,
+            NotificationKind::OrderRejected,
+            NotificationKind::OrderCancelled,
+            NotificationKind::LowStock,
+            NotificationKind::Manual,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 
     #[test]

@@ -1,20 +1,20 @@
 //! The notification service's errors, and their one mapping to HTTP.
 
-use shared::http::ApiError;
+use shared::{http::ApiError, store::StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("notification {0} not found")]
     NotFound(String),
-    #[error("database: {0}")]
-    Database(#[from] mongodb::error::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         match error {
             Error::NotFound(_) => ApiError::not_found(error.to_string()),
-            Error::Database(e) => ApiError::database(&e),
+            Error::Store(e) => e.into(),
         }
     }
 }

@@ -1,14 +1,11 @@
-//! Turns the saga's outcomes into notifications.
+//! Turns the saga's outcomes into notifications: event → domain → store.
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use shared::{
-    broker::{HandleError, Handler},
-    events::{
-        ContractError, Event, InventoryLow, OrderCancelled, OrderConfirmed, OrderRejected,
-        RawEnvelope,
-    },
+    broker::{HandleError, Handler, outcome},
+    events::{Event, InventoryLow, OrderCancelled, OrderConfirmed, OrderRejected, RawEnvelope},
 };
 
 use crate::{domain, store::NotificationStore};
@@ -20,13 +17,12 @@ pub struct SagaOutcomes {
 
 impl Handler for SagaOutcomes {
     async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
-        let permanent = |e: ContractError| HandleError::Permanent(e.to_string());
         let draft = match event.event_type.as_str() {
-            OrderConfirmed::TYPE => domain::order_confirmed(&event.decode().map_err(permanent)?),
-            OrderRejected::TYPE => domain::order_rejected(&event.decode().map_err(permanent)?),
-            OrderCancelled::TYPE => domain::order_cancelled(&event.decode().map_err(permanent)?),
+            OrderConfirmed::TYPE => domain::order_confirmed(&event.decode()?),
+            OrderRejected::TYPE => domain::order_rejected(&event.decode()?),
+            OrderCancelled::TYPE => domain::order_cancelled(&event.decode()?),
             InventoryLow::TYPE => domain::low_stock(
-                &event.decode().map_err(permanent)?,
+                &event.decode()?,
                 &self.admin_email,
                 &event.event_id.to_string(),
             ),
@@ -37,9 +33,6 @@ impl Handler for SagaOutcomes {
             }
         };
         let notification = draft.into_notification(&event.correlation_id, Utc::now());
-        self.store
-            .record_for_event(notification)
-            .await
-            .map_err(|e| HandleError::Transient(e.to_string()))
+        outcome(self.store.record_for_event(notification).await)
     }
 }

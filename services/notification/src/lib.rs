@@ -47,7 +47,10 @@ impl Config {
 /// Builds the whole service; tests start it on port 0.
 pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     let core = ServiceCore::start(config.common).await?;
-    let store = store::NotificationStore::new(core.db.clone(), core.outbox.clone());
+    let store = Arc::new(store::NotificationStore::new(
+        core.store.clone(),
+        &core.tasks,
+    ));
     store.ensure_indexes().await?;
     let sender = sender::Sender::new(
         store.clone(),

@@ -1,34 +1,25 @@
-//! Notifications in MongoDB.
+//! Notifications in MongoDB: named reads, lease claims for the sender, and
+//! state changes with their events through the shared unit of work.
 
-use std::{
-    sync::{Arc, Weak},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use futures::TryStreamExt;
 use mongodb::{
-    Collection, Database, IndexModel,
+    Collection, IndexModel,
     bson::{self, Document, doc},
-    error::Error as DbError,
     options::IndexOptions,
 };
 use shared::{
-    events::{Envelope, NotificationFailed, NotificationSent},
+    TaskTracker,
     http::{PageRequest, find_page},
-    store::{
-        GroupCommit, Outbox, OutboxRecord, Transaction, Written, one_by_one_on_failure,
-        only_duplicate_keys, stage_records,
-    },
+    store::{Batcher, Store, StoreError, UnitOfWork, WriteBatch, insert_new},
 };
 use tokio::sync::Notify;
 
-use crate::{
-    domain::{Notification, NotificationStatus},
-    error::Error,
-};
+use crate::domain::{Notification, NotificationStatus};
 
-const SOURCE: &str = "notification-service";
+const NOTIFICATIONS: &str = "notifications";
 /// How long a sender holds a claimed notification.
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -36,33 +27,36 @@ const LEASE: Duration = Duration::from_secs(60);
 const BATCH: usize = 64;
 
 pub struct NotificationStore {
-    db: Database,
+    store: Store,
     notifications: Collection<Notification>,
-    outbox: Outbox,
     /// Wakes the sender.
     pub send_wake: Arc<Notify>,
-    recorded: GroupCommit<Notification, Written>,
-    sent: GroupCommit<Notification, Written>,
+    recorded: Batcher<Notification>,
+    sent: Batcher<Notification>,
 }
 
 impl NotificationStore {
-    pub fn new(db: Database, outbox: Outbox) -> Arc<Self> {
-        Arc::new_cyclic(|store: &Weak<Self>| NotificationStore {
-            notifications: db.collection("notifications"),
-            db,
-            outbox,
-            send_wake: Arc::new(Notify::new()),
-            // A batch that fails as a whole goes again one by one.
-            recorded: GroupCommit::spawn_in(store, BATCH, |store, batch| async move {
-                one_by_one_on_failure(&batch, |some| store.record_together(some)).await
-            }),
-            sent: GroupCommit::spawn_in(store, BATCH, |store, batch| async move {
-                one_by_one_on_failure(&batch, |some| store.mark_sent_together(some)).await
-            }),
-        })
+    /// The store, its batch writers running on `tasks`.
+    pub fn new(store: Store, tasks: &TaskTracker) -> Self {
+        let notifications = store.collection(NOTIFICATIONS);
+        let send_wake = Arc::new(Notify::new());
+        NotificationStore {
+            recorded: Batcher::start(
+                tasks,
+                BATCH,
+                RecordNotifications {
+                    notifications: notifications.clone(),
+                    send_wake: send_wake.clone(),
+                },
+            ),
+            sent: Batcher::start(tasks, BATCH, MarkSent(store.clone())),
+            store,
+            notifications,
+            send_wake,
+        }
     }
 
-    pub async fn ensure_indexes(&self) -> Result<(), Error> {
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         self.notifications
             .create_index(
                 IndexModel::builder()
@@ -89,30 +83,17 @@ impl NotificationStore {
     /// has no effect. One write instead of a transaction with an inbox record
     /// saves two round trips per order, and events arriving together share
     /// one insert.
-    pub async fn record_for_event(&self, notification: Notification) -> Result<(), DbError> {
+    pub async fn record_for_event(&self, notification: Notification) -> Result<(), StoreError> {
         self.recorded.write(notification).await
     }
 
-    async fn record_together(&self, batch: &[Notification]) -> Result<(), DbError> {
-        // Unordered: every new one is written even if others are duplicates.
-        match self.notifications.insert_many(batch).ordered(false).await {
-            Ok(_) => {}
-            Err(e) if only_duplicate_keys(&e) => {
-                tracing::info!("duplicate delivery ignored");
-            }
-            Err(e) => return Err(e),
-        }
-        self.send_wake.notify_one();
-        Ok(())
-    }
-
-    pub async fn insert(&self, notification: &Notification) -> Result<(), Error> {
+    pub async fn insert(&self, notification: &Notification) -> Result<(), StoreError> {
         self.notifications.insert_one(notification).await?;
         self.send_wake.notify_one();
         Ok(())
     }
 
-    pub async fn get(&self, id: &str) -> Result<Option<Notification>, Error> {
+    pub async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError> {
         Ok(self.notifications.find_one(doc! { "_id": id }).await?)
     }
 
@@ -120,14 +101,18 @@ impl NotificationStore {
         &self,
         filter: Document,
         page: &PageRequest,
-    ) -> Result<(Vec<Notification>, Option<String>), Error> {
+    ) -> Result<(Vec<Notification>, Option<String>), StoreError> {
         Ok(find_page(&self.notifications, filter, page, |n| n.id.clone()).await?)
     }
 
     /// Claims up to `limit` due PENDING notifications for this sender. The
     /// notifications read are returned as they are unless another sender
     /// took some of them in between, as the outbox relay does.
-    pub async fn claim_due(&self, sender: &str, limit: i64) -> Result<Vec<Notification>, DbError> {
+    pub async fn claim_due(
+        &self,
+        sender: &str,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
         let now = bson::DateTime::now();
         let due = doc! { "status": NotificationStatus::Pending.as_str(), "nextAttemptAt": { "$lte": now } };
         let candidates: Vec<Notification> = self
@@ -159,53 +144,28 @@ impl NotificationStore {
         }
         // By id first: claimedBy has no index, and a scan of every
         // notification ever sent took 30-50 ms per claim.
-        self.notifications
+        Ok(self
+            .notifications
             .find(doc! { "_id": { "$in": &ids }, "claimedBy": &token })
             .await?
             .try_collect()
-            .await
+            .await?)
     }
 
     /// The email went out: SENT, with `notification.sent`. Sends that end
     /// together are recorded in one transaction.
-    pub async fn mark_sent(&self, notification: &Notification) -> Result<(), DbError> {
+    pub async fn mark_sent(&self, notification: &Notification) -> Result<(), StoreError> {
         self.sent.write(notification.clone()).await
     }
 
-    async fn mark_sent_together(&self, batch: &[Notification]) -> Result<(), DbError> {
-        let events = batch
-            .iter()
-            .map(|notification| {
-                self.outbox.record(&Envelope::new(
-                    SOURCE,
-                    &notification.correlation_id,
-                    None,
-                    NotificationSent {
-                        notification_id: notification.id.clone(),
-                        kind: format!("{:?}", notification.kind),
-                        recipient: notification.recipient.clone(),
-                        order_id: notification.order_id.clone(),
-                    },
-                ))
-            })
-            .collect();
-        let now = bson::DateTime::now();
-        self.finish(
-            batch,
-            doc! { "$set": { "status": NotificationStatus::Sent.as_str(), "sentAt": now, "claimedBy": null },
-                   "$inc": { "attempts": 1 } },
-            events,
-        )
-        .await
-    }
-
-    /// A send failed: try again at `retry_at`, or (if `None`) give up as FAILED.
+    /// A send failed: try again at `retry_at`, or (if `None`) give up as
+    /// FAILED with `notification.failed`.
     pub async fn mark_failed_attempt(
         &self,
         notification: &Notification,
         error: &str,
         retry_at: Option<chrono::DateTime<Utc>>,
-    ) -> Result<(), DbError> {
+    ) -> Result<(), StoreError> {
         match retry_at {
             Some(at) => {
                 self.notifications
@@ -218,25 +178,16 @@ impl NotificationStore {
                 Ok(())
             }
             None => {
-                let event = Envelope::new(
-                    SOURCE,
-                    &notification.correlation_id,
-                    None,
-                    NotificationFailed {
-                        notification_id: notification.id.clone(),
-                        kind: format!("{:?}", notification.kind),
-                        recipient: notification.recipient.clone(),
-                        order_id: notification.order_id.clone(),
-                        last_error: error.to_string(),
-                    },
-                );
-                self.finish(
-                    std::slice::from_ref(notification),
+                let mut unit = UnitOfWork::new();
+                unit.update(
+                    NOTIFICATIONS,
+                    "notification",
+                    doc! { "_id": &notification.id },
                     doc! { "$set": { "status": NotificationStatus::Failed.as_str(), "lastError": error, "claimedBy": null },
                            "$inc": { "attempts": 1 } },
-                    vec![self.outbox.record(&event)],
                 )
-                .await
+                .emit([notification.failed_event(error)]);
+                self.store.commit(unit).await
             }
         }
     }
@@ -246,39 +197,52 @@ impl NotificationStore {
         &self,
         notification: &Notification,
         until: chrono::DateTime<Utc>,
-    ) -> Result<(), DbError> {
+    ) -> Result<(), StoreError> {
         self.notifications
             .update_one(
                 doc! { "_id": &notification.id },
                 doc! { "$set": { "nextAttemptAt": bson::DateTime::from_chrono(until), "claimedBy": null } },
             )
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(())
     }
+}
 
-    /// Settles claimed notifications with their events, atomically.
-    async fn finish(
-        &self,
-        notifications: &[Notification],
-        update: Document,
-        events: Vec<OutboxRecord>,
-    ) -> Result<(), DbError> {
-        let ids: Vec<&str> = notifications.iter().map(|n| n.id.as_str()).collect();
-        let mut tx = Transaction::begin(&self.db).await?;
-        loop {
-            let session = tx.attempt().await?;
-            let attempt = async {
-                self.notifications
-                    .update_many(doc! { "_id": { "$in": &ids } }, update.clone())
-                    .session(&mut *session)
-                    .await?;
-                stage_records(&self.db, session, &events).await
-            }
-            .await;
-            if let Some(()) = tx.finish(attempt).await? {
-                self.outbox.committed(events);
-                return Ok(());
-            }
+/// New notifications that arrived together: one unordered insert.
+struct RecordNotifications {
+    notifications: Collection<Notification>,
+    send_wake: Arc<Notify>,
+}
+
+impl WriteBatch for RecordNotifications {
+    type Item = Notification;
+
+    async fn write(&self, batch: &[Notification]) -> Result<(), StoreError> {
+        insert_new(&self.notifications, batch).await?;
+        self.send_wake.notify_one();
+        Ok(())
+    }
+}
+
+/// Sends that ended together: SENT, and `notification.sent` for each.
+struct MarkSent(Store);
+
+impl WriteBatch for MarkSent {
+    type Item = Notification;
+
+    async fn write(&self, batch: &[Notification]) -> Result<(), StoreError> {
+        let now = bson::DateTime::now();
+        let mut unit = UnitOfWork::new();
+        for notification in batch {
+            unit.update(
+                NOTIFICATIONS,
+                "notification",
+                doc! { "_id": &notification.id },
+                doc! { "$set": { "status": NotificationStatus::Sent.as_str(), "sentAt": now, "claimedBy": null },
+                       "$inc": { "attempts": 1 } },
+            )
+            .emit([notification.sent_event()]);
         }
+        self.0.commit(unit).await
     }
 }

@@ -1,11 +1,18 @@
-//! Orders and the rules that move them. No I/O: the store and the handlers
-//! ask these functions what to do.
+//! Orders and the rules that move them. No I/O: each change is a function
+//! from the order as read to the order as it stands after, with the events
+//! the change emits; the store only writes what these functions return.
 
 use chrono::{DateTime, Utc};
 use poem_openapi::Enum;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shared::events::{PricedLine, ShortLine};
+use shared::events::{
+    Cause, InventoryReservationFailed, InventoryReserved, OrderCancelled, OrderConfirmed,
+    OrderCreated, OrderLine, OrderRejected, OrderStatusChanged, PricedLine, RawEnvelope, ShortLine,
+};
+
+/// The `source` of every event this service emits.
+pub const SOURCE: &str = "order-service";
 
 /// Where an order is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
@@ -84,6 +91,189 @@ pub enum RuleViolation {
     LinesMismatch(String),
     #[error("the order total overflows")]
     TotalOverflow,
+}
+
+/// An order as it stands after a change, and the events the change emits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub order: Order,
+    pub events: Vec<RawEnvelope>,
+}
+
+impl Order {
+    /// This order moved to `status` (other fields as `with` sets them), one
+    /// version on.
+    fn moved(
+        &self,
+        status: OrderStatus,
+        now: DateTime<Utc>,
+        with: impl FnOnce(&mut Order),
+    ) -> Order {
+        let mut next = Order {
+            status,
+            version: self.version + 1,
+            updated_at: now,
+            ..self.clone()
+        };
+        with(&mut next);
+        next
+    }
+}
+
+/// A new PENDING order for `items` (product id, quantity), and its
+/// `order.created`.
+pub fn place(
+    id: String,
+    customer_id: String,
+    customer_email: String,
+    items: Vec<(String, u32)>,
+    cause: &Cause,
+    now: DateTime<Utc>,
+) -> Change {
+    let order = Order {
+        id,
+        customer_id,
+        customer_email,
+        items: items
+            .into_iter()
+            .map(|(product_id, quantity)| OrderItem {
+                product_id,
+                quantity,
+                unit_price_cents: None,
+            })
+            .collect(),
+        total_cents: None,
+        status: OrderStatus::Pending,
+        reason: None,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        correlation_id: cause.correlation_id().to_string(),
+    };
+    let created = cause.emit(OrderCreated {
+        order_id: order.id.clone(),
+        customer_id: order.customer_id.clone(),
+        customer_email: order.customer_email.clone(),
+        items: order
+            .items
+            .iter()
+            .map(|i| OrderLine {
+                product_id: i.product_id.clone(),
+                quantity: i.quantity,
+            })
+            .collect(),
+    });
+    Change {
+        order,
+        events: vec![created],
+    }
+}
+
+/// The customer cancels: `order.cancelled`, which releases held stock.
+pub fn cancel(order: &Order, cause: &Cause, now: DateTime<Utc>) -> Result<Change, RuleViolation> {
+    check_cancellable(order.status)?;
+    let cancelled = cause.emit(OrderCancelled {
+        order_id: order.id.clone(),
+        customer_id: order.customer_id.clone(),
+        customer_email: order.customer_email.clone(),
+        previous_status: order.status.as_str().into(),
+    });
+    Ok(Change {
+        order: order.moved(OrderStatus::Cancelled, now, |_| {}),
+        events: vec![cancelled],
+    })
+}
+
+/// An admin moves the order on (CONFIRMED→SHIPPED→DELIVERED):
+/// `order.status_changed`.
+pub fn advance(
+    order: &Order,
+    to: OrderStatus,
+    cause: &Cause,
+    now: DateTime<Utc>,
+) -> Result<Change, RuleViolation> {
+    check_admin_transition(order.status, to)?;
+    let changed = cause.emit(OrderStatusChanged {
+        order_id: order.id.clone(),
+        from: order.status.as_str().into(),
+        to: to.as_str().into(),
+        version: order.version + 1,
+    });
+    Ok(Change {
+        order: order.moved(to, now, |_| {}),
+        events: vec![changed],
+    })
+}
+
+/// The inventory's answer to an `order.created`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InventoryAnswer {
+    Reserved(InventoryReserved),
+    Failed(InventoryReservationFailed),
+}
+
+impl InventoryAnswer {
+    pub fn order_id(&self) -> &str {
+        match self {
+            InventoryAnswer::Reserved(data) => &data.order_id,
+            InventoryAnswer::Failed(data) => &data.order_id,
+        }
+    }
+}
+
+/// What the inventory's answer does to the order: CONFIRMED with
+/// `order.confirmed`, REJECTED with `order.rejected`, or nothing (`None`)
+/// if the order has moved on.
+pub fn on_inventory_answer(
+    order: &Order,
+    answer: &InventoryAnswer,
+    cause: &Cause,
+    now: DateTime<Utc>,
+) -> Result<Option<Change>, RuleViolation> {
+    let step = match answer {
+        InventoryAnswer::Reserved(data) => on_reserved(order, &data.lines)?,
+        InventoryAnswer::Failed(data) => {
+            on_reservation_failed(order, &data.reason, &data.short_lines)
+        }
+    };
+    Ok(match step {
+        SagaStep::Ignore => None,
+        SagaStep::Confirm { items, total_cents } => {
+            let confirmed = cause.emit(OrderConfirmed {
+                order_id: order.id.clone(),
+                customer_id: order.customer_id.clone(),
+                customer_email: order.customer_email.clone(),
+                items: items
+                    .iter()
+                    .map(|i| PricedLine {
+                        product_id: i.product_id.clone(),
+                        quantity: i.quantity,
+                        unit_price_cents: i.unit_price_cents.unwrap_or_default(),
+                    })
+                    .collect(),
+                total_cents,
+            });
+            Some(Change {
+                order: order.moved(OrderStatus::Confirmed, now, |o| {
+                    o.items = items;
+                    o.total_cents = Some(total_cents);
+                }),
+                events: vec![confirmed],
+            })
+        }
+        SagaStep::Reject { reason } => {
+            let rejected = cause.emit(OrderRejected {
+                order_id: order.id.clone(),
+                customer_id: order.customer_id.clone(),
+                customer_email: order.customer_email.clone(),
+                reason: reason.clone(),
+            });
+            Some(Change {
+                order: order.moved(OrderStatus::Rejected, now, |o| o.reason = Some(reason)),
+                events: vec![rejected],
+            })
+        }
+    })
 }
 
 pub fn check_cancellable(status: OrderStatus) -> Result<(), RuleViolation> {
@@ -328,6 +518,93 @@ mod tests {
             on_reservation_failed(&order(OrderStatus::Confirmed), "x", &[]),
             SagaStep::Ignore
         );
+    }
+
+    fn reserved(lines: Vec<PricedLine>) -> InventoryAnswer {
+        InventoryAnswer::Reserved(InventoryReserved {
+            order_id: "o1".into(),
+            lines,
+        })
+    }
+
+    #[test]
+    fn a_new_order_is_pending_at_version_one_and_announces_itself() {
+        let cause = Cause::request(SOURCE, "corr-9");
+        let change = place(
+            "o9".into(),
+            "c1".into(),
+            "c1@example.com".into(),
+            vec![("a".into(), 2)],
+            &cause,
+            Utc::now(),
+        );
+        assert_eq!(change.order.status, OrderStatus::Pending);
+        assert_eq!(change.order.version, 1);
+        assert_eq!(change.order.correlation_id, "corr-9");
+        let [created] = change.events.as_slice() else {
+            panic!("{:?}", change.events)
+        };
+        assert_eq!(created.event_type, "order.created");
+        assert_eq!(created.correlation_id, "corr-9");
+        assert_eq!(created.data["items"][0]["quantity"], 2);
+    }
+
+    #[test]
+    fn a_reservation_confirms_one_version_on_and_emits_order_confirmed_caused_by_it() {
+        let answer_event = Cause::request("inventory-service", "corr").emit(InventoryReserved {
+            order_id: "o1".into(),
+            lines: vec![],
+        });
+        let cause = Cause::event(SOURCE, &answer_event);
+        let answer = reserved(vec![priced("a", 2, 100), priced("b", 1, 50)]);
+        let change = on_inventory_answer(&order(OrderStatus::Pending), &answer, &cause, Utc::now())
+            .unwrap()
+            .expect("a pending order moves");
+        assert_eq!(change.order.status, OrderStatus::Confirmed);
+        assert_eq!(change.order.version, 2);
+        assert_eq!(change.order.total_cents, Some(250));
+        assert_eq!(change.events[0].event_type, "order.confirmed");
+        assert_eq!(change.events[0].causation_id, Some(answer_event.event_id));
+        assert_eq!(change.events[0].data["totalCents"], 250);
+
+        let late = on_inventory_answer(&order(OrderStatus::Cancelled), &answer, &cause, Utc::now());
+        assert_eq!(late, Ok(None));
+    }
+
+    #[test]
+    fn a_failed_reservation_rejects_with_order_rejected() {
+        let answer = InventoryAnswer::Failed(InventoryReservationFailed {
+            order_id: "o1".into(),
+            reason: "insufficient stock".into(),
+            short_lines: vec![],
+        });
+        let cause = Cause::request(SOURCE, "corr");
+        let change = on_inventory_answer(&order(OrderStatus::Pending), &answer, &cause, Utc::now())
+            .unwrap()
+            .unwrap();
+        assert_eq!(change.order.status, OrderStatus::Rejected);
+        assert_eq!(change.order.reason.as_deref(), Some("insufficient stock"));
+        assert_eq!(change.events[0].event_type, "order.rejected");
+    }
+
+    #[test]
+    fn a_cancel_and_an_admin_move_each_emit_their_event() {
+        let cause = Cause::request(SOURCE, "corr");
+        let cancelled = cancel(&order(OrderStatus::Confirmed), &cause, Utc::now()).unwrap();
+        assert_eq!(cancelled.order.status, OrderStatus::Cancelled);
+        assert_eq!(cancelled.events[0].data["previousStatus"], "CONFIRMED");
+        assert!(cancel(&order(OrderStatus::Shipped), &cause, Utc::now()).is_err());
+
+        let shipped = advance(
+            &order(OrderStatus::Confirmed),
+            OrderStatus::Shipped,
+            &cause,
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(shipped.order.version, 2);
+        assert_eq!(shipped.events[0].event_type, "order.status_changed");
+        assert_eq!(shipped.events[0].data["version"], 2);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The order service's errors, and their one mapping to HTTP.
 
-use shared::http::{ApiError, FieldError};
+use shared::{
+    http::{ApiError, FieldError},
+    store::{MayConflict, StoreError},
+};
 
 use crate::domain::RuleViolation;
 
@@ -18,8 +21,14 @@ pub enum Error {
     UnknownProducts(Vec<FieldError>),
     #[error("the order kept changing under this request; try again")]
     Contention,
-    #[error("database: {0}")]
-    Database(#[from] mongodb::error::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl MayConflict for Error {
+    fn is_conflict(&self) -> bool {
+        matches!(self, Error::Store(e) if e.is_conflict())
+    }
 }
 
 impl From<Error> for ApiError {
@@ -34,7 +43,7 @@ impl From<Error> for ApiError {
                 fields,
                 ..ApiError::unprocessable("some products do not exist")
             },
-            Error::Database(e) => ApiError::database(&e),
+            Error::Store(e) => e.into(),
         }
     }
 }

@@ -12,12 +12,13 @@ use poem_openapi::{
 };
 use shared::{
     broker::Backlog,
+    events::Cause,
     http::{AdminAuth, ApiError, CorrelationId, FieldError, PageRequest, validate},
 };
 use validator::Validate;
 
 use crate::{
-    domain::{self, Order, OrderItem, OrderStatus},
+    domain::{self, Order, OrderStatus},
     error::Error,
     inventory::{InventoryClient, ProductCheck},
     store::{Created, OrderStore},
@@ -235,30 +236,17 @@ impl OrderApi {
             .collect();
         let fingerprint =
             domain::request_fingerprint(&request.customer_id, &request.customer_email, &items);
-        let now = Utc::now();
-        let order = Order {
-            id: uuid::Uuid::now_v7().to_string(),
-            customer_id: request.customer_id,
-            customer_email: request.customer_email,
-            items: items
-                .into_iter()
-                .map(|(product_id, quantity)| OrderItem {
-                    product_id,
-                    quantity,
-                    unit_price_cents: None,
-                })
-                .collect(),
-            total_cents: None,
-            status: OrderStatus::Pending,
-            reason: None,
-            version: 1,
-            created_at: now,
-            updated_at: now,
-            correlation_id: correlation.0.0.clone(),
-        };
+        let change = domain::place(
+            uuid::Uuid::now_v7().to_string(),
+            request.customer_id,
+            request.customer_email,
+            items,
+            &Cause::request(domain::SOURCE, &correlation.0.0),
+            Utc::now(),
+        );
         let order = match self
             .store
-            .create(order, key.map(|k| (k, fingerprint)))
+            .create(change, key.map(|k| (k, fingerprint)))
             .await?
         {
             Created::New(order) => {

@@ -43,7 +43,7 @@ impl Config {
 /// Builds the whole service; tests start it on port 0.
 pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     let core = ServiceCore::start(config.common).await?;
-    let store = store::OrderStore::new(core.db.clone(), core.outbox.clone());
+    let store = Arc::new(store::OrderStore::new(core.store.clone(), &core.tasks));
     store.ensure_indexes().await?;
     core.spawn_consumer(
         ORDER_SERVICE,

@@ -1,44 +1,35 @@
-//! Orders in MongoDB. Every change and the event it causes commit together.
+//! Orders in MongoDB: named reads, and writes through the shared unit of
+//! work, so every change and the events it causes commit together.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Weak},
-};
+use std::collections::HashMap;
 
 use chrono::Utc;
 use futures::TryStreamExt;
 use mongodb::{
-    Collection, Database, IndexModel,
+    Collection, IndexModel,
     bson::{self, Document, doc},
 };
+use serde::Serialize;
+use shared::TaskTracker;
 use shared::{
-    events::{
-        Envelope, InventoryReservationFailed, InventoryReserved, OrderCancelled, OrderConfirmed,
-        OrderCreated, OrderLine, OrderRejected, OrderStatusChanged, PricedLine, RawEnvelope,
-    },
+    events::{Cause, RawEnvelope},
     http::{PageRequest, find_page},
-    store::{
-        GroupCommit, Outbox, OutboxRecord, Transaction, Written, is_duplicate_key,
-        one_by_one_on_failure, record_all_in_inbox, stage_records, update_each,
-    },
+    store::{Batcher, OnDuplicate, Store, StoreError, UnitOfWork, WriteBatch, retry_on_conflict},
 };
 
 use crate::{
-    domain::{self, Order, OrderStatus, RuleViolation, SagaStep},
+    domain::{self, Change, InventoryAnswer, Order, RuleViolation, SOURCE},
     error::Error,
 };
 
-const SOURCE: &str = "order-service";
+const ORDERS: &str = "orders";
+const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
+/// What a taken Idempotency-Key is called in [`StoreError::Taken`].
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
-/// Marker: the Idempotency-Key is taken by an earlier request.
-#[derive(Debug, Clone, Copy)]
-struct KeyTaken;
-/// Marker: the order changed between our read and our write.
-#[derive(Debug, Clone, Copy)]
-struct VersionMoved;
-/// Marker: an event names an order we do not have.
-#[derive(Debug, Clone)]
-pub struct UnknownOrder(pub String);
+/// Writes in one transaction at most: a prefetch's worth of answers, or as
+/// many creates as requests may be in progress.
+const BATCH: usize = 64;
 
 /// The result of a create.
 pub enum Created {
@@ -47,183 +38,108 @@ pub enum Created {
     Replayed(Order),
 }
 
-/// The inventory's answer to an `order.created`.
-pub enum InventoryAnswer {
-    Reserved(InventoryReserved),
-    Failed(InventoryReservationFailed),
+/// An Idempotency-Key, the order it made and the request's fingerprint.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyRecord {
+    #[serde(rename = "_id")]
+    key: String,
+    order_id: String,
+    fingerprint: String,
+    created_at: bson::DateTime,
 }
 
-impl InventoryAnswer {
-    fn order_id(&self) -> &str {
-        match self {
-            InventoryAnswer::Reserved(data) => &data.order_id,
-            InventoryAnswer::Failed(data) => &data.order_id,
-        }
-    }
-
-    fn decide(&self, order: &Order) -> Result<SagaStep, RuleViolation> {
-        match self {
-            InventoryAnswer::Reserved(data) => domain::on_reserved(order, &data.lines),
-            InventoryAnswer::Failed(data) => Ok(domain::on_reservation_failed(
-                order,
-                &data.reason,
-                &data.short_lines,
-            )),
-        }
-    }
+/// A create waiting for its batch.
+struct NewOrder {
+    change: Change,
+    key: Option<KeyRecord>,
 }
-
-/// A create waiting for its batch: the order, its event, its Idempotency-Key
-/// and the request's fingerprint.
-type NewOrder = (Order, Envelope<OrderCreated>, Option<(String, String)>);
-/// A filter naming an order at the version read, and the update to make.
-type GuardedUpdate = (Document, Document);
-
-/// Writes in one transaction at most: a prefetch's worth of answers, or as
-/// many creates as requests may be in progress.
-const BATCH: usize = 64;
 
 pub struct OrderStore {
-    db: Database,
+    store: Store,
     orders: Collection<Order>,
     keys: Collection<Document>,
-    outbox: Outbox,
-    creates: GroupCommit<NewOrder, Written>,
-    answers: GroupCommit<(RawEnvelope, InventoryAnswer), Written>,
+    creates: Batcher<NewOrder>,
+    answers: Batcher<(RawEnvelope, InventoryAnswer)>,
 }
 
 impl OrderStore {
-    pub fn new(db: Database, outbox: Outbox) -> Arc<Self> {
-        Arc::new_cyclic(|store: &Weak<Self>| OrderStore {
-            orders: db.collection("orders"),
-            keys: db.collection("idempotency_keys"),
-            db,
-            outbox,
-            // Batches that fail as a whole (a taken Idempotency-Key, an
-            // answer handled before) go again one by one.
-            creates: GroupCommit::spawn_in(store, BATCH, |store, batch| async move {
-                one_by_one_on_failure(&batch, |some| store.create_together(some)).await
-            }),
-            answers: GroupCommit::spawn_in(store, BATCH, |store, batch| async move {
-                one_by_one_on_failure(&batch, |some| store.answer_together(some)).await
-            }),
-        })
+    /// The store, its batch writers running on `tasks`.
+    pub fn new(store: Store, tasks: &TaskTracker) -> Self {
+        OrderStore {
+            orders: store.collection(ORDERS),
+            keys: store.collection(IDEMPOTENCY_KEYS),
+            creates: Batcher::start(tasks, BATCH, CreateOrders(store.clone())),
+            answers: Batcher::start(
+                tasks,
+                BATCH,
+                ApplyAnswers {
+                    orders: store.collection(ORDERS),
+                    store: store.clone(),
+                },
+            ),
+            store,
+        }
     }
 
-    pub async fn ensure_indexes(&self) -> Result<(), Error> {
-        self.orders
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "customerId": 1, "_id": -1 })
-                    .build(),
-            )
-            .await?;
-        self.orders
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "status": 1, "_id": -1 })
-                    .build(),
-            )
-            .await?;
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        for keys in [
+            doc! { "customerId": 1, "_id": -1 },
+            doc! { "status": 1, "_id": -1 },
+        ] {
+            self.orders
+                .create_index(IndexModel::builder().keys(keys).build())
+                .await?;
+        }
         Ok(())
     }
 
-    /// Stores a new PENDING order with its `order.created` event. With an
-    /// Idempotency-Key, a repeat of the same request returns the first order
-    /// and a different request under the same key is refused.
+    /// Stores a new order with its events. With an Idempotency-Key (and the
+    /// request's fingerprint), a repeat of the same request returns the
+    /// first order and a different request under the same key is refused.
     pub async fn create(
         &self,
-        order: Order,
+        change: Change,
         idempotency: Option<(String, String)>,
     ) -> Result<Created, Error> {
-        let event = Envelope::new(
-            SOURCE,
-            &order.correlation_id,
-            None,
-            OrderCreated {
-                order_id: order.id.clone(),
-                customer_id: order.customer_id.clone(),
-                customer_email: order.customer_email.clone(),
-                items: order
-                    .items
-                    .iter()
-                    .map(|i| OrderLine {
-                        product_id: i.product_id.clone(),
-                        quantity: i.quantity,
-                    })
-                    .collect(),
-            },
-        );
-        let result = self
-            .creates
-            .write((order.clone(), event, idempotency.clone()))
-            .await;
-        match result {
+        let order = change.order.clone();
+        let key = idempotency.map(|(key, fingerprint)| KeyRecord {
+            key,
+            order_id: order.id.clone(),
+            fingerprint,
+            created_at: bson::DateTime::now(),
+        });
+        let asked = key.as_ref().map(|k| (k.key.clone(), k.fingerprint.clone()));
+        match self.creates.write(NewOrder { change, key }).await {
             Ok(()) => Ok(Created::New(order)),
-            Err(e) if e.get_custom::<KeyTaken>().is_some() => {
-                let (key, fingerprint) = idempotency.expect("only keyed creates collide");
-                let record = self
-                    .keys
-                    .find_one(doc! { "_id": &key })
-                    .await?
-                    .ok_or(Error::Contention)?;
-                if record.get_str("fingerprint").ok() != Some(fingerprint.as_str()) {
-                    return Err(Error::IdempotencyMismatch);
-                }
-                let order_id = record.get_str("orderId").unwrap_or_default().to_string();
-                let order = self
-                    .get(&order_id)
-                    .await?
-                    .ok_or(Error::NotFound(order_id))?;
-                Ok(Created::Replayed(order))
+            Err(StoreError::Taken(IDEMPOTENCY_KEY)) => {
+                let (key, fingerprint) = asked.expect("only keyed creates collide");
+                self.replay(&key, &fingerprint).await
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Creates that arrived together, in one transaction.
-    async fn create_together(&self, batch: &[NewOrder]) -> Written {
-        let now = bson::DateTime::now();
-        let keys: Vec<Document> = batch
-            .iter()
-            .filter_map(|(order, _, key)| {
-                key.as_ref().map(|(key, fingerprint)| {
-                    doc! { "_id": key, "orderId": &order.id, "fingerprint": fingerprint, "createdAt": now }
-                })
-            })
-            .collect();
-        let events: Vec<OutboxRecord> = batch
-            .iter()
-            .map(|(_, event, _)| self.outbox.record(event))
-            .collect();
-        let mut tx = Transaction::begin(&self.db).await?;
-        loop {
-            let session = tx.attempt().await?;
-            let result = async {
-                if !keys.is_empty()
-                    && let Err(e) = self.keys.insert_many(&keys).session(&mut *session).await
-                {
-                    return Err(if is_duplicate_key(&e) {
-                        mongodb::error::Error::custom(KeyTaken)
-                    } else {
-                        e
-                    });
-                }
-                self.orders
-                    .insert_many(batch.iter().map(|(order, _, _)| order))
-                    .session(&mut *session)
-                    .await?;
-                stage_records(&self.db, session, &events).await
-            }
-            .await;
-            if let Some(()) = tx.finish(result).await? {
-                self.outbox.committed(events);
-                return Ok(());
-            }
+    /// The order an Idempotency-Key made, if the request is the same.
+    async fn replay(&self, key: &str, fingerprint: &str) -> Result<Created, Error> {
+        let record = self
+            .keys
+            .find_one(doc! { "_id": key })
+            .await
+            .map_err(StoreError::from)?
+            .ok_or(Error::Contention)?;
+        if record.get_str("fingerprint").ok() != Some(fingerprint) {
+            return Err(Error::IdempotencyMismatch);
         }
+        let order_id = record.get_str("orderId").unwrap_or_default();
+        let order = self
+            .get(order_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(order_id.to_string()))?;
+        Ok(Created::Replayed(order))
     }
 
-    pub async fn get(&self, order_id: &str) -> Result<Option<Order>, Error> {
+    pub async fn get(&self, order_id: &str) -> Result<Option<Order>, StoreError> {
         Ok(self.orders.find_one(doc! { "_id": order_id }).await?)
     }
 
@@ -231,26 +147,15 @@ impl OrderStore {
         &self,
         filter: Document,
         page: &PageRequest,
-    ) -> Result<(Vec<Order>, Option<String>), Error> {
+    ) -> Result<(Vec<Order>, Option<String>), StoreError> {
         Ok(find_page(&self.orders, filter, page, |o| o.id.clone()).await?)
     }
 
-    /// Cancels a PENDING or CONFIRMED order and emits `order.cancelled`.
+    /// Cancels a PENDING or CONFIRMED order, emitting `order.cancelled`.
     pub async fn cancel(&self, order_id: &str, correlation_id: &str) -> Result<Order, Error> {
+        let cause = Cause::request(SOURCE, correlation_id);
         self.change(order_id, None, |order| {
-            domain::check_cancellable(order.status)?;
-            let event = Envelope::new(
-                SOURCE,
-                correlation_id,
-                None,
-                OrderCancelled {
-                    order_id: order.id.clone(),
-                    customer_id: order.customer_id.clone(),
-                    customer_email: order.customer_email.clone(),
-                    previous_status: order.status.as_str().into(),
-                },
-            );
-            Ok((OrderStatus::Cancelled, event.into_raw()))
+            domain::cancel(order, &cause, Utc::now())
         })
         .await
     }
@@ -259,37 +164,27 @@ impl OrderStore {
     pub async fn set_status(
         &self,
         order_id: &str,
-        to: OrderStatus,
+        to: domain::OrderStatus,
         expected_version: Option<i64>,
         correlation_id: &str,
     ) -> Result<Order, Error> {
+        let cause = Cause::request(SOURCE, correlation_id);
         self.change(order_id, expected_version, |order| {
-            domain::check_admin_transition(order.status, to)?;
-            let event = Envelope::new(
-                SOURCE,
-                correlation_id,
-                None,
-                OrderStatusChanged {
-                    order_id: order.id.clone(),
-                    from: order.status.as_str().into(),
-                    to: to.as_str().into(),
-                    version: order.version + 1,
-                },
-            );
-            Ok((to, event.into_raw()))
+            domain::advance(order, to, &cause, Utc::now())
         })
         .await
     }
 
     /// Read, decide, write with a version guard; a concurrent change makes us
-    /// read again (a few times) rather than overwrite it.
+    /// read and decide again (a few times) rather than overwrite it.
     async fn change(
         &self,
         order_id: &str,
         expected_version: Option<i64>,
-        decide: impl Fn(&Order) -> Result<(OrderStatus, RawEnvelope), RuleViolation>,
+        decide: impl Fn(&Order) -> Result<Change, RuleViolation>,
     ) -> Result<Order, Error> {
-        for _ in 0..5 {
+        let decide = &decide;
+        retry_on_conflict(move || async move {
             let order = self
                 .get(order_id)
                 .await?
@@ -302,49 +197,18 @@ impl OrderStore {
                     current: order.version,
                 });
             }
-            let (to, event) = decide(&order)?;
-            let record = [self.outbox.record(&event)];
-            let now = Utc::now();
-            let mut tx = Transaction::begin(&self.db).await?;
-            let result = loop {
-                let session = tx.attempt().await?;
-                let attempt = async {
-                let updated = self
-                    .orders
-                    .update_one(
-                        doc! { "_id": &order.id, "version": order.version },
-                        doc! { "$set": { "status": to.as_str(), "updatedAt": bson::DateTime::from_chrono(now) },
-                               "$inc": { "version": 1 } },
-                    )
-                    .session(&mut *session)
-                    .await?;
-                if updated.matched_count == 0 {
-                    return Err(mongodb::error::Error::custom(VersionMoved));
-                }
-                stage_records(&self.db, session, &record).await
-                }
-                .await;
-                match tx.finish(attempt).await {
-                    Ok(Some(())) => break Ok(()),
-                    Ok(None) => continue,
-                    Err(e) => break Err(e),
-                }
-            };
-            match result {
-                Ok(()) => {
-                    self.outbox.committed(record.into());
-                    return Ok(Order {
-                        status: to,
-                        version: order.version + 1,
-                        updated_at: now,
-                        ..order
-                    });
-                }
-                Err(e) if e.get_custom::<VersionMoved>().is_some() => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::Contention)
+            let change = decide(&order)?;
+            let mut unit = UnitOfWork::new();
+            unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
+                .emit(change.events);
+            self.store.commit(unit).await?;
+            Ok(change.order)
+        })
+        .await
+        .map_err(|e| match e {
+            Error::Store(StoreError::Conflict(_)) => Error::Contention,
+            other => other,
+        })
     }
 
     /// Applies the inventory's answer to an order, once per event: the inbox
@@ -354,128 +218,74 @@ impl OrderStore {
         &self,
         event: RawEnvelope,
         answer: InventoryAnswer,
-    ) -> Result<(), mongodb::error::Error> {
+    ) -> Result<(), StoreError> {
         self.answers.write((event, answer)).await
     }
+}
 
-    async fn answer_together(&self, batch: &[(RawEnvelope, InventoryAnswer)]) -> Written {
-        let mut tx = Transaction::begin(&self.db).await?;
-        loop {
-            let session = tx.attempt().await?;
-            let attempt = self.answer_attempt(session, batch).await;
-            if let Some(events) = tx.finish(attempt).await? {
-                self.outbox.committed(events);
-                return Ok(());
-            }
-        }
+/// Creates that arrived together, in one unit of work.
+struct CreateOrders(Store);
+
+impl WriteBatch for CreateOrders {
+    type Item = NewOrder;
+
+    async fn write(&self, batch: &[NewOrder]) -> Result<(), StoreError> {
+        let mut unit = UnitOfWork::new();
+        // Keys first: a taken one fails the unit before anything else.
+        unit.insert(
+            IDEMPOTENCY_KEYS,
+            batch.iter().filter_map(|n| n.key.as_ref()),
+            OnDuplicate::Taken(IDEMPOTENCY_KEY),
+        )?
+        .insert(
+            ORDERS,
+            batch.iter().map(|n| &n.change.order),
+            OnDuplicate::Taken("order id"),
+        )?
+        .emit(batch.iter().flat_map(|n| n.change.events.iter().cloned()));
+        self.0.commit(unit).await
     }
+}
 
-    /// Four round trips however many answers: inbox, the orders, one update
-    /// command and the events. Returns the events staged.
-    async fn answer_attempt(
-        &self,
-        session: &mut mongodb::ClientSession,
-        batch: &[(RawEnvelope, InventoryAnswer)],
-    ) -> Result<Vec<OutboxRecord>, mongodb::error::Error> {
-        record_all_in_inbox(&self.db, session, batch.iter().map(|(event, _)| event)).await?;
+/// The inventory's answers that arrived together: one read of their
+/// orders, one unit of work.
+struct ApplyAnswers {
+    store: Store,
+    orders: Collection<Order>,
+}
+
+impl WriteBatch for ApplyAnswers {
+    type Item = (RawEnvelope, InventoryAnswer);
+
+    async fn write(&self, batch: &[(RawEnvelope, InventoryAnswer)]) -> Result<(), StoreError> {
         let ids: Vec<&str> = batch.iter().map(|(_, a)| a.order_id()).collect();
         let orders: HashMap<String, Order> = self
             .orders
             .find(doc! { "_id": { "$in": &ids } })
-            .session(&mut *session)
             .await?
-            .stream(&mut *session)
             .map_ok(|order| (order.id.clone(), order))
             .try_collect()
             .await?;
-        let now = bson::DateTime::now();
-        let mut updates = Vec::new();
-        let mut events = Vec::new();
+        let now = Utc::now();
+        let mut unit = UnitOfWork::new();
         for (event, answer) in batch {
-            let order = orders.get(answer.order_id()).ok_or_else(|| {
-                mongodb::error::Error::custom(UnknownOrder(answer.order_id().to_string()))
-            })?;
-            let step = answer
-                .decide(order)
-                .map_err(mongodb::error::Error::custom)?;
-            if let Some((update, outcome)) = self.saga_write(order, event, step, now)? {
-                updates.push(update);
-                events.push(outcome);
+            unit.handled(event);
+            let order = orders
+                .get(answer.order_id())
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "order",
+                    id: answer.order_id().to_string(),
+                })?;
+            let cause = Cause::event(SOURCE, event);
+            let change = domain::on_inventory_answer(order, answer, &cause, now)
+                .map_err(|rule| StoreError::Rule(rule.to_string()))?;
+            // Two answers for one order in a batch meet the same version:
+            // the second conflicts, and on its own finds the order decided.
+            if let Some(change) = change {
+                unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
+                    .emit(change.events);
             }
         }
-        // Two answers for one order in a batch meet the same version: the
-        // second matches nothing, and on its own it finds the order decided.
-        let expected = updates.len() as u64;
-        if update_each(&self.db, session, self.orders.name(), updates).await? != expected {
-            return Err(mongodb::error::Error::custom(VersionMoved));
-        }
-        stage_records(&self.db, session, &events).await?;
-        Ok(events)
+        self.store.commit(unit).await
     }
-
-    /// What a saga step writes: the order's guarded update and the event it
-    /// emits (`None` for a step that changes nothing).
-    fn saga_write(
-        &self,
-        order: &Order,
-        cause: &RawEnvelope,
-        step: SagaStep,
-        now: bson::DateTime,
-    ) -> Result<Option<(GuardedUpdate, OutboxRecord)>, mongodb::error::Error> {
-        let (set, outcome) = match step {
-            SagaStep::Ignore => return Ok(None),
-            SagaStep::Confirm { items, total_cents } => {
-                let lines: Vec<PricedLine> = items
-                    .iter()
-                    .map(|i| PricedLine {
-                        product_id: i.product_id.clone(),
-                        quantity: i.quantity,
-                        unit_price_cents: i.unit_price_cents.unwrap_or_default(),
-                    })
-                    .collect();
-                let set = doc! {
-                    "status": OrderStatus::Confirmed.as_str(),
-                    "items": bson::to_bson(&items)?,
-                    "totalCents": total_cents,
-                    "updatedAt": now,
-                };
-                let confirmed = Envelope::new(
-                    SOURCE,
-                    &order.correlation_id,
-                    Some(cause.event_id),
-                    OrderConfirmed {
-                        order_id: order.id.clone(),
-                        customer_id: order.customer_id.clone(),
-                        customer_email: order.customer_email.clone(),
-                        items: lines,
-                        total_cents,
-                    },
-                );
-                (set, self.outbox.record(&confirmed))
-            }
-            SagaStep::Reject { reason } => {
-                let set = doc! { "status": OrderStatus::Rejected.as_str(), "reason": &reason, "updatedAt": now };
-                let rejected = Envelope::new(
-                    SOURCE,
-                    &order.correlation_id,
-                    Some(cause.event_id),
-                    OrderRejected {
-                        order_id: order.id.clone(),
-                        customer_id: order.customer_id.clone(),
-                        customer_email: order.customer_email.clone(),
-                        reason,
-                    },
-                );
-                (set, self.outbox.record(&rejected))
-            }
-        };
-        let guard = doc! { "_id": &order.id, "version": order.version };
-        let update = doc! { "$set": set, "$inc": { "version": 1 } };
-        Ok(Some(((guard, update), outcome)))
-    }
-}
-
-/// Whether a failed `apply_inventory_answer` can never succeed.
-pub fn is_permanent(error: &mongodb::error::Error) -> bool {
-    error.get_custom::<RuleViolation>().is_some() || error.get_custom::<UnknownOrder>().is_some()
 }

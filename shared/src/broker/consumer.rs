@@ -23,8 +23,9 @@ use super::{
     header_string, header_u32, set_header, text,
 };
 use crate::{
-    events::RawEnvelope,
+    events::{ContractError, RawEnvelope},
     retry::{RetryDecision, RetryPolicy},
+    store::StoreError,
 };
 
 /// Header carrying the number of the attempt this delivery is (1 = first).
@@ -45,6 +46,32 @@ pub enum HandleError {
     /// May succeed later (database down, write conflict): retry with backoff.
     #[error("transient failure: {0}")]
     Transient(String),
+}
+
+/// An event that breaks the contract never becomes handleable.
+impl From<ContractError> for HandleError {
+    fn from(error: ContractError) -> Self {
+        HandleError::Permanent(error.to_string())
+    }
+}
+
+/// The one mapping of a store outcome to what happens to the delivery: done
+/// or a duplicate (ack), worth another try (a delay queue, on the retry
+/// policy), or never (the dead-letter queue, with the reason).
+pub fn outcome(result: Result<(), StoreError>) -> Result<(), HandleError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(StoreError::AlreadyHandled) => {
+            tracing::info!("duplicate delivery ignored");
+            Ok(())
+        }
+        Err(e @ (StoreError::Rule(_) | StoreError::NotFound { .. } | StoreError::Taken(_))) => {
+            Err(HandleError::Permanent(e.to_string()))
+        }
+        // Outages and lost races; and database failures we cannot tell
+        // apart from an outage, which the policy's last attempt dead-letters.
+        Err(e) => Err(HandleError::Transient(e.to_string())),
+    }
 }
 
 /// A service's reaction to the events its queue receives. It must make its

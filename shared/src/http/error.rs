@@ -127,6 +127,28 @@ impl ApiError {
     }
 }
 
+/// The one mapping of store failures to HTTP.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        use crate::store::StoreError as E;
+        match error {
+            E::NotFound { .. } => Self::not_found(error.to_string()),
+            E::Taken(_) | E::Conflict(_) | E::Rule(_) | E::AlreadyHandled => {
+                Self::conflict(error.to_string())
+            }
+            E::Unavailable(e) => Self::database(&e),
+            E::WriterGone => Self::unavailable(error.to_string()),
+            E::Database(e) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for poem::Error {
+    fn from(error: crate::store::StoreError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code, self.message)

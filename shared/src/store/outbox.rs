@@ -4,8 +4,8 @@
 //! database: each publishes only what it holds a lease on, and a lease left
 //! by a crashed relay expires.
 //!
-//! An event is born leased to its own process's relay, and the writer hands
-//! it over in memory after the commit ([`Outbox::committed`]), so the usual
+//! An event is born leased to its own process's relay, and the unit of work
+//! hands it over in memory after the commit ([`Outbox::committed`]), so the usual
 //! path costs the insert and one delete per batch: no read, no claim. The
 //! relay's poll takes what is left in the database: events whose process
 //! died before publishing them (after the lease), events handed back after a
@@ -16,7 +16,7 @@ use std::{sync::Arc, time::Duration};
 use futures::TryStreamExt;
 use lapin::types::FieldTable;
 use mongodb::{
-    ClientSession, Collection, Database, IndexModel,
+    Collection, Database, IndexModel,
     bson::{self, doc},
     error::Error,
 };
@@ -69,7 +69,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// `event` as it waits in the outbox: leased to this process's relay.
-    pub fn record<T: Serialize>(&self, event: &Envelope<T>) -> OutboxRecord {
+    pub(crate) fn record<T: Serialize>(&self, event: &Envelope<T>) -> OutboxRecord {
         let now = bson::DateTime::now();
         OutboxRecord {
             id: event.event_id.to_string(),
@@ -85,7 +85,7 @@ impl Outbox {
     /// Hands records whose transaction committed to the relay. If the relay
     /// is far behind, they stay in the database and its poll takes them
     /// once their lease runs out.
-    pub fn committed(&self, records: Vec<OutboxRecord>) {
+    pub(crate) fn committed(&self, records: Vec<OutboxRecord>) {
         if !records.is_empty() && self.handover.try_send(records).is_err() {
             tracing::debug!("outbox hand-over full; the relay's poll will take these");
         }
@@ -94,23 +94,6 @@ impl Outbox {
 
 fn lease_from(now: bson::DateTime) -> bson::DateTime {
     bson::DateTime::from_millis(now.timestamp_millis() + LEASE.as_millis() as i64)
-}
-
-/// Adds events to the outbox inside `session`'s transaction, in one round
-/// trip. Hand them to [`Outbox::committed`] once the transaction commits.
-pub async fn stage_records(
-    db: &Database,
-    session: &mut ClientSession,
-    records: &[OutboxRecord],
-) -> Result<(), Error> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    db.collection::<OutboxRecord>(OUTBOX)
-        .insert_many(records)
-        .session(session)
-        .await
-        .map(|_| ())
 }
 
 pub async fn ensure_outbox_indexes(db: &Database) -> Result<(), Error> {
