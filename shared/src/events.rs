@@ -3,6 +3,7 @@
 //! that no consumer ever rounds a float.
 
 use chrono::{DateTime, Utc};
+use poem_openapi::Enum;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
@@ -121,6 +122,11 @@ pub enum ContractError {
         event_type: String,
         source: serde_json::Error,
     },
+    #[error("{consumer} does not handle {event_type}")]
+    NotSubscribed {
+        event_type: String,
+        consumer: &'static str,
+    },
 }
 
 impl RawEnvelope {
@@ -141,6 +147,71 @@ impl RawEnvelope {
             event_type: self.event_type.clone(),
             source,
         })
+    }
+}
+
+/// Where an order is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    /// Accepted; the inventory has not answered yet.
+    Pending,
+    /// Stock is held and prices are fixed.
+    Confirmed,
+    /// The inventory could not hold every line.
+    Rejected,
+    /// Handed to the carrier.
+    Shipped,
+    /// Received by the customer.
+    Delivered,
+    /// Cancelled by the customer; held stock was released.
+    Cancelled,
+    /// Processing gave up.
+    Failed,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Confirmed => "CONFIRMED",
+            OrderStatus::Rejected => "REJECTED",
+            OrderStatus::Shipped => "SHIPPED",
+            OrderStatus::Delivered => "DELIVERED",
+            OrderStatus::Cancelled => "CANCELLED",
+            OrderStatus::Failed => "FAILED",
+        }
+    }
+}
+
+/// What a notification is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NotificationKind {
+    /// The customer's order is confirmed.
+    OrderConfirmed,
+    /// The customer's order could not be accepted.
+    OrderRejected,
+    /// The customer's order was cancelled.
+    OrderCancelled,
+    /// A product fell to its low-stock threshold (to the admin).
+    LowStock,
+    /// Sent by an admin through the API.
+    Manual,
+}
+
+impl NotificationKind {
+    /// The name the API and the events use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::OrderConfirmed => "ORDER_CONFIRMED",
+            NotificationKind::OrderRejected => "ORDER_REJECTED",
+            NotificationKind::OrderCancelled => "ORDER_CANCELLED",
+            NotificationKind::LowStock => "LOW_STOCK",
+            NotificationKind::Manual => "MANUAL",
+        }
     }
 }
 
@@ -171,14 +242,6 @@ pub struct ShortLine {
     pub available: Option<i64>,
 }
 
-macro_rules! event {
-    ($ty:ident, $key:literal) => {
-        impl Event for $ty {
-            const TYPE: &'static str = $key;
-        }
-    };
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCreated {
@@ -187,7 +250,6 @@ pub struct OrderCreated {
     pub customer_email: String,
     pub items: Vec<OrderLine>,
 }
-event!(OrderCreated, "order.created");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -198,7 +260,6 @@ pub struct OrderConfirmed {
     pub items: Vec<PricedLine>,
     pub total_cents: i64,
 }
-event!(OrderConfirmed, "order.confirmed");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -208,7 +269,6 @@ pub struct OrderRejected {
     pub customer_email: String,
     pub reason: String,
 }
-event!(OrderRejected, "order.rejected");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -217,19 +277,17 @@ pub struct OrderCancelled {
     pub customer_id: String,
     pub customer_email: String,
     /// `PENDING` or `CONFIRMED`.
-    pub previous_status: String,
+    pub previous_status: OrderStatus,
 }
-event!(OrderCancelled, "order.cancelled");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderStatusChanged {
     pub order_id: String,
-    pub from: String,
-    pub to: String,
+    pub from: OrderStatus,
+    pub to: OrderStatus,
     pub version: i64,
 }
-event!(OrderStatusChanged, "order.status_changed");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -237,7 +295,6 @@ pub struct InventoryReserved {
     pub order_id: String,
     pub lines: Vec<PricedLine>,
 }
-event!(InventoryReserved, "inventory.reserved");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -246,7 +303,6 @@ pub struct InventoryReservationFailed {
     pub reason: String,
     pub short_lines: Vec<ShortLine>,
 }
-event!(InventoryReservationFailed, "inventory.reservation_failed");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -254,7 +310,6 @@ pub struct InventoryReleased {
     pub order_id: String,
     pub lines: Vec<OrderLine>,
 }
-event!(InventoryReleased, "inventory.released");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -263,7 +318,6 @@ pub struct InventoryUpdated {
     pub stock: i64,
     pub reserved: i64,
 }
-event!(InventoryUpdated, "inventory.updated");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -274,28 +328,103 @@ pub struct InventoryLow {
     pub stock: i64,
     pub low_stock_threshold: i64,
 }
-event!(InventoryLow, "inventory.low");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationSent {
     pub notification_id: String,
-    pub kind: String,
+    pub kind: NotificationKind,
     pub recipient: String,
     pub order_id: Option<String>,
 }
-event!(NotificationSent, "notification.sent");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationFailed {
     pub notification_id: String,
-    pub kind: String,
+    pub kind: NotificationKind,
     pub recipient: String,
     pub order_id: Option<String>,
     pub last_error: String,
 }
-event!(NotificationFailed, "notification.failed");
+
+/// The contract's table: every event type and its routing key, in one place.
+/// Bindings, dispatch and `mandatory` publishing all derive from it.
+macro_rules! contract {
+    ($($ty:ident = $key:literal;)+) => {
+        $(impl Event for $ty {
+            const TYPE: &'static str = $key;
+        })+
+
+        /// Every routing key of the contract.
+        pub const EVENT_TYPES: &[&str] = &[$($key),+];
+    };
+}
+
+contract! {
+    OrderCreated = "order.created";
+    OrderConfirmed = "order.confirmed";
+    OrderRejected = "order.rejected";
+    OrderCancelled = "order.cancelled";
+    OrderStatusChanged = "order.status_changed";
+    InventoryReserved = "inventory.reserved";
+    InventoryReservationFailed = "inventory.reservation_failed";
+    InventoryReleased = "inventory.released";
+    InventoryUpdated = "inventory.updated";
+    InventoryLow = "inventory.low";
+    NotificationSent = "notification.sent";
+    NotificationFailed = "notification.failed";
+}
+
+/// What one service consumes: a variant per event type, named after its
+/// payload. `TYPES` are the routing keys its queue binds; `decode` checks an
+/// envelope against the contract and dispatches on its type, so a handler
+/// matches exhaustively on what it may receive.
+macro_rules! inbound {
+    ($(#[$meta:meta])* $name:ident for $consumer:literal { $($ty:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum $name {
+            $($ty($ty)),+
+        }
+
+        impl $name {
+            /// The routing keys the consumer's queue binds.
+            pub const TYPES: &'static [&'static str] = &[$(<$ty as Event>::TYPE),+];
+
+            /// The payload of `event`, if this consumer handles its type.
+            pub fn decode(event: &RawEnvelope) -> Result<Self, ContractError> {
+                $(if event.event_type == <$ty as Event>::TYPE {
+                    return event.decode::<$ty>().map($name::$ty);
+                })+
+                Err(ContractError::NotSubscribed {
+                    event_type: event.event_type.clone(),
+                    consumer: $consumer,
+                })
+            }
+        }
+    };
+}
+
+inbound! {
+    /// The inventory's answers, for the order service.
+    ToOrderService for "order-service" { InventoryReserved, InventoryReservationFailed }
+}
+
+inbound! {
+    /// Orders to reserve or release, for the inventory service.
+    ToInventoryService for "inventory-service" { OrderCreated, OrderCancelled }
+}
+
+inbound! {
+    /// What a customer or the admin should hear about, for the notification service.
+    ToNotificationService for "notification-service" {
+        OrderConfirmed,
+        OrderRejected,
+        OrderCancelled,
+        InventoryLow,
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -326,6 +455,46 @@ mod tests {
         assert!(text.contains("\"correlationId\":\"corr-1\""), "{text}");
         let raw = RawEnvelope::parse(&json).unwrap();
         assert_eq!(raw.decode::<OrderCreated>().unwrap(), created().data);
+    }
+
+    #[test]
+    fn a_consumer_decodes_what_it_binds_and_refuses_the_rest() {
+        let raw = created().into_raw();
+        assert_eq!(
+            ToInventoryService::decode(&raw).unwrap(),
+            ToInventoryService::OrderCreated(created().data)
+        );
+        assert!(matches!(
+            ToOrderService::decode(&raw),
+            Err(ContractError::NotSubscribed {
+                consumer: "order-service",
+                ..
+            })
+        ));
+        assert_eq!(
+            ToInventoryService::TYPES,
+            ["order.created", "order.cancelled"]
+        );
+        for key in ToNotificationService::TYPES {
+            assert!(EVENT_TYPES.contains(key), "{key} is in the contract");
+        }
+    }
+
+    #[test]
+    fn statuses_and_kinds_travel_as_the_api_spells_them() {
+        let changed = serde_json::to_value(OrderStatusChanged {
+            order_id: "o1".into(),
+            from: OrderStatus::Confirmed,
+            to: OrderStatus::Shipped,
+            version: 3,
+        })
+        .unwrap();
+        assert_eq!(changed["from"], "CONFIRMED");
+        assert_eq!(changed["to"], "SHIPPED");
+        assert_eq!(
+            serde_json::to_value(NotificationKind::LowStock).unwrap(),
+            NotificationKind::LowStock.as_str()
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use shared::{
     broker::{HandleError, Handler, outcome},
-    events::{Event, OrderCancelled, OrderCreated, RawEnvelope},
+    events::{RawEnvelope, ToInventoryService},
 };
 
 use crate::store::InventoryStore;
@@ -15,19 +15,10 @@ pub struct OrderEvents {
 
 impl Handler for OrderEvents {
     async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
-        let result = match event.event_type.as_str() {
-            OrderCreated::TYPE => {
-                let order = event.decode::<OrderCreated>()?;
-                self.store.reserve(event, order).await
-            }
-            OrderCancelled::TYPE => {
-                let cancelled = event.decode::<OrderCancelled>()?;
+        let result = match ToInventoryService::decode(&event)? {
+            ToInventoryService::OrderCreated(order) => self.store.reserve(event, order).await,
+            ToInventoryService::OrderCancelled(cancelled) => {
                 self.store.release(&event, &cancelled).await
-            }
-            other => {
-                return Err(HandleError::Permanent(format!(
-                    "inventory-service does not handle {other}"
-                )));
             }
         };
         outcome(result)

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use poem_openapi::Enum;
 use serde::{Deserialize, Serialize};
+pub use shared::events::NotificationKind;
 use shared::events::{
     Cause, InventoryLow, NotificationFailed, NotificationSent, OrderCancelled, OrderConfirmed,
     OrderRejected, RawEnvelope,
@@ -10,30 +11,6 @@ use shared::events::{
 
 /// The `source` of every event this service emits.
 pub const SOURCE: &str = "notification-service";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Enum)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum NotificationKind {
-    OrderConfirmed,
-    OrderRejected,
-    OrderCancelled,
-    LowStock,
-    Manual,
-}
-
-impl NotificationKind {
-    /// The name the API and the events use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NotificationKind::OrderConfirmed => "ORDER_CONFIRMED",
-            NotificationKind::OrderRejected => "ORDER_REJECTED",
-            NotificationKind::OrderCancelled => "ORDER_CANCELLED",
-            NotificationKind::LowStock => "LOW_STOCK",
-            NotificationKind::Manual => "MANUAL",
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Enum)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -211,7 +188,7 @@ impl Notification {
     pub fn sent_event(&self) -> RawEnvelope {
         self.cause().emit(NotificationSent {
             notification_id: self.id.clone(),
-            kind: self.kind.as_str().into(),
+            kind: self.kind,
             recipient: self.recipient.clone(),
             order_id: self.order_id.clone(),
         })
@@ -221,7 +198,7 @@ impl Notification {
     pub fn failed_event(&self, last_error: &str) -> RawEnvelope {
         self.cause().emit(NotificationFailed {
             notification_id: self.id.clone(),
-            kind: self.kind.as_str().into(),
+            kind: self.kind,
             recipient: self.recipient.clone(),
             order_id: self.order_id.clone(),
             last_error: last_error.to_string(),
@@ -264,7 +241,7 @@ mod tests {
             order_id: "o1".into(),
             customer_id: "c".into(),
             customer_email: "c@example.com".into(),
-            previous_status: "CONFIRMED".into(),
+            previous_status: shared::events::OrderStatus::Confirmed,
         });
         let rejected = order_rejected(&OrderRejected {
             order_id: "o1".into(),

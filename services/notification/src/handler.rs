@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use shared::{
     broker::{HandleError, Handler, outcome},
-    events::{Event, InventoryLow, OrderCancelled, OrderConfirmed, OrderRejected, RawEnvelope},
+    events::{RawEnvelope, ToNotificationService as Outcome},
 };
 
 use crate::{domain, store::NotificationStore};
@@ -17,19 +17,12 @@ pub struct SagaOutcomes {
 
 impl Handler for SagaOutcomes {
     async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
-        let draft = match event.event_type.as_str() {
-            OrderConfirmed::TYPE => domain::order_confirmed(&event.decode()?),
-            OrderRejected::TYPE => domain::order_rejected(&event.decode()?),
-            OrderCancelled::TYPE => domain::order_cancelled(&event.decode()?),
-            InventoryLow::TYPE => domain::low_stock(
-                &event.decode()?,
-                &self.admin_email,
-                &event.event_id.to_string(),
-            ),
-            other => {
-                return Err(HandleError::Permanent(format!(
-                    "notification-service does not handle {other}"
-                )));
+        let draft = match Outcome::decode(&event)? {
+            Outcome::OrderConfirmed(data) => domain::order_confirmed(&data),
+            Outcome::OrderRejected(data) => domain::order_rejected(&data),
+            Outcome::OrderCancelled(data) => domain::order_cancelled(&data),
+            Outcome::InventoryLow(data) => {
+                domain::low_stock(&data, &self.admin_email, &event.event_id.to_string())
             }
         };
         let notification = draft.into_notification(&event.correlation_id, Utc::now());

@@ -3,49 +3,18 @@
 //! the change emits; the store only writes what these functions return.
 
 use chrono::{DateTime, Utc};
-use poem_openapi::Enum;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+pub use shared::events::{OrderStatus, ToOrderService as InventoryAnswer};
 use shared::events::{
-    Cause, InventoryReservationFailed, InventoryReserved, OrderCancelled, OrderConfirmed,
-    OrderCreated, OrderLine, OrderRejected, OrderStatusChanged, PricedLine, RawEnvelope, ShortLine,
+    Cause, OrderCancelled, OrderConfirmed, OrderCreated, OrderLine, OrderRejected,
+    OrderStatusChanged, PricedLine, RawEnvelope, ShortLine,
 };
+#[cfg(test)]
+use shared::events::{InventoryReservationFailed, InventoryReserved};
 
 /// The `source` of every event this service emits.
 pub const SOURCE: &str = "order-service";
-
-/// Where an order is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Enum)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OrderStatus {
-    /// Accepted; the inventory has not answered yet.
-    Pending,
-    /// Stock is held and prices are fixed.
-    Confirmed,
-    /// The inventory could not hold every line.
-    Rejected,
-    Shipped,
-    Delivered,
-    /// Cancelled by the customer; held stock was released.
-    Cancelled,
-    /// Processing gave up.
-    Failed,
-}
-
-impl OrderStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Pending => "PENDING",
-            OrderStatus::Confirmed => "CONFIRMED",
-            OrderStatus::Rejected => "REJECTED",
-            OrderStatus::Shipped => "SHIPPED",
-            OrderStatus::Delivered => "DELIVERED",
-            OrderStatus::Cancelled => "CANCELLED",
-            OrderStatus::Failed => "FAILED",
-        }
-    }
-}
 
 /// A line of an order; the unit price is known once the order is confirmed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,7 +145,7 @@ pub fn cancel(order: &Order, cause: &Cause, now: DateTime<Utc>) -> Result<Change
         order_id: order.id.clone(),
         customer_id: order.customer_id.clone(),
         customer_email: order.customer_email.clone(),
-        previous_status: order.status.as_str().into(),
+        previous_status: order.status,
     });
     Ok(Change {
         order: order.moved(OrderStatus::Cancelled, now, |_| {}),
@@ -195,8 +164,8 @@ pub fn advance(
     check_admin_transition(order.status, to)?;
     let changed = cause.emit(OrderStatusChanged {
         order_id: order.id.clone(),
-        from: order.status.as_str().into(),
-        to: to.as_str().into(),
+        from: order.status,
+        to,
         version: order.version + 1,
     });
     Ok(Change {
@@ -205,19 +174,11 @@ pub fn advance(
     })
 }
 
-/// The inventory's answer to an `order.created`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum InventoryAnswer {
-    Reserved(InventoryReserved),
-    Failed(InventoryReservationFailed),
-}
-
-impl InventoryAnswer {
-    pub fn order_id(&self) -> &str {
-        match self {
-            InventoryAnswer::Reserved(data) => &data.order_id,
-            InventoryAnswer::Failed(data) => &data.order_id,
-        }
+/// The order an inventory answer is about.
+pub fn answered_order(answer: &InventoryAnswer) -> &str {
+    match answer {
+        InventoryAnswer::InventoryReserved(data) => &data.order_id,
+        InventoryAnswer::InventoryReservationFailed(data) => &data.order_id,
     }
 }
 
@@ -231,8 +192,8 @@ pub fn on_inventory_answer(
     now: DateTime<Utc>,
 ) -> Result<Option<Change>, RuleViolation> {
     let step = match answer {
-        InventoryAnswer::Reserved(data) => on_reserved(order, &data.lines)?,
-        InventoryAnswer::Failed(data) => {
+        InventoryAnswer::InventoryReserved(data) => on_reserved(order, &data.lines)?,
+        InventoryAnswer::InventoryReservationFailed(data) => {
             on_reservation_failed(order, &data.reason, &data.short_lines)
         }
     };
@@ -521,7 +482,7 @@ mod tests {
     }
 
     fn reserved(lines: Vec<PricedLine>) -> InventoryAnswer {
-        InventoryAnswer::Reserved(InventoryReserved {
+        InventoryAnswer::InventoryReserved(InventoryReserved {
             order_id: "o1".into(),
             lines,
         })
@@ -573,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_failed_reservation_rejects_with_order_rejected() {
-        let answer = InventoryAnswer::Failed(InventoryReservationFailed {
+        let answer = InventoryAnswer::InventoryReservationFailed(InventoryReservationFailed {
             order_id: "o1".into(),
             reason: "insufficient stock".into(),
             short_lines: vec![],

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use shared::{
     broker::{HandleError, Handler, outcome},
-    events::{Event, InventoryReservationFailed, InventoryReserved, RawEnvelope},
+    events::{RawEnvelope, ToOrderService},
 };
 
-use crate::{domain::InventoryAnswer, store::OrderStore};
+use crate::store::OrderStore;
 
 pub struct InventoryAnswers {
     pub store: Arc<OrderStore>,
@@ -16,15 +16,7 @@ pub struct InventoryAnswers {
 
 impl Handler for InventoryAnswers {
     async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
-        let answer = match event.event_type.as_str() {
-            InventoryReserved::TYPE => InventoryAnswer::Reserved(event.decode()?),
-            InventoryReservationFailed::TYPE => InventoryAnswer::Failed(event.decode()?),
-            other => {
-                return Err(HandleError::Permanent(format!(
-                    "order-service does not handle {other}"
-                )));
-            }
-        };
+        let answer = ToOrderService::decode(&event)?;
         outcome(self.store.apply_inventory_answer(event, answer).await)
     }
 }

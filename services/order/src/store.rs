@@ -258,7 +258,10 @@ impl WriteBatch for ApplyAnswers {
     type Item = (RawEnvelope, InventoryAnswer);
 
     async fn write(&self, batch: &[(RawEnvelope, InventoryAnswer)]) -> Result<(), StoreError> {
-        let ids: Vec<&str> = batch.iter().map(|(_, a)| a.order_id()).collect();
+        let ids: Vec<&str> = batch
+            .iter()
+            .map(|(_, a)| domain::answered_order(a))
+            .collect();
         let orders: HashMap<String, Order> = self
             .orders
             .find(doc! { "_id": { "$in": &ids } })
@@ -270,12 +273,13 @@ impl WriteBatch for ApplyAnswers {
         let mut unit = UnitOfWork::new();
         for (event, answer) in batch {
             unit.handled(event);
-            let order = orders
-                .get(answer.order_id())
-                .ok_or_else(|| StoreError::NotFound {
-                    what: "order",
-                    id: answer.order_id().to_string(),
-                })?;
+            let order =
+                orders
+                    .get(domain::answered_order(answer))
+                    .ok_or_else(|| StoreError::NotFound {
+                        what: "order",
+                        id: domain::answered_order(answer).to_string(),
+                    })?;
             let cause = Cause::event(SOURCE, event);
             let change = domain::on_inventory_answer(order, answer, &cause, now)
                 .map_err(|rule| StoreError::Rule(rule.to_string()))?;

@@ -17,9 +17,13 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-use crate::retry::RetryPolicy;
+use crate::{
+    events::{ToInventoryService, ToNotificationService, ToOrderService},
+    retry::RetryPolicy,
+};
 
-/// A service's work queue and the routing keys bound to it.
+/// A service's work queue and the routing keys bound to it (from the typed
+/// contract in [`crate::events`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Subscription {
     pub queue: &'static str,
@@ -28,22 +32,17 @@ pub struct Subscription {
 
 pub const ORDER_SERVICE: Subscription = Subscription {
     queue: "order-service.events",
-    routing_keys: &["inventory.reserved", "inventory.reservation_failed"],
+    routing_keys: ToOrderService::TYPES,
 };
 
 pub const INVENTORY_SERVICE: Subscription = Subscription {
     queue: "inventory-service.events",
-    routing_keys: &["order.created", "order.cancelled"],
+    routing_keys: ToInventoryService::TYPES,
 };
 
 pub const NOTIFICATION_SERVICE: Subscription = Subscription {
     queue: "notification-service.events",
-    routing_keys: &[
-        "order.confirmed",
-        "order.rejected",
-        "order.cancelled",
-        "inventory.low",
-    ],
+    routing_keys: ToNotificationService::TYPES,
 };
 
 /// Every subscription in the system.

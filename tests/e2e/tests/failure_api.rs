@@ -16,7 +16,7 @@ fn future_version_cancel(order_id: &str) -> Vec<u8> {
             order_id: order_id.into(),
             customer_id: "c".into(),
             customer_email: "dlq@example.com".into(),
-            previous_status: "PENDING".into(),
+            previous_status: shared::events::OrderStatus::Pending,
         },
     ))
     .unwrap();
