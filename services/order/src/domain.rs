@@ -5,13 +5,13 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-pub use shared::events::{OrderStatus, ToOrderService as InventoryAnswer};
 use shared::events::{
     Cause, OrderCancelled, OrderConfirmed, OrderCreated, OrderLine, OrderRejected,
     OrderStatusChanged, PricedLine, RawEnvelope, ShortLine,
 };
 #[cfg(test)]
 use shared::events::{InventoryReservationFailed, InventoryReserved};
+pub use shared::events::{OrderStatus, ToOrderService as InventoryAnswer};
 
 /// The `source` of every event this service emits.
 pub const SOURCE: &str = "order-service";

@@ -37,6 +37,11 @@ pub const REASON_HEADER: &str = "x-dead-letter-reason";
 pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
 pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
 
+/// The longest one delivery may take from receipt to ack, handler included.
+/// A handler meets an unavailable database within seconds (short driver
+/// timeouts, then a delay-queue retry), so only a broken channel gets here.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+
 /// Why a handler did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
@@ -222,8 +227,30 @@ async fn consume_until_broken<W: QueueWorker>(
     tracing::info!(%queue, prefetch, "consuming");
 
     let failure: Arc<std::sync::Mutex<Option<lapin::Error>>> = Default::default();
+    // The connection's own report that it broke. The delivery stream of a
+    // dead connection did not always end while deliveries were in flight,
+    // which once left a consumer waiting forever after a broker restart.
+    let mut events = connection.events_listener();
+    let stop_taking = {
+        let failure = failure.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                Some(error) = async {
+                    while let Some(event) = events.next().await {
+                        if let lapin::Event::Error(error) = event {
+                            return Some(error);
+                        }
+                    }
+                    None
+                } => {
+                    failure.lock().expect("poisoned").replace(error);
+                }
+            }
+        }
+    };
     consumer
-        .take_until(shutdown.cancelled())
+        .take_until(stop_taking)
         .take_while(|delivery| {
             let ok = delivery.is_ok();
             if let Err(error) = delivery {
@@ -236,9 +263,23 @@ async fn consume_until_broken<W: QueueWorker>(
             let failure = failure.clone();
             async move {
                 let Ok(delivery) = delivery else { return };
-                if let Err(error) = worker.settle(delivery, publisher).await {
-                    failure.lock().expect("poisoned").replace(error);
-                }
+                // Every settle ends: on a dead channel an ack or a confirm
+                // may never be answered, and the broker redelivers whatever
+                // we leave unacked once the connection is gone.
+                let settled =
+                    tokio::time::timeout(SETTLE_LIMIT, worker.settle(delivery, publisher));
+                let error = match settled.await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(error)) => error,
+                    Err(_) => {
+                        tracing::error!(
+                            limit_s = SETTLE_LIMIT.as_secs(),
+                            "a delivery was not settled in time; reconnecting"
+                        );
+                        closed()
+                    }
+                };
+                failure.lock().expect("poisoned").replace(error);
             }
         })
         .await;
@@ -248,10 +289,14 @@ async fn consume_until_broken<W: QueueWorker>(
         Some(error) if !shutdown.is_cancelled() => Err(error),
         _ if shutdown.is_cancelled() => Ok(()),
         // The stream ended without an error: the broker cancelled us.
-        _ => Err(lapin::Error::from(
-            lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-        )),
+        _ => Err(closed()),
     }
+}
+
+fn closed() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+        lapin::ConnectionState::Closed,
+    ))
 }
 
 /// Handles one delivery and acks it only after its effect (or its retry or
