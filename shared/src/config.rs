@@ -18,6 +18,20 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// EX_USAGE from sysexits.h: the program was started the wrong way, so
+/// restarting it unchanged will not help.
+const EX_USAGE: i32 = 64;
+
+impl ConfigError {
+    /// Ends the process over a bad configuration: this one line on stderr
+    /// (telemetry may not be set up yet) and exit code 64. For `main`, as
+    /// `Config::from_env().unwrap_or_else(|error| error.exit())`.
+    pub fn exit(self) -> ! {
+        eprintln!("{self}");
+        std::process::exit(EX_USAGE)
+    }
+}
+
 /// Reads variables through `lookup`, falling back to defaults.
 pub struct Env<F: Fn(&str) -> Option<String>> {
     lookup: F,
