@@ -44,7 +44,9 @@ impl Config {
             smtp: sender::SmtpConfig {
                 host: env.string("SMTP_HOST", "127.0.0.1"),
                 port: env.parse("SMTP_PORT", 1025)?,
-                from: env.string("NOTIFY_FROM", "shop@example.com"),
+                from: env.checked("NOTIFY_FROM", "shop@example.com", |from| {
+                    from.parse::<lettre::message::Mailbox>().map(drop)
+                })?,
             },
             admin_email: env.string("ADMIN_EMAIL", "admin@example.com"),
         })
@@ -108,5 +110,12 @@ mod tests {
     fn an_smtp_port_that_is_not_a_number_names_the_variable() {
         let err = config(&[("SMTP_PORT", "mail")]).unwrap_err();
         assert_eq!(err.name, "SMTP_PORT");
+    }
+
+    #[test]
+    fn a_sender_that_is_not_an_email_address_is_refused() {
+        let err = config(&[("NOTIFY_FROM", "shop")]).unwrap_err();
+        assert_eq!(err.name, "NOTIFY_FROM");
+        assert!(config(&[("NOTIFY_FROM", "Shop <shop@example.com>")]).is_ok());
     }
 }

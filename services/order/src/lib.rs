@@ -40,7 +40,13 @@ impl Config {
     pub fn from_lookup<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
         Ok(Config {
             common: CommonConfig::from_env(env, "order-service", 3001, "order_service")?,
-            inventory_url: env.string("INVENTORY_URL", "http://127.0.0.1:3002"),
+            inventory_url: env.checked("INVENTORY_URL", "http://127.0.0.1:3002", |url| {
+                match reqwest::Url::parse(url) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
+                    Ok(_) => Err("must be an http:// or https:// URL".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })?,
             max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 500u64)?).filter(|n| *n > 0),
         })
     }
@@ -114,5 +120,12 @@ mod tests {
         );
         let err = config(&[("MAX_SAGA_BACKLOG", "-1")]).unwrap_err();
         assert_eq!(err.name, "MAX_SAGA_BACKLOG");
+    }
+
+    #[test]
+    fn an_inventory_url_without_http_is_refused() {
+        let err = config(&[("INVENTORY_URL", "localhost:3002")]).unwrap_err();
+        assert_eq!(err.name, "INVENTORY_URL");
+        assert!(config(&[("INVENTORY_URL", "https://inventory:8443/")]).is_ok());
     }
 }
