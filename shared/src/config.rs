@@ -74,10 +74,6 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
-    pub fn optional(&self, name: &str) -> Option<String> {
-        (self.lookup)(name)
-    }
-
     pub fn parse<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
     where
         T: std::str::FromStr,
