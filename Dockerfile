@@ -2,7 +2,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin order-service --bin inventory-service --bin notification-service
+# -p, not --bin: --bin resolves features for the whole workspace, which
+# would compile the e2e crate's fail points into the image's binaries.
+RUN cargo build --release --locked -p order-service -p inventory-service -p notification-service
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/*

@@ -31,7 +31,9 @@ infra_up
 command -v curl >/dev/null || apt_install curl
 
 step "Building the services (release; the first build takes a few minutes)"
-cargo build --release --bin order-service --bin inventory-service --bin notification-service
+# -p, not --bin: --bin resolves features for the whole workspace, which
+# would compile the e2e crate's fail points into the binaries run here.
+cargo build --release -p order-service -p inventory-service -p notification-service
 
 step "Starting the services (logs in $LOG_DIR)"
 for entry in "${SERVICES[@]}"; do

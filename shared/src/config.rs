@@ -18,6 +18,20 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// EX_USAGE from sysexits.h: the program was started the wrong way, so
+/// restarting it unchanged will not help.
+const EX_USAGE: i32 = 64;
+
+impl ConfigError {
+    /// Ends the process over a bad configuration: this one line on stderr
+    /// (telemetry may not be set up yet) and exit code 64. For `main`, as
+    /// `Config::from_env().unwrap_or_else(|error| error.exit())`.
+    pub fn exit(self) -> ! {
+        eprintln!("{self}");
+        std::process::exit(EX_USAGE)
+    }
+}
+
 /// Reads variables through `lookup`, falling back to defaults.
 pub struct Env<F: Fn(&str) -> Option<String>> {
     lookup: F,
@@ -41,8 +55,23 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         (self.lookup)(name).unwrap_or_else(|| default.to_string())
     }
 
-    pub fn optional(&self, name: &str) -> Option<String> {
-        (self.lookup)(name)
+    /// A string setting that must pass `check` (say, parse as a URL) to be
+    /// usable, so that a bad one stops startup instead of failing later.
+    pub fn checked<E: std::fmt::Display>(
+        &self,
+        name: &str,
+        default: &str,
+        check: impl FnOnce(&str) -> Result<(), E>,
+    ) -> Result<String, ConfigError> {
+        let value = self.string(name, default);
+        match check(&value) {
+            Ok(()) => Ok(value),
+            Err(e) => Err(ConfigError {
+                name: name.to_string(),
+                reason: e.to_string(),
+                value,
+            }),
+        }
     }
 
     pub fn parse<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
@@ -156,9 +185,20 @@ impl CommonConfig {
             service,
             port: env.parse("PORT", default_port)?,
             bind_address: env.string("BIND_ADDRESS", "127.0.0.1"),
-            mongodb_uri: env.string("MONGODB_URI", "mongodb://127.0.0.1:27017"),
+            mongodb_uri: env.checked("MONGODB_URI", "mongodb://127.0.0.1:27017", |uri| {
+                // The kind alone: the whole error's text is a struct dump.
+                mongodb::options::ConnectionString::parse(uri)
+                    .map(drop)
+                    .map_err(|e| e.kind)
+            })?,
             database: env.string("MONGODB_DATABASE", default_database),
-            rabbitmq_url: env.string("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            // Checked here: the services start without the broker and keep
+            // reconnecting, which for a malformed URL would be forever.
+            rabbitmq_url: env.checked(
+                "RABBITMQ_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                |url| url.parse::<lapin::uri::AMQPUri>().map(drop),
+            )?,
             amqp_namespace: env.string("AMQP_NAMESPACE", ""),
             queue_expiry: match env.parse::<u64>("AMQP_QUEUE_EXPIRES_MS", 0)? {
                 0 => None,
@@ -241,6 +281,27 @@ mod tests {
             CommonConfig::from_env(&env(&[("RATE_LIMIT_BURST", "0")]), "order", 3001, "orders")
                 .unwrap_err();
         assert_eq!(err.name, "RATE_LIMIT_BURST");
+    }
+
+    #[test]
+    fn broker_and_database_urls_that_do_not_parse_name_their_variable() {
+        let err = CommonConfig::from_env(
+            &env(&[("RABBITMQ_URL", "localhost:5672")]),
+            "order",
+            3001,
+            "orders",
+        )
+        .unwrap_err();
+        assert_eq!(err.name, "RABBITMQ_URL");
+        let err = CommonConfig::from_env(
+            &env(&[("MONGODB_URI", "localhost:27017")]),
+            "order",
+            3001,
+            "orders",
+        )
+        .unwrap_err();
+        assert_eq!(err.name, "MONGODB_URI");
+        assert!(err.reason.contains("no scheme"), "{err}");
     }
 
     #[test]

@@ -17,18 +17,20 @@ use shared::{
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Settings every service shares.
     pub common: CommonConfig,
 }
 
 impl Config {
+    /// From the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&Env::process())
+    }
+
+    /// From `env`, so that tests configure the service with a map.
+    pub fn from_lookup<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
         Ok(Config {
-            common: CommonConfig::from_env(
-                &Env::process(),
-                "inventory-service",
-                3002,
-                "inventory_service",
-            )?,
+            common: CommonConfig::from_env(env, "inventory-service", 3002, "inventory_service")?,
         })
     }
 }
@@ -46,4 +48,16 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     );
     core.serve(http::InventoryApi { store }, "Inventory service")
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = Config::from_lookup(&Env::from_lookup(|_| None)).unwrap();
+        assert_eq!(config.common.port, 3002);
+        assert_eq!(config.common.database, "inventory_service");
+    }
 }

@@ -1,6 +1,6 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = inventory_service::Config::from_env()?;
+    let config = inventory_service::Config::from_env().unwrap_or_else(|error| error.exit());
     shared::telemetry::init("inventory_service");
     inventory_service::build(config)
         .await?

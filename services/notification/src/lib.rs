@@ -18,18 +18,25 @@ use shared::{
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Settings every service shares.
     pub common: CommonConfig,
+    /// `SMTP_HOST`, `SMTP_PORT` and `NOTIFY_FROM`.
     pub smtp: sender::SmtpConfig,
     /// `ADMIN_EMAIL`: where low-stock alerts go.
     pub admin_email: String,
 }
 
 impl Config {
+    /// From the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let env = Env::process();
+        Self::from_lookup(&Env::process())
+    }
+
+    /// From `env`, so that tests configure the service with a map.
+    pub fn from_lookup<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
         Ok(Config {
             common: CommonConfig::from_env(
-                &env,
+                env,
                 "notification-service",
                 3003,
                 "notification_service",
@@ -37,7 +44,9 @@ impl Config {
             smtp: sender::SmtpConfig {
                 host: env.string("SMTP_HOST", "127.0.0.1"),
                 port: env.parse("SMTP_PORT", 1025)?,
-                from: env.string("NOTIFY_FROM", "shop@example.com"),
+                from: env.checked("NOTIFY_FROM", "shop@example.com", |from| {
+                    from.parse::<lettre::message::Mailbox>().map(drop)
+                })?,
             },
             admin_email: env.string("ADMIN_EMAIL", "admin@example.com"),
         })
@@ -68,4 +77,48 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     );
     core.serve(http::NotificationApi { store }, "Notification service")
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let pairs = pairs.to_vec();
+        Config::from_lookup(&Env::from_lookup(move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }))
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.common.port, 3003);
+        assert_eq!(config.common.database, "notification_service");
+        assert_eq!(
+            (
+                config.smtp.host.as_str(),
+                config.smtp.port,
+                config.smtp.from.as_str()
+            ),
+            ("127.0.0.1", 1025, "shop@example.com")
+        );
+        assert_eq!(config.admin_email, "admin@example.com");
+    }
+
+    #[test]
+    fn an_smtp_port_that_is_not_a_number_names_the_variable() {
+        let err = config(&[("SMTP_PORT", "mail")]).unwrap_err();
+        assert_eq!(err.name, "SMTP_PORT");
+    }
+
+    #[test]
+    fn a_sender_that_is_not_an_email_address_is_refused() {
+        let err = config(&[("NOTIFY_FROM", "shop")]).unwrap_err();
+        assert_eq!(err.name, "NOTIFY_FROM");
+        assert!(config(&[("NOTIFY_FROM", "Shop <shop@example.com>")]).is_ok());
+    }
 }

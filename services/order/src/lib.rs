@@ -21,6 +21,7 @@ use shared::{
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Settings every service shares.
     pub common: CommonConfig,
     /// `INVENTORY_URL`, default `http://127.0.0.1:3002`.
     pub inventory_url: String,
@@ -30,11 +31,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// From the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let env = Env::process();
+        Self::from_lookup(&Env::process())
+    }
+
+    /// From `env`, so that tests configure the service with a map.
+    pub fn from_lookup<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
         Ok(Config {
-            common: CommonConfig::from_env(&env, "order-service", 3001, "order_service")?,
-            inventory_url: env.string("INVENTORY_URL", "http://127.0.0.1:3002"),
+            common: CommonConfig::from_env(env, "order-service", 3001, "order_service")?,
+            inventory_url: env.checked("INVENTORY_URL", "http://127.0.0.1:3002", |url| {
+                match reqwest::Url::parse(url) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
+                    Ok(_) => Err("must be an http:// or https:// URL".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })?,
             max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 500u64)?).filter(|n| *n > 0),
         })
     }
@@ -73,4 +85,47 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
         )),
     };
     core.serve(api, "Order service").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let pairs = pairs.to_vec();
+        Config::from_lookup(&Env::from_lookup(move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }))
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.common.port, 3001);
+        assert_eq!(config.common.database, "order_service");
+        assert_eq!(config.inventory_url, "http://127.0.0.1:3002");
+        assert_eq!(config.max_saga_backlog, Some(500));
+    }
+
+    #[test]
+    fn a_saga_backlog_of_zero_turns_the_check_off() {
+        assert_eq!(
+            config(&[("MAX_SAGA_BACKLOG", "0")])
+                .unwrap()
+                .max_saga_backlog,
+            None
+        );
+        let err = config(&[("MAX_SAGA_BACKLOG", "-1")]).unwrap_err();
+        assert_eq!(err.name, "MAX_SAGA_BACKLOG");
+    }
+
+    #[test]
+    fn an_inventory_url_without_http_is_refused() {
+        let err = config(&[("INVENTORY_URL", "localhost:3002")]).unwrap_err();
+        assert_eq!(err.name, "INVENTORY_URL");
+        assert!(config(&[("INVENTORY_URL", "https://inventory:8443/")]).is_ok());
+    }
 }

@@ -30,10 +30,13 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Settings for one service of this stack.
+    /// Settings for one service of this stack: the stack's, then the
+    /// service's `own`, then the test's `extra`, each overriding the one
+    /// before.
     fn env(
         id: &str,
         service: &str,
+        own: &[(&str, String)],
         extra: &[(&str, String)],
     ) -> Env<impl Fn(&str) -> Option<String> + use<>> {
         let mut map: HashMap<String, String> = HashMap::from([
@@ -54,7 +57,7 @@ impl Stack {
             // Likewise the load shedding: some tests send hundreds at once.
             ("MAX_IN_FLIGHT_REQUESTS".into(), "0".into()),
         ]);
-        for (k, v) in extra {
+        for (k, v) in own.iter().chain(extra) {
             map.insert(k.to_string(), v.clone());
         }
         Env::from_lookup(move |k| map.get(k).cloned())
@@ -76,44 +79,36 @@ impl Stack {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let mut shutdown = Vec::new();
 
-        let env = Self::env(&id, "inventory", &extra);
-        let inventory = inventory_service::build(inventory_service::Config {
-            common: shared::config::CommonConfig::from_env(&env, "inventory-service", 0, "x")
-                .unwrap(),
-        })
+        let env = Self::env(&id, "inventory", &[], &extra);
+        let inventory = inventory_service::build(
+            inventory_service::Config::from_lookup(&env).expect("valid inventory settings"),
+        )
         .await
         .expect("inventory starts");
         let inventory_url = format!("http://127.0.0.1:{}", inventory.port());
         shutdown.push(inventory.shutdown_token());
         tokio::spawn(inventory.run_until_stopped());
 
-        let env = Self::env(&id, "order", &extra);
-        let order = order_service::build(order_service::Config {
-            common: shared::config::CommonConfig::from_env(&env, "order-service", 0, "x").unwrap(),
-            inventory_url: inventory_url.clone(),
-            max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 500u64).unwrap())
-                .filter(|n| *n > 0),
-        })
+        let own = [("INVENTORY_URL", inventory_url.clone())];
+        let env = Self::env(&id, "order", &own, &extra);
+        let order = order_service::build(
+            order_service::Config::from_lookup(&env).expect("valid order settings"),
+        )
         .await
         .expect("order starts");
         let order_url = format!("http://127.0.0.1:{}", order.port());
         shutdown.push(order.shutdown_token());
         tokio::spawn(order.run_until_stopped());
 
-        let env = Self::env(&id, "notification", &extra);
-        let notification = notification_service::build(notification_service::Config {
-            common: shared::config::CommonConfig::from_env(&env, "notification-service", 0, "x")
-                .unwrap(),
-            smtp: notification_service::sender::SmtpConfig {
-                host: "127.0.0.1".into(),
-                port: std::env::var("SMTP_PORT")
-                    .ok()
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(1025),
-                from: "shop@example.com".into(),
-            },
-            admin_email: format!("admin-{id}@example.com"),
-        })
+        let mut own = vec![("ADMIN_EMAIL", format!("admin-{id}@example.com"))];
+        // Where MailDev takes SMTP, if not on its default port.
+        if let Ok(port) = std::env::var("SMTP_PORT") {
+            own.push(("SMTP_PORT", port));
+        }
+        let env = Self::env(&id, "notification", &own, &extra);
+        let notification = notification_service::build(
+            notification_service::Config::from_lookup(&env).expect("valid notification settings"),
+        )
         .await
         .expect("notification starts");
         let notification_url = format!("http://127.0.0.1:{}", notification.port());
