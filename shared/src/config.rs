@@ -74,6 +74,28 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
+    /// [`Env::parse`], then `check` on the value; its error is the reason.
+    pub fn parse_checked<T, E: std::fmt::Display>(
+        &self,
+        name: &str,
+        default: T,
+        check: impl FnOnce(&T) -> Result<(), E>,
+    ) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + std::fmt::Display,
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parse(name, default)?;
+        match check(&value) {
+            Ok(()) => Ok(value),
+            Err(e) => Err(ConfigError {
+                name: name.to_string(),
+                value: value.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     pub fn parse<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
     where
         T: std::str::FromStr,

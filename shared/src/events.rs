@@ -196,6 +196,8 @@ pub enum NotificationKind {
     OrderRejected,
     /// The customer's order was cancelled.
     OrderCancelled,
+    /// The customer's order could not be processed in time.
+    OrderFailed,
     /// A product fell to its low-stock threshold (to the admin).
     LowStock,
     /// Sent by an admin through the API.
@@ -209,6 +211,7 @@ impl NotificationKind {
             NotificationKind::OrderConfirmed => "ORDER_CONFIRMED",
             NotificationKind::OrderRejected => "ORDER_REJECTED",
             NotificationKind::OrderCancelled => "ORDER_CANCELLED",
+            NotificationKind::OrderFailed => "ORDER_FAILED",
             NotificationKind::LowStock => "LOW_STOCK",
             NotificationKind::Manual => "MANUAL",
         }
@@ -278,6 +281,17 @@ pub struct OrderCancelled {
     pub customer_email: String,
     /// `PENDING` or `CONFIRMED`.
     pub previous_status: OrderStatus,
+}
+
+/// The saga ran out of time: the order is FAILED, and whatever stock the
+/// inventory holds for it must go back.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderFailed {
+    pub order_id: String,
+    pub customer_id: String,
+    pub customer_email: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -366,6 +380,7 @@ contract! {
     OrderConfirmed = "order.confirmed";
     OrderRejected = "order.rejected";
     OrderCancelled = "order.cancelled";
+    OrderFailed = "order.failed";
     OrderStatusChanged = "order.status_changed";
     InventoryReserved = "inventory.reserved";
     InventoryReservationFailed = "inventory.reservation_failed";
@@ -408,12 +423,16 @@ macro_rules! inbound {
 
 inbound! {
     /// The inventory's answers, for the order service.
-    ToOrderService for "order-service" { InventoryReserved, InventoryReservationFailed }
+    ToOrderService for "order-service" {
+        InventoryReserved,
+        InventoryReservationFailed,
+        InventoryReleased,
+    }
 }
 
 inbound! {
     /// Orders to reserve or release, for the inventory service.
-    ToInventoryService for "inventory-service" { OrderCreated, OrderCancelled }
+    ToInventoryService for "inventory-service" { OrderCreated, OrderCancelled, OrderFailed }
 }
 
 inbound! {
@@ -422,6 +441,7 @@ inbound! {
         OrderConfirmed,
         OrderRejected,
         OrderCancelled,
+        OrderFailed,
         InventoryLow,
     }
 }
@@ -473,7 +493,7 @@ mod tests {
         ));
         assert_eq!(
             ToInventoryService::TYPES,
-            ["order.created", "order.cancelled"]
+            ["order.created", "order.cancelled", "order.failed"]
         );
         for key in ToNotificationService::TYPES {
             assert!(EVENT_TYPES.contains(key), "{key} is in the contract");

@@ -50,7 +50,9 @@ pub enum ReservationStatus {
     Rejected,
     /// Held stock went back on cancel.
     Released,
-    /// The cancel arrived before the order: nothing may be reserved later.
+    /// The order ended (cancelled, or failed by the saga deadline) before
+    /// its `order.created` arrived: nothing may be reserved later. The
+    /// stored name predates failed orders.
     CancelledBeforeReservation,
 }
 
@@ -261,8 +263,9 @@ pub fn reservation_outcome(
     (reservation, events)
 }
 
-/// A cancel that overtook its order: nothing may be reserved for it later.
-pub fn cancelled_before_reservation(order_id: &str, now: DateTime<Utc>) -> Reservation {
+/// The end of an order that overtook the order itself: nothing may be
+/// reserved for it later.
+pub fn ended_before_reservation(order_id: &str, now: DateTime<Utc>) -> Reservation {
     Reservation {
         order_id: order_id.to_string(),
         status: ReservationStatus::CancelledBeforeReservation,
@@ -271,7 +274,15 @@ pub fn cancelled_before_reservation(order_id: &str, now: DateTime<Utc>) -> Reser
     }
 }
 
-/// A cancelled order gives back exactly what it held: each product of
+/// `inventory.released` for an order that held nothing.
+pub fn nothing_held(order_id: &str, cause: &Cause) -> RawEnvelope {
+    cause.emit(InventoryReleased {
+        order_id: order_id.to_string(),
+        lines: Vec::new(),
+    })
+}
+
+/// A cancelled or failed order gives back exactly what it held: each product of
 /// `products` it held gets its lines back (re-arming its low-stock alert if
 /// that lifts it over the threshold). Returns the released reservation and
 /// `inventory.released`.

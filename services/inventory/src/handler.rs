@@ -17,8 +17,12 @@ impl Handler for OrderEvents {
     async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
         let result = match ToInventoryService::decode(&event)? {
             ToInventoryService::OrderCreated(order) => self.store.reserve(event, order).await,
+            // Cancelled, or failed by the saga deadline: the same compensation.
             ToInventoryService::OrderCancelled(cancelled) => {
-                self.store.release(&event, &cancelled).await
+                self.store.release(&event, &cancelled.order_id).await
+            }
+            ToInventoryService::OrderFailed(failed) => {
+                self.store.release(&event, &failed.order_id).await
             }
         };
         outcome(result)

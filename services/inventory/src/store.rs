@@ -16,7 +16,7 @@ use mongodb::{
 };
 use shared::{
     TaskTracker,
-    events::{Cause, OrderCancelled, OrderCreated, OrderLine, RawEnvelope},
+    events::{Cause, OrderCreated, OrderLine, RawEnvelope},
     http::{PageRequest, find_page},
     store::{Batcher, OnDuplicate, Store, StoreError, UnitOfWork, WriteBatch, retry_on_conflict},
 };
@@ -175,12 +175,10 @@ impl InventoryStore {
         self.reservations_in.write((event, order)).await
     }
 
-    /// `order.cancelled`: gives back exactly what was held, once.
-    pub async fn release(
-        &self,
-        event: &RawEnvelope,
-        cancelled: &OrderCancelled,
-    ) -> Result<(), StoreError> {
+    /// `order.cancelled` or `order.failed`: gives back exactly what was held
+    /// for `order_id`, once, and says so with `inventory.released` (its lines
+    /// empty when nothing was held).
+    pub async fn release(&self, event: &RawEnvelope, order_id: &str) -> Result<(), StoreError> {
         let inventory = &self.inventory;
         let cause = &Cause::event(SOURCE, event);
         retry_on_conflict(move || async move {
@@ -189,18 +187,22 @@ impl InventoryStore {
             unit.handled(event);
             let found = inventory
                 .reservations
-                .find_one(doc! { "_id": &cancelled.order_id })
+                .find_one(doc! { "_id": order_id })
                 .await?;
             let reservation = match found {
                 Some(r) if r.status == ReservationStatus::Reserved => r,
                 // Rejected, or released before: nothing is held.
-                Some(_) => return inventory.store.commit(unit).await,
+                Some(_) => {
+                    unit.emit([domain::nothing_held(order_id, cause)]);
+                    return inventory.store.commit(unit).await;
+                }
                 None => {
-                    // The cancel overtook the order: make sure nothing is
-                    // held later. If the order is decided meanwhile, the
-                    // insert conflicts and we read again.
-                    let tombstone = domain::cancelled_before_reservation(&cancelled.order_id, now);
-                    unit.insert(RESERVATIONS, [&tombstone], OnDuplicate::Conflict("reservation"))?;
+                    // The end of the order overtook the order itself: make
+                    // sure nothing is held later. If the order is decided
+                    // meanwhile, the insert conflicts and we read again.
+                    let tombstone = domain::ended_before_reservation(order_id, now);
+                    unit.insert(RESERVATIONS, [&tombstone], OnDuplicate::Conflict("reservation"))?
+                        .emit([domain::nothing_held(order_id, cause)]);
                     return inventory.store.commit(unit).await;
                 }
             };
@@ -242,7 +244,7 @@ impl WriteBatch for ReserveStock {
         for (event, _) in batch {
             unit.handled(event);
         }
-        // Already decided, or cancelled before it arrived: no effect.
+        // Already decided, or ended (cancelled, failed) before it arrived: no effect.
         let order_ids: Vec<&str> = batch.iter().map(|(_, o)| o.order_id.as_str()).collect();
         let decided: HashSet<String> = inventory
             .reservations

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 pub use shared::events::NotificationKind;
 use shared::events::{
     Cause, InventoryLow, NotificationFailed, NotificationSent, OrderCancelled, OrderConfirmed,
-    OrderRejected, RawEnvelope,
+    OrderFailed, OrderRejected, RawEnvelope,
 };
 
 /// The `source` of every event this service emits.
@@ -163,6 +163,21 @@ pub fn order_cancelled(event: &OrderCancelled) -> Draft {
     }
 }
 
+pub fn order_failed(event: &OrderFailed) -> Draft {
+    Draft {
+        kind: NotificationKind::OrderFailed,
+        recipient: event.customer_email.clone(),
+        subject: format!("Order {} could not be processed", event.order_id),
+        body: format!(
+            "We could not process your order {} ({}). Nothing was charged and no stock is held for it; please place it again.\n",
+            event.order_id, event.reason
+        ),
+        order_id: Some(event.order_id.clone()),
+        product_id: None,
+        dedupe_key: order_key("ORDER_FAILED", &event.order_id),
+    }
+}
+
 /// `alert_id` is the event id: each crossing is its own alert.
 pub fn low_stock(event: &InventoryLow, admin_email: &str, alert_id: &str) -> Draft {
     Draft {
@@ -251,6 +266,21 @@ mod tests {
         });
         assert_ne!(cancelled.dedupe_key, rejected.dedupe_key);
         assert!(rejected.body.contains("insufficient stock"));
+    }
+
+    #[test]
+    fn a_failed_order_tells_the_customer_why_under_its_own_key() {
+        let draft = order_failed(&OrderFailed {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            customer_email: "c@example.com".into(),
+            reason: "the order was not processed within 60 s".into(),
+        });
+        assert_eq!(draft.kind, NotificationKind::OrderFailed);
+        assert_eq!(draft.recipient, "c@example.com");
+        assert_eq!(draft.dedupe_key, "ORDER_FAILED:o1");
+        assert!(draft.subject.contains("could not be processed"));
+        assert!(draft.body.contains("within 60 s"), "{}", draft.body);
     }
 
     #[test]

@@ -21,6 +21,7 @@ impl Handler for SagaOutcomes {
             Outcome::OrderConfirmed(data) => domain::order_confirmed(&data),
             Outcome::OrderRejected(data) => domain::order_rejected(&data),
             Outcome::OrderCancelled(data) => domain::order_cancelled(&data),
+            Outcome::OrderFailed(data) => domain::order_failed(&data),
             Outcome::InventoryLow(data) => {
                 domain::low_stock(&data, &self.admin_email, &event.event_id.to_string())
             }

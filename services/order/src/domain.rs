@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shared::events::{
-    Cause, OrderCancelled, OrderConfirmed, OrderCreated, OrderLine, OrderRejected,
+    Cause, OrderCancelled, OrderConfirmed, OrderCreated, OrderFailed, OrderLine, OrderRejected,
     OrderStatusChanged, PricedLine, RawEnvelope, ShortLine,
 };
 #[cfg(test)]
@@ -44,6 +44,10 @@ pub struct Order {
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub updated_at: DateTime<Utc>,
     pub correlation_id: String,
+    /// FAILED by the saga deadline, and the inventory has not yet confirmed
+    /// that it gave back what it held: flagged for an operator until then.
+    #[serde(default)]
+    pub awaiting_release: bool,
 }
 
 /// Why a change is refused.
@@ -118,6 +122,7 @@ pub fn place(
         created_at: now,
         updated_at: now,
         correlation_id: cause.correlation_id().to_string(),
+        awaiting_release: false,
     };
     let created = cause.emit(OrderCreated {
         order_id: order.id.clone(),
@@ -179,7 +184,42 @@ pub fn answered_order(answer: &InventoryAnswer) -> &str {
     match answer {
         InventoryAnswer::InventoryReserved(data) => &data.order_id,
         InventoryAnswer::InventoryReservationFailed(data) => &data.order_id,
+        InventoryAnswer::InventoryReleased(data) => &data.order_id,
     }
+}
+
+/// The saga deadline: an order still PENDING `timeout` after it was
+/// accepted becomes FAILED with `order.failed`, which makes the inventory
+/// give back whatever it holds for it (or hold nothing if its answer is still
+/// to come) and the customer hear about it. Until the inventory confirms the
+/// release, the order stays flagged (`awaiting_release`). `None` if the order
+/// has moved on or still has time.
+pub fn expire(
+    order: &Order,
+    timeout: chrono::Duration,
+    cause: &Cause,
+    now: DateTime<Utc>,
+) -> Option<Change> {
+    if order.status != OrderStatus::Pending || now - order.created_at < timeout {
+        return None;
+    }
+    let reason = format!(
+        "the order was not processed within {} s",
+        timeout.num_seconds()
+    );
+    let failed = cause.emit(OrderFailed {
+        order_id: order.id.clone(),
+        customer_id: order.customer_id.clone(),
+        customer_email: order.customer_email.clone(),
+        reason: reason.clone(),
+    });
+    Some(Change {
+        order: order.moved(OrderStatus::Failed, now, |o| {
+            o.reason = Some(reason);
+            o.awaiting_release = true;
+        }),
+        events: vec![failed],
+    })
 }
 
 /// What the inventory's answer does to the order: CONFIRMED with
@@ -196,6 +236,15 @@ pub fn on_inventory_answer(
         InventoryAnswer::InventoryReservationFailed(data) => {
             on_reservation_failed(order, &data.reason, &data.short_lines)
         }
+        // The compensation of a FAILED order is done: clear its flag.
+        InventoryAnswer::InventoryReleased(_) if order.awaiting_release => {
+            return Ok(Some(Change {
+                order: order.moved(order.status, now, |o| o.awaiting_release = false),
+                events: Vec::new(),
+            }));
+        }
+        // A cancel's release needs no answer.
+        InventoryAnswer::InventoryReleased(_) => SagaStep::Ignore,
     };
     Ok(match step {
         SagaStep::Ignore => None,
@@ -394,6 +443,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             correlation_id: "corr".into(),
+            awaiting_release: false,
         }
     }
 
@@ -546,6 +596,58 @@ mod tests {
         assert_eq!(change.order.status, OrderStatus::Rejected);
         assert_eq!(change.order.reason.as_deref(), Some("insufficient stock"));
         assert_eq!(change.events[0].event_type, "order.rejected");
+    }
+
+    #[test]
+    fn a_pending_order_past_the_deadline_fails_once_and_waits_for_its_release() {
+        let cause = Cause::request(SOURCE, "corr");
+        let timeout = chrono::Duration::seconds(60);
+        let mut pending = order(OrderStatus::Pending);
+        pending.created_at = Utc::now() - chrono::Duration::seconds(61);
+        let now = Utc::now();
+        assert_eq!(
+            expire(&pending, chrono::Duration::seconds(120), &cause, now),
+            None,
+            "still has time"
+        );
+        let failed = expire(&pending, timeout, &cause, now).expect("past the deadline");
+        assert_eq!(failed.order.status, OrderStatus::Failed);
+        assert_eq!(failed.order.version, 2);
+        assert!(failed.order.awaiting_release);
+        assert_eq!(failed.events[0].event_type, "order.failed");
+        assert_eq!(
+            failed.events[0].data["reason"],
+            "the order was not processed within 60 s"
+        );
+        assert_eq!(
+            expire(&failed.order, timeout, &cause, now),
+            None,
+            "only once"
+        );
+        let mut confirmed = order(OrderStatus::Confirmed);
+        confirmed.created_at = pending.created_at;
+        assert_eq!(expire(&confirmed, timeout, &cause, now), None);
+
+        // A late reservation does not resurrect it; the release clears the flag.
+        let late = reserved(vec![priced("a", 2, 1), priced("b", 1, 1)]);
+        assert_eq!(
+            on_inventory_answer(&failed.order, &late, &cause, now),
+            Ok(None)
+        );
+        let released = InventoryAnswer::InventoryReleased(shared::events::InventoryReleased {
+            order_id: "o1".into(),
+            lines: vec![],
+        });
+        let cleared = on_inventory_answer(&failed.order, &released, &cause, now)
+            .unwrap()
+            .expect("the flag clears");
+        assert!(!cleared.order.awaiting_release);
+        assert_eq!(cleared.order.status, OrderStatus::Failed);
+        assert!(cleared.events.is_empty());
+        assert_eq!(
+            on_inventory_answer(&cleared.order, &released, &cause, now),
+            Ok(None)
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The order service: takes orders over HTTP and keeps each order's state as
 //! the saga moves it.
 
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod handler;
@@ -8,7 +9,7 @@ pub mod http;
 pub mod inventory;
 pub mod store;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use shared::{
     broker::{
@@ -28,6 +29,9 @@ pub struct Config {
     /// `MAX_SAGA_BACKLOG` (default 500): messages waiting in the saga's work
     /// queues past which new orders get 503 with Retry-After. 0 turns it off.
     pub max_saga_backlog: Option<u64>,
+    /// `SAGA_TIMEOUT_SECONDS` (default 60): an order still PENDING this long
+    /// after it was accepted becomes FAILED and its held stock goes back.
+    pub saga_timeout: Duration,
 }
 
 impl Config {
@@ -48,6 +52,14 @@ impl Config {
                 }
             })?,
             max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 500u64)?).filter(|n| *n > 0),
+            saga_timeout: Duration::from_secs(env.parse_checked(
+                "SAGA_TIMEOUT_SECONDS",
+                60u64,
+                |seconds| match seconds {
+                    0 => Err("must be at least 1"),
+                    _ => Ok(()),
+                },
+            )?),
         })
     }
 }
@@ -57,6 +69,11 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     let core = ServiceCore::start(config.common).await?;
     let store = Arc::new(store::OrderStore::new(core.store.clone(), &core.tasks));
     store.ensure_indexes().await?;
+    core.tasks.spawn(deadline::watch(
+        store.clone(),
+        config.saga_timeout,
+        core.shutdown.clone(),
+    ));
     core.spawn_consumer(
         ORDER_SERVICE,
         Arc::new(handler::InventoryAnswers {

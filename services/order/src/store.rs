@@ -18,7 +18,7 @@ use shared::{
 };
 
 use crate::{
-    domain::{self, Change, InventoryAnswer, Order, RuleViolation, SOURCE},
+    domain::{self, Change, InventoryAnswer, Order, OrderStatus, RuleViolation, SOURCE},
     error::Error,
 };
 
@@ -30,6 +30,8 @@ const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 /// Writes in one transaction at most: a prefetch's worth of answers, or as
 /// many creates as requests may be in progress.
 const BATCH: usize = 64;
+/// Overdue orders failed per look; more wait for the next one.
+const OVERDUE_BATCH: i64 = 256;
 
 /// The result of a create.
 pub enum Created {
@@ -86,6 +88,9 @@ impl OrderStore {
         for keys in [
             doc! { "customerId": 1, "_id": -1 },
             doc! { "status": 1, "_id": -1 },
+            // The saga deadline and the stuck-saga finder: oldest first.
+            doc! { "status": 1, "createdAt": 1 },
+            doc! { "awaitingRelease": 1, "createdAt": 1 },
         ] {
             self.orders
                 .create_index(IndexModel::builder().keys(keys).build())
@@ -209,6 +214,63 @@ impl OrderStore {
             Error::Store(StoreError::Conflict(_)) => Error::Contention,
             other => other,
         })
+    }
+
+    /// Fails the orders still PENDING `timeout` after they were accepted,
+    /// oldest first, up to a batch per call; returns how many it failed. An
+    /// order decided meanwhile loses nothing: its version guard refuses.
+    pub async fn fail_overdue(&self, timeout: std::time::Duration) -> Result<usize, StoreError> {
+        let now = Utc::now();
+        let timeout = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        let cutoff = bson::DateTime::from_chrono(now - timeout);
+        let overdue: Vec<Order> = self
+            .orders
+            .find(doc! { "status": OrderStatus::Pending.as_str(), "createdAt": { "$lte": cutoff } })
+            .sort(doc! { "createdAt": 1 })
+            .limit(OVERDUE_BATCH)
+            .await?
+            .try_collect()
+            .await?;
+        let mut failed = 0;
+        for order in &overdue {
+            let cause = Cause::request(SOURCE, &order.correlation_id);
+            let Some(change) = domain::expire(order, timeout, &cause, now) else {
+                continue;
+            };
+            let mut unit = UnitOfWork::new();
+            unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
+                .emit(change.events);
+            match self.store.commit(unit).await {
+                Ok(()) => failed += 1,
+                // Decided while we looked: nothing to fail.
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Sagas that have not ended, oldest first: orders still PENDING, and
+    /// FAILED ones whose stock the inventory has not confirmed released,
+    /// accepted at least `older_than` ago.
+    pub async fn unfinished(
+        &self,
+        older_than: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<Order>, StoreError> {
+        let older_than = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let cutoff = bson::DateTime::from_chrono(Utc::now() - older_than);
+        Ok(self
+            .orders
+            .find(doc! {
+                "$or": [ { "status": OrderStatus::Pending.as_str() }, { "awaitingRelease": true } ],
+                "createdAt": { "$lte": cutoff },
+            })
+            .sort(doc! { "createdAt": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
     }
 
     /// Applies the inventory's answer to an order, once per event: the inbox

@@ -244,7 +244,7 @@ async fn health_readiness_docs_and_spec_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_is_503_naming_rabbitmq_when_the_broker_is_unreachable() {
-    use shared::config::{CommonConfig, Env};
+    use shared::config::Env;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let settings = std::collections::HashMap::from([
         ("PORT", "0".to_string()),
@@ -255,15 +255,12 @@ async fn readiness_is_503_naming_rabbitmq_when_the_broker_is_unreachable() {
             "RABBITMQ_URL",
             "amqp://guest:guest@127.0.0.1:1/%2f".to_string(),
         ),
+        ("INVENTORY_URL", "http://127.0.0.1:1".to_string()),
     ]);
     let env = Env::from_lookup(move |k| settings.get(k).cloned());
-    let service = order_service::build(order_service::Config {
-        common: CommonConfig::from_env(&env, "order-service", 0, "x").unwrap(),
-        inventory_url: "http://127.0.0.1:1".into(),
-        max_saga_backlog: Some(500),
-    })
-    .await
-    .expect("starts without the broker and keeps retrying");
+    let service = order_service::build(order_service::Config::from_lookup(&env).unwrap())
+        .await
+        .expect("starts without the broker and keeps retrying");
     let url = format!("http://127.0.0.1:{}/ready", service.port());
     let shutdown = service.shutdown_token();
     tokio::spawn(service.run_until_stopped());

@@ -1,0 +1,131 @@
+//! Sagas that end by themselves: the saga deadline fails an order nobody
+//! answered, tells the customer once, and the inventory gives back whatever
+//! it held for a failed order, even when the failure overtakes the order.
+
+use e2e_tests::{Stack, emails_to, eventually};
+use serde_json::Value;
+use shared::events::{Cause, Event, OrderCreated, OrderFailed, OrderLine};
+
+/// An envelope as another service would publish it.
+fn envelope<T: Event>(data: T) -> Vec<u8> {
+    serde_json::to_vec(&Cause::request("e2e", "corr-e2e").emit(data)).unwrap()
+}
+
+fn created(order_id: &str, product: &str, quantity: u32) -> Vec<u8> {
+    envelope(OrderCreated {
+        order_id: order_id.into(),
+        customer_id: "c-1".into(),
+        customer_email: "nobody@example.com".into(),
+        items: vec![OrderLine {
+            product_id: product.into(),
+            quantity,
+        }],
+    })
+}
+
+fn failed(order_id: &str) -> Vec<u8> {
+    envelope(OrderFailed {
+        order_id: order_id.into(),
+        customer_id: "c-1".into(),
+        customer_email: "nobody@example.com".into(),
+        reason: "the order was not processed within 1 s".into(),
+    })
+}
+
+async fn stock(stack: &Stack, product: &str) -> (i64, i64) {
+    let p = stack.product(product).await;
+    (
+        p["stock"].as_i64().unwrap(),
+        p["reserved"].as_i64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_nobody_answers_fails_at_the_deadline_and_the_customer_is_told_once() {
+    let stack = Stack::start_with(&[("SAGA_TIMEOUT_SECONDS", "2")]).await;
+    let product = stack.create_product(10, 0, 5.0).await;
+    stack.stop_inventory();
+    let email = stack.email("late");
+    let response = stack.place_order(&email, &product, 1).await;
+    assert_eq!(
+        response.status(),
+        202,
+        "accepted while the inventory is away"
+    );
+    let order_id = response.json::<Value>().await.unwrap()["orderId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let order = stack.final_order(&order_id).await;
+    assert_eq!(order["status"], "FAILED", "{order}");
+    assert_eq!(order["reason"], "the order was not processed within 2 s");
+    assert_eq!(order["version"], 2, "failed once");
+
+    let mail = eventually("the failure email", || async {
+        let mails = emails_to(&email).await;
+        (!mails.is_empty()).then_some(mails)
+    })
+    .await;
+    assert_eq!(mail.len(), 1, "{mail:?}");
+    assert!(
+        mail[0]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("could not be processed"),
+        "{}",
+        mail[0]["subject"]
+    );
+    let notifications = stack
+        .get_json(&format!(
+            "{}/api/notifications?orderId={order_id}",
+            stack.notification
+        ))
+        .await;
+    let kinds: Vec<&Value> = notifications["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| &n["kind"])
+        .collect();
+    assert_eq!(kinds, vec!["ORDER_FAILED"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_gives_back_what_it_held_for_a_failed_order_and_holds_nothing_for_one_that_failed_first()
+ {
+    // One delivery at a time, so the order of publishing is the order of handling.
+    let stack = Stack::start_with(&[("PREFETCH", "1")]).await;
+    let product = stack.create_product(5, 0, 2.0).await;
+    let held = format!("held-{}", stack.id);
+    stack
+        .publish_raw(OrderCreated::TYPE, &created(&held, &product, 2))
+        .await;
+    eventually("2 units held", || async {
+        (stock(&stack, &product).await == (3, 2)).then_some(())
+    })
+    .await;
+
+    stack.publish_raw(OrderFailed::TYPE, &failed(&held)).await;
+    eventually("the 2 units back", || async {
+        (stock(&stack, &product).await == (5, 0)).then_some(())
+    })
+    .await;
+
+    // The failure overtakes its order: the late order.created holds nothing.
+    let overtaken = format!("overtaken-{}", stack.id);
+    let after = format!("after-{}", stack.id);
+    stack
+        .publish_raw(OrderFailed::TYPE, &failed(&overtaken))
+        .await;
+    stack
+        .publish_raw(OrderCreated::TYPE, &created(&overtaken, &product, 3))
+        .await;
+    stack
+        .publish_raw(OrderCreated::TYPE, &created(&after, &product, 1))
+        .await;
+    eventually("only the order after it holds stock", || async {
+        (stock(&stack, &product).await == (4, 1)).then_some(())
+    })
+    .await;
+}
