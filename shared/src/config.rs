@@ -153,6 +153,10 @@ pub struct CommonConfig {
     /// `MAX_IN_FLIGHT_REQUESTS` (default 64): requests in progress at once;
     /// past it, 503 with Retry-After. 0 turns shedding off.
     pub max_in_flight: Option<usize>,
+    /// `INBOX_RETENTION_DAYS` (default 7): how long a handled event's inbox
+    /// record is kept. A redelivery older than that is no longer recognised
+    /// by its id (the effects' own guards still hold).
+    pub inbox_retention: Duration,
 }
 
 impl CommonConfig {
@@ -231,6 +235,13 @@ impl CommonConfig {
             retry,
             rate_limit,
             max_in_flight: Some(env.parse("MAX_IN_FLIGHT_REQUESTS", 64usize)?).filter(|n| *n > 0),
+            inbox_retention: Duration::from_secs(
+                24 * 3600
+                    * env.parse_checked("INBOX_RETENTION_DAYS", 7u64, |days| match days {
+                        0 => Err("must be at least 1"),
+                        _ => Ok(()),
+                    })?,
+            ),
         })
     }
 }

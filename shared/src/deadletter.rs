@@ -150,6 +150,9 @@ pub enum DeadLetterError {
     Database(#[from] Error),
 }
 
+/// How long a replayed or discarded dead letter is kept on record.
+pub const SETTLED_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// A service's archive of dead letters.
 #[derive(Clone)]
 pub struct DeadLetterStore {
@@ -172,6 +175,24 @@ impl DeadLetterStore {
                     .build(),
                 IndexModel::builder()
                     .keys(doc! { "status": 1, "_id": -1 })
+                    .build(),
+                // Settled letters are kept a while as a record, then expire;
+                // DEAD ones have neither field and stay until settled.
+                IndexModel::builder()
+                    .keys(doc! { "replayedAt": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .expire_after(SETTLED_RETENTION)
+                            .build(),
+                    )
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "discardedAt": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .expire_after(SETTLED_RETENTION)
+                            .build(),
+                    )
                     .build(),
             ])
             .await

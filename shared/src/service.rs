@@ -22,7 +22,7 @@ use crate::{
         self, HealthApi, deadletters::DeadLetterApi, loadshed::LoadShedder, ratelimit::RateLimiter,
     },
     resilience::Breakers,
-    store::{self, OutboxRelay, Store, outbox::ensure_outbox_indexes},
+    store::{self, OutboxRelay, Store, inbox::ensure_inbox_indexes, outbox::ensure_outbox_indexes},
 };
 
 /// How long startup waits for MongoDB before giving up.
@@ -56,6 +56,9 @@ impl ServiceCore {
         ensure_outbox_indexes(&db)
             .await
             .context("creating outbox indexes")?;
+        ensure_inbox_indexes(&db, config.inbox_retention)
+            .await
+            .context("creating inbox indexes")?;
         let dead_letters = DeadLetterStore::new(&db);
         dead_letters
             .ensure_indexes()

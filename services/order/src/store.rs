@@ -8,6 +8,7 @@ use futures::TryStreamExt;
 use mongodb::{
     Collection, IndexModel,
     bson::{self, Document, doc},
+    options::IndexOptions,
 };
 use serde::Serialize;
 use shared::TaskTracker;
@@ -40,15 +41,28 @@ pub enum Created {
     Replayed(Order),
 }
 
-/// An Idempotency-Key, the order it made and the request's fingerprint.
+/// How long an Idempotency-Key is remembered: a client retries within
+/// minutes, and the keys of a busy shop would otherwise grow without end.
+const KEY_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// An Idempotency-Key of one customer, the order it made and the request's
+/// fingerprint. Keys are the customer's own: another customer choosing the
+/// same key gets an order of their own.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct KeyRecord {
+    /// `["<customer id>","<key>"]`: unambiguous whatever the two contain.
     #[serde(rename = "_id")]
+    id: String,
+    customer_id: String,
     key: String,
     order_id: String,
     fingerprint: String,
     created_at: bson::DateTime,
+}
+
+fn key_id(customer_id: &str, key: &str) -> String {
+    serde_json::to_string(&[customer_id, key]).expect("strings serialize")
 }
 
 /// A create waiting for its batch.
@@ -85,6 +99,14 @@ impl OrderStore {
     }
 
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        self.keys
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "createdAt": 1 })
+                    .options(IndexOptions::builder().expire_after(KEY_RETENTION).build())
+                    .build(),
+            )
+            .await?;
         for keys in [
             doc! { "customerId": 1, "_id": -1 },
             doc! { "status": 1, "_id": -1 },
@@ -109,27 +131,29 @@ impl OrderStore {
     ) -> Result<Created, Error> {
         let order = change.order.clone();
         let key = idempotency.map(|(key, fingerprint)| KeyRecord {
+            id: key_id(&order.customer_id, &key),
+            customer_id: order.customer_id.clone(),
             key,
             order_id: order.id.clone(),
             fingerprint,
             created_at: bson::DateTime::now(),
         });
-        let asked = key.as_ref().map(|k| (k.key.clone(), k.fingerprint.clone()));
+        let asked = key.as_ref().map(|k| (k.id.clone(), k.fingerprint.clone()));
         match self.creates.write(NewOrder { change, key }).await {
             Ok(()) => Ok(Created::New(order)),
             Err(StoreError::Taken(IDEMPOTENCY_KEY)) => {
-                let (key, fingerprint) = asked.expect("only keyed creates collide");
-                self.replay(&key, &fingerprint).await
+                let (id, fingerprint) = asked.expect("only keyed creates collide");
+                self.replay(&id, &fingerprint).await
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// The order an Idempotency-Key made, if the request is the same.
-    async fn replay(&self, key: &str, fingerprint: &str) -> Result<Created, Error> {
+    /// The order a customer's Idempotency-Key made, if the request is the same.
+    async fn replay(&self, key_id: &str, fingerprint: &str) -> Result<Created, Error> {
         let record = self
             .keys
-            .find_one(doc! { "_id": key })
+            .find_one(doc! { "_id": key_id })
             .await
             .map_err(StoreError::from)?
             .ok_or(Error::Contention)?;

@@ -129,3 +129,73 @@ async fn the_inventory_gives_back_what_it_held_for_a_failed_order_and_holds_noth
     })
     .await;
 }
+
+/// The `expireAfterSeconds` of the index on `field` of `collection`.
+async fn expires_after(db: &mongodb::Database, collection: &str, field: &str) -> Option<u64> {
+    use futures::TryStreamExt;
+    let indexes: Vec<mongodb::IndexModel> = db
+        .collection::<mongodb::bson::Document>(collection)
+        .list_indexes()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    indexes
+        .iter()
+        .find(|i| i.keys.contains_key(field))
+        .and_then(|i| i.options.as_ref()?.expire_after)
+        .map(|d| d.as_secs())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_belongs_to_its_customer_and_kept_records_expire() {
+    let stack = Stack::start().await;
+    let product = stack.create_product(100, 0, 1.0).await;
+    let key = format!("key-{}", stack.id);
+    let post = |customer: &'static str| {
+        let body = serde_json::json!({
+            "customerId": customer,
+            "customerEmail": stack.email(customer),
+            "items": [{ "productId": product, "quantity": 1 }],
+        });
+        let request = stack
+            .http
+            .post(format!("{}/api/orders", stack.order))
+            .header("Idempotency-Key", &key)
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            response.json::<Value>().await.unwrap()["orderId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let first = post("c-a").await;
+    assert_eq!(post("c-a").await, first, "the same customer's retry");
+    let other = post("c-b").await;
+    assert_ne!(other, first, "another customer's key is their own");
+
+    let client = mongodb::Client::with_uri_str(e2e_tests::mongodb_uri())
+        .await
+        .unwrap();
+    let order_db = client.database(&format!("t_{}_order", stack.id));
+    let day = 24 * 3600;
+    assert_eq!(
+        expires_after(&order_db, "idempotency_keys", "createdAt").await,
+        Some(day)
+    );
+    assert_eq!(
+        expires_after(&order_db, "inbox", "handledAt").await,
+        Some(7 * day)
+    );
+    for field in ["replayedAt", "discardedAt"] {
+        assert_eq!(
+            expires_after(&order_db, "dead_letters", field).await,
+            Some(30 * day),
+            "{field}"
+        );
+    }
+}
