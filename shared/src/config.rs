@@ -118,6 +118,16 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 }
 
+/// When dead letters of transient failures go back to their queue by
+/// themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Redrive {
+    /// How long after it died.
+    pub after: Duration,
+    /// How many times one message is sent back at most.
+    pub times: u32,
+}
+
 /// Settings every service shares.
 #[derive(Clone, Debug)]
 pub struct CommonConfig {
@@ -145,8 +155,14 @@ pub struct CommonConfig {
     pub admin_token: String,
     /// `PREFETCH`: unacknowledged deliveries a consumer works on at once.
     pub prefetch: u16,
-    /// `RETRY_MAX_ATTEMPTS`, `RETRY_BASE_MS`, `RETRY_CAP_MS`.
+    /// `RETRY_BUDGET_SECONDS` (180): how long after its first failure a
+    /// message is retried; `RETRY_BASE_MS`, `RETRY_CAP_MS`: its backoff.
     pub retry: RetryPolicy,
+    /// `DEAD_LETTER_REDRIVE_AFTER_SECONDS` (300) and `DEAD_LETTER_REDRIVES`
+    /// (3): a dead letter of a transient failure goes back to its queue by
+    /// itself this long after it died, this many times over; 0 redrives
+    /// turns it off.
+    pub redrive: Option<Redrive>,
     /// `RATE_LIMIT_PER_SECOND` (default 100) and `RATE_LIMIT_BURST` (default
     /// 200) per client address; a rate of 0 turns limiting off.
     pub rate_limit: Option<RateLimit>,
@@ -167,17 +183,10 @@ impl CommonConfig {
         default_database: &str,
     ) -> Result<Self, ConfigError> {
         let retry = RetryPolicy {
-            max_attempts: env.parse("RETRY_MAX_ATTEMPTS", 5)?,
+            budget: Duration::from_secs(env.parse("RETRY_BUDGET_SECONDS", 180)?),
             base: env.millis("RETRY_BASE_MS", Duration::from_secs(1))?,
             cap: env.millis("RETRY_CAP_MS", Duration::from_secs(60))?,
         };
-        if retry.max_attempts == 0 {
-            return Err(ConfigError {
-                name: "RETRY_MAX_ATTEMPTS".into(),
-                value: "0".into(),
-                reason: "at least one attempt is needed".into(),
-            });
-        }
         if retry.base.is_zero() || retry.cap < retry.base {
             return Err(ConfigError {
                 name: "RETRY_CAP_MS".into(),
@@ -235,6 +244,15 @@ impl CommonConfig {
             retry,
             rate_limit,
             max_in_flight: Some(env.parse("MAX_IN_FLIGHT_REQUESTS", 64usize)?).filter(|n| *n > 0),
+            redrive: match env.parse("DEAD_LETTER_REDRIVES", 3u32)? {
+                0 => None,
+                times => Some(Redrive {
+                    after: Duration::from_secs(
+                        env.parse("DEAD_LETTER_REDRIVE_AFTER_SECONDS", 300)?,
+                    ),
+                    times,
+                }),
+            },
             inbox_retention: Duration::from_secs(
                 24 * 3600
                     * env.parse_checked("INBOX_RETENTION_DAYS", 7u64, |days| match days {
@@ -264,7 +282,14 @@ mod tests {
         let config = CommonConfig::from_env(&env(&[]), "order", 3001, "orders").unwrap();
         assert_eq!(config.port, 3001);
         assert_eq!(config.database, "orders");
-        assert_eq!(config.retry.max_attempts, 5);
+        assert_eq!(config.retry.budget, Duration::from_secs(180));
+        assert_eq!(
+            config.redrive,
+            Some(Redrive {
+                after: Duration::from_secs(300),
+                times: 3
+            })
+        );
         assert_eq!(config.retry.base, Duration::from_secs(1));
         assert_eq!(config.retry.cap, Duration::from_secs(60));
     }

@@ -36,11 +36,13 @@ use crate::{
     broker::{
         Outgoing, PublishOutcome, Publisher, Subscription, Topology,
         consumer::{
-            ATTEMPT_HEADER, FIRST_FAILURE_HEADER, LAST_ERROR_HEADER, LAST_FAILURE_HEADER,
-            ORIGINAL_QUEUE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, QueueWorker, REASON_HEADER,
+            ATTEMPT_HEADER, FAILURE_CLASS_HEADER, FIRST_FAILURE_HEADER, LAST_ERROR_HEADER,
+            LAST_FAILURE_HEADER, ORIGINAL_QUEUE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, QueueWorker,
+            REASON_HEADER, REDRIVES_HEADER,
         },
         header_string, header_u32, set_header, text,
     },
+    config::Redrive,
     events::RawEnvelope,
     http::{PageRequest, find_page},
     retry::RetryPolicy,
@@ -105,6 +107,13 @@ pub struct DeadLetter {
     pub replayed_at: Option<bson::DateTime>,
     pub discarded_at: Option<bson::DateTime>,
     pub discard_note: Option<String>,
+    /// It died of a transient failure that outlasted the retry budget (an
+    /// outage), so it is sent back by itself after a cool-down.
+    #[serde(default)]
+    pub transient: bool,
+    /// How many times this message was already sent back by itself.
+    #[serde(default)]
+    pub redrives: u32,
 }
 
 /// Which dead letters a list or a filtered replay applies to.
@@ -175,6 +184,9 @@ impl DeadLetterStore {
                     .build(),
                 IndexModel::builder()
                     .keys(doc! { "status": 1, "_id": -1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "transient": 1, "deadAt": 1 })
                     .build(),
                 // Settled letters are kept a while as a record, then expire;
                 // DEAD ones have neither field and stay until settled.
@@ -271,8 +283,58 @@ impl DeadLetterStore {
         letter: DeadLetter,
         publisher: &Publisher,
     ) -> Result<DeadLetter, DeadLetterError> {
+        self.send_back(letter, publisher, 0).await
+    }
+
+    /// Sends the DEAD letters of transient failures back to their queues,
+    /// `redrive.after` after they died, at most `redrive.times` times per
+    /// message; returns how many it sent. An outage longer than the retry
+    /// budget thus heals without an operator, while a message that keeps
+    /// dying stays dead for one to look at.
+    pub async fn redrive_due(
+        &self,
+        redrive: Redrive,
+        publisher: &Publisher,
+    ) -> Result<usize, DeadLetterError> {
+        let died_before = bson::DateTime::from_millis(
+            bson::DateTime::now().timestamp_millis() - redrive.after.as_millis() as i64,
+        );
+        let due: Vec<DeadLetter> = self
+            .collection
+            .find(doc! {
+                "status": DeadLetterStatus::Dead.as_str(),
+                "transient": true,
+                "redrives": { "$lt": redrive.times },
+                "deadAt": { "$lte": died_before },
+            })
+            .sort(doc! { "_id": 1 })
+            .limit(MAX_REPLAY_BATCH as i64)
+            .await?
+            .try_collect()
+            .await?;
+        let count = due.len();
+        for letter in due {
+            tracing::info!(dead_letter = %letter.id, redrives = letter.redrives + 1, "sending a dead letter back by itself");
+            self.send_back(letter, publisher, 1).await?;
+        }
+        Ok(count)
+    }
+
+    /// Publishes `letter` back to its work queue, counting `redrive` more
+    /// automatic sends, then marks it REPLAYED.
+    async fn send_back(
+        &self,
+        letter: DeadLetter,
+        publisher: &Publisher,
+        redrive: u32,
+    ) -> Result<DeadLetter, DeadLetterError> {
         let mut headers = FieldTable::default();
         set_header(&mut headers, REPLAYED_FROM_HEADER, text(letter.id.clone()));
+        set_header(
+            &mut headers,
+            REDRIVES_HEADER,
+            AMQPValue::LongUInt(letter.redrives + redrive),
+        );
         // No attempt header: the replay starts again at attempt 1.
         let outcome = publisher
             .publish(Outgoing {
@@ -344,6 +406,32 @@ impl DeadLetterStore {
     }
 }
 
+/// Sends transient dead letters back as they come due, until `shutdown`.
+/// Looks often enough that one is sent within a fifth of the cool-down after
+/// it is due (at most 30 s late).
+pub async fn redrive_until(
+    store: DeadLetterStore,
+    publisher: std::sync::Arc<Publisher>,
+    redrive: Redrive,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let every = (redrive.after / 5).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match store.redrive_due(redrive, &publisher).await {
+            Ok(0) => {}
+            Ok(sent) => tracing::warn!(
+                sent,
+                "dead letters of transient failures sent back to their queues"
+            ),
+            Err(error) => tracing::warn!(%error, "could not send dead letters back; trying again"),
+        }
+    }
+}
+
 /// Builds the archived record of a delivery from a DLQ.
 pub fn dead_letter_from(delivery: &Delivery, dlq: &str) -> DeadLetter {
     let headers = delivery.properties.headers().clone().unwrap_or_default();
@@ -384,6 +472,8 @@ pub fn dead_letter_from(delivery: &Delivery, dlq: &str) -> DeadLetter {
         replayed_at: None,
         discarded_at: None,
         discard_note: None,
+        transient: header_string(&headers, FAILURE_CLASS_HEADER).as_deref() == Some("transient"),
+        redrives: header_u32(&headers, REDRIVES_HEADER).unwrap_or(0),
     }
 }
 

@@ -105,16 +105,27 @@ pub struct Breakers {
 impl Breakers {
     /// A new breaker named `name`, registered for reporting.
     pub fn breaker(&self, name: &'static str, failures: u32, open_for: Duration) -> Breaker {
+        self.breaker_with_state(name, failures, open_for).0
+    }
+
+    /// A new breaker, and its state for the caller to read.
+    pub fn breaker_with_state(
+        &self,
+        name: &'static str,
+        failures: u32,
+        open_for: Duration,
+    ) -> (Breaker, BreakerProbe) {
         let probe = BreakerProbe {
             name,
             state: Arc::default(),
             rejected: Arc::default(),
         };
         self.probes.lock().expect("poisoned").push(probe.clone());
-        Config::new()
+        let breaker = Config::new()
             .failure_policy(consecutive_failures(failures, backoff::constant(open_for)))
-            .instrument(probe)
-            .build()
+            .instrument(probe.clone())
+            .build();
+        (breaker, probe)
     }
 
     pub fn snapshot(&self) -> Vec<BreakerProbe> {

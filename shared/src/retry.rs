@@ -1,5 +1,9 @@
 //! Exponential backoff with full jitter, quantised onto RabbitMQ delay-queue
-//! tiers.
+//! tiers, on a time budget: a message that keeps failing transiently is
+//! retried until the budget has passed since its first failure, whatever
+//! the number of attempts. The budget outlasts anything a crash can leave
+//! behind (the database expires an orphaned transaction's locks after 60 s),
+//! so a transient fault never ends in a dead letter on its own.
 //!
 //! A message that failed transiently waits in a queue whose TTL dead-letters
 //! it back to the work queue. Per-message TTLs would block behind the head of
@@ -11,27 +15,27 @@ use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Total handler attempts, the first delivery included.
-    pub max_attempts: u32,
+    /// How long after its first failure a message is still retried.
+    pub budget: Duration,
     /// Ceiling of the first retry's delay.
     pub base: Duration,
     /// Upper bound of any delay.
     pub cap: Duration,
 }
 
-/// What to do after attempt `attempt` (1-based) failed transiently.
+/// What to do after a transient failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryDecision {
     /// Try again after this delay (one of [`RetryPolicy::tiers`]).
     RetryAfter(Duration),
-    /// Attempts are used up: dead-letter.
+    /// The budget is spent: dead-letter.
     GiveUp,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 5,
+            budget: Duration::from_secs(180),
             base: Duration::from_secs(1),
             cap: Duration::from_secs(60),
         }
@@ -57,10 +61,12 @@ impl RetryPolicy {
         self.base.saturating_mul(1 << doublings).min(self.cap)
     }
 
-    /// `unit` is a uniform random number in [0, 1): full jitter picks a delay
-    /// uniformly below the ceiling, then rounds it up to a tier.
-    pub fn decide(&self, attempt: u32, unit: f64) -> RetryDecision {
-        if attempt >= self.max_attempts {
+    /// After attempt `attempt` (1-based) failed, `failing_for` after the
+    /// message first failed. `unit` is a uniform random number in [0, 1):
+    /// full jitter picks a delay uniformly below the ceiling, then rounds it
+    /// up to a tier.
+    pub fn decide(&self, attempt: u32, failing_for: Duration, unit: f64) -> RetryDecision {
+        if failing_for >= self.budget {
             return RetryDecision::GiveUp;
         }
         let jittered = self.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0));
@@ -73,8 +79,8 @@ impl RetryPolicy {
     }
 
     /// The same decision with a fresh random number.
-    pub fn decide_now(&self, attempt: u32) -> RetryDecision {
-        self.decide(attempt, rand::random::<f64>())
+    pub fn decide_now(&self, attempt: u32, failing_for: Duration) -> RetryDecision {
+        self.decide(attempt, failing_for, rand::random::<f64>())
     }
 
     /// A plain jittered delay (for in-process retries such as SMTP sends).
@@ -106,22 +112,35 @@ mod tests {
         assert_eq!(p.ceiling(u32::MAX), Duration::from_secs(60));
     }
 
+    const FRESH: Duration = Duration::ZERO;
+
     #[test]
-    fn the_last_attempt_gives_up() {
-        assert_eq!(policy().decide(5, 0.5), RetryDecision::GiveUp);
-        assert_eq!(policy().decide(6, 0.5), RetryDecision::GiveUp);
+    fn failures_are_retried_until_the_budget_is_spent_whatever_the_attempts() {
+        let p = policy();
+        assert!(matches!(
+            p.decide(40, Duration::from_secs(179), 0.5),
+            RetryDecision::RetryAfter(_)
+        ));
+        assert_eq!(
+            p.decide(2, Duration::from_secs(180), 0.5),
+            RetryDecision::GiveUp
+        );
+        assert_eq!(
+            p.decide(1, Duration::from_secs(600), 0.5),
+            RetryDecision::GiveUp
+        );
     }
 
     #[test]
     fn a_jittered_delay_rounds_up_to_the_next_tier() {
         // Attempt 3: ceiling 4 s; 0.6 of it is 2.4 s, which waits in the 4 s tier.
         assert_eq!(
-            policy().decide(3, 0.6),
+            policy().decide(3, FRESH, 0.6),
             RetryDecision::RetryAfter(Duration::from_secs(4))
         );
         // A tiny jitter still waits in the shortest tier rather than spinning.
         assert_eq!(
-            policy().decide(3, 0.0),
+            policy().decide(3, FRESH, 0.0),
             RetryDecision::RetryAfter(Duration::from_secs(1))
         );
     }
@@ -130,13 +149,10 @@ mod tests {
     fn a_decision_never_exceeds_the_cap() {
         for attempt in 1..4 {
             for step in 0..=10 {
-                let p = RetryPolicy {
-                    max_attempts: 10,
-                    ..policy()
-                };
-                match p.decide(attempt + 5, step as f64 / 10.0) {
+                let p = policy();
+                match p.decide(attempt + 5, FRESH, step as f64 / 10.0) {
                     RetryDecision::RetryAfter(d) => assert!(d <= p.cap),
-                    RetryDecision::GiveUp => panic!("attempts remain"),
+                    RetryDecision::GiveUp => panic!("the budget remains"),
                 }
             }
         }

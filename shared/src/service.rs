@@ -17,7 +17,7 @@ use crate::{
         run_consumer,
     },
     config::CommonConfig,
-    deadletter::{DeadLetterArchiver, DeadLetterStore},
+    deadletter::{DeadLetterArchiver, DeadLetterStore, redrive_until},
     http::{
         self, HealthApi, deadletters::DeadLetterApi, loadshed::LoadShedder, ratelimit::RateLimiter,
     },
@@ -88,6 +88,14 @@ impl ServiceCore {
             config,
         };
         core.tasks.spawn(relay.run(core.shutdown.clone()));
+        if let Some(redrive) = core.config.redrive {
+            core.tasks.spawn(redrive_until(
+                core.dead_letters.clone(),
+                core.publisher.clone(),
+                redrive,
+                core.shutdown.clone(),
+            ));
+        }
         Ok(core)
     }
 

@@ -221,9 +221,44 @@ impl Notification {
     }
 }
 
-/// After a failed send: try again, or give up after `max_attempts`.
-pub fn gives_up(attempts_made: u32, max_attempts: u32) -> bool {
-    attempts_made >= max_attempts
+/// How a send failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendFailure {
+    /// The SMTP server refused the message for good (5xx), or the address
+    /// cannot be used: no retry will change that.
+    Refused,
+    /// The server answered "not now" (4xx).
+    Deferred,
+    /// The server could not be reached (refused connection, timeout, TLS)
+    /// or is known to be down (the breaker is open): it is the server's
+    /// outage, not the message's fault.
+    Unreachable,
+}
+
+/// What happens to a notification after a failed send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// FAILED, with `notification.failed`.
+    GiveUp,
+    /// PENDING again; `counts` says whether the failure used an attempt.
+    Retry { counts: bool },
+}
+
+/// A notification waits through an SMTP outage of any length up to
+/// `give_up` after it was recorded (EMAIL_GIVE_UP_HOURS), without using its
+/// attempts; only a refusal by the server gives up at once.
+pub fn after_failure(
+    recorded_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    give_up: chrono::Duration,
+    failure: SendFailure,
+) -> AfterFailure {
+    match failure {
+        SendFailure::Refused => AfterFailure::GiveUp,
+        _ if now - recorded_at >= give_up => AfterFailure::GiveUp,
+        SendFailure::Deferred => AfterFailure::Retry { counts: true },
+        SendFailure::Unreachable => AfterFailure::Retry { counts: false },
+    }
 }
 
 #[cfg(test)]
@@ -319,8 +354,26 @@ mod tests {
     }
 
     #[test]
-    fn sending_gives_up_after_the_last_attempt() {
-        assert!(!gives_up(4, 5));
-        assert!(gives_up(5, 5));
+    fn an_outage_uses_no_attempt_and_only_the_give_up_time_or_a_refusal_ends_the_wait() {
+        let day = chrono::Duration::hours(24);
+        let recorded = Utc::now();
+        let soon = recorded + chrono::Duration::minutes(3);
+        assert_eq!(
+            after_failure(recorded, soon, day, SendFailure::Unreachable),
+            AfterFailure::Retry { counts: false }
+        );
+        assert_eq!(
+            after_failure(recorded, soon, day, SendFailure::Deferred),
+            AfterFailure::Retry { counts: true }
+        );
+        assert_eq!(
+            after_failure(recorded, soon, day, SendFailure::Refused),
+            AfterFailure::GiveUp
+        );
+        let late = recorded + day;
+        assert_eq!(
+            after_failure(recorded, late, day, SendFailure::Unreachable),
+            AfterFailure::GiveUp
+        );
     }
 }

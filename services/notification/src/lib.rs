@@ -8,7 +8,7 @@ pub mod http;
 pub mod sender;
 pub mod store;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use shared::{
     broker::topology::NOTIFICATION_SERVICE,
@@ -24,6 +24,9 @@ pub struct Config {
     pub smtp: sender::SmtpConfig,
     /// `ADMIN_EMAIL`: where low-stock alerts go.
     pub admin_email: String,
+    /// `EMAIL_GIVE_UP_HOURS` (default 24): how long a notification waits
+    /// through an SMTP outage before it is FAILED.
+    pub email_give_up: Duration,
 }
 
 impl Config {
@@ -49,6 +52,12 @@ impl Config {
                 })?,
             },
             admin_email: env.string("ADMIN_EMAIL", "admin@example.com"),
+            email_give_up: Duration::from_secs(
+                3600 * env.parse_checked("EMAIL_GIVE_UP_HOURS", 24u64, |hours| match hours {
+                    0 => Err("must be at least 1"),
+                    _ => Ok(()),
+                })?,
+            ),
         })
     }
 }
@@ -65,6 +74,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
         store.clone(),
         &config.smtp,
         core.config.retry,
+        config.email_give_up,
         &core.breakers,
     )?;
     core.tasks.spawn(sender.run(core.shutdown.clone()));

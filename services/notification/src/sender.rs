@@ -14,13 +14,13 @@ use lettre::{
 };
 use shared::{
     CancellationToken,
-    resilience::{Breaker, Breakers},
+    resilience::{Breaker, BreakerProbe, BreakerState, Breakers},
     retry::RetryPolicy,
 };
 use tracing::Instrument;
 
 use crate::{
-    domain::{self, Notification},
+    domain::{self, AfterFailure, Notification, SendFailure},
     store::NotificationStore,
 };
 
@@ -47,18 +47,32 @@ pub struct Sender {
     store: Arc<NotificationStore>,
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: lettre::message::Mailbox,
+    /// Backoff between deferred (4xx) sends.
     policy: RetryPolicy,
+    /// `EMAIL_GIVE_UP_HOURS`: how long a notification waits for SMTP.
+    give_up: chrono::Duration,
     breaker: Breaker,
+    /// The breaker's state, to let one probe through when it half-opens.
+    breaker_state: BreakerProbe,
+    /// Held by the one send that probes a server the breaker gave up on;
+    /// every other send waits its turn without using an attempt.
+    probe: tokio::sync::Mutex<()>,
     name: String,
 }
+
+/// How soon a send refused by an open breaker or an unreachable server is
+/// tried again: about when the breaker lets a probe through.
+const OUTAGE_RETRY: Duration = Duration::from_secs(5);
 
 impl Sender {
     pub fn new(
         store: Arc<NotificationStore>,
         smtp: &SmtpConfig,
         policy: RetryPolicy,
+        give_up: Duration,
         breakers: &Breakers,
     ) -> anyhow::Result<Self> {
+        let (breaker, breaker_state) = breakers.breaker_with_state("smtp", 3, OUTAGE_RETRY);
         // Pooled: a new SMTP session per email (connect, EHLO, QUIT) held
         // the sender near 50 emails/s against MailDev. A connection that
         // went stale is dropped by the pool and the send retried as usual.
@@ -74,7 +88,10 @@ impl Sender {
                 anyhow::anyhow!("NOTIFY_FROM={:?} is not an email address: {e}", smtp.from)
             })?,
             policy,
-            breaker: breakers.breaker("smtp", 3, Duration::from_secs(5)),
+            give_up: chrono::Duration::from_std(give_up).unwrap_or(chrono::Duration::MAX),
+            breaker,
+            breaker_state,
+            probe: tokio::sync::Mutex::new(()),
             name: format!("sender-{}", uuid::Uuid::new_v4()),
         })
     }
@@ -115,37 +132,88 @@ impl Sender {
             Ok(message) => message,
             Err(error) => {
                 // A bad address never becomes good: fail at once.
-                let _ = self
-                    .store
-                    .mark_failed_attempt(&notification, &error, None)
+                self.failed(&notification, SendFailure::Refused, &error)
                     .await;
                 return;
             }
         };
-        let outcome = match self.breaker.call(self.transport.send(message)).await {
-            Ok(_) => self.store.mark_sent(&notification).await,
+        // While the breaker is not closed, one send at a time probes the
+        // server; the others wait without using an attempt, instead of all
+        // rushing a half-open breaker and each spending one.
+        let _probing = match self.breaker_state.state() {
+            BreakerState::Closed => None,
+            _ => match self.probe.try_lock() {
+                Ok(probing) => Some(probing),
+                Err(_) => {
+                    self.failed(&notification, SendFailure::Unreachable, "SMTP is down")
+                        .await;
+                    return;
+                }
+            },
+        };
+        // Only an unreachable server counts against the breaker: a refusal
+        // or a deferral is the server answering.
+        let sent = self
+            .breaker
+            .call_with(
+                |error: &lettre::transport::smtp::Error| !error.is_response(),
+                self.transport.send(message),
+            )
+            .await;
+        match sent {
+            Ok(_) => {
+                if let Err(error) = self.store.mark_sent(&notification).await {
+                    // The lease expires and it is sent again, with the same
+                    // Message-ID, so a mail system can drop the copy.
+                    tracing::warn!(%error, "could not record the send; it will be sent again");
+                }
+            }
             Err(failsafe::Error::Rejected) => {
-                // SMTP is known to be down: keep it PENDING without using an attempt.
-                self.store
-                    .postpone(&notification, Utc::now() + chrono::Duration::seconds(5))
-                    .await
+                self.failed(
+                    &notification,
+                    SendFailure::Unreachable,
+                    "SMTP is down (circuit breaker open)",
+                )
+                .await
             }
             Err(failsafe::Error::Inner(error)) => {
-                let attempts = notification.attempts + 1;
-                let retry_at = (!domain::gives_up(attempts, self.policy.max_attempts)).then(|| {
-                    Utc::now()
-                        + self
-                            .policy
-                            .jittered_delay(attempts)
-                            .max(Duration::from_millis(200))
-                });
-                tracing::warn!(%error, attempts, "SMTP send failed");
-                self.store
-                    .mark_failed_attempt(&notification, &error.to_string(), retry_at)
+                let failure = if error.is_permanent() {
+                    SendFailure::Refused
+                } else if error.is_transient() {
+                    SendFailure::Deferred
+                } else {
+                    SendFailure::Unreachable
+                };
+                tracing::warn!(%error, ?failure, "SMTP send failed");
+                self.failed(&notification, failure, &error.to_string())
                     .await
             }
-        };
-        if let Err(error) = outcome {
+        }
+    }
+
+    /// Records a failed send: PENDING again (using an attempt or not), or
+    /// FAILED, as the domain decides.
+    async fn failed(&self, notification: &Notification, failure: SendFailure, error: &str) {
+        let now = Utc::now();
+        let recorded =
+            match domain::after_failure(notification.created_at, now, self.give_up, failure) {
+                AfterFailure::GiveUp => self.store.give_up(notification, error).await,
+                AfterFailure::Retry { counts: true } => {
+                    let delay = self
+                        .policy
+                        .jittered_delay(notification.attempts + 1)
+                        .max(Duration::from_millis(200));
+                    self.store
+                        .retry_later(notification, error, now + delay, true)
+                        .await
+                }
+                AfterFailure::Retry { counts: false } => {
+                    self.store
+                        .retry_later(notification, error, now + OUTAGE_RETRY, false)
+                        .await
+                }
+            };
+        if let Err(error) = recorded {
             // The lease expires and another pass picks it up.
             tracing::warn!(%error, "could not record the send outcome");
         }

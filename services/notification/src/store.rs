@@ -32,7 +32,6 @@ pub struct NotificationStore {
     /// Wakes the sender.
     pub send_wake: Arc<Notify>,
     recorded: Batcher<Notification>,
-    sent: Batcher<Notification>,
 }
 
 impl NotificationStore {
@@ -49,7 +48,6 @@ impl NotificationStore {
                     send_wake: send_wake.clone(),
                 },
             ),
-            sent: Batcher::start(tasks, BATCH, MarkSent(store.clone())),
             store,
             notifications,
             send_wake,
@@ -152,59 +150,57 @@ impl NotificationStore {
             .await?)
     }
 
-    /// The email went out: SENT, with `notification.sent`. Sends that end
-    /// together are recorded in one transaction.
+    /// The email went out: SENT, with `notification.sent`, written as soon
+    /// as the SMTP server took it (not behind a batch), to keep the window in
+    /// which a crash resends it short.
     pub async fn mark_sent(&self, notification: &Notification) -> Result<(), StoreError> {
-        self.sent.write(notification.clone()).await
+        let mut unit = UnitOfWork::new();
+        unit.update(
+            NOTIFICATIONS,
+            "notification",
+            doc! { "_id": &notification.id },
+            doc! { "$set": { "status": NotificationStatus::Sent.as_str(), "sentAt": bson::DateTime::now(), "claimedBy": null },
+                   "$inc": { "attempts": 1 } },
+        )
+        .emit([notification.sent_event()]);
+        self.store.commit(unit).await
     }
 
-    /// A send failed: try again at `retry_at`, or (if `None`) give up as
-    /// FAILED with `notification.failed`.
-    pub async fn mark_failed_attempt(
+    /// PENDING again until `at`, with the error on record; `counts` says
+    /// whether the failure used an attempt.
+    pub async fn retry_later(
         &self,
         notification: &Notification,
         error: &str,
-        retry_at: Option<chrono::DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
-        match retry_at {
-            Some(at) => {
-                self.notifications
-                    .update_one(
-                        doc! { "_id": &notification.id },
-                        doc! { "$set": { "lastError": error, "nextAttemptAt": bson::DateTime::from_chrono(at), "claimedBy": null },
-                               "$inc": { "attempts": 1 } },
-                    )
-                    .await?;
-                Ok(())
-            }
-            None => {
-                let mut unit = UnitOfWork::new();
-                unit.update(
-                    NOTIFICATIONS,
-                    "notification",
-                    doc! { "_id": &notification.id },
-                    doc! { "$set": { "status": NotificationStatus::Failed.as_str(), "lastError": error, "claimedBy": null },
-                           "$inc": { "attempts": 1 } },
-                )
-                .emit([notification.failed_event(error)]);
-                self.store.commit(unit).await
-            }
-        }
-    }
-
-    /// Puts a claimed notification back untouched (the SMTP breaker is open).
-    pub async fn postpone(
-        &self,
-        notification: &Notification,
-        until: chrono::DateTime<Utc>,
+        at: chrono::DateTime<Utc>,
+        counts: bool,
     ) -> Result<(), StoreError> {
         self.notifications
             .update_one(
                 doc! { "_id": &notification.id },
-                doc! { "$set": { "nextAttemptAt": bson::DateTime::from_chrono(until), "claimedBy": null } },
+                doc! { "$set": { "lastError": error, "nextAttemptAt": bson::DateTime::from_chrono(at), "claimedBy": null },
+                       "$inc": { "attempts": i32::from(counts) } },
             )
             .await?;
         Ok(())
+    }
+
+    /// FAILED for good, with `notification.failed`.
+    pub async fn give_up(
+        &self,
+        notification: &Notification,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let mut unit = UnitOfWork::new();
+        unit.update(
+            NOTIFICATIONS,
+            "notification",
+            doc! { "_id": &notification.id },
+            doc! { "$set": { "status": NotificationStatus::Failed.as_str(), "lastError": error, "claimedBy": null },
+                   "$inc": { "attempts": 1 } },
+        )
+        .emit([notification.failed_event(error)]);
+        self.store.commit(unit).await
     }
 }
 
@@ -221,28 +217,5 @@ impl WriteBatch for RecordNotifications {
         insert_new(&self.notifications, batch).await?;
         self.send_wake.notify_one();
         Ok(())
-    }
-}
-
-/// Sends that ended together: SENT, and `notification.sent` for each.
-struct MarkSent(Store);
-
-impl WriteBatch for MarkSent {
-    type Item = Notification;
-
-    async fn write(&self, batch: &[Notification]) -> Result<(), StoreError> {
-        let now = bson::DateTime::now();
-        let mut unit = UnitOfWork::new();
-        for notification in batch {
-            unit.update(
-                NOTIFICATIONS,
-                "notification",
-                doc! { "_id": &notification.id },
-                doc! { "$set": { "status": NotificationStatus::Sent.as_str(), "sentAt": now, "claimedBy": null },
-                       "$inc": { "attempts": 1 } },
-            )
-            .emit([notification.sent_event()]);
-        }
-        self.0.commit(unit).await
     }
 }

@@ -36,6 +36,12 @@ pub const LAST_ERROR_HEADER: &str = "x-last-error";
 pub const REASON_HEADER: &str = "x-dead-letter-reason";
 pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
 pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
+/// `transient` on a dead letter whose retry budget ran out (worth another
+/// try later: see `DEAD_LETTER_REDRIVES`), `permanent` on one that can never
+/// succeed.
+pub const FAILURE_CLASS_HEADER: &str = "x-failure-class";
+/// How many times this message was sent back from the dead letters by itself.
+pub const REDRIVES_HEADER: &str = "x-redrives";
 
 /// The longest one delivery may take from receipt to ack, handler included.
 /// A handler meets an unavailable database within seconds (short driver
@@ -326,24 +332,39 @@ async fn settle<H: Handler>(
 
     let next_hop = match outcome {
         Ok(()) => None,
-        Err(HandleError::Permanent(reason)) => {
-            Some(dead_letter(&delivery, settings, &headers, attempt, &reason))
-        }
-        Err(HandleError::Transient(reason)) => match settings.policy.decide_now(attempt) {
-            RetryDecision::RetryAfter(delay) => {
-                tracing::warn!(attempt, %reason, delay_ms = delay.as_millis() as u64, "handler failed; retrying later");
-                Some(retry_later(
-                    &delivery, settings, &headers, attempt, &reason, delay,
-                ))
+        Err(HandleError::Permanent(reason)) => Some(dead_letter(
+            &delivery,
+            settings,
+            &headers,
+            attempt,
+            &reason,
+            "permanent",
+        )),
+        Err(HandleError::Transient(reason)) => {
+            let failing_for = header_string(&headers, FIRST_FAILURE_HEADER)
+                .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
+                .and_then(|at| (Utc::now() - at.with_timezone(&Utc)).to_std().ok())
+                .unwrap_or_default();
+            match settings.policy.decide_now(attempt, failing_for) {
+                RetryDecision::RetryAfter(delay) => {
+                    tracing::warn!(attempt, %reason, delay_ms = delay.as_millis() as u64, "handler failed; retrying later");
+                    Some(retry_later(
+                        &delivery, settings, &headers, attempt, &reason, delay,
+                    ))
+                }
+                RetryDecision::GiveUp => Some(dead_letter(
+                    &delivery,
+                    settings,
+                    &headers,
+                    attempt,
+                    &format!(
+                        "gave up after {attempt} attempts in {} s: {reason}",
+                        failing_for.as_secs()
+                    ),
+                    "transient",
+                )),
             }
-            RetryDecision::GiveUp => Some(dead_letter(
-                &delivery,
-                settings,
-                &headers,
-                attempt,
-                &format!("gave up after {attempt} attempts: {reason}"),
-            )),
-        },
+        }
     };
 
     if let Some(message) = next_hop {
@@ -424,10 +445,12 @@ fn dead_letter(
     headers: &FieldTable,
     attempt: u32,
     reason: &str,
+    class: &str,
 ) -> Outgoing {
-    tracing::error!(attempt, %reason, "dead-lettering message");
+    tracing::error!(attempt, %reason, class, "dead-lettering message");
     let mut headers = failure_headers(delivery, settings, headers, reason);
     set_header(&mut headers, REASON_HEADER, text(truncate(reason, 1000)));
+    set_header(&mut headers, FAILURE_CLASS_HEADER, text(class));
     set_header(&mut headers, ATTEMPT_HEADER, AMQPValue::LongUInt(attempt));
     reroute(
         delivery,
