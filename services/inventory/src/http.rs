@@ -10,7 +10,10 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
-use shared::http::{AdminAuth, CorrelationId, FieldError, PageRequest, validate};
+use shared::{
+    http::{AdminAuth, CorrelationId, FieldError, PageRequest, validate},
+    money::major_units,
+};
 use validator::Validate;
 
 use crate::{
@@ -90,7 +93,7 @@ impl From<Product> for ProductView {
             name: p.name,
             description: p.description,
             category: p.category,
-            price: p.price_cents as f64 / 100.0,
+            price: major_units(p.price_cents),
             stock: p.stock,
             reserved: p.reserved,
             low_stock_threshold: p.low_stock_threshold,

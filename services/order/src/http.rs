@@ -13,6 +13,7 @@ use poem_openapi::{
 use shared::{
     broker::Backlog,
     http::{AdminAuth, ApiError, CorrelationId, FieldError, PageRequest, validate},
+    money::major_units,
 };
 use validator::Validate;
 
@@ -114,10 +115,10 @@ impl From<Order> for OrderView {
                 .map(|i| OrderItemView {
                     product_id: i.product_id,
                     quantity: i.quantity,
-                    unit_price: i.unit_price_cents.map(domain::major_units),
+                    unit_price: i.unit_price_cents.map(major_units),
                 })
                 .collect(),
-            total_amount: order.total_cents.map(domain::major_units),
+            total_amount: order.total_cents.map(major_units),
             status: order.status,
             reason: order.reason,
             version: order.version,
