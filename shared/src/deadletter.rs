@@ -42,9 +42,8 @@ use crate::{
         header_string, header_u32, set_header, text,
     },
     events::RawEnvelope,
-    http::{PageRequest, find_page},
     retry::RetryPolicy,
-    store,
+    store::{self, PageRequest, find_page},
 };
 
 pub const DEAD_LETTERS: &str = "dead_letters";
@@ -192,6 +191,13 @@ impl DeadLetterStore {
             .find_one(doc! { "_id": id })
             .await?
             .ok_or_else(|| DeadLetterError::NotFound(id.to_string()))
+    }
+
+    /// Dead letters still waiting for an operator (`/metrics`).
+    pub async fn dead_count(&self) -> Result<u64, Error> {
+        self.collection
+            .count_documents(doc! { "status": DeadLetterStatus::Dead.as_str() })
+            .await
     }
 
     pub async fn page(

@@ -7,12 +7,10 @@ pub mod deadletters;
 pub mod error;
 pub mod health;
 pub mod loadshed;
-pub mod page;
 pub mod ratelimit;
 pub mod server;
 
 pub use auth::{AdminAuth, AdminToken};
 pub use error::{ApiError, ErrorBody, FieldError, validate};
 pub use health::HealthApi;
-pub use page::{PageRequest, find_page};
 pub use server::{CorrelationId, bind, build_app, serve, wait_for_signal};

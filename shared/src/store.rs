@@ -1,8 +1,10 @@
-//! MongoDB helpers: connecting, transactions, the inbox and the outbox.
+//! MongoDB helpers: connecting, transactions, paging, the inbox and the
+//! outbox.
 
 pub mod group;
 pub mod inbox;
 pub mod outbox;
+pub mod page;
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use mongodb::{
 pub use group::{GroupCommit, WriterGone, Written, one_by_one_on_failure};
 pub use inbox::{AlreadyHandled, record_all_in_inbox, record_in_inbox};
 pub use outbox::{Outbox, OutboxRecord, OutboxRelay, stage_records};
+pub use page::{PageRequest, find_page};
 
 /// Connects lazily (the driver retries on its own) with short timeouts, so a
 /// missing server shows up as a clear error instead of a long hang.

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::doc;
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi, Tags,
@@ -11,8 +10,9 @@ use poem_openapi::{
     payload::Json,
 };
 use shared::{
-    http::{AdminAuth, CorrelationId, FieldError, PageRequest, validate},
+    http::{AdminAuth, CorrelationId, FieldError, validate},
     money::major_units,
+    store::PageRequest,
 };
 use validator::Validate;
 
@@ -209,8 +209,9 @@ impl InventoryApi {
         /// `nextCursor` of the previous page.
         cursor: Query<Option<String>>,
     ) -> poem::Result<PageResponse> {
-        self.list(doc! { "category": &category.0 }, limit.0, cursor.0)
-            .await
+        let page = PageRequest::new(limit.0, cursor.0);
+        let found = self.store.products_in_category(&category, &page).await?;
+        Ok(Self::page(found))
     }
 
     /// Products at or below their low-stock threshold (admin).
@@ -224,25 +225,17 @@ impl InventoryApi {
         /// `nextCursor` of the previous page.
         cursor: Query<Option<String>>,
     ) -> poem::Result<PageResponse> {
-        self.list(doc! { "lowStockAlerted": true }, limit.0, cursor.0)
-            .await
+        let page = PageRequest::new(limit.0, cursor.0);
+        let found = self.store.low_stock_products(&page).await?;
+        Ok(Self::page(found))
     }
 }
 
 impl InventoryApi {
-    async fn list(
-        &self,
-        filter: mongodb::bson::Document,
-        limit: Option<u32>,
-        cursor: Option<String>,
-    ) -> poem::Result<PageResponse> {
-        let (products, next_cursor) = self
-            .store
-            .page(filter, &PageRequest::new(limit, cursor))
-            .await?;
-        Ok(PageResponse::Ok(Json(ProductPage {
+    fn page((products, next_cursor): (Vec<Product>, Option<String>)) -> PageResponse {
+        PageResponse::Ok(Json(ProductPage {
             items: products.into_iter().map(Into::into).collect(),
             next_cursor,
-        })))
+        }))
     }
 }

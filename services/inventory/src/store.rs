@@ -14,12 +14,12 @@ use mongodb::{
     error::Error as DbError,
     options::IndexOptions,
 };
+use shared::store::{PageRequest, find_page};
 use shared::{
     events::{
         Envelope, InventoryLow, InventoryReleased, InventoryReservationFailed, InventoryReserved,
         InventoryUpdated, OrderCancelled, OrderCreated, OrderLine, RawEnvelope,
     },
-    http::{PageRequest, find_page},
     store::{
         GroupCommit, Outbox, OutboxRecord, Transaction, Written, is_duplicate_key,
         one_by_one_on_failure, record_all_in_inbox, record_in_inbox, stage_records, update_each,
@@ -101,11 +101,23 @@ impl InventoryStore {
         Ok(self.products.find_one(doc! { "_id": product_id }).await?)
     }
 
-    pub async fn page(
+    /// The products in `category`, newest first, and the next page's cursor.
+    pub async fn products_in_category(
         &self,
-        filter: Document,
+        category: &str,
         page: &PageRequest,
     ) -> Result<(Vec<Product>, Option<String>), Error> {
+        let filter = doc! { "category": category };
+        Ok(find_page(&self.products, filter, page, |p| p.id.clone()).await?)
+    }
+
+    /// The products at or below their low-stock threshold (alerted), newest
+    /// first, and the next page's cursor.
+    pub async fn low_stock_products(
+        &self,
+        page: &PageRequest,
+    ) -> Result<(Vec<Product>, Option<String>), Error> {
+        let filter = doc! { "lowStockAlerted": true };
         Ok(find_page(&self.products, filter, page, |p| p.id.clone()).await?)
     }
 

@@ -3,14 +3,16 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::doc;
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi, Tags,
     param::{Path, Query},
     payload::Json,
 };
-use shared::http::{AdminAuth, CorrelationId, PageRequest, validate};
+use shared::{
+    http::{AdminAuth, CorrelationId, validate},
+    store::PageRequest,
+};
 use validator::Validate;
 
 use crate::{
@@ -158,8 +160,9 @@ impl NotificationApi {
         /// `nextCursor` of the previous page.
         cursor: Query<Option<String>>,
     ) -> poem::Result<PageResponse> {
-        self.list(doc! { "status": status.0.as_str() }, limit.0, cursor.0)
-            .await
+        let page = PageRequest::new(limit.0, cursor.0);
+        let found = self.store.notifications_in_status(status.0, &page).await?;
+        Ok(Self::page(found))
     }
 
     /// The notifications about one order.
@@ -175,25 +178,17 @@ impl NotificationApi {
         /// `nextCursor` of the previous page.
         cursor: Query<Option<String>>,
     ) -> poem::Result<PageResponse> {
-        self.list(doc! { "orderId": &order_id.0 }, limit.0, cursor.0)
-            .await
+        let page = PageRequest::new(limit.0, cursor.0);
+        let found = self.store.notifications_of_order(&order_id, &page).await?;
+        Ok(Self::page(found))
     }
 }
 
 impl NotificationApi {
-    async fn list(
-        &self,
-        filter: mongodb::bson::Document,
-        limit: Option<u32>,
-        cursor: Option<String>,
-    ) -> poem::Result<PageResponse> {
-        let (items, next_cursor) = self
-            .store
-            .page(filter, &PageRequest::new(limit, cursor))
-            .await?;
-        Ok(PageResponse::Ok(Json(NotificationPage {
+    fn page((items, next_cursor): (Vec<Notification>, Option<String>)) -> PageResponse {
+        PageResponse::Ok(Json(NotificationPage {
             items: items.into_iter().map(Into::into).collect(),
             next_cursor,
-        })))
+        }))
     }
 }

@@ -13,9 +13,9 @@ use mongodb::{
     error::Error as DbError,
     options::IndexOptions,
 };
+use shared::store::{PageRequest, find_page};
 use shared::{
     events::{Envelope, NotificationFailed, NotificationSent},
-    http::{PageRequest, find_page},
     store::{
         GroupCommit, Outbox, OutboxRecord, Transaction, Written, one_by_one_on_failure,
         only_duplicate_keys, stage_records,
@@ -116,11 +116,25 @@ impl NotificationStore {
         Ok(self.notifications.find_one(doc! { "_id": id }).await?)
     }
 
-    pub async fn page(
+    /// The notifications in `status`, newest first, and the next page's
+    /// cursor.
+    pub async fn notifications_in_status(
         &self,
-        filter: Document,
+        status: NotificationStatus,
         page: &PageRequest,
     ) -> Result<(Vec<Notification>, Option<String>), Error> {
+        let filter = doc! { "status": status.as_str() };
+        Ok(find_page(&self.notifications, filter, page, |n| n.id.clone()).await?)
+    }
+
+    /// The notifications about one order, newest first, and the next page's
+    /// cursor.
+    pub async fn notifications_of_order(
+        &self,
+        order_id: &str,
+        page: &PageRequest,
+    ) -> Result<(Vec<Notification>, Option<String>), Error> {
+        let filter = doc! { "orderId": order_id };
         Ok(find_page(&self.notifications, filter, page, |n| n.id.clone()).await?)
     }
 

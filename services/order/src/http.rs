@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::doc;
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi, Tags,
@@ -12,8 +11,9 @@ use poem_openapi::{
 };
 use shared::{
     broker::Backlog,
-    http::{AdminAuth, ApiError, CorrelationId, FieldError, PageRequest, validate},
+    http::{AdminAuth, ApiError, CorrelationId, FieldError, validate},
     money::major_units,
+    store::PageRequest,
 };
 use validator::Validate;
 
@@ -326,8 +326,9 @@ impl OrderApi {
         /// `nextCursor` of the previous page.
         cursor: Query<Option<String>>,
     ) -> poem::Result<OrderPageResponse> {
-        self.list(doc! { "customerId": &customer_id.0 }, limit.0, cursor.0)
-            .await
+        let page = PageRequest::new(limit.0, cursor.0);
+        let found = self.store.orders_of_customer(&customer_id, &page).await?;
+        Ok(Self::page(found))
     }
 
     /// Orders in one status, newest first (admin).
@@ -342,25 +343,17 @@ impl OrderApi {
         /// `nextCursor` of the previous page.
         cursor: Query<Option<String>>,
     ) -> poem::Result<OrderPageResponse> {
-        self.list(doc! { "status": status.0.as_str() }, limit.0, cursor.0)
-            .await
+        let page = PageRequest::new(limit.0, cursor.0);
+        let found = self.store.orders_in_status(status.0, &page).await?;
+        Ok(Self::page(found))
     }
 }
 
 impl OrderApi {
-    async fn list(
-        &self,
-        filter: mongodb::bson::Document,
-        limit: Option<u32>,
-        cursor: Option<String>,
-    ) -> poem::Result<OrderPageResponse> {
-        let (orders, next_cursor) = self
-            .store
-            .page(filter, &PageRequest::new(limit, cursor))
-            .await?;
-        Ok(OrderPageResponse::Ok(Json(OrderPage {
+    fn page((orders, next_cursor): (Vec<Order>, Option<String>)) -> OrderPageResponse {
+        OrderPageResponse::Ok(Json(OrderPage {
             items: orders.into_iter().map(Into::into).collect(),
             next_cursor,
-        })))
+        }))
     }
 }

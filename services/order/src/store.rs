@@ -11,12 +11,12 @@ use mongodb::{
     Collection, Database, IndexModel,
     bson::{self, Document, doc},
 };
+use shared::store::{PageRequest, find_page};
 use shared::{
     events::{
         Envelope, InventoryReservationFailed, InventoryReserved, OrderCancelled, OrderConfirmed,
         OrderCreated, OrderLine, OrderRejected, OrderStatusChanged, PricedLine, RawEnvelope,
     },
-    http::{PageRequest, find_page},
     store::{
         GroupCommit, Outbox, OutboxRecord, Transaction, Written, is_duplicate_key,
         one_by_one_on_failure, record_all_in_inbox, stage_records, update_each,
@@ -227,11 +227,23 @@ impl OrderStore {
         Ok(self.orders.find_one(doc! { "_id": order_id }).await?)
     }
 
-    pub async fn page(
+    /// A customer's orders, newest first, and the next page's cursor.
+    pub async fn orders_of_customer(
         &self,
-        filter: Document,
+        customer_id: &str,
         page: &PageRequest,
     ) -> Result<(Vec<Order>, Option<String>), Error> {
+        let filter = doc! { "customerId": customer_id };
+        Ok(find_page(&self.orders, filter, page, |o| o.id.clone()).await?)
+    }
+
+    /// The orders in `status`, newest first, and the next page's cursor.
+    pub async fn orders_in_status(
+        &self,
+        status: OrderStatus,
+        page: &PageRequest,
+    ) -> Result<(Vec<Order>, Option<String>), Error> {
+        let filter = doc! { "status": status.as_str() };
         Ok(find_page(&self.orders, filter, page, |o| o.id.clone()).await?)
     }
 

@@ -11,12 +11,13 @@ use poem_openapi::{
 };
 use validator::Validate;
 
-use super::{AdminAuth, ApiError, PageRequest, validate};
+use super::{AdminAuth, ApiError, validate};
 use crate::{
     broker::Publisher,
     deadletter::{
         DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterStatus, DeadLetterStore,
     },
+    store::PageRequest,
 };
 
 pub struct DeadLetterApi {

@@ -1,5 +1,6 @@
 //! Cursor pagination over `_id` (UUIDv7 strings, so newest first is simply
-//! descending `_id`). The cursor is the last id of the previous page.
+//! descending `_id`). The cursor is the last id of the previous page. The
+//! stores wrap [`find_page`] in named queries; the APIs never see a filter.
 
 use futures::TryStreamExt;
 use mongodb::{
