@@ -7,10 +7,12 @@ pub mod deadletters;
 pub mod error;
 pub mod health;
 pub mod loadshed;
+pub mod page;
 pub mod ratelimit;
 pub mod server;
 
 pub use auth::{AdminAuth, AdminToken};
 pub use error::{ApiError, ErrorBody, FieldError, validate};
 pub use health::HealthApi;
+pub use page::{Cursor, Page, PageSize};
 pub use server::{CorrelationId, bind, build_app, serve, wait_for_signal};

@@ -10,9 +10,8 @@ use poem_openapi::{
     payload::Json,
 };
 use shared::{
-    http::{AdminAuth, CorrelationId, FieldError, validate},
+    http::{AdminAuth, CorrelationId, Cursor, FieldError, Page, PageSize, page, validate},
     money::major_units,
-    store::PageRequest,
 };
 use validator::Validate;
 
@@ -104,15 +103,6 @@ impl From<Product> for ProductView {
     }
 }
 
-/// A page of products, newest first.
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
-pub struct ProductPage {
-    pub items: Vec<ProductView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
 #[derive(ApiResponse)]
 pub enum CreatedResponse {
     #[oai(status = 201)]
@@ -128,7 +118,7 @@ pub enum ProductResponse {
 #[derive(ApiResponse)]
 pub enum PageResponse {
     #[oai(status = 200)]
-    Ok(Json<ProductPage>),
+    Ok(Json<Page<ProductView>>),
 }
 
 #[OpenApi(tag = "Tag::Products")]
@@ -203,15 +193,12 @@ impl InventoryApi {
     async fn by_category(
         &self,
         category: Path<String>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
     ) -> poem::Result<PageResponse> {
-        let page = PageRequest::new(limit.0, cursor.0);
+        let page = page::requested(limit.0, cursor.0);
         let found = self.store.products_in_category(&category, &page).await?;
-        Ok(Self::page(found))
+        Ok(PageResponse::Ok(Json(Page::of(found))))
     }
 
     /// Products at or below their low-stock threshold (admin).
@@ -219,23 +206,11 @@ impl InventoryApi {
     async fn low_stock(
         &self,
         _admin: AdminAuth,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
     ) -> poem::Result<PageResponse> {
-        let page = PageRequest::new(limit.0, cursor.0);
+        let page = page::requested(limit.0, cursor.0);
         let found = self.store.low_stock_products(&page).await?;
-        Ok(Self::page(found))
-    }
-}
-
-impl InventoryApi {
-    fn page((products, next_cursor): (Vec<Product>, Option<String>)) -> PageResponse {
-        PageResponse::Ok(Json(ProductPage {
-            items: products.into_iter().map(Into::into).collect(),
-            next_cursor,
-        }))
+        Ok(PageResponse::Ok(Json(Page::of(found))))
     }
 }

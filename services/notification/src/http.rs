@@ -9,10 +9,7 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
-use shared::{
-    http::{AdminAuth, CorrelationId, validate},
-    store::PageRequest,
-};
+use shared::http::{AdminAuth, CorrelationId, Cursor, Page, PageSize, page, validate};
 use validator::Validate;
 
 use crate::{
@@ -79,15 +76,6 @@ impl From<Notification> for NotificationView {
     }
 }
 
-/// A page of notifications, newest first.
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
-pub struct NotificationPage {
-    pub items: Vec<NotificationView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
 #[derive(ApiResponse)]
 pub enum AcceptedResponse {
     /// Recorded; it is sent shortly.
@@ -104,7 +92,7 @@ pub enum NotificationResponse {
 #[derive(ApiResponse)]
 pub enum PageResponse {
     #[oai(status = 200)]
-    Ok(Json<NotificationPage>),
+    Ok(Json<Page<NotificationView>>),
 }
 
 #[OpenApi(tag = "Tag::Notifications")]
@@ -154,15 +142,12 @@ impl NotificationApi {
         &self,
         _admin: AdminAuth,
         status: Path<NotificationStatus>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
     ) -> poem::Result<PageResponse> {
-        let page = PageRequest::new(limit.0, cursor.0);
+        let page = page::requested(limit.0, cursor.0);
         let found = self.store.notifications_in_status(status.0, &page).await?;
-        Ok(Self::page(found))
+        Ok(PageResponse::Ok(Json(Page::of(found))))
     }
 
     /// The notifications about one order.
@@ -172,23 +157,11 @@ impl NotificationApi {
         /// The order's id.
         #[oai(name = "orderId")]
         order_id: Query<String>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
     ) -> poem::Result<PageResponse> {
-        let page = PageRequest::new(limit.0, cursor.0);
+        let page = page::requested(limit.0, cursor.0);
         let found = self.store.notifications_of_order(&order_id, &page).await?;
-        Ok(Self::page(found))
-    }
-}
-
-impl NotificationApi {
-    fn page((items, next_cursor): (Vec<Notification>, Option<String>)) -> PageResponse {
-        PageResponse::Ok(Json(NotificationPage {
-            items: items.into_iter().map(Into::into).collect(),
-            next_cursor,
-        }))
+        Ok(PageResponse::Ok(Json(Page::of(found))))
     }
 }

@@ -11,9 +11,10 @@ use poem_openapi::{
 };
 use shared::{
     broker::Backlog,
-    http::{AdminAuth, ApiError, CorrelationId, FieldError, validate},
+    http::{
+        AdminAuth, ApiError, CorrelationId, Cursor, FieldError, Page, PageSize, page, validate,
+    },
     money::major_units,
-    store::PageRequest,
 };
 use validator::Validate;
 
@@ -128,15 +129,6 @@ impl From<Order> for OrderView {
     }
 }
 
-/// A page of orders, newest first.
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
-pub struct OrderPage {
-    pub items: Vec<OrderView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
 #[derive(ApiResponse)]
 pub enum CreateOrderResponse {
     /// Accepted; the saga decides CONFIRMED or REJECTED shortly.
@@ -153,7 +145,7 @@ pub enum OrderResponse {
 #[derive(ApiResponse)]
 pub enum OrderPageResponse {
     #[oai(status = 200)]
-    Ok(Json<OrderPage>),
+    Ok(Json<Page<OrderView>>),
 }
 
 #[OpenApi(tag = "Tag::Orders")]
@@ -320,15 +312,12 @@ impl OrderApi {
     async fn customer_orders(
         &self,
         customer_id: Path<String>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
     ) -> poem::Result<OrderPageResponse> {
-        let page = PageRequest::new(limit.0, cursor.0);
+        let page = page::requested(limit.0, cursor.0);
         let found = self.store.orders_of_customer(&customer_id, &page).await?;
-        Ok(Self::page(found))
+        Ok(OrderPageResponse::Ok(Json(Page::of(found))))
     }
 
     /// Orders in one status, newest first (admin).
@@ -337,23 +326,11 @@ impl OrderApi {
         &self,
         _admin: AdminAuth,
         status: Path<OrderStatus>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
     ) -> poem::Result<OrderPageResponse> {
-        let page = PageRequest::new(limit.0, cursor.0);
+        let page = page::requested(limit.0, cursor.0);
         let found = self.store.orders_in_status(status.0, &page).await?;
-        Ok(Self::page(found))
-    }
-}
-
-impl OrderApi {
-    fn page((orders, next_cursor): (Vec<Order>, Option<String>)) -> OrderPageResponse {
-        OrderPageResponse::Ok(Json(OrderPage {
-            items: orders.into_iter().map(Into::into).collect(),
-            next_cursor,
-        }))
+        Ok(OrderPageResponse::Ok(Json(Page::of(found))))
     }
 }

@@ -11,13 +11,12 @@ use poem_openapi::{
 };
 use validator::Validate;
 
-use super::{AdminAuth, ApiError, validate};
+use super::{AdminAuth, ApiError, Cursor, Page, PageSize, page, validate};
 use crate::{
     broker::Publisher,
     deadletter::{
         DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterStatus, DeadLetterStore,
     },
-    store::PageRequest,
 };
 
 pub struct DeadLetterApi {
@@ -79,15 +78,6 @@ impl From<DeadLetter> for DeadLetterView {
     }
 }
 
-/// A page of dead letters, newest first.
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
-pub struct DeadLetterPage {
-    pub items: Vec<DeadLetterView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
 /// Which DEAD letters to replay. Every given field must match; an empty
 /// filter replays every DEAD letter (up to 1000 per call).
 #[derive(Debug, Default, Object, Validate)]
@@ -126,7 +116,7 @@ pub enum DeadLetterResponse {
 #[derive(ApiResponse)]
 pub enum DeadLetterPageResponse {
     #[oai(status = 200)]
-    Ok(Json<DeadLetterPage>),
+    Ok(Json<Page<DeadLetterView>>),
 }
 
 #[derive(ApiResponse)]
@@ -171,11 +161,8 @@ impl DeadLetterApi {
         /// Only this event id.
         #[oai(name = "messageId")]
         message_id: Query<Option<String>>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
     ) -> poem::Result<DeadLetterPageResponse> {
         let filter = DeadLetterFilter {
             status: status.0,
@@ -183,15 +170,12 @@ impl DeadLetterApi {
             routing_key: routing_key.0,
             message_id: message_id.0,
         };
-        let (items, next_cursor) = self
+        let found = self
             .store
-            .page(&filter, &PageRequest::new(limit.0, cursor.0))
+            .page(&filter, &page::requested(limit.0, cursor.0))
             .await
             .map_err(|e| ApiError::database(&e))?;
-        Ok(DeadLetterPageResponse::Ok(Json(DeadLetterPage {
-            items: items.into_iter().map(Into::into).collect(),
-            next_cursor,
-        })))
+        Ok(DeadLetterPageResponse::Ok(Json(Page::of(found))))
     }
 
     /// One dead letter (admin).
