@@ -1,6 +1,6 @@
 //! The inventory service's errors, and their one mapping to HTTP.
 
-use shared::http::{ApiError, FieldError};
+use shared::http::{ApiError, FieldError, Refused, error::Refusals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,7 +25,7 @@ impl From<Error> for ApiError {
     }
 }
 
-impl From<Error> for poem::Error {
+impl<R: Refusals> From<Error> for Refused<R> {
     fn from(error: Error) -> Self {
         ApiError::from(error).into()
     }

@@ -1,6 +1,6 @@
 //! The notification service's errors, and their one mapping to HTTP.
 
-use shared::http::ApiError;
+use shared::http::{ApiError, Refused, error::Refusals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -19,7 +19,7 @@ impl From<Error> for ApiError {
     }
 }
 
-impl From<Error> for poem::Error {
+impl<R: Refusals> From<Error> for Refused<R> {
     fn from(error: Error) -> Self {
         ApiError::from(error).into()
     }

@@ -9,7 +9,11 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
-use shared::http::{AdminAuth, CorrelationId, Cursor, Page, PageSize, page, validate};
+use shared::http::{
+    AdminAuth, CorrelationId, Cursor, EmailAddress, Page, PageSize, Refused, ValidJson,
+    error::{BadRequest, NotFound, Unauthorized, UnsupportedMediaType},
+    page,
+};
 use validator::Validate;
 
 use crate::{
@@ -29,13 +33,20 @@ pub struct NotificationApi {
 }
 
 /// A manual email.
-#[derive(Debug, Object, Validate, serde::Serialize)]
+#[derive(Debug, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SendRequest {
+    /// Who gets it (at most 254 characters).
+    #[oai(validator(max_length = 254))]
     #[validate(email, length(max = 254))]
-    pub recipient: String,
+    pub recipient: EmailAddress,
+    /// The subject line (1 to 200 characters).
+    #[oai(validator(min_length = 1, max_length = 200))]
     #[validate(length(min = 1, max = 200))]
     pub subject: String,
+    /// The plain-text body (1 to 20,000 characters).
+    #[oai(validator(min_length = 1, max_length = 20000))]
     #[validate(length(min = 1, max = 20000))]
     pub body: String,
 }
@@ -44,17 +55,31 @@ pub struct SendRequest {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct NotificationView {
+    /// The notification's id (UUIDv7).
     pub notification_id: String,
+    /// What it is about.
     pub kind: NotificationKind,
+    /// Who gets it.
     pub recipient: String,
+    /// The subject line.
     pub subject: String,
+    /// Whether it went out.
     pub status: NotificationStatus,
     /// SMTP attempts made so far.
     pub attempts: u32,
+    /// The order it is about, if any.
+    #[oai(nullable)]
     pub order_id: Option<String>,
+    /// The product it is about (low-stock alerts).
+    #[oai(nullable)]
     pub product_id: Option<String>,
+    /// When the SMTP server took it.
+    #[oai(nullable)]
     pub sent_at: Option<DateTime<Utc>>,
+    /// Why the last attempt failed, if it did.
+    #[oai(nullable)]
     pub last_error: Option<String>,
+    /// When it was recorded.
     pub created_at: DateTime<Utc>,
 }
 
@@ -80,17 +105,24 @@ impl From<Notification> for NotificationView {
 pub enum AcceptedResponse {
     /// Recorded; it is sent shortly.
     #[oai(status = 202)]
-    Accepted(Json<NotificationView>, #[oai(header = "Location")] String),
+    Accepted(
+        Json<NotificationView>,
+        /// Where to follow its delivery.
+        #[oai(header = "Location")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]
 pub enum NotificationResponse {
+    /// The notification as it is now.
     #[oai(status = 200)]
     Ok(Json<NotificationView>),
 }
 
 #[derive(ApiResponse)]
 pub enum PageResponse {
+    /// A page of notifications, newest first.
     #[oai(status = 200)]
     Ok(Json<Page<NotificationView>>),
 }
@@ -102,14 +134,13 @@ impl NotificationApi {
     async fn send(
         &self,
         _admin: AdminAuth,
-        body: Json<SendRequest>,
+        body: ValidJson<SendRequest>,
         correlation: Data<&CorrelationId>,
-    ) -> poem::Result<AcceptedResponse> {
-        validate(&body.0)?;
+    ) -> Result<AcceptedResponse, Refused<(BadRequest, Unauthorized, UnsupportedMediaType)>> {
         let id = uuid::Uuid::now_v7().to_string();
         let notification = Draft {
             kind: NotificationKind::Manual,
-            recipient: body.0.recipient,
+            recipient: body.0.recipient.into_string(),
             subject: body.0.subject,
             body: body.0.body,
             order_id: None,
@@ -127,7 +158,10 @@ impl NotificationApi {
 
     /// One notification.
     #[oai(path = "/api/notifications/:notification_id", method = "get")]
-    async fn get(&self, notification_id: Path<String>) -> poem::Result<NotificationResponse> {
+    async fn get(
+        &self,
+        notification_id: Path<String>,
+    ) -> Result<NotificationResponse, Refused<(NotFound,)>> {
         let n = self
             .store
             .get(&notification_id)
@@ -144,7 +178,7 @@ impl NotificationApi {
         status: Path<NotificationStatus>,
         limit: Query<Option<PageSize>>,
         cursor: Query<Option<Cursor>>,
-    ) -> poem::Result<PageResponse> {
+    ) -> Result<PageResponse, Refused<(BadRequest, Unauthorized)>> {
         let page = page::requested(limit.0, cursor.0);
         let found = self.store.notifications_in_status(status.0, &page).await?;
         Ok(PageResponse::Ok(Json(Page::of(found))))
@@ -159,7 +193,7 @@ impl NotificationApi {
         order_id: Query<String>,
         limit: Query<Option<PageSize>>,
         cursor: Query<Option<Cursor>>,
-    ) -> poem::Result<PageResponse> {
+    ) -> Result<PageResponse, Refused<(BadRequest,)>> {
         let page = page::requested(limit.0, cursor.0);
         let found = self.store.notifications_of_order(&order_id, &page).await?;
         Ok(PageResponse::Ok(Json(Page::of(found))))

@@ -1,6 +1,6 @@
 //! The order service's errors, and their one mapping to HTTP.
 
-use shared::http::{ApiError, FieldError};
+use shared::http::{ApiError, FieldError, Refused, error::Refusals};
 
 use crate::domain::RuleViolation;
 
@@ -39,7 +39,7 @@ impl From<Error> for ApiError {
     }
 }
 
-impl From<Error> for poem::Error {
+impl<R: Refusals> From<Error> for Refused<R> {
     fn from(error: Error) -> Self {
         ApiError::from(error).into()
     }

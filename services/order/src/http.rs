@@ -1,6 +1,6 @@
 //! The order API.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
@@ -8,11 +8,18 @@ use poem_openapi::{
     ApiResponse, Object, OpenApi, Tags,
     param::{Header, Path, Query},
     payload::Json,
+    registry::{MetaSchema, MetaSchemaRef},
+    types::{ParseFromParameter, ParseResult, Type},
 };
 use shared::{
     broker::Backlog,
     http::{
-        AdminAuth, ApiError, CorrelationId, Cursor, FieldError, Page, PageSize, page, validate,
+        AdminAuth, ApiError, CorrelationId, Cursor, EmailAddress, FieldError, Page, PageSize,
+        Refused, ValidJson,
+        error::{
+            BadRequest, Conflict, NotFound, Unauthorized, Unprocessable, UnsupportedMediaType,
+        },
+        page,
     },
     money::major_units,
 };
@@ -39,49 +46,103 @@ pub struct OrderApi {
 }
 
 /// A new order.
-#[derive(Debug, Object, Validate, serde::Serialize)]
+#[derive(Debug, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderRequest {
-    /// The customer placing the order.
+    /// The customer placing the order (1 to 128 characters).
+    #[oai(validator(min_length = 1, max_length = 128))]
     #[validate(length(min = 1, max = 128))]
     pub customer_id: String,
-    /// Where confirmation emails go.
+    /// Where confirmation emails go (at most 254 characters).
+    #[oai(validator(max_length = 254))]
     #[validate(email, length(max = 254))]
-    pub customer_email: String,
-    /// One line per product (1 to 100 lines, each product once).
+    pub customer_email: EmailAddress,
+    /// One line per product (1 to 100 lines). A product on more than one
+    /// line is a 422 naming the later lines.
+    #[oai(validator(min_items = 1, max_items = 100))]
     #[validate(length(min = 1, max = 100), nested)]
     pub items: Vec<OrderLineRequest>,
 }
 
 /// A product and how many of it.
-#[derive(Debug, Object, Validate, serde::Serialize)]
+#[derive(Debug, Object, Validate, serde::Serialize, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderLineRequest {
-    /// The inventory's product id.
+    /// The inventory's product id (1 to 64 characters).
+    #[oai(validator(min_length = 1, max_length = 64))]
     #[validate(length(min = 1, max = 64))]
     pub product_id: String,
-    /// 1 to 10,000.
+    /// How many, 1 to 10,000.
+    #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
     #[validate(range(min = 1, max = 10000))]
     pub quantity: u32,
 }
 
 /// An admin status change.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateStatusRequest {
-    /// SHIPPED (from CONFIRMED) or DELIVERED (from SHIPPED).
+    /// SHIPPED (from CONFIRMED) or DELIVERED (from SHIPPED); any other move
+    /// is a 409.
     pub status: OrderStatus,
     /// If given, the change applies only at this version (else 409).
+    #[oai(nullable)]
     pub expected_version: Option<i64>,
 }
+
+/// The `Idempotency-Key` header: 1 to 200 characters. Its schema says so;
+/// the handler checks it, so that a bad key is a `validation_failed` naming
+/// the header like any other invalid field.
+#[derive(Debug)]
+pub struct IdempotencyKey(String);
+
+impl Type for IdempotencyKey {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> Cow<'static, str> {
+        "IdempotencyKey".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            min_length: Some(1),
+            max_length: Some(MAX_IDEMPOTENCY_KEY),
+            ..MetaSchema::new("string")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(std::iter::once(&self.0))
+    }
+}
+
+impl ParseFromParameter for IdempotencyKey {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        Ok(IdempotencyKey(value.to_string()))
+    }
+}
+
+const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 /// An order line.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct OrderItemView {
+    /// The inventory's product id.
     pub product_id: String,
+    /// How many.
     pub quantity: u32,
     /// Unit price in major units, known once the order is confirmed.
+    #[oai(nullable)]
     pub unit_price: Option<f64>,
 }
 
@@ -89,18 +150,27 @@ pub struct OrderItemView {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct OrderView {
+    /// The order's id (UUIDv7).
     pub order_id: String,
+    /// The customer who placed it.
     pub customer_id: String,
+    /// Where its emails go.
     pub customer_email: String,
+    /// Its lines, in the order they were given.
     pub items: Vec<OrderItemView>,
     /// Total in major units, known once the order is confirmed.
+    #[oai(nullable)]
     pub total_amount: Option<f64>,
+    /// Where the order is in its life.
     pub status: OrderStatus,
     /// Why the order was rejected, if it was.
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// Bumped by every change; use it as `expectedVersion`.
     pub version: i64,
+    /// When it was placed.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -133,17 +203,24 @@ impl From<Order> for OrderView {
 pub enum CreateOrderResponse {
     /// Accepted; the saga decides CONFIRMED or REJECTED shortly.
     #[oai(status = 202)]
-    Accepted(Json<OrderView>, #[oai(header = "Location")] String),
+    Accepted(
+        Json<OrderView>,
+        /// Where to poll the order.
+        #[oai(header = "Location")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]
 pub enum OrderResponse {
+    /// The order as it is now.
     #[oai(status = 200)]
     Ok(Json<OrderView>),
 }
 
 #[derive(ApiResponse)]
 pub enum OrderPageResponse {
+    /// A page of orders, newest first.
     #[oai(status = 200)]
     Ok(Json<Page<OrderView>>),
 }
@@ -158,32 +235,40 @@ impl OrderApi {
     #[oai(path = "/api/orders", method = "post")]
     async fn create_order(
         &self,
-        body: Json<CreateOrderRequest>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        body: ValidJson<CreateOrderRequest>,
+        /// Makes a retried request safe: the same key and body return the
+        /// first order.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<IdempotencyKey>>,
         correlation: Data<&CorrelationId>,
-    ) -> poem::Result<CreateOrderResponse> {
+    ) -> Result<
+        CreateOrderResponse,
+        Refused<(BadRequest, Conflict, UnsupportedMediaType, Unprocessable)>,
+    > {
         let request = body.0;
-        validate(&request)?;
         let product_ids: Vec<&str> = request
             .items
             .iter()
             .map(|i| i.product_id.as_str())
             .collect();
+        // Well-formed but not something to process, like an unknown product
+        // (a schema cannot say "each product once" of an array of objects).
         let duplicates = domain::duplicate_products(&product_ids);
         if !duplicates.is_empty() {
-            return Err(ApiError::validation(
-                duplicates
+            return Err(ApiError {
+                fields: duplicates
                     .into_iter()
                     .map(|i| FieldError {
                         field: format!("items[{i}].productId"),
                         message: "this product is already on an earlier line".into(),
                     })
                     .collect(),
-            )
+                ..ApiError::unprocessable("a product is on more than one line")
+            }
             .into());
         }
-        let key = match idempotency_key.0 {
-            Some(key) if key.is_empty() || key.len() > 200 => {
+        let key = match idempotency_key.0.map(|key| key.0) {
+            Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY => {
                 return Err(ApiError::validation(vec![FieldError {
                     field: "Idempotency-Key".into(),
                     message: "must be 1 to 200 characters".into(),
@@ -226,13 +311,14 @@ impl OrderApi {
             .iter()
             .map(|i| (i.product_id.clone(), i.quantity))
             .collect();
+        let customer_email = request.customer_email.into_string();
         let fingerprint =
-            domain::request_fingerprint(&request.customer_id, &request.customer_email, &items);
+            domain::request_fingerprint(&request.customer_id, &customer_email, &items);
         let now = Utc::now();
         let order = Order {
             id: uuid::Uuid::now_v7().to_string(),
             customer_id: request.customer_id,
-            customer_email: request.customer_email,
+            customer_email,
             items: items
                 .into_iter()
                 .map(|(product_id, quantity)| OrderItem {
@@ -266,7 +352,10 @@ impl OrderApi {
 
     /// One order.
     #[oai(path = "/api/orders/:order_id", method = "get")]
-    async fn get_order(&self, order_id: Path<String>) -> poem::Result<OrderResponse> {
+    async fn get_order(
+        &self,
+        order_id: Path<String>,
+    ) -> Result<OrderResponse, Refused<(NotFound,)>> {
         let order = self
             .store
             .get(&order_id)
@@ -275,13 +364,14 @@ impl OrderApi {
         Ok(OrderResponse::Ok(Json(order.into())))
     }
 
-    /// Cancel a PENDING or CONFIRMED order; its stock is released.
+    /// Cancel a PENDING or CONFIRMED order; its stock is released. Any
+    /// other order is a 409.
     #[oai(path = "/api/orders/:order_id/cancel", method = "post")]
     async fn cancel_order(
         &self,
         order_id: Path<String>,
         correlation: Data<&CorrelationId>,
-    ) -> poem::Result<OrderResponse> {
+    ) -> Result<OrderResponse, Refused<(NotFound, Conflict)>> {
         let order = self.store.cancel(&order_id, &correlation.0.0).await?;
         Ok(OrderResponse::Ok(Json(order.into())))
     }
@@ -292,15 +382,24 @@ impl OrderApi {
         &self,
         _admin: AdminAuth,
         order_id: Path<String>,
-        body: Json<UpdateStatusRequest>,
+        body: ValidJson<UpdateStatusRequest>,
         correlation: Data<&CorrelationId>,
-    ) -> poem::Result<OrderResponse> {
+    ) -> Result<
+        OrderResponse,
+        Refused<(
+            BadRequest,
+            Unauthorized,
+            NotFound,
+            Conflict,
+            UnsupportedMediaType,
+        )>,
+    > {
         let order = self
             .store
             .set_status(
                 &order_id,
-                body.status,
-                body.expected_version,
+                body.0.status,
+                body.0.expected_version,
                 &correlation.0.0,
             )
             .await?;
@@ -314,7 +413,7 @@ impl OrderApi {
         customer_id: Path<String>,
         limit: Query<Option<PageSize>>,
         cursor: Query<Option<Cursor>>,
-    ) -> poem::Result<OrderPageResponse> {
+    ) -> Result<OrderPageResponse, Refused<(BadRequest,)>> {
         let page = page::requested(limit.0, cursor.0);
         let found = self.store.orders_of_customer(&customer_id, &page).await?;
         Ok(OrderPageResponse::Ok(Json(Page::of(found))))
@@ -328,7 +427,7 @@ impl OrderApi {
         status: Path<OrderStatus>,
         limit: Query<Option<PageSize>>,
         cursor: Query<Option<Cursor>>,
-    ) -> poem::Result<OrderPageResponse> {
+    ) -> Result<OrderPageResponse, Refused<(BadRequest, Unauthorized)>> {
         let page = page::requested(limit.0, cursor.0);
         let found = self.store.orders_in_status(status.0, &page).await?;
         Ok(OrderPageResponse::Ok(Json(Page::of(found))))
