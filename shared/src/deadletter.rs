@@ -44,9 +44,8 @@ use crate::{
     },
     config::Redrive,
     events::RawEnvelope,
-    http::{PageRequest, find_page},
     retry::RetryPolicy,
-    store,
+    store::{self, PageRequest, find_page},
 };
 
 pub const DEAD_LETTERS: &str = "dead_letters";
@@ -225,6 +224,13 @@ impl DeadLetterStore {
             .find_one(doc! { "_id": id })
             .await?
             .ok_or_else(|| DeadLetterError::NotFound(id.to_string()))
+    }
+
+    /// Dead letters still waiting for an operator (`/metrics`).
+    pub async fn dead_count(&self) -> Result<u64, Error> {
+        self.collection
+            .count_documents(doc! { "status": DeadLetterStatus::Dead.as_str() })
+            .await
     }
 
     pub async fn page(

@@ -3,6 +3,8 @@
 //! dead-letter admin routes, paging, and serving with graceful shutdown.
 
 pub mod auth;
+pub mod body;
+pub mod contract;
 pub mod deadletters;
 pub mod error;
 pub mod health;
@@ -12,7 +14,8 @@ pub mod ratelimit;
 pub mod server;
 
 pub use auth::{AdminAuth, AdminToken};
-pub use error::{ApiError, ErrorBody, FieldError, validate};
+pub use body::{EmailAddress, ValidJson};
+pub use error::{ApiError, ErrorBody, FieldError, Refused, validate};
 pub use health::HealthApi;
-pub use page::{PageRequest, find_page};
+pub use page::{Cursor, Page, PageSize};
 pub use server::{CorrelationId, bind, build_app, serve, wait_for_signal};

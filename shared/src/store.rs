@@ -1,11 +1,12 @@
 //! MongoDB: connecting, the one way to write ([`UnitOfWork`] committed by
 //! [`Store::commit`]), group commit ([`Batcher`]), the inbox, the outbox,
-//! and the store error every service shares ([`StoreError`]).
+//! paging, and the store error every service shares ([`StoreError`]).
 
 pub mod batch;
 pub mod error;
 pub mod inbox;
 pub mod outbox;
+pub mod page;
 pub mod transact;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use serde::Serialize;
 pub use batch::{Batcher, WriteBatch};
 pub use error::{MayConflict, StoreError, is_duplicate_key, is_transient, retry_on_conflict};
 pub use outbox::{Outbox, OutboxRecord, OutboxRelay};
+pub use page::{PageRequest, find_page};
 pub use transact::{OnDuplicate, Store, UnitOfWork};
 
 /// Connects lazily (the driver retries on its own) with short timeouts, so a

@@ -352,7 +352,10 @@ pub fn price_to_cents(price: f64) -> Result<i64, &'static str> {
         return Err("must be a non-negative number");
     }
     let cents = (price * 100.0).round();
-    if (price * 100.0 - cents).abs() > 1e-6 {
+    // `price * 100.0` is off by a few units in the last place, which grow
+    // with the price: 2597870485.22 is 259787048522.00003 cents.
+    let tolerance = (4.0 * f64::EPSILON * cents.abs()).max(1e-6);
+    if (price * 100.0 - cents).abs() > tolerance {
         return Err("must have at most 2 decimals");
     }
     if cents > 1e13 {
@@ -572,7 +575,10 @@ mod tests {
         assert_eq!(price_to_cents(19.99), Ok(1999));
         assert_eq!(price_to_cents(0.1 + 0.2), Ok(30));
         assert_eq!(price_to_cents(5.0), Ok(500));
+        assert_eq!(price_to_cents(2597870485.22), Ok(259787048522));
+        assert_eq!(price_to_cents(99999999999.99), Ok(9999999999999));
         assert!(price_to_cents(1.005).is_err());
+        assert!(price_to_cents(2597870485.225).is_err());
         assert!(price_to_cents(-1.0).is_err());
         assert!(price_to_cents(f64::NAN).is_err());
     }

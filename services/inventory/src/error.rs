@@ -1,7 +1,7 @@
 //! The inventory service's errors, and their one mapping to HTTP.
 
 use shared::{
-    http::{ApiError, FieldError},
+    http::{ApiError, FieldError, Refused, error::Refusals},
     store::{MayConflict, StoreError},
 };
 
@@ -34,7 +34,7 @@ impl From<Error> for ApiError {
     }
 }
 
-impl From<Error> for poem::Error {
+impl<R: Refusals> From<Error> for Refused<R> {
     fn from(error: Error) -> Self {
         ApiError::from(error).into()
     }

@@ -3,14 +3,20 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::doc;
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi, Tags,
     param::{Path, Query},
     payload::Json,
 };
-use shared::http::{AdminAuth, CorrelationId, FieldError, PageRequest, validate};
+use shared::{
+    http::{
+        AdminAuth, CorrelationId, Cursor, FieldError, Page, PageSize, Refused, ValidJson,
+        error::{BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType},
+        page,
+    },
+    money::major_units,
+};
 use validator::Validate;
 
 use crate::{
@@ -30,33 +36,54 @@ pub struct InventoryApi {
 }
 
 /// A new product.
-#[derive(Debug, Object, Validate, serde::Serialize)]
+#[derive(Debug, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateProductRequest {
-    /// Stock keeping unit, unique.
+    /// Stock keeping unit, unique (1 to 64 characters).
+    #[oai(validator(min_length = 1, max_length = 64))]
     #[validate(length(min = 1, max = 64))]
     pub sku: String,
+    /// What the shop calls it (1 to 200 characters).
+    #[oai(validator(min_length = 1, max_length = 200))]
     #[validate(length(min = 1, max = 200))]
     pub name: String,
+    /// Longer text for the shop page (at most 2000 characters).
+    #[oai(nullable, validator(max_length = 2000))]
     #[validate(length(max = 2000))]
     pub description: Option<String>,
+    /// The category it is listed under (1 to 64 characters).
+    #[oai(validator(min_length = 1, max_length = 64))]
     #[validate(length(min = 1, max = 64))]
     pub category: String,
-    /// Unit price in major units, at most 2 decimals.
+    /// Unit price in major units: 0 or more, at most 2 decimals.
+    #[oai(validator(
+        minimum(value = "0"),
+        maximum(value = "100000000000"),
+        multiple_of = 0.01
+    ))]
     pub price: f64,
-    /// Units available to sell (0 or more).
+    /// Units available to sell (0 to 1,000,000,000).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     #[validate(range(min = 0, max = 1_000_000_000))]
     pub stock: i64,
-    /// An alert goes to the admin when stock falls to or below this (default 5).
+    /// An alert goes to the admin when stock falls to or below this
+    /// (0 to 1,000,000,000; default 5).
+    #[oai(
+        nullable,
+        validator(minimum(value = "0"), maximum(value = "1000000000"))
+    )]
     #[validate(range(min = 0, max = 1_000_000_000))]
     pub low_stock_threshold: Option<i64>,
 }
 
 /// A stock count.
-#[derive(Debug, Object, Validate, serde::Serialize)]
+#[derive(Debug, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetStockRequest {
-    /// The new available stock (0 or more).
+    /// The new available stock (0 to 1,000,000,000).
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     #[validate(range(min = 0, max = 1_000_000_000))]
     pub stock: i64,
 }
@@ -65,10 +92,16 @@ pub struct SetStockRequest {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ProductView {
+    /// The product's id (UUIDv7); orders name products by it.
     pub product_id: String,
+    /// Stock keeping unit, unique.
     pub sku: String,
+    /// What the shop calls it.
     pub name: String,
+    /// Longer text for the shop page.
+    #[oai(nullable)]
     pub description: Option<String>,
+    /// The category it is listed under.
     pub category: String,
     /// Unit price in major units.
     pub price: f64,
@@ -76,9 +109,13 @@ pub struct ProductView {
     pub stock: i64,
     /// Held by confirmed orders.
     pub reserved: i64,
+    /// An alert goes to the admin when stock falls to or below this.
     pub low_stock_threshold: i64,
+    /// Bumped by every change.
     pub version: i64,
+    /// When it was added.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -90,7 +127,7 @@ impl From<Product> for ProductView {
             name: p.name,
             description: p.description,
             category: p.category,
-            price: p.price_cents as f64 / 100.0,
+            price: major_units(p.price_cents),
             stock: p.stock,
             reserved: p.reserved,
             low_stock_threshold: p.low_stock_threshold,
@@ -101,31 +138,30 @@ impl From<Product> for ProductView {
     }
 }
 
-/// A page of products, newest first.
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
-pub struct ProductPage {
-    pub items: Vec<ProductView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
 #[derive(ApiResponse)]
 pub enum CreatedResponse {
+    /// Added.
     #[oai(status = 201)]
-    Created(Json<ProductView>, #[oai(header = "Location")] String),
+    Created(
+        Json<ProductView>,
+        /// Where the product is.
+        #[oai(header = "Location")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]
 pub enum ProductResponse {
+    /// The product as it is now.
     #[oai(status = 200)]
     Ok(Json<ProductView>),
 }
 
 #[derive(ApiResponse)]
 pub enum PageResponse {
+    /// A page of products, newest first.
     #[oai(status = 200)]
-    Ok(Json<ProductPage>),
+    Ok(Json<Page<ProductView>>),
 }
 
 #[OpenApi(tag = "Tag::Products")]
@@ -135,11 +171,11 @@ impl InventoryApi {
     async fn create_product(
         &self,
         _admin: AdminAuth,
-        body: Json<CreateProductRequest>,
+        body: ValidJson<CreateProductRequest>,
         correlation: Data<&CorrelationId>,
-    ) -> poem::Result<CreatedResponse> {
+    ) -> Result<CreatedResponse, Refused<(BadRequest, Unauthorized, Conflict, UnsupportedMediaType)>>
+    {
         let request = body.0;
-        validate(&request)?;
         let price_cents = domain::price_to_cents(request.price).map_err(|message| {
             Error::Invalid(vec![FieldError {
                 field: "price".into(),
@@ -169,7 +205,10 @@ impl InventoryApi {
 
     /// One product, with its available and reserved stock.
     #[oai(path = "/api/products/:product_id", method = "get")]
-    async fn get_product(&self, product_id: Path<String>) -> poem::Result<ProductResponse> {
+    async fn get_product(
+        &self,
+        product_id: Path<String>,
+    ) -> Result<ProductResponse, Refused<(NotFound,)>> {
         let product = self
             .store
             .get(&product_id)
@@ -184,13 +223,13 @@ impl InventoryApi {
         &self,
         _admin: AdminAuth,
         product_id: Path<String>,
-        body: Json<SetStockRequest>,
+        body: ValidJson<SetStockRequest>,
         correlation: Data<&CorrelationId>,
-    ) -> poem::Result<ProductResponse> {
-        validate(&body.0)?;
+    ) -> Result<ProductResponse, Refused<(BadRequest, Unauthorized, NotFound, UnsupportedMediaType)>>
+    {
         let product = self
             .store
-            .set_stock(&product_id, body.stock, &correlation.0.0)
+            .set_stock(&product_id, body.0.stock, &correlation.0.0)
             .await?;
         Ok(ProductResponse::Ok(Json(product.into())))
     }
@@ -200,14 +239,12 @@ impl InventoryApi {
     async fn by_category(
         &self,
         category: Path<String>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
-    ) -> poem::Result<PageResponse> {
-        self.list(doc! { "category": &category.0 }, limit.0, cursor.0)
-            .await
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
+    ) -> Result<PageResponse, Refused<(BadRequest,)>> {
+        let page = page::requested(limit.0, cursor.0);
+        let found = self.store.products_in_category(&category, &page).await?;
+        Ok(PageResponse::Ok(Json(Page::of(found))))
     }
 
     /// Products at or below their low-stock threshold (admin).
@@ -215,31 +252,11 @@ impl InventoryApi {
     async fn low_stock(
         &self,
         _admin: AdminAuth,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
-    ) -> poem::Result<PageResponse> {
-        self.list(doc! { "lowStockAlerted": true }, limit.0, cursor.0)
-            .await
-    }
-}
-
-impl InventoryApi {
-    async fn list(
-        &self,
-        filter: mongodb::bson::Document,
-        limit: Option<u32>,
-        cursor: Option<String>,
-    ) -> poem::Result<PageResponse> {
-        let (products, next_cursor) = self
-            .store
-            .page(filter, &PageRequest::new(limit, cursor))
-            .await?;
-        Ok(PageResponse::Ok(Json(ProductPage {
-            items: products.into_iter().map(Into::into).collect(),
-            next_cursor,
-        })))
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
+    ) -> Result<PageResponse, Refused<(BadRequest, Unauthorized)>> {
+        let page = page::requested(limit.0, cursor.0);
+        let found = self.store.low_stock_products(&page).await?;
+        Ok(PageResponse::Ok(Json(Page::of(found))))
     }
 }

@@ -17,8 +17,10 @@ use mongodb::{
 use shared::{
     TaskTracker,
     events::{Cause, OrderCreated, OrderLine, RawEnvelope},
-    http::{PageRequest, find_page},
-    store::{Batcher, OnDuplicate, Store, StoreError, UnitOfWork, WriteBatch, retry_on_conflict},
+    store::{
+        Batcher, OnDuplicate, PageRequest, Store, StoreError, UnitOfWork, WriteBatch, find_page,
+        retry_on_conflict,
+    },
 };
 
 use crate::{
@@ -118,11 +120,23 @@ impl InventoryStore {
             .await?)
     }
 
-    pub async fn page(
+    /// The products in `category`, newest first, and the next page's cursor.
+    pub async fn products_in_category(
         &self,
-        filter: Document,
+        category: &str,
         page: &PageRequest,
     ) -> Result<(Vec<Product>, Option<String>), StoreError> {
+        let filter = doc! { "category": category };
+        Ok(find_page(&self.inventory.products, filter, page, |p| p.id.clone()).await?)
+    }
+
+    /// The products at or below their low-stock threshold (alerted), newest
+    /// first, and the next page's cursor.
+    pub async fn low_stock_products(
+        &self,
+        page: &PageRequest,
+    ) -> Result<(Vec<Product>, Option<String>), StoreError> {
+        let filter = doc! { "lowStockAlerted": true };
         Ok(find_page(&self.inventory.products, filter, page, |p| p.id.clone()).await?)
     }
 

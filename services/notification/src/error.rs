@@ -1,6 +1,9 @@
 //! The notification service's errors, and their one mapping to HTTP.
 
-use shared::{http::ApiError, store::StoreError};
+use shared::{
+    http::{ApiError, Refused, error::Refusals},
+    store::StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -19,7 +22,7 @@ impl From<Error> for ApiError {
     }
 }
 
-impl From<Error> for poem::Error {
+impl<R: Refusals> From<Error> for Refused<R> {
     fn from(error: Error) -> Self {
         ApiError::from(error).into()
     }

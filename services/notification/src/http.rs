@@ -3,14 +3,17 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::doc;
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi, Tags,
     param::{Path, Query},
     payload::Json,
 };
-use shared::http::{AdminAuth, CorrelationId, PageRequest, validate};
+use shared::http::{
+    AdminAuth, CorrelationId, Cursor, EmailAddress, Page, PageSize, Refused, ValidJson,
+    error::{BadRequest, NotFound, Unauthorized, UnsupportedMediaType},
+    page,
+};
 use validator::Validate;
 
 use crate::{
@@ -30,13 +33,20 @@ pub struct NotificationApi {
 }
 
 /// A manual email.
-#[derive(Debug, Object, Validate, serde::Serialize)]
+#[derive(Debug, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SendRequest {
+    /// Who gets it (at most 254 characters).
+    #[oai(validator(max_length = 254))]
     #[validate(email, length(max = 254))]
-    pub recipient: String,
+    pub recipient: EmailAddress,
+    /// The subject line (1 to 200 characters).
+    #[oai(validator(min_length = 1, max_length = 200))]
     #[validate(length(min = 1, max = 200))]
     pub subject: String,
+    /// The plain-text body (1 to 20,000 characters).
+    #[oai(validator(min_length = 1, max_length = 20000))]
     #[validate(length(min = 1, max = 20000))]
     pub body: String,
 }
@@ -45,17 +55,31 @@ pub struct SendRequest {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct NotificationView {
+    /// The notification's id (UUIDv7).
     pub notification_id: String,
+    /// What it is about.
     pub kind: NotificationKind,
+    /// Who gets it.
     pub recipient: String,
+    /// The subject line.
     pub subject: String,
+    /// Whether it went out.
     pub status: NotificationStatus,
     /// SMTP attempts made so far.
     pub attempts: u32,
+    /// The order it is about, if any.
+    #[oai(nullable)]
     pub order_id: Option<String>,
+    /// The product it is about (low-stock alerts).
+    #[oai(nullable)]
     pub product_id: Option<String>,
+    /// When the SMTP server took it.
+    #[oai(nullable)]
     pub sent_at: Option<DateTime<Utc>>,
+    /// Why the last attempt failed, if it did.
+    #[oai(nullable)]
     pub last_error: Option<String>,
+    /// When it was recorded.
     pub created_at: DateTime<Utc>,
 }
 
@@ -77,32 +101,30 @@ impl From<Notification> for NotificationView {
     }
 }
 
-/// A page of notifications, newest first.
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
-pub struct NotificationPage {
-    pub items: Vec<NotificationView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
 #[derive(ApiResponse)]
 pub enum AcceptedResponse {
     /// Recorded; it is sent shortly.
     #[oai(status = 202)]
-    Accepted(Json<NotificationView>, #[oai(header = "Location")] String),
+    Accepted(
+        Json<NotificationView>,
+        /// Where to follow its delivery.
+        #[oai(header = "Location")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]
 pub enum NotificationResponse {
+    /// The notification as it is now.
     #[oai(status = 200)]
     Ok(Json<NotificationView>),
 }
 
 #[derive(ApiResponse)]
 pub enum PageResponse {
+    /// A page of notifications, newest first.
     #[oai(status = 200)]
-    Ok(Json<NotificationPage>),
+    Ok(Json<Page<NotificationView>>),
 }
 
 #[OpenApi(tag = "Tag::Notifications")]
@@ -112,14 +134,13 @@ impl NotificationApi {
     async fn send(
         &self,
         _admin: AdminAuth,
-        body: Json<SendRequest>,
+        body: ValidJson<SendRequest>,
         correlation: Data<&CorrelationId>,
-    ) -> poem::Result<AcceptedResponse> {
-        validate(&body.0)?;
+    ) -> Result<AcceptedResponse, Refused<(BadRequest, Unauthorized, UnsupportedMediaType)>> {
         let id = uuid::Uuid::now_v7().to_string();
         let notification = Draft {
             kind: NotificationKind::Manual,
-            recipient: body.0.recipient,
+            recipient: body.0.recipient.into_string(),
             subject: body.0.subject,
             body: body.0.body,
             order_id: None,
@@ -137,7 +158,10 @@ impl NotificationApi {
 
     /// One notification.
     #[oai(path = "/api/notifications/:notification_id", method = "get")]
-    async fn get(&self, notification_id: Path<String>) -> poem::Result<NotificationResponse> {
+    async fn get(
+        &self,
+        notification_id: Path<String>,
+    ) -> Result<NotificationResponse, Refused<(NotFound,)>> {
         let n = self
             .store
             .get(&notification_id)
@@ -152,14 +176,12 @@ impl NotificationApi {
         &self,
         _admin: AdminAuth,
         status: Path<NotificationStatus>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
-    ) -> poem::Result<PageResponse> {
-        self.list(doc! { "status": status.0.as_str() }, limit.0, cursor.0)
-            .await
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
+    ) -> Result<PageResponse, Refused<(BadRequest, Unauthorized)>> {
+        let page = page::requested(limit.0, cursor.0);
+        let found = self.store.notifications_in_status(status.0, &page).await?;
+        Ok(PageResponse::Ok(Json(Page::of(found))))
     }
 
     /// The notifications about one order.
@@ -169,31 +191,11 @@ impl NotificationApi {
         /// The order's id.
         #[oai(name = "orderId")]
         order_id: Query<String>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
-    ) -> poem::Result<PageResponse> {
-        self.list(doc! { "orderId": &order_id.0 }, limit.0, cursor.0)
-            .await
-    }
-}
-
-impl NotificationApi {
-    async fn list(
-        &self,
-        filter: mongodb::bson::Document,
-        limit: Option<u32>,
-        cursor: Option<String>,
-    ) -> poem::Result<PageResponse> {
-        let (items, next_cursor) = self
-            .store
-            .page(filter, &PageRequest::new(limit, cursor))
-            .await?;
-        Ok(PageResponse::Ok(Json(NotificationPage {
-            items: items.into_iter().map(Into::into).collect(),
-            next_cursor,
-        })))
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
+    ) -> Result<PageResponse, Refused<(BadRequest,)>> {
+        let page = page::requested(limit.0, cursor.0);
+        let found = self.store.notifications_of_order(&order_id, &page).await?;
+        Ok(PageResponse::Ok(Json(Page::of(found))))
     }
 }

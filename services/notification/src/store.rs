@@ -7,13 +7,14 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use mongodb::{
     Collection, IndexModel,
-    bson::{self, Document, doc},
+    bson::{self, doc},
     options::IndexOptions,
 };
 use shared::{
     TaskTracker,
-    http::{PageRequest, find_page},
-    store::{Batcher, Store, StoreError, UnitOfWork, WriteBatch, insert_new},
+    store::{
+        Batcher, PageRequest, Store, StoreError, UnitOfWork, WriteBatch, find_page, insert_new,
+    },
 };
 use tokio::sync::Notify;
 
@@ -95,11 +96,25 @@ impl NotificationStore {
         Ok(self.notifications.find_one(doc! { "_id": id }).await?)
     }
 
-    pub async fn page(
+    /// The notifications in `status`, newest first, and the next page's
+    /// cursor.
+    pub async fn notifications_in_status(
         &self,
-        filter: Document,
+        status: NotificationStatus,
         page: &PageRequest,
     ) -> Result<(Vec<Notification>, Option<String>), StoreError> {
+        let filter = doc! { "status": status.as_str() };
+        Ok(find_page(&self.notifications, filter, page, |n| n.id.clone()).await?)
+    }
+
+    /// The notifications about one order, newest first, and the next page's
+    /// cursor.
+    pub async fn notifications_of_order(
+        &self,
+        order_id: &str,
+        page: &PageRequest,
+    ) -> Result<(Vec<Notification>, Option<String>), StoreError> {
+        let filter = doc! { "orderId": order_id };
         Ok(find_page(&self.notifications, filter, page, |n| n.id.clone()).await?)
     }
 

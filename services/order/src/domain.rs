@@ -382,11 +382,6 @@ pub fn on_reservation_failed(order: &Order, reason: &str, short: &[ShortLine]) -
     SagaStep::Reject { reason }
 }
 
-/// Money in major units (a JSON number) from integer cents.
-pub fn major_units(cents: i64) -> f64 {
-    cents as f64 / 100.0
-}
-
 /// A digest of what was asked, to tell a retried request from a different
 /// one sent with the same Idempotency-Key.
 pub fn request_fingerprint(
@@ -716,11 +711,5 @@ mod tests {
     fn repeated_products_are_found() {
         assert_eq!(duplicate_products(&["a", "b", "a", "a"]), vec![2, 3]);
         assert!(duplicate_products(&["a", "b"]).is_empty());
-    }
-
-    #[test]
-    fn cents_become_major_units() {
-        assert_eq!(major_units(1999), 19.99);
-        assert_eq!(major_units(0), 0.0);
     }
 }

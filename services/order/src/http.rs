@@ -1,19 +1,28 @@
 //! The order API.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::doc;
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi, Tags,
     param::{Header, Path, Query},
     payload::Json,
+    registry::{MetaSchema, MetaSchemaRef},
+    types::{ParseFromParameter, ParseResult, Type},
 };
 use shared::{
     broker::Backlog,
     events::Cause,
-    http::{AdminAuth, ApiError, CorrelationId, FieldError, PageRequest, validate},
+    http::{
+        AdminAuth, ApiError, CorrelationId, Cursor, EmailAddress, FieldError, Page, PageSize,
+        Refused, ValidJson,
+        error::{
+            BadRequest, Conflict, NotFound, Unauthorized, Unprocessable, UnsupportedMediaType,
+        },
+        page,
+    },
+    money::major_units,
 };
 use validator::Validate;
 
@@ -38,49 +47,103 @@ pub struct OrderApi {
 }
 
 /// A new order.
-#[derive(Debug, Object, Validate, serde::Serialize)]
+#[derive(Debug, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderRequest {
-    /// The customer placing the order.
+    /// The customer placing the order (1 to 128 characters).
+    #[oai(validator(min_length = 1, max_length = 128))]
     #[validate(length(min = 1, max = 128))]
     pub customer_id: String,
-    /// Where confirmation emails go.
+    /// Where confirmation emails go (at most 254 characters).
+    #[oai(validator(max_length = 254))]
     #[validate(email, length(max = 254))]
-    pub customer_email: String,
-    /// One line per product (1 to 100 lines, each product once).
+    pub customer_email: EmailAddress,
+    /// One line per product (1 to 100 lines). A product on more than one
+    /// line is a 422 naming the later lines.
+    #[oai(validator(min_items = 1, max_items = 100))]
     #[validate(length(min = 1, max = 100), nested)]
     pub items: Vec<OrderLineRequest>,
 }
 
 /// A product and how many of it.
-#[derive(Debug, Object, Validate, serde::Serialize)]
+#[derive(Debug, Object, Validate, serde::Serialize, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderLineRequest {
-    /// The inventory's product id.
+    /// The inventory's product id (1 to 64 characters).
+    #[oai(validator(min_length = 1, max_length = 64))]
     #[validate(length(min = 1, max = 64))]
     pub product_id: String,
-    /// 1 to 10,000.
+    /// How many, 1 to 10,000.
+    #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
     #[validate(range(min = 1, max = 10000))]
     pub quantity: u32,
 }
 
 /// An admin status change.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateStatusRequest {
-    /// SHIPPED (from CONFIRMED) or DELIVERED (from SHIPPED).
+    /// SHIPPED (from CONFIRMED) or DELIVERED (from SHIPPED); any other move
+    /// is a 409.
     pub status: OrderStatus,
     /// If given, the change applies only at this version (else 409).
+    #[oai(nullable)]
     pub expected_version: Option<i64>,
 }
+
+/// The `Idempotency-Key` header: 1 to 200 characters. Its schema says so;
+/// the handler checks it, so that a bad key is a `validation_failed` naming
+/// the header like any other invalid field.
+#[derive(Debug)]
+pub struct IdempotencyKey(String);
+
+impl Type for IdempotencyKey {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> Cow<'static, str> {
+        "IdempotencyKey".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            min_length: Some(1),
+            max_length: Some(MAX_IDEMPOTENCY_KEY),
+            ..MetaSchema::new("string")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(std::iter::once(&self.0))
+    }
+}
+
+impl ParseFromParameter for IdempotencyKey {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        Ok(IdempotencyKey(value.to_string()))
+    }
+}
+
+const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 /// An order line.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct OrderItemView {
+    /// The inventory's product id.
     pub product_id: String,
+    /// How many.
     pub quantity: u32,
     /// Unit price in major units, known once the order is confirmed.
+    #[oai(nullable)]
     pub unit_price: Option<f64>,
 }
 
@@ -88,18 +151,27 @@ pub struct OrderItemView {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct OrderView {
+    /// The order's id (UUIDv7).
     pub order_id: String,
+    /// The customer who placed it.
     pub customer_id: String,
+    /// Where its emails go.
     pub customer_email: String,
+    /// Its lines, in the order they were given.
     pub items: Vec<OrderItemView>,
     /// Total in major units, known once the order is confirmed.
+    #[oai(nullable)]
     pub total_amount: Option<f64>,
+    /// Where the order is in its life.
     pub status: OrderStatus,
     /// Why the order was rejected, if it was.
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// Bumped by every change; use it as `expectedVersion`.
     pub version: i64,
+    /// When it was placed.
     pub created_at: DateTime<Utc>,
+    /// When it last changed.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -115,10 +187,10 @@ impl From<Order> for OrderView {
                 .map(|i| OrderItemView {
                     product_id: i.product_id,
                     quantity: i.quantity,
-                    unit_price: i.unit_price_cents.map(domain::major_units),
+                    unit_price: i.unit_price_cents.map(major_units),
                 })
                 .collect(),
-            total_amount: order.total_cents.map(domain::major_units),
+            total_amount: order.total_cents.map(major_units),
             status: order.status,
             reason: order.reason,
             version: order.version,
@@ -128,32 +200,30 @@ impl From<Order> for OrderView {
     }
 }
 
-/// A page of orders, newest first.
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
-pub struct OrderPage {
-    pub items: Vec<OrderView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
 #[derive(ApiResponse)]
 pub enum CreateOrderResponse {
     /// Accepted; the saga decides CONFIRMED or REJECTED shortly.
     #[oai(status = 202)]
-    Accepted(Json<OrderView>, #[oai(header = "Location")] String),
+    Accepted(
+        Json<OrderView>,
+        /// Where to poll the order.
+        #[oai(header = "Location")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]
 pub enum OrderResponse {
+    /// The order as it is now.
     #[oai(status = 200)]
     Ok(Json<OrderView>),
 }
 
 #[derive(ApiResponse)]
 pub enum OrderPageResponse {
+    /// A page of orders, newest first.
     #[oai(status = 200)]
-    Ok(Json<OrderPage>),
+    Ok(Json<Page<OrderView>>),
 }
 
 #[OpenApi(tag = "Tag::Orders")]
@@ -166,32 +236,40 @@ impl OrderApi {
     #[oai(path = "/api/orders", method = "post")]
     async fn create_order(
         &self,
-        body: Json<CreateOrderRequest>,
-        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        body: ValidJson<CreateOrderRequest>,
+        /// Makes a retried request safe: the same key and body return the
+        /// first order.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<IdempotencyKey>>,
         correlation: Data<&CorrelationId>,
-    ) -> poem::Result<CreateOrderResponse> {
+    ) -> Result<
+        CreateOrderResponse,
+        Refused<(BadRequest, Conflict, UnsupportedMediaType, Unprocessable)>,
+    > {
         let request = body.0;
-        validate(&request)?;
         let product_ids: Vec<&str> = request
             .items
             .iter()
             .map(|i| i.product_id.as_str())
             .collect();
+        // Well-formed but not something to process, like an unknown product
+        // (a schema cannot say "each product once" of an array of objects).
         let duplicates = domain::duplicate_products(&product_ids);
         if !duplicates.is_empty() {
-            return Err(ApiError::validation(
-                duplicates
+            return Err(ApiError {
+                fields: duplicates
                     .into_iter()
                     .map(|i| FieldError {
                         field: format!("items[{i}].productId"),
                         message: "this product is already on an earlier line".into(),
                     })
                     .collect(),
-            )
+                ..ApiError::unprocessable("a product is on more than one line")
+            }
             .into());
         }
-        let key = match idempotency_key.0 {
-            Some(key) if key.is_empty() || key.len() > 200 => {
+        let key = match idempotency_key.0.map(|key| key.0) {
+            Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY => {
                 return Err(ApiError::validation(vec![FieldError {
                     field: "Idempotency-Key".into(),
                     message: "must be 1 to 200 characters".into(),
@@ -234,12 +312,13 @@ impl OrderApi {
             .iter()
             .map(|i| (i.product_id.clone(), i.quantity))
             .collect();
+        let customer_email = request.customer_email.into_string();
         let fingerprint =
-            domain::request_fingerprint(&request.customer_id, &request.customer_email, &items);
+            domain::request_fingerprint(&request.customer_id, &customer_email, &items);
         let change = domain::place(
             uuid::Uuid::now_v7().to_string(),
             request.customer_id,
-            request.customer_email,
+            customer_email,
             items,
             &Cause::request(domain::SOURCE, &correlation.0.0),
             Utc::now(),
@@ -261,7 +340,10 @@ impl OrderApi {
 
     /// One order.
     #[oai(path = "/api/orders/:order_id", method = "get")]
-    async fn get_order(&self, order_id: Path<String>) -> poem::Result<OrderResponse> {
+    async fn get_order(
+        &self,
+        order_id: Path<String>,
+    ) -> Result<OrderResponse, Refused<(NotFound,)>> {
         let order = self
             .store
             .get(&order_id)
@@ -270,13 +352,14 @@ impl OrderApi {
         Ok(OrderResponse::Ok(Json(order.into())))
     }
 
-    /// Cancel a PENDING or CONFIRMED order; its stock is released.
+    /// Cancel a PENDING or CONFIRMED order; its stock is released. Any
+    /// other order is a 409.
     #[oai(path = "/api/orders/:order_id/cancel", method = "post")]
     async fn cancel_order(
         &self,
         order_id: Path<String>,
         correlation: Data<&CorrelationId>,
-    ) -> poem::Result<OrderResponse> {
+    ) -> Result<OrderResponse, Refused<(NotFound, Conflict)>> {
         let order = self.store.cancel(&order_id, &correlation.0.0).await?;
         Ok(OrderResponse::Ok(Json(order.into())))
     }
@@ -287,15 +370,24 @@ impl OrderApi {
         &self,
         _admin: AdminAuth,
         order_id: Path<String>,
-        body: Json<UpdateStatusRequest>,
+        body: ValidJson<UpdateStatusRequest>,
         correlation: Data<&CorrelationId>,
-    ) -> poem::Result<OrderResponse> {
+    ) -> Result<
+        OrderResponse,
+        Refused<(
+            BadRequest,
+            Unauthorized,
+            NotFound,
+            Conflict,
+            UnsupportedMediaType,
+        )>,
+    > {
         let order = self
             .store
             .set_status(
                 &order_id,
-                body.status,
-                body.expected_version,
+                body.0.status,
+                body.0.expected_version,
                 &correlation.0.0,
             )
             .await?;
@@ -307,14 +399,12 @@ impl OrderApi {
     async fn customer_orders(
         &self,
         customer_id: Path<String>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
-    ) -> poem::Result<OrderPageResponse> {
-        self.list(doc! { "customerId": &customer_id.0 }, limit.0, cursor.0)
-            .await
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
+    ) -> Result<OrderPageResponse, Refused<(BadRequest,)>> {
+        let page = page::requested(limit.0, cursor.0);
+        let found = self.store.orders_of_customer(&customer_id, &page).await?;
+        Ok(OrderPageResponse::Ok(Json(Page::of(found))))
     }
 
     /// Orders in one status, newest first (admin).
@@ -323,31 +413,11 @@ impl OrderApi {
         &self,
         _admin: AdminAuth,
         status: Path<OrderStatus>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
-    ) -> poem::Result<OrderPageResponse> {
-        self.list(doc! { "status": status.0.as_str() }, limit.0, cursor.0)
-            .await
-    }
-}
-
-impl OrderApi {
-    async fn list(
-        &self,
-        filter: mongodb::bson::Document,
-        limit: Option<u32>,
-        cursor: Option<String>,
-    ) -> poem::Result<OrderPageResponse> {
-        let (orders, next_cursor) = self
-            .store
-            .page(filter, &PageRequest::new(limit, cursor))
-            .await?;
-        Ok(OrderPageResponse::Ok(Json(OrderPage {
-            items: orders.into_iter().map(Into::into).collect(),
-            next_cursor,
-        })))
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
+    ) -> Result<OrderPageResponse, Refused<(BadRequest, Unauthorized)>> {
+        let page = page::requested(limit.0, cursor.0);
+        let found = self.store.orders_in_status(status.0, &page).await?;
+        Ok(OrderPageResponse::Ok(Json(Page::of(found))))
     }
 }

@@ -11,11 +11,13 @@ use mongodb::{
     options::IndexOptions,
 };
 use serde::Serialize;
-use shared::TaskTracker;
 use shared::{
+    TaskTracker,
     events::{Cause, RawEnvelope},
-    http::{PageRequest, find_page},
-    store::{Batcher, OnDuplicate, Store, StoreError, UnitOfWork, WriteBatch, retry_on_conflict},
+    store::{
+        Batcher, OnDuplicate, PageRequest, Store, StoreError, UnitOfWork, WriteBatch, find_page,
+        retry_on_conflict,
+    },
 };
 
 use crate::{
@@ -172,11 +174,23 @@ impl OrderStore {
         Ok(self.orders.find_one(doc! { "_id": order_id }).await?)
     }
 
-    pub async fn page(
+    /// A customer's orders, newest first, and the next page's cursor.
+    pub async fn orders_of_customer(
         &self,
-        filter: Document,
+        customer_id: &str,
         page: &PageRequest,
     ) -> Result<(Vec<Order>, Option<String>), StoreError> {
+        let filter = doc! { "customerId": customer_id };
+        Ok(find_page(&self.orders, filter, page, |o| o.id.clone()).await?)
+    }
+
+    /// The orders in `status`, newest first, and the next page's cursor.
+    pub async fn orders_in_status(
+        &self,
+        status: OrderStatus,
+        page: &PageRequest,
+    ) -> Result<(Vec<Order>, Option<String>), StoreError> {
+        let filter = doc! { "status": status.as_str() };
         Ok(find_page(&self.orders, filter, page, |o| o.id.clone()).await?)
     }
 

@@ -11,7 +11,11 @@ use poem_openapi::{
 };
 use validator::Validate;
 
-use super::{AdminAuth, ApiError, PageRequest, validate};
+use super::{
+    AdminAuth, ApiError, Cursor, Page, PageSize, Refused, ValidJson,
+    error::{BadRequest, Conflict, NotFound, Refusals, Unauthorized, UnsupportedMediaType},
+    page,
+};
 use crate::{
     broker::Publisher,
     deadletter::{
@@ -28,28 +32,50 @@ pub struct DeadLetterApi {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct DeadLetterView {
+    /// The dead letter's id (UUIDv7).
     pub dead_letter_id: String,
+    /// DEAD until an operator replays or discards it.
     pub status: DeadLetterStatus,
     /// The work queue it died in; a replay goes back there.
     pub queue: String,
     /// The routing key it was first published with.
     pub routing_key: String,
+    /// The event type, e.g. `order.created`, when the body parses as an event.
+    #[oai(nullable)]
     pub event_type: Option<String>,
     /// The event id (AMQP message id).
+    #[oai(nullable)]
     pub message_id: Option<String>,
+    /// The correlation id of the request that caused the event.
+    #[oai(nullable)]
     pub correlation_id: Option<String>,
+    /// Why the consumer gave up (e.g. `rejected`, `expired`).
     pub reason: String,
     /// Attempts made before it was dead-lettered.
     pub attempts: u32,
+    /// When handling it first failed (RFC 3339), if recorded.
+    #[oai(nullable)]
     pub first_failure_at: Option<String>,
+    /// When handling it last failed (RFC 3339), if recorded.
+    #[oai(nullable)]
     pub last_failure_at: Option<String>,
+    /// The last handler error, if recorded.
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// The message body as received.
     pub payload: String,
+    /// When it was archived here.
     pub dead_at: DateTime<Utc>,
+    /// How many times it was sent back to its work queue.
     pub replay_count: u32,
+    /// When it was last replayed.
+    #[oai(nullable)]
     pub replayed_at: Option<DateTime<Utc>>,
+    /// When it was discarded.
+    #[oai(nullable)]
     pub discarded_at: Option<DateTime<Utc>>,
+    /// The operator's reason for discarding it.
+    #[oai(nullable)]
     pub discard_note: Option<String>,
 }
 
@@ -78,24 +104,22 @@ impl From<DeadLetter> for DeadLetterView {
     }
 }
 
-/// A page of dead letters, newest first.
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
-pub struct DeadLetterPage {
-    pub items: Vec<DeadLetterView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
 /// Which DEAD letters to replay. Every given field must match; an empty
 /// filter replays every DEAD letter (up to 1000 per call).
-#[derive(Debug, Default, Object, Validate)]
+#[derive(Debug, Default, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplayFilter {
+    /// Only this event type, e.g. `order.created`.
+    #[oai(nullable, validator(min_length = 1, max_length = 200))]
     #[validate(length(min = 1, max = 200))]
     pub event_type: Option<String>,
+    /// Only this original routing key.
+    #[oai(nullable, validator(min_length = 1, max_length = 200))]
     #[validate(length(min = 1, max = 200))]
     pub routing_key: Option<String>,
+    /// Only this event id.
+    #[oai(nullable, validator(min_length = 1, max_length = 200))]
     #[validate(length(min = 1, max = 200))]
     pub message_id: Option<String>,
 }
@@ -104,32 +128,40 @@ pub struct ReplayFilter {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ReplayResult {
+    /// How many dead letters were sent back to their work queues.
     pub replayed: u32,
+    /// Their ids, oldest first.
     pub dead_letter_ids: Vec<String>,
 }
 
 /// Why a dead letter is given up on.
-#[derive(Debug, Object, Validate)]
+#[derive(Debug, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiscardRequest {
+    /// The operator's reason, kept on the record (1 to 1000 characters).
+    #[oai(validator(min_length = 1, max_length = 1000))]
     #[validate(length(min = 1, max = 1000))]
     pub note: String,
 }
 
 #[derive(ApiResponse)]
 pub enum DeadLetterResponse {
+    /// The dead letter.
     #[oai(status = 200)]
     Ok(Json<DeadLetterView>),
 }
 
 #[derive(ApiResponse)]
 pub enum DeadLetterPageResponse {
+    /// A page of dead letters, newest first.
     #[oai(status = 200)]
-    Ok(Json<DeadLetterPage>),
+    Ok(Json<Page<DeadLetterView>>),
 }
 
 #[derive(ApiResponse)]
 pub enum ReplayResponse {
+    /// What was replayed.
     #[oai(status = 200)]
     Ok(Json<ReplayResult>),
 }
@@ -145,7 +177,7 @@ impl From<DeadLetterError> for ApiError {
     }
 }
 
-impl From<DeadLetterError> for poem::Error {
+impl<R: Refusals> From<DeadLetterError> for Refused<R> {
     fn from(error: DeadLetterError) -> Self {
         ApiError::from(error).into()
     }
@@ -170,27 +202,21 @@ impl DeadLetterApi {
         /// Only this event id.
         #[oai(name = "messageId")]
         message_id: Query<Option<String>>,
-        /// Page size, 1 to 100 (default 20).
-        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
-        limit: Query<Option<u32>>,
-        /// `nextCursor` of the previous page.
-        cursor: Query<Option<String>>,
-    ) -> poem::Result<DeadLetterPageResponse> {
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
+    ) -> Result<DeadLetterPageResponse, Refused<(BadRequest, Unauthorized)>> {
         let filter = DeadLetterFilter {
             status: status.0,
             event_type: event_type.0,
             routing_key: routing_key.0,
             message_id: message_id.0,
         };
-        let (items, next_cursor) = self
+        let found = self
             .store
-            .page(&filter, &PageRequest::new(limit.0, cursor.0))
+            .page(&filter, &page::requested(limit.0, cursor.0))
             .await
             .map_err(|e| ApiError::database(&e))?;
-        Ok(DeadLetterPageResponse::Ok(Json(DeadLetterPage {
-            items: items.into_iter().map(Into::into).collect(),
-            next_cursor,
-        })))
+        Ok(DeadLetterPageResponse::Ok(Json(Page::of(found))))
     }
 
     /// One dead letter (admin).
@@ -199,19 +225,20 @@ impl DeadLetterApi {
         &self,
         _admin: AdminAuth,
         dead_letter_id: Path<String>,
-    ) -> poem::Result<DeadLetterResponse> {
+    ) -> Result<DeadLetterResponse, Refused<(Unauthorized, NotFound)>> {
         let letter = self.store.get(&dead_letter_id).await?;
         Ok(DeadLetterResponse::Ok(Json(letter.into())))
     }
 
     /// Send one DEAD letter back to its work queue (admin). The normal
-    /// handler runs again; its inbox prevents a second effect.
+    /// handler runs again; its inbox prevents a second effect. Only DEAD
+    /// letters replay (else 409); 503 if the broker does not take it.
     #[oai(path = "/admin/dead-letters/:dead_letter_id/replay", method = "post")]
     async fn replay(
         &self,
         _admin: AdminAuth,
         dead_letter_id: Path<String>,
-    ) -> poem::Result<DeadLetterResponse> {
+    ) -> Result<DeadLetterResponse, Refused<(Unauthorized, NotFound, Conflict)>> {
         let letter = self.store.replay(&dead_letter_id, &self.publisher).await?;
         Ok(DeadLetterResponse::Ok(Json(letter.into())))
     }
@@ -222,9 +249,8 @@ impl DeadLetterApi {
     async fn replay_matching(
         &self,
         _admin: AdminAuth,
-        body: Json<ReplayFilter>,
-    ) -> poem::Result<ReplayResponse> {
-        validate(&body.0)?;
+        body: ValidJson<ReplayFilter>,
+    ) -> Result<ReplayResponse, Refused<(BadRequest, Unauthorized, UnsupportedMediaType)>> {
         let filter = DeadLetterFilter {
             status: Some(DeadLetterStatus::Dead),
             event_type: body.0.event_type,
@@ -239,14 +265,23 @@ impl DeadLetterApi {
     }
 
     /// Give up on one DEAD letter; it stays on record as DISCARDED (admin).
+    /// Only DEAD letters can be discarded (else 409).
     #[oai(path = "/admin/dead-letters/:dead_letter_id/discard", method = "post")]
     async fn discard(
         &self,
         _admin: AdminAuth,
         dead_letter_id: Path<String>,
-        body: Json<DiscardRequest>,
-    ) -> poem::Result<DeadLetterResponse> {
-        validate(&body.0)?;
+        body: ValidJson<DiscardRequest>,
+    ) -> Result<
+        DeadLetterResponse,
+        Refused<(
+            BadRequest,
+            Unauthorized,
+            NotFound,
+            Conflict,
+            UnsupportedMediaType,
+        )>,
+    > {
         let letter = self.store.discard(&dead_letter_id, &body.0.note).await?;
         Ok(DeadLetterResponse::Ok(Json(letter.into())))
     }

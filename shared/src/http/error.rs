@@ -1,11 +1,21 @@
 //! One JSON error shape for every failure. Services map their own error enums
 //! into [`ApiError`]; whatever poem or poem-openapi reject on their own (bad
 //! JSON, a bad parameter, a missing token, an unknown route) is turned into
-//! the same shape by [`json_errors`].
+//! the same shape by [`json_errors`]. [`Refused`] declares in the spec which
+//! of these statuses each operation can answer.
+
+use std::marker::PhantomData;
 
 use poem::{Response, error::ResponseError, http::StatusCode};
-use poem_openapi::Object;
+use poem_openapi::{
+    ApiResponse, Object,
+    registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry},
+    types::Type,
+};
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
+
+/// The content type of every error body.
+const CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 /// The body of every error response.
 #[derive(Debug, Clone, Object, serde::Serialize, serde::Deserialize)]
@@ -16,8 +26,8 @@ pub struct ErrorBody {
     pub error: String,
     /// What went wrong, for a person.
     pub message: String,
-    /// One entry per failing field (validation errors only).
-    #[oai(skip_serializing_if_is_empty)]
+    /// One entry per failing field (validation errors only); absent otherwise.
+    #[oai(default, skip_serializing_if_is_empty)]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldError>,
 }
@@ -87,8 +97,12 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message)
     }
 
+    /// 503: a dependency is unreachable; retrying in a second may help.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
     }
 
     /// A failure of ours. The cause is logged; the client gets no internals.
@@ -143,7 +157,7 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for poem::Error {
+impl<R: Refusals> From<crate::store::StoreError> for Refused<R> {
     fn from(error: crate::store::StoreError) -> Self {
         ApiError::from(error).into()
     }
@@ -166,7 +180,7 @@ impl ResponseError for ApiError {
         let body = serde_json::to_vec(&self.body()).expect("error bodies serialize");
         let mut response = Response::builder()
             .status(self.status)
-            .content_type("application/json; charset=utf-8")
+            .content_type(CONTENT_TYPE)
             .body(body);
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(
@@ -175,6 +189,146 @@ impl ResponseError for ApiError {
             );
         }
         response
+    }
+}
+
+/// A status an operation may refuse a request with, beside those every API
+/// route may answer. Listed in the operation's [`Refused`].
+pub trait Refusal {
+    const STATUS: u16;
+    /// The spec's description of the response.
+    const WHEN: &'static str;
+}
+
+macro_rules! refusals {
+    ($($(#[$doc:meta])* $name:ident = $status:literal, $when:literal;)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+
+        impl Refusal for $name {
+            const STATUS: u16 = $status;
+            const WHEN: &'static str = $when;
+        }
+    )*};
+}
+
+refusals! {
+    /// 400: bad JSON, a parameter that does not parse, or invalid fields.
+    BadRequest = 400, "The request is malformed: JSON that does not parse or a parameter \
+        out of its range (`bad_request`), or fields that break their rules, each named in \
+        `fields` (`validation_failed`).";
+    /// 401: an admin route without the admin token.
+    Unauthorized = 401, "The admin bearer token is missing or wrong (`unauthorized`).";
+    /// 404: no such resource.
+    NotFound = 404, "No such resource (`not_found`).";
+    /// 409: the resource's state or version does not allow this.
+    Conflict = 409, "The request conflicts with the resource's current state (`conflict`).";
+    /// 415: a body that is not JSON.
+    UnsupportedMediaType = 415, "The body is not `application/json` \
+        (`unsupported_media_type`).";
+    /// 422: well-formed and valid, but not something to process as it stands.
+    Unprocessable = 422, "The request is valid but cannot be processed as it stands (it \
+        names things that do not exist, or names one twice); each such field is named in \
+        `fields` (`unprocessable`).";
+}
+
+/// What every API route may answer, whatever the operation: the body limit,
+/// the rate limit, a failure of ours, and overload or an unreachable
+/// dependency (load shedding, the saga's backlog, the database).
+const EVERY_ROUTE: [(u16, &str); 4] = [
+    (413, "The body is over 64 KiB (`payload_too_large`)."),
+    (
+        429,
+        "Too many requests from this address (`rate_limited`); retry after `Retry-After` seconds.",
+    ),
+    (
+        500,
+        "A failure of ours (`internal_error`); the body carries no internals, the logs do.",
+    ),
+    (
+        503,
+        "The service is overloaded (`overloaded`) or a dependency is unreachable \
+         (`unavailable`); retry after `Retry-After` seconds.",
+    ),
+];
+
+/// A set of [`Refusal`]s: `()`, `(A,)`, `(A, B)`, … up to six.
+pub trait Refusals: Send + Sync + 'static {
+    /// Status and description of each.
+    fn statuses() -> Vec<(u16, &'static str)>;
+}
+
+macro_rules! refusal_sets {
+    ($(($($r:ident),*))*) => {$(
+        impl<$($r: Refusal + Send + Sync + 'static),*> Refusals for ($($r,)*) {
+            fn statuses() -> Vec<(u16, &'static str)> {
+                vec![$(($r::STATUS, $r::WHEN)),*]
+            }
+        }
+    )*};
+}
+
+refusal_sets! {
+    ()
+    (A)
+    (A, B)
+    (A, B, C)
+    (A, B, C, D)
+    (A, B, C, D, E)
+    (A, B, C, D, E, F)
+}
+
+/// The error half of an operation's result: an [`ApiError`] that the spec
+/// declares, with an [`ErrorBody`], under each status of `R` and of every
+/// API route (413, 429, 500, 503; 429 and 503 with `Retry-After`). The
+/// status sent is the error's own, mapped once in this module.
+pub struct Refused<R: Refusals = ()>(pub ApiError, PhantomData<fn() -> R>);
+
+impl<R: Refusals> From<ApiError> for Refused<R> {
+    fn from(error: ApiError) -> Self {
+        Refused(error, PhantomData)
+    }
+}
+
+impl<R: Refusals> From<Refused<R>> for poem::Error {
+    fn from(refused: Refused<R>) -> Self {
+        refused.0.into()
+    }
+}
+
+impl<R: Refusals> ApiResponse for Refused<R> {
+    fn meta() -> MetaResponses {
+        let mut statuses = R::statuses();
+        statuses.extend(EVERY_ROUTE);
+        statuses.sort_by_key(|(status, _)| *status);
+        MetaResponses {
+            responses: statuses
+                .into_iter()
+                .map(|(status, description)| MetaResponse {
+                    description,
+                    status: Some(status),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: CONTENT_TYPE,
+                        schema: ErrorBody::schema_ref(),
+                    }],
+                    headers: match status {
+                        429 | 503 => vec![MetaHeader {
+                            name: "Retry-After".into(),
+                            description: Some("Seconds to wait before trying again.".into()),
+                            required: true,
+                            deprecated: false,
+                            schema: u64::schema_ref(),
+                        }],
+                        _ => Vec::new(),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        ErrorBody::register(registry);
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, sync::Arc, time::Duration};
 
-use mongodb::{Database, bson::doc};
+use mongodb::Database;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     payload::{Json, PlainText},
@@ -14,9 +14,9 @@ use poem_openapi::{
 use super::{loadshed::LoadShedder, ratelimit::RateLimiter};
 use crate::{
     broker::Publisher,
-    deadletter::{DEAD_LETTERS, DeadLetterStatus},
+    deadletter::DeadLetterStore,
     resilience::Breakers,
-    store::{self, outbox::OUTBOX},
+    store::{self, outbox},
 };
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -131,26 +131,10 @@ impl HealthApi {
             }
             let _ = writeln!(out, "{name}{{service=\"{service}\"{labels}}} {value}");
         };
-        let count = |collection: &str, filter| {
-            let db = self.db.clone();
-            let collection = collection.to_string();
-            async move {
-                tokio::time::timeout(
-                    CHECK_TIMEOUT,
-                    db.collection::<mongodb::bson::Document>(&collection)
-                        .count_documents(filter),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok)
-            }
-        };
+        let dead_letters = DeadLetterStore::new(&self.db);
         let (outbox, dead) = tokio::join!(
-            count(OUTBOX, doc! {}),
-            count(
-                DEAD_LETTERS,
-                doc! { "status": DeadLetterStatus::Dead.as_str() }
-            ),
+            within_check_timeout(outbox::pending_count(&self.db)),
+            within_check_timeout(dead_letters.dead_count()),
         );
         if let Some(n) = outbox {
             gauge(
@@ -201,6 +185,16 @@ impl HealthApi {
         }
         out
     }
+}
+
+/// A count, or `None` if it failed or took longer than a probe may.
+async fn within_check_timeout(
+    count: impl Future<Output = Result<u64, mongodb::error::Error>>,
+) -> Option<u64> {
+    tokio::time::timeout(CHECK_TIMEOUT, count)
+        .await
+        .ok()
+        .and_then(Result::ok)
 }
 
 fn describe(result: Result<(), String>) -> String {

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::{
     AdminToken, ApiError,
+    contract::{self, Contract},
     error::json_errors,
     loadshed::{self, LoadShedder},
     ratelimit::{self, RateLimiter},
@@ -31,8 +32,8 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub struct CorrelationId(pub String);
 
 /// Wraps `api` with its Swagger UI (`/docs`), its spec (`/openapi.json`),
-/// the rate limit, load shedding, the body limit, correlation ids, admin token and JSON
-/// errors.
+/// the rate limit, load shedding, the body limit, correlation ids, admin
+/// token, `Allow` on 405 and JSON errors.
 pub fn build_app<T: OpenApi + 'static>(
     api: T,
     title: &str,
@@ -42,11 +43,20 @@ pub fn build_app<T: OpenApi + 'static>(
 ) -> impl Endpoint<Output = Response> + 'static {
     let service = OpenApiService::new(api, title, env!("CARGO_PKG_VERSION"));
     let docs = service.swagger_ui();
-    let spec = service.spec_endpoint();
+    let contract = Contract::of(&service);
+    let spec = {
+        let contract = contract.clone();
+        poem::endpoint::make_sync(move |_| {
+            Response::builder()
+                .content_type("application/json; charset=utf-8")
+                .body(contract.spec().to_string())
+        })
+    };
     Route::new()
         .nest("/", service)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .around(move |next, req| contract::allow_header(contract.clone(), next, req))
         .around(limit_body)
         .around(correlate)
         .around(move |next, req| loadshed::shed(load_shedder.clone(), next, req))

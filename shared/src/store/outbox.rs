@@ -43,6 +43,13 @@ const HANDOVER_BATCHES: usize = 4096;
 /// How soon to look again at an event no queue took, or after a failure.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
+/// Events written but not yet confirmed by the broker (`/metrics`).
+pub async fn pending_count(db: &Database) -> Result<u64, Error> {
+    db.collection::<bson::Document>(OUTBOX)
+        .count_documents(doc! {})
+        .await
+}
+
 /// An event waiting to be published.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
