@@ -162,6 +162,7 @@ impl Sender {
             .await;
         match sent {
             Ok(_) => {
+                shared::crash_point!("sender.after_accept");
                 if let Err(error) = self.store.mark_sent(&notification).await {
                     // The lease expires and it is sent again, with the same
                     // Message-ID, so a mail system can drop the copy.

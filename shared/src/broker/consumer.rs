@@ -4,7 +4,14 @@
 //! dead-letter queue with the reason. Connection loss reconnects with
 //! jittered backoff and declares the topology again.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
@@ -176,8 +183,16 @@ pub(crate) async fn run_worker<W: QueueWorker>(
 ) {
     let mut backoff = reconnect_backoff();
     while !shutdown.is_cancelled() {
-        match consume_until_broken(url, name, prefetch, worker, &shutdown).await {
-            Ok(()) => backoff = reconnect_backoff(),
+        let consuming = AtomicBool::new(false);
+        let result = consume_until_broken(url, name, prefetch, worker, &shutdown, &consuming).await;
+        // A session that got as far as consuming starts the backoff over:
+        // otherwise each broker restart in a row found it longer, and the
+        // tenth restart waited 6 s before even trying.
+        if consuming.load(Ordering::Relaxed) {
+            backoff = reconnect_backoff();
+        }
+        match result {
+            Ok(()) => {}
             Err(error) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(
@@ -200,8 +215,9 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_jitter()
         .with_min_delay(Duration::from_millis(200))
-        // A restarted broker is back within seconds; keep the gap short.
-        .with_max_delay(Duration::from_secs(3))
+        // A restarted broker is back within seconds and a refused connect
+        // costs nothing: keep the gap short (at most 2 s with the jitter).
+        .with_max_delay(Duration::from_secs(1))
         .without_max_times()
         .build()
 }
@@ -212,6 +228,7 @@ async fn consume_until_broken<W: QueueWorker>(
     prefetch: u16,
     worker: &W,
     shutdown: &CancellationToken,
+    consuming: &AtomicBool,
 ) -> Result<(), lapin::Error> {
     let connection = Connection::connect(url, connection_properties(name)).await?;
     let channel = connection.create_channel().await?;
@@ -231,6 +248,7 @@ async fn consume_until_broken<W: QueueWorker>(
         )
         .await?;
     tracing::info!(%queue, prefetch, "consuming");
+    consuming.store(true, Ordering::Relaxed);
 
     let failure: Arc<std::sync::Mutex<Option<lapin::Error>>> = Default::default();
     // The connection's own report that it broke. The delivery stream of a
@@ -383,9 +401,7 @@ async fn settle<H: Handler>(
             }
         }
     }
-    fail::fail_point!("consumer.before_ack", |_| crate::fault::crash(
-        "consumer.before_ack"
-    ));
+    crate::crash_point!("consumer.before_ack");
     delivery.ack(BasicAckOptions::default()).await.map(|_| ())
 }
 

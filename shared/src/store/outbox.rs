@@ -243,9 +243,7 @@ impl OutboxRelay {
     /// confirmed and puts the rest back for later.
     async fn publish(&self, batch: Vec<OutboxRecord>) -> Result<(), RelayError> {
         let messages: Vec<Outgoing> = batch.iter().map(|r| self.message(r)).collect();
-        fail::fail_point!("relay.before_publish", |_| crate::fault::crash(
-            "relay.before_publish"
-        ));
+        crate::crash_point!("relay.before_publish");
         let outcomes = match self
             .breaker
             .call(self.publisher.publish_all(&messages))
@@ -260,9 +258,7 @@ impl OutboxRelay {
                 });
             }
         };
-        fail::fail_point!("relay.after_publish", |_| crate::fault::crash(
-            "relay.after_publish"
-        ));
+        crate::crash_point!("relay.after_publish");
 
         let mut done = Vec::new();
         let mut retry = Vec::new();

@@ -35,8 +35,12 @@ use tokio::net::{TcpListener, TcpStream};
 const SERVICES: [&str; 3] = ["inventory", "order", "notification"];
 /// Orders per second while a fault is injected.
 const RATE: u64 = 30;
-/// How long a phase waits for its orders and emails after the fault.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a phase waits for its orders and emails after the fault: more
+/// than the longest retry delay (60 s) plus the lease of a crashed sender's
+/// notifications (60 s).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// After a broker restart, every queue has its consumer again within this.
+const CONSUMERS_BACK_WITHIN: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     if std::env::args().any(|a| a == "--list") {
@@ -101,7 +105,9 @@ async fn suite() -> ExitCode {
     );
     rows.push(
         chaos
-            .phase("1. RabbitMQ restarted", |c| Box::pin(c.restart_rabbitmq()))
+            .phase("1. RabbitMQ restarted 10 times in a row", |c| {
+                Box::pin(c.restart_rabbitmq(10))
+            })
             .await,
     );
     rows.push(
@@ -140,17 +146,17 @@ async fn suite() -> ExitCode {
     );
     rows.push(
         chaos
-            .phase("4. MongoDB stopped and started", |c| {
-                Box::pin(c.restart_mongodb())
+            .phase("4. MongoDB unavailable for 75 s", |c| {
+                Box::pin(c.restart_mongodb(Duration::from_secs(75)))
             })
             .await,
     );
     rows.push(
         chaos
-            .phase("5. SMTP unavailable for 8 s", |c| {
+            .phase("5a. SMTP unavailable for 3 minutes", |c| {
                 Box::pin(async move {
                     c.smtp_up.store(false, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_secs(8)).await;
+                    tokio::time::sleep(Duration::from_secs(180)).await;
                     let pending = c
                         .count(
                             "notification",
@@ -158,10 +164,34 @@ async fn suite() -> ExitCode {
                             doc! { "status": "PENDING" },
                         )
                         .await;
+                    let failed = c
+                        .count("notification", "notifications", doc! { "status": "FAILED" })
+                        .await;
                     c.smtp_up.store(true, Ordering::SeqCst);
-                    format!("{pending} PENDING while down, none FAILED")
+                    if failed > 0 {
+                        c.violation(format!(
+                            "{failed} notifications FAILED during an SMTP outage"
+                        ));
+                    }
+                    format!("{pending} PENDING while down, {failed} FAILED")
                 })
             })
+            .await,
+    );
+    rows.push(
+        chaos
+            .phase(
+                "5b. notification crashed after SMTP accepted, before SENT",
+                |c| Box::pin(c.crash_at("notification", "sender.after_accept=20*off->return")),
+            )
+            .await,
+    );
+    rows.push(
+        chaos
+            .phase(
+                "9. inventory paused (SIGSTOP) past the saga deadline",
+                |c| Box::pin(c.pause_inventory(Duration::from_secs(70))),
+            )
             .await,
     );
     rows.push(
@@ -232,8 +262,8 @@ struct Chaos {
     /// Product id → stock it was created with.
     products: Vec<(String, i64)>,
     accepted: Vec<String>,
-    /// Dead letters replayed since the last phase.
-    replayed: AtomicU64,
+    /// Orders the saga deadline ended FAILED in the last phase.
+    failed: AtomicU64,
     /// Second copies of one email (same Message-ID) since the last phase.
     redelivered: AtomicU64,
     violations: Arc<Mutex<Vec<String>>>,
@@ -264,7 +294,7 @@ impl Chaos {
             children: HashMap::new(),
             products: Vec::new(),
             accepted: Vec::new(),
-            replayed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
             violations: Arc::default(),
             shutdown: CancellationToken::new(),
@@ -356,11 +386,9 @@ impl Chaos {
             .env("INVENTORY_URL", self.url("inventory"))
             .env("SMTP_PORT", self.smtp_port.to_string())
             .env("ADMIN_EMAIL", format!("admin-{}@example.com", self.id))
-            // Few, short retries: a MongoDB outage longer than about 2 s
-            // dead-letters what was in flight, which the suite then replays.
-            .env("RETRY_MAX_ATTEMPTS", "4")
-            .env("RETRY_BASE_MS", "200")
-            .env("RETRY_CAP_MS", "1000")
+            // Retries, dead letters and the saga deadline run on their
+            // production defaults: the suite proves that they heal every
+            // fault below without an operator.
             .env("RATE_LIMIT_PER_SECOND", "0")
             // Fault 8 sends 300 orders at once, all of which must be taken.
             .env("MAX_IN_FLIGHT_REQUESTS", "0")
@@ -420,16 +448,90 @@ impl Chaos {
         format!("crashed at the fail point ({status})")
     }
 
-    async fn restart_rabbitmq(&mut self) -> String {
-        rabbitmqctl("stop_app");
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        rabbitmqctl("start_app");
-        "stop_app, 3 s, start_app".into()
+    /// Restarts the broker `times` times in a row under load; after each,
+    /// every queue of the stack must have its consumer again within 10 s,
+    /// as the broker itself reports it.
+    async fn restart_rabbitmq(&mut self, times: u32) -> String {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..times {
+            rabbitmqctl("stop_app");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            rabbitmqctl("start_app");
+            let back = Instant::now();
+            loop {
+                let missing = self.queues_without_consumers().await;
+                if missing.as_ref().is_some_and(Vec::is_empty) {
+                    break;
+                }
+                if back.elapsed() > CONSUMERS_BACK_WITHIN {
+                    self.violation(format!(
+                        "queues without a consumer {}s after a broker restart: {missing:?}",
+                        CONSUMERS_BACK_WITHIN.as_secs()
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            slowest = slowest.max(back.elapsed());
+        }
+        format!(
+            "stop_app, 1 s, start_app, {times} times; consumers back within {:.1} s each",
+            slowest.as_secs_f64()
+        )
     }
 
-    async fn restart_mongodb(&mut self) -> String {
+    /// The stack's work and dead-letter queues that have no consumer, as
+    /// the management API sees them; `None` while the API does not answer.
+    async fn queues_without_consumers(&self) -> Option<Vec<String>> {
+        let queues: Vec<Value> = self
+            .http
+            .get("http://127.0.0.1:15672/api/queues/%2F?columns=name,consumers")
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let consumers: HashMap<&str, u64> = queues
+            .iter()
+            .filter_map(|q| Some((q["name"].as_str()?, q["consumers"].as_u64().unwrap_or(0))))
+            .collect();
+        let mut missing = Vec::new();
+        for service in SERVICES {
+            for suffix in ["", ".dlq"] {
+                let queue = format!("c-{}.{service}-service.events{suffix}", self.id);
+                if consumers.get(queue.as_str()).copied().unwrap_or(0) == 0 {
+                    missing.push(queue);
+                }
+            }
+        }
+        Some(missing)
+    }
+
+    /// Freezes the inventory process (SIGSTOP) for `pause`, longer than the
+    /// saga deadline, then lets it go on (SIGCONT): the orders of that
+    /// window must end FAILED with their stock back, the later ones as usual.
+    async fn pause_inventory(&mut self, pause: Duration) -> String {
+        let pid = self.children["inventory"].id().to_string();
+        let signal = |name: &str| {
+            assert!(
+                Command::new("kill")
+                    .args([name, &pid])
+                    .status()
+                    .is_ok_and(|s| s.success()),
+                "kill {name} {pid}"
+            );
+        };
+        signal("-STOP");
+        tokio::time::sleep(pause).await;
+        signal("-CONT");
+        format!("SIGSTOP for {} s, then SIGCONT", pause.as_secs())
+    }
+
+    async fn restart_mongodb(&mut self, down_for: Duration) -> String {
         self.stop_mongodb().await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(down_for).await;
         // While it is down, writes are refused with 503 and nothing is 2xx.
         let (status, _) = post_order(
             &self.http,
@@ -670,9 +772,9 @@ impl Chaos {
         let ids = accepted.lock().unwrap().clone();
         self.accepted.extend(ids.iter().cloned());
         let (finished, lost, duplicated) = self.settle(&ids).await;
-        let replayed = self.replayed.swap(0, Ordering::SeqCst);
-        if replayed > 0 {
-            note = format!("{note}; {replayed} dead letters replayed with dlq.sh");
+        let failed = self.failed.swap(0, Ordering::SeqCst);
+        if failed > 0 {
+            note = format!("{note}; {failed} FAILED at the saga deadline, their stock back");
         }
         let redelivered = self.redelivered.swap(0, Ordering::SeqCst);
         if redelivered > 0 {
@@ -747,25 +849,43 @@ impl Chaos {
         });
     }
 
-    /// Waits for `ids` to reach a final state and for one email each
-    /// (replaying dead letters with `scripts/dlq.sh` meanwhile), then checks
-    /// the stock invariants. Returns (finished, lost, duplicated effects).
+    /// Waits for `ids` to reach a final state (a FAILED one only once the
+    /// inventory confirmed its release) and for one email each, with no
+    /// operator's help, then checks the stock invariants and that no
+    /// transient fault left a dead letter. Returns (finished, lost,
+    /// duplicated effects).
     async fn settle(&mut self, ids: &[String]) -> (usize, usize, usize) {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         let orders = self.db("order").collection::<Document>("orders");
         let mut finished;
         loop {
             finished = orders
-                .count_documents(
-                    doc! { "_id": { "$in": ids }, "status": { "$in": ["CONFIRMED", "REJECTED"] } },
-                )
+                .count_documents(doc! {
+                    "_id": { "$in": ids },
+                    "status": { "$in": ["CONFIRMED", "REJECTED", "FAILED"] },
+                    "awaitingRelease": { "$ne": true },
+                })
                 .await
                 .unwrap() as usize;
             if finished == ids.len() || Instant::now() > deadline {
                 break;
             }
-            self.replay_dead_letters().await;
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let failed = orders
+            .count_documents(doc! { "_id": { "$in": ids }, "status": "FAILED" })
+            .await
+            .unwrap();
+        self.failed.fetch_add(failed, Ordering::SeqCst);
+        for service in SERVICES {
+            let transient = self
+                .count(service, "dead_letters", doc! { "transient": true })
+                .await;
+            if transient > 0 {
+                self.violation(format!(
+                    "{transient} messages of {service} dead-lettered by a transient fault"
+                ));
+            }
         }
         let mut lost = ids.len() - finished;
         if lost > 0 {
@@ -801,52 +921,6 @@ impl Chaos {
             .fetch_add(redelivered as u64, Ordering::SeqCst);
         duplicated += self.check_stock().await;
         (finished, lost, duplicated)
-    }
-
-    /// Replays, through the operator's script, every dead letter that is a
-    /// real event (poison messages stay dead).
-    async fn replay_dead_letters(&mut self) {
-        for (service, event_types) in [
-            ("inventory", &["order.created", "order.cancelled"][..]),
-            (
-                "order",
-                &["inventory.reserved", "inventory.reservation_failed"][..],
-            ),
-            (
-                "notification",
-                &[
-                    "order.confirmed",
-                    "order.rejected",
-                    "order.cancelled",
-                    "inventory.low",
-                ][..],
-            ),
-        ] {
-            for event_type in event_types {
-                let waiting = self
-                    .count(
-                        service,
-                        "dead_letters",
-                        doc! { "status": "DEAD", "eventType": event_type },
-                    )
-                    .await;
-                if waiting == 0 {
-                    continue;
-                }
-                let output =
-                    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/dlq.sh"))
-                        .args([service, "replay-all", event_type])
-                        .env(format!("{}_URL", service.to_uppercase()), self.url(service))
-                        .env("ADMIN_TOKEN", ADMIN_TOKEN)
-                        .output()
-                        .expect("scripts/dlq.sh runs");
-                let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
-                    panic!("dlq.sh: {}", String::from_utf8_lossy(&output.stderr))
-                });
-                self.replayed
-                    .fetch_add(answer["replayed"].as_u64().unwrap_or(0), Ordering::SeqCst);
-            }
-        }
     }
 
     /// Stock is conserved and held exactly by the confirmed orders.
@@ -1000,7 +1074,7 @@ async fn steady_load(
     while in_flight.join_next().await.is_some() {}
 }
 
-/// Order id → the outcome emails (confirmed or rejected) it got, as
+/// Order id → the outcome emails (confirmed, rejected or failed) it got, as
 /// Message-ID → copies. The notification service gives each email one
 /// stable Message-ID; a second copy of the same one is an SMTP redelivery
 /// (the connection broke after the server took the message but before its
@@ -1019,7 +1093,9 @@ async fn outcome_emails(
         else {
             continue;
         };
-        let outcome = subject.ends_with("confirmed") || subject.ends_with("could not be accepted");
+        let outcome = subject.ends_with("confirmed")
+            || subject.ends_with("could not be accepted")
+            || subject.ends_with("could not be processed");
         if outcome && orders.contains(order) {
             let message_id = mail["headers"]["message-id"]
                 .as_str()
