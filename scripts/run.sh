@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # Starts everything: RabbitMQ, MongoDB and MailDev (installing what is
-# missing), then the three services in release mode. Ctrl-C or SIGTERM stops
-# what this script started; infrastructure that was already running is left
-# alone. Data lives in .run/ (MongoDB) and RabbitMQ's own data directory, so
-# it survives a restart.
+# missing), then the three services, and keeps them running: a service that
+# exits is started again after 1 s, 2 s, 4 s, 8 s. One that crashes 5 times
+# within a minute, or exits over a bad configuration (status 64), is left
+# stopped with a message saying so; the others and the infrastructure keep
+# running. Ctrl-C or SIGTERM stops what this script started; infrastructure
+# that was already running is left alone. Data lives in .run/ (MongoDB) and
+# RabbitMQ's own data directory, so it survives a restart.
+#
+# Knobs, so that a second stack (a test, say) runs beside the usual one:
+#   ORDER_PORT, INVENTORY_PORT, NOTIFICATION_PORT   [3001, 3002, 3003]
+#   BUILD_PROFILE            release, debug (builds fast, runs slow) or a
+#                            custom cargo profile [release]
+#   MONGODB_DATABASE_PREFIX  put before each service's database name [empty]
+#   RUN_DIR                  logs, pid files, MongoDB data [.run]
+# The services' own variables (AMQP_NAMESPACE, AMQP_QUEUE_EXPIRES_MS,
+# RUST_LOG, ...: see the README) pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh
@@ -11,15 +23,41 @@ source scripts/lib/infra.sh
 export ADMIN_TOKEN="${ADMIN_TOKEN:-dev-admin-token}"
 export ADMIN_EMAIL="${ADMIN_EMAIL:-admin@example.com}"
 export RUST_LOG="${RUST_LOG:-info}"
-SERVICES=(order:3001 inventory:3002 notification:3003)
-SERVICE_PIDS=()
+ORDER_PORT="${ORDER_PORT:-3001}"
+INVENTORY_PORT="${INVENTORY_PORT:-3002}"
+NOTIFICATION_PORT="${NOTIFICATION_PORT:-3003}"
+BUILD_PROFILE="${BUILD_PROFILE:-release}"
+MONGODB_DATABASE_PREFIX="${MONGODB_DATABASE_PREFIX:-}"
+# The order service asks this script's inventory service, wherever it listens.
+export INVENTORY_URL="http://127.0.0.1:$INVENTORY_PORT"
+SERVICES=("order:$ORDER_PORT" "inventory:$INVENTORY_PORT" "notification:$NOTIFICATION_PORT")
+# A service that crashes this often within the window stays stopped.
+RESTART_LIMIT=5
+RESTART_WINDOW=60
+# A service's exit status over a bad configuration: a restart would fail the
+# same way (see shared/src/config.rs).
+EX_USAGE=64
+BIN_DIR="$RUN_DIR/bin"
+SUPERVISORS=()
 
+for port in "$ORDER_PORT" "$INVENTORY_PORT" "$NOTIFICATION_PORT"; do
+  [[ $port =~ ^[0-9]+$ ]] || fail "ORDER_PORT, INVENTORY_PORT and NOTIFICATION_PORT must be numbers, not '$port'"
+done
+# Cargo's name for the profile whose output goes to target/debug.
+CARGO_PROFILE=$BUILD_PROFILE
+if [ "$BUILD_PROFILE" = debug ]; then CARGO_PROFILE=dev; fi
+if [ -n "${MONGODB_DATABASE:-}" ]; then
+  fail "MONGODB_DATABASE would give all three services one database: set MONGODB_DATABASE_PREFIX instead"
+fi
+
+# shellcheck disable=SC2317 # reached through the traps
 stop_all() {
   trap - INT TERM EXIT
   step "Stopping"
-  if [ ${#SERVICE_PIDS[@]} -gt 0 ]; then
-    kill -TERM "${SERVICE_PIDS[@]}" 2>/dev/null || true
-    wait "${SERVICE_PIDS[@]}" 2>/dev/null || true
+  if [ ${#SUPERVISORS[@]} -gt 0 ]; then
+    # Each supervisor stops its service, or its pending restart, and waits.
+    kill -TERM "${SUPERVISORS[@]}" 2>/dev/null || true
+    wait "${SUPERVISORS[@]}" 2>/dev/null || true
   fi
   infra_down
   note "stopped"
@@ -27,28 +65,122 @@ stop_all() {
 trap stop_all EXIT
 trap 'stop_all; exit 0' INT TERM
 
+ready() { curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$1/ready" 2>/dev/null; }
+
+# How a process ended, from the status `wait` gave for it.
+exit_reason() {
+  if (($1 > 128)); then
+    echo "was killed by SIG$(kill -l "$(($1 - 128))")"
+  else
+    echo "exited with status $1"
+  fi
+}
+
+# supervise NAME PORT, in the background: runs NAME-service and starts it
+# again whenever it exits, until run.sh stops (SIGTERM, or Ctrl-C) or it
+# gives the service up. The service's pid is in $RUN_DIR/NAME-service.pid
+# while it runs.
+supervise() {
+  local name=$1 port=$2
+  local service="$name-service"
+  local log="$LOG_DIR/$service.log" pidfile="$RUN_DIR/$service.pid"
+  local child="" pid status delay at crash restarts=0 crashes=() recent=()
+  set +e # every exit status is handled here
+  # TERM from run.sh; INT straight from the terminal's Ctrl-C, which
+  # reaches the whole process group.
+  trap stop_supervised INT TERM
+  while true; do
+    PORT=$port MONGODB_DATABASE="$MONGODB_DATABASE_PREFIX${name}_service" \
+      nohup "$BIN_DIR/$service" >>"$log" 2>&1 </dev/null &
+    child=$!
+    echo "$child" >"$pidfile"
+    # 2>/dev/null hides bash's own "Killed ..." notice; the warning below
+    # says more.
+    {
+      if ((restarts > 0)); then
+        note "$service restarted (pid $child)"
+        until ready "$port" || ! kill -0 "$child"; do sleep 1; done
+        if kill -0 "$child"; then note "$service ready again on port $port"; fi
+      fi
+      wait "$child"
+    } 2>/dev/null
+    status=$? pid=$child child=""
+
+    if ((status == EX_USAGE)); then
+      warn "$service (pid $pid) $(exit_reason $status), a bad configuration: not restarting it, it would fail the same way. The other services keep running. From its log ($log):"
+      note "$(tail -n 1 "$log")" >&2
+      break
+    fi
+    crashes+=("$EPOCHSECONDS")
+    recent=()
+    for crash in "${crashes[@]}"; do
+      if ((crash > EPOCHSECONDS - RESTART_WINDOW)); then recent+=("$crash"); fi
+    done
+    crashes=("${recent[@]}")
+    if ((${#crashes[@]} >= RESTART_LIMIT)); then
+      warn "$service (pid $pid) $(exit_reason $status), its ${#crashes[@]}th crash within ${RESTART_WINDOW}s: giving up, it stays stopped. The other services keep running; read its log ($log), fix the cause, then stop and start run.sh."
+      echo "---- last lines of $log ----" >&2
+      tail -n 10 "$log" >&2
+      break
+    fi
+    delay=$((1 << (${#crashes[@]} - 1)))
+    printf -v at '%(%H:%M:%S)T' "$((EPOCHSECONDS + delay))"
+    warn "$service (pid $pid) $(exit_reason $status); restarting it in ${delay}s, at $at (crash ${#crashes[@]} of $RESTART_LIMIT allowed within ${RESTART_WINDOW}s; log: $log)"
+    # In the background, so that a signal cuts it short.
+    sleep "$delay" &
+    wait $!
+    restarts=$((restarts + 1))
+  done
+  rm -f "$pidfile"
+}
+
+# supervise's trap (run.sh is stopping): stops the service, or the backoff
+# sleep. $! also covers a service started an instant before the trap ran,
+# before child= was assigned.
+# shellcheck disable=SC2317 # reached through the trap
+stop_supervised() {
+  # shellcheck disable=SC2086 # empty ones must vanish
+  kill -TERM ${child:-} ${!:-} 2>/dev/null
+  # shellcheck disable=SC2086
+  wait ${child:-} 2>/dev/null
+  rm -f "$pidfile"
+  exit 0
+}
+
 infra_up
 command -v curl >/dev/null || apt_install curl
 
-step "Building the services (release; the first build takes a few minutes)"
+step "Building the services ($BUILD_PROFILE; the first release build takes a few minutes)"
 # -p, not --bin: --bin resolves features for the whole workspace, which
 # would compile the e2e crate's fail points into the binaries run here.
-cargo build --release -p order-service -p inventory-service -p notification-service
+cargo build --profile "$CARGO_PROFILE" -p order-service -p inventory-service -p notification-service
+# Restarts run the binaries built now, even if cargo rebuilds meanwhile (a
+# cargo test, another checkout sharing CARGO_TARGET_DIR): cargo replaces its
+# file, and the hard link keeps this one.
+mkdir -p "$BIN_DIR"
+for entry in "${SERVICES[@]}"; do
+  binary="${CARGO_TARGET_DIR:-target}/$BUILD_PROFILE/${entry%%:*}-service"
+  ln -f "$binary" "$BIN_DIR/" 2>/dev/null || cp -f "$binary" "$BIN_DIR/"
+done
 
 step "Starting the services (logs in $LOG_DIR)"
 for entry in "${SERVICES[@]}"; do
   name=${entry%%:*} port=${entry##*:}
   if port_open "$port"; then fail "port $port is taken: is another $name-service running?"; fi
-  PORT=$port nohup "./target/release/$name-service" >>"$LOG_DIR/$name-service.log" 2>&1 </dev/null &
-  SERVICE_PIDS+=($!)
 done
 for entry in "${SERVICES[@]}"; do
-  name=${entry%%:*} port=${entry##*:}
+  supervise "${entry%%:*}" "${entry##*:}" &
+  SUPERVISORS+=("$!")
+done
+for i in "${!SERVICES[@]}"; do
+  name=${SERVICES[$i]%%:*} port=${SERVICES[$i]##*:}
   waited=0
-  until curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1; do
+  until ready "$port"; do
+    # Its supervisor has said why.
+    kill -0 "${SUPERVISORS[$i]}" 2>/dev/null || fail "$name-service could not start: stopping everything (log: $LOG_DIR/$name-service.log)"
     sleep 1
     waited=$((waited + 1))
-    if (( waited >= 60 )); then
+    if ((waited >= 60)); then
       tail -n 20 "$LOG_DIR/$name-service.log" >&2
       fail "$name-service is not ready after 60s (log: $LOG_DIR/$name-service.log)"
     fi
@@ -57,13 +189,13 @@ for entry in "${SERVICES[@]}"; do
 done
 
 # Demo products, the first time only (the sku is unique, so a rerun is a 409).
-if [ "$(curl -fsS http://127.0.0.1:3002/api/products/category/demo | grep -c productId || true)" -eq 0 ]; then
+if [ "$(curl -fsS "$INVENTORY_URL/api/products/category/demo" | grep -c productId || true)" -eq 0 ]; then
   step "Seeding demo products"
   for product in \
     '{"sku":"DEMO-MUG","name":"Coffee mug","category":"demo","price":12.50,"stock":100,"lowStockThreshold":10}' \
     '{"sku":"DEMO-TEE","name":"T-shirt","category":"demo","price":19.99,"stock":50,"lowStockThreshold":5}' \
     '{"sku":"DEMO-CAP","name":"Cap","category":"demo","price":9.00,"stock":10,"lowStockThreshold":3}'; do
-    curl -fsS -o /dev/null -X POST http://127.0.0.1:3002/api/products \
+    curl -fsS -o /dev/null -X POST "$INVENTORY_URL/api/products" \
       -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' -d "$product" \
       || note "could not seed $product"
   done
@@ -72,16 +204,18 @@ fi
 
 cat <<INFO
 
-  Order service         http://127.0.0.1:3001/docs   (Swagger UI)
-  Inventory service     http://127.0.0.1:3002/docs
-  Notification service  http://127.0.0.1:3003/docs
+  Order service         http://127.0.0.1:$ORDER_PORT/docs   (Swagger UI)
+  Inventory service     http://127.0.0.1:$INVENTORY_PORT/docs
+  Notification service  http://127.0.0.1:$NOTIFICATION_PORT/docs
   RabbitMQ management   http://127.0.0.1:15672       (guest / guest)
-  MailDev (emails)      http://127.0.0.1:1080
+  MailDev (emails)      http://127.0.0.1:$MAILDEV_WEB_PORT
   Admin token           $ADMIN_TOKEN
 
-  Try:  curl -s http://127.0.0.1:3002/api/products/category/demo
-  Ctrl-C stops everything this script started.
+  Try:  curl -s $INVENTORY_URL/api/products/category/demo
+  A service that crashes is restarted. Ctrl-C stops everything this script started.
 
 INFO
-wait -n "${SERVICE_PIDS[@]}" || true
-note "a service exited; see $LOG_DIR"
+# A supervisor returns only when it gives up its service.
+wait "${SUPERVISORS[@]}" || true
+warn "no service is left running (logs in $LOG_DIR)"
+exit 1
