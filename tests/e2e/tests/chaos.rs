@@ -481,31 +481,36 @@ impl Chaos {
     }
 
     /// The stack's work and dead-letter queues that have no consumer, as
-    /// the management API sees them; `None` while the API does not answer.
+    /// the broker itself counts them now (a passive declare answers with
+    /// the live count; the management API's figure lags by its 5 s
+    /// statistics interval); `None` while the broker does not answer.
     async fn queues_without_consumers(&self) -> Option<Vec<String>> {
-        let queues: Vec<Value> = self
-            .http
-            .get("http://127.0.0.1:15672/api/queues/%2F?columns=name,consumers")
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .ok()?
-            .json()
+        let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
             .await
             .ok()?;
-        let consumers: HashMap<&str, u64> = queues
-            .iter()
-            .filter_map(|q| Some((q["name"].as_str()?, q["consumers"].as_u64().unwrap_or(0))))
-            .collect();
         let mut missing = Vec::new();
         for service in SERVICES {
             for suffix in ["", ".dlq"] {
                 let queue = format!("c-{}.{service}-service.events{suffix}", self.id);
-                if consumers.get(queue.as_str()).copied().unwrap_or(0) == 0 {
+                // A passive declare of a missing queue closes its channel.
+                let channel = connection.create_channel().await.ok()?;
+                let consumers = channel
+                    .queue_declare(
+                        queue.as_str().into(),
+                        lapin::options::QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await
+                    .map_or(0, |q| q.consumer_count());
+                if consumers == 0 {
                     missing.push(queue);
                 }
             }
         }
+        let _ = connection.close(200, "checked".into()).await;
         Some(missing)
     }
 
