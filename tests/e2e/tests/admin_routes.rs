@@ -1,0 +1,222 @@
+//! Operator routes: the stuck-saga finder and its gauge on the order
+//! service, and sending FAILED notifications again.
+
+use std::time::Duration;
+
+use e2e_tests::{Stack, eventually};
+use serde_json::Value;
+use shared::events::{Cause, Event, InventoryReleased, InventoryReserved, OrderLine, PricedLine};
+
+/// An envelope as the inventory would publish it.
+fn envelope<T: Event>(data: T) -> Vec<u8> {
+    serde_json::to_vec(&Cause::request("e2e", "corr-e2e").emit(data)).unwrap()
+}
+
+async fn place(stack: &Stack, product: &str) -> String {
+    let response = stack.place_order(&stack.email("stuck"), product, 1).await;
+    assert_eq!(response.status(), 202);
+    response.json::<Value>().await.unwrap()["orderId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The stuck-saga finder's answer to `query`.
+async fn stuck(stack: &Stack, query: &str) -> Value {
+    let (status, page) = stack
+        .admin_call(
+            reqwest::Method::GET,
+            &format!("{}/admin/sagas/stuck?{query}", stack.order),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page
+}
+
+fn ids(page: &Value) -> Vec<&str> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["orderId"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stuck_saga_finder_lists_orders_nobody_answered_oldest_first_with_the_step_they_wait_for()
+ {
+    let stack = Stack::start().await;
+    let product = stack.create_product(10, 0, 5.0).await;
+    stack.stop_inventory();
+    let older = place(&stack, &product).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let younger = place(&stack, &product).await;
+
+    let all = stuck(&stack, "olderThanSeconds=0").await;
+    assert_eq!(ids(&all), vec![older.as_str(), younger.as_str()], "{all}");
+    assert_eq!(all["nextCursor"], Value::Null);
+    let first = &all["items"][0];
+    assert_eq!(first["status"], "PENDING");
+    assert_eq!(first["customerId"], "c-1");
+    assert_eq!(
+        first["waitingFor"],
+        "the inventory's answer (inventory.reserved or inventory.reservation_failed)"
+    );
+    assert!(first["ageSeconds"].as_u64().unwrap() >= 2, "{first}");
+    assert!(all["items"][1]["ageSeconds"].as_u64().unwrap() < 2, "{all}");
+    assert_eq!(
+        first["createdAt"],
+        stack.order(&older).await["createdAt"],
+        "{first}"
+    );
+
+    // Younger than N seconds: not listed; the default N is 60.
+    assert_eq!(
+        ids(&stuck(&stack, "olderThanSeconds=1").await),
+        vec![older.as_str()]
+    );
+    assert!(ids(&stuck(&stack, "").await).is_empty());
+
+    // A page at a time, oldest first.
+    let page = stuck(&stack, "olderThanSeconds=0&limit=1").await;
+    assert_eq!(ids(&page), vec![older.as_str()]);
+    let cursor = page["nextCursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let next = stuck(
+        &stack,
+        &format!("olderThanSeconds=0&limit=1&cursor={cursor}"),
+    )
+    .await;
+    assert_eq!(ids(&next), vec![younger.as_str()]);
+    assert_eq!(next["nextCursor"], Value::Null);
+
+    // Admin only; an age below 0 or past ten years is a 400.
+    let url = format!("{}/admin/sagas/stuck", stack.order);
+    assert_eq!(stack.http.get(&url).send().await.unwrap().status(), 401);
+    for query in ["olderThanSeconds=-1", "olderThanSeconds=315360001"] {
+        let (status, body) = stack
+            .admin_call(reqwest::Method::GET, &format!("{url}?{query}"), None)
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+
+    // The inventory's answer ends the older saga: it is no longer listed.
+    let reserved = envelope(InventoryReserved {
+        order_id: older.clone(),
+        lines: vec![PricedLine {
+            product_id: product.clone(),
+            quantity: 1,
+            unit_price_cents: 500,
+        }],
+    });
+    stack.publish_raw(InventoryReserved::TYPE, &reserved).await;
+    assert_eq!(stack.final_order(&older).await["status"], "CONFIRMED");
+    assert_eq!(
+        ids(&stuck(&stack, "olderThanSeconds=0").await),
+        vec![younger.as_str()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_failed_by_the_deadline_is_listed_until_the_inventory_releases_its_hold() {
+    let stack = Stack::start_with(&[("SAGA_TIMEOUT_SECONDS", "1")]).await;
+    let product = stack.create_product(10, 0, 5.0).await;
+    stack.stop_inventory();
+    let order = place(&stack, &product).await;
+    assert_eq!(stack.final_order(&order).await["status"], "FAILED");
+
+    let page = stuck(&stack, "olderThanSeconds=0").await;
+    assert_eq!(ids(&page), vec![order.as_str()], "{page}");
+    assert_eq!(page["items"][0]["status"], "FAILED");
+    assert_eq!(
+        page["items"][0]["waitingFor"],
+        "the inventory to release its hold (inventory.released)"
+    );
+
+    let released = envelope(InventoryReleased {
+        order_id: order.clone(),
+        lines: vec![OrderLine {
+            product_id: product,
+            quantity: 1,
+        }],
+    });
+    stack.publish_raw(InventoryReleased::TYPE, &released).await;
+    eventually("the released order to leave the list", || async {
+        ids(&stuck(&stack, "olderThanSeconds=0").await)
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
+
+/// The samples of `name` in Prometheus text, after checking that the text
+/// is well formed: every sample line is `name{labels} value`, and each
+/// metric's `# HELP` and `# TYPE` come once, before its samples.
+fn samples(text: &str, name: &str) -> Vec<f64> {
+    let mut described = Vec::new();
+    let mut typed = Vec::new();
+    let mut values = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (metric, help) = rest.split_once(' ').expect("HELP has a text");
+            assert!(!help.trim().is_empty(), "{line}");
+            assert!(!described.contains(&metric), "HELP twice: {line}");
+            described.push(metric);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (metric, kind) = rest.split_once(' ').expect("TYPE has a kind");
+            assert!(described.contains(&metric), "TYPE before HELP: {line}");
+            assert!(!typed.contains(&metric), "TYPE twice: {line}");
+            assert_eq!(kind, "gauge", "{line}");
+            typed.push(metric);
+        } else {
+            let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
+            let metric = series.split('{').next().unwrap();
+            assert!(
+                metric
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{line}"
+            );
+            assert!(typed.contains(&metric), "sample before its TYPE: {line}");
+            if series.contains('{') {
+                assert!(series.ends_with('}'), "{line}");
+            }
+            if metric == name {
+                values.push(value);
+            }
+        }
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_metrics_give_the_age_of_the_oldest_unfinished_saga() {
+    const GAUGE: &str = "saga_oldest_unfinished_age_seconds";
+    let stack = Stack::start().await;
+    let metrics = format!("{}/metrics", stack.order);
+    let text = stack.get_text(&metrics).await;
+    assert_eq!(samples(&text, GAUGE), vec![0.0], "none yet:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "# TYPE {GAUGE} gauge\n{GAUGE}{{service=\"order-service\"}} 0\n"
+        )),
+        "{text}"
+    );
+
+    let product = stack.create_product(10, 0, 5.0).await;
+    stack.stop_inventory();
+    place(&stack, &product).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    place(&stack, &product).await;
+    let text = stack.get_text(&metrics).await;
+    let age = samples(&text, GAUGE);
+    assert_eq!(age.len(), 1, "{text}");
+    assert!(
+        (2.0..60.0).contains(&age[0]),
+        "the older order's age:\n{text}"
+    );
+}
