@@ -1,11 +1,22 @@
 //! Operator routes: the stuck-saga finder and its gauge on the order
 //! service, and sending FAILED notifications again.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use e2e_tests::{Stack, eventually};
-use serde_json::Value;
+use e2e_tests::{Stack, emails_to, eventually};
+use reqwest::Method;
+use serde_json::{Value, json};
 use shared::events::{Cause, Event, InventoryReleased, InventoryReserved, OrderLine, PricedLine};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+};
 
 /// An envelope as the inventory would publish it.
 fn envelope<T: Event>(data: T) -> Vec<u8> {
@@ -25,7 +36,7 @@ async fn place(stack: &Stack, product: &str) -> String {
 async fn stuck(stack: &Stack, query: &str) -> Value {
     let (status, page) = stack
         .admin_call(
-            reqwest::Method::GET,
+            Method::GET,
             &format!("{}/admin/sagas/stuck?{query}", stack.order),
             None,
         )
@@ -98,7 +109,7 @@ async fn the_stuck_saga_finder_lists_orders_nobody_answered_oldest_first_with_th
     assert_eq!(stack.http.get(&url).send().await.unwrap().status(), 401);
     for query in ["olderThanSeconds=-1", "olderThanSeconds=315360001"] {
         let (status, body) = stack
-            .admin_call(reqwest::Method::GET, &format!("{url}?{query}"), None)
+            .admin_call(Method::GET, &format!("{url}?{query}"), None)
             .await;
         assert_eq!(status, 400, "{query}: {body}");
     }
@@ -219,4 +230,169 @@ async fn the_order_metrics_give_the_age_of_the_oldest_unfinished_saga() {
         (2.0..60.0).contains(&age[0]),
         "the older order's age:\n{text}"
     );
+}
+
+/// An SMTP server that refuses every recipient for good (550), as a mail
+/// server does for an address it will never take, until `accept` is set;
+/// from then on it passes each new connection through to MailDev. The
+/// notification service under test sends through it, so its notifications
+/// fail for real and then go out for real, with no knob in the service.
+async fn refusing_smtp(accept: Arc<AtomicBool>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            if accept.load(Ordering::SeqCst) {
+                tokio::spawn(pass_to_maildev(client));
+            } else {
+                tokio::spawn(refuse_every_recipient(client));
+            }
+        }
+    });
+    port
+}
+
+async fn refuse_every_recipient(stream: TcpStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let _ = write.write_all(b"220 refuser ESMTP\r\n").await;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" | "HELO" => b"250 refuser\r\n",
+            "RCPT" => b"550 5.1.1 no such mailbox here\r\n",
+            "DATA" => b"554 5.5.1 no valid recipients\r\n",
+            "QUIT" => b"221 bye\r\n",
+            _ => b"250 ok\r\n",
+        };
+        if write.write_all(reply).await.is_err() || verb == "QUIT" {
+            return;
+        }
+    }
+}
+
+async fn pass_to_maildev(mut client: TcpStream) {
+    let port: u16 = std::env::var("SMTP_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1025);
+    if let Ok(mut maildev) = TcpStream::connect(("127.0.0.1", port)).await {
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut maildev).await;
+    }
+}
+
+/// Records a manual notification to `to` and returns its id.
+async fn send_manual(stack: &Stack, to: &str) -> String {
+    let (status, body) = stack
+        .admin_call(
+            Method::POST,
+            &format!("{}/api/notifications", stack.notification),
+            Some(json!({ "recipient": to, "subject": "Your invoice", "body": "Attached." })),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body["notificationId"].as_str().unwrap().to_string()
+}
+
+/// Waits until the notification is in `status` and returns it.
+async fn notification_in(stack: &Stack, id: &str, status: &str) -> Value {
+    eventually(&format!("notification {id} {status}"), || async {
+        let n = stack
+            .get_json(&format!("{}/api/notifications/{id}", stack.notification))
+            .await;
+        (n["status"] == status).then_some(n)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_notification_goes_out_when_an_operator_sends_it_again() {
+    let accept = Arc::new(AtomicBool::new(false));
+    let smtp_port = refusing_smtp(accept.clone()).await.to_string();
+    let stack = Stack::start_with(&[("SMTP_PORT", smtp_port.as_str())]).await;
+    let first_to = stack.email("first");
+    let second_to = stack.email("second");
+    let first = send_manual(&stack, &first_to).await;
+    let second = send_manual(&stack, &second_to).await;
+    for id in [&first, &second] {
+        let failed = notification_in(&stack, id, "FAILED").await;
+        assert_eq!(failed["attempts"], 1, "a refusal fails at once: {failed}");
+        assert!(
+            failed["lastError"].as_str().unwrap().contains("550"),
+            "{failed}"
+        );
+    }
+
+    // The mail server takes the addresses now; the operator sends one again.
+    accept.store(true, Ordering::SeqCst);
+    let url = format!("{}/admin/notifications", stack.notification);
+    let (status, again) = stack
+        .admin_call(Method::POST, &format!("{url}/{first}/retry"), None)
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["notificationId"], first.as_str());
+    assert_eq!(again["status"], "PENDING");
+    assert_eq!(again["attempts"], 0);
+    assert!(
+        again["lastError"].as_str().unwrap().contains("550"),
+        "the last error stays on record: {again}"
+    );
+    assert!(again["retriedAt"].is_string(), "{again}");
+    let sent = notification_in(&stack, &first, "SENT").await;
+    assert_eq!(sent["attempts"], 1, "{sent}");
+    let mails = emails_to(&first_to).await;
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(mails[0]["subject"], "Your invoice");
+
+    // A SENT one is not sent again, an unknown one is not found, and only
+    // an admin may ask.
+    let (status, body) = stack
+        .admin_call(Method::POST, &format!("{url}/{first}/retry"), None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = stack
+        .admin_call(Method::POST, &format!("{url}/no-such-id/retry"), None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let anonymous = stack
+        .http
+        .post(format!("{url}/{second}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let anonymous = stack
+        .http
+        .post(format!("{url}/retry"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // In bulk: a filter on another kind takes nothing; an empty one takes
+    // every FAILED notification, here the second.
+    let bulk = format!("{url}/retry");
+    let (status, body) = stack
+        .admin_call(
+            Method::POST,
+            &bulk,
+            Some(json!({ "kind": "ORDER_CONFIRMED" })),
+        )
+        .await;
+    assert_eq!((status, &body["requeued"]), (200, &json!(0)), "{body}");
+    let (status, body) = stack
+        .admin_call(Method::POST, &bulk, Some(json!({ "kind": "NOT_A_KIND" })))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = stack.admin_call(Method::POST, &bulk, Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["requeued"], 1, "{body}");
+    assert_eq!(body["notificationIds"], json!([second]));
+    notification_in(&stack, &second, "SENT").await;
+    assert_eq!(emails_to(&second_to).await.len(), 1);
+    let (_, body) = stack
+        .admin_call(Method::POST, &bulk, Some(json!({ "kind": "MANUAL" })))
+        .await;
+    assert_eq!(body["requeued"], 0, "none FAILED any more: {body}");
 }
