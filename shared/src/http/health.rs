@@ -179,18 +179,23 @@ impl HealthApi {
                 n as f64,
             );
         }
-        for breaker in self.breakers.snapshot() {
-            let labels = format!(",breaker=\"{}\"", breaker.name());
+        // Each metric's samples together, as the text format wants.
+        let breakers = self.breakers.snapshot();
+        let label =
+            |breaker: &crate::resilience::BreakerProbe| format!(",breaker=\"{}\"", breaker.name());
+        for breaker in &breakers {
             gauge(
                 "circuit_breaker_open",
                 "1 when the breaker is open, 0.5 half-open, 0 closed.",
-                &labels,
+                &label(breaker),
                 breaker.state().as_gauge(),
             );
+        }
+        for breaker in &breakers {
             gauge(
                 "circuit_breaker_rejected",
                 "Calls refused while open, since start.",
-                &labels,
+                &label(breaker),
                 breaker.rejected() as f64,
             );
         }

@@ -164,24 +164,29 @@ async fn an_order_failed_by_the_deadline_is_listed_until_the_inventory_releases_
 }
 
 /// The samples of `name` in Prometheus text, after checking that the text
-/// is well formed: every sample line is `name{labels} value`, and each
-/// metric's `# HELP` and `# TYPE` come once, before its samples.
+/// is well formed as `promtool check metrics` would: every sample line is
+/// `name{labels} value`, each metric's `# HELP` and `# TYPE` come once and
+/// before its samples, and all lines of a metric come together.
 fn samples(text: &str, name: &str) -> Vec<f64> {
     let mut described = Vec::new();
     let mut typed = Vec::new();
+    let mut finished: Vec<&str> = Vec::new();
+    let mut current = "";
     let mut values = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
+        let metric = if let Some(rest) = line.strip_prefix("# HELP ") {
             let (metric, help) = rest.split_once(' ').expect("HELP has a text");
             assert!(!help.trim().is_empty(), "{line}");
             assert!(!described.contains(&metric), "HELP twice: {line}");
             described.push(metric);
+            metric
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (metric, kind) = rest.split_once(' ').expect("TYPE has a kind");
             assert!(described.contains(&metric), "TYPE before HELP: {line}");
             assert!(!typed.contains(&metric), "TYPE twice: {line}");
             assert_eq!(kind, "gauge", "{line}");
             typed.push(metric);
+            metric
         } else {
             let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
             let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
@@ -199,6 +204,15 @@ fn samples(text: &str, name: &str) -> Vec<f64> {
             if metric == name {
                 values.push(value);
             }
+            metric
+        };
+        if metric != current {
+            finished.push(current);
+            assert!(
+                !finished.contains(&metric),
+                "the lines of {metric} are not together:\n{text}"
+            );
+            current = metric;
         }
     }
     values
