@@ -16,6 +16,6 @@ pub mod server;
 pub use auth::{AdminAuth, AdminToken};
 pub use body::{EmailAddress, ValidJson};
 pub use error::{ApiError, ErrorBody, FieldError, Refused, validate};
-pub use health::HealthApi;
+pub use health::{Gauge, GaugeSource, HealthApi};
 pub use page::{Cursor, Page, PageSize};
 pub use server::{CorrelationId, bind, build_app, serve, wait_for_signal};

@@ -19,7 +19,8 @@ use crate::{
     config::CommonConfig,
     deadletter::{DeadLetterArchiver, DeadLetterStore, redrive_until},
     http::{
-        self, HealthApi, deadletters::DeadLetterApi, loadshed::LoadShedder, ratelimit::RateLimiter,
+        self, GaugeSource, HealthApi, deadletters::DeadLetterApi, loadshed::LoadShedder,
+        ratelimit::RateLimiter,
     },
     resilience::Breakers,
     store::{self, OutboxRelay, Store, inbox::ensure_inbox_indexes, outbox::ensure_outbox_indexes},
@@ -40,6 +41,8 @@ pub struct ServiceCore {
     pub dead_letters: DeadLetterStore,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// The service's own gauges for `/metrics` ([`Self::with_gauges`]).
+    gauges: Option<Arc<dyn GaugeSource>>,
 }
 
 impl ServiceCore {
@@ -85,6 +88,7 @@ impl ServiceCore {
             dead_letters,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            gauges: None,
             config,
         };
         core.tasks.spawn(relay.run(core.shutdown.clone()));
@@ -127,6 +131,12 @@ impl ServiceCore {
             .spawn(run_consumer(settings, handler, self.shutdown.clone()));
     }
 
+    /// Adds the service's own gauges to `/metrics`, beside the shared ones.
+    pub fn with_gauges(mut self, source: Arc<dyn GaugeSource>) -> Self {
+        self.gauges = Some(source);
+        self
+    }
+
     fn health_api(
         &self,
         rate_limiter: Option<Arc<RateLimiter>>,
@@ -139,6 +149,7 @@ impl ServiceCore {
             breakers: self.breakers.clone(),
             rate_limiter,
             load_shedder,
+            gauges: self.gauges.clone(),
         }
     }
 

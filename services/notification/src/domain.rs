@@ -62,6 +62,12 @@ pub struct Notification {
     pub correlation_id: String,
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
+    /// When an operator last sent it again after it FAILED.
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub retried_at: Option<DateTime<Utc>>,
 }
 
 /// What a notification will say, before it is stored.
@@ -95,6 +101,7 @@ impl Draft {
             claimed_by: None,
             correlation_id: correlation_id.to_string(),
             created_at: now,
+            retried_at: None,
         }
     }
 }
@@ -209,6 +216,12 @@ impl Notification {
         })
     }
 
+    /// Since when it has waited to go out: since it was recorded, or since an
+    /// operator last sent it again.
+    pub fn waiting_since(&self) -> DateTime<Utc> {
+        self.retried_at.unwrap_or(self.created_at)
+    }
+
     /// `notification.failed`, when sending gives up.
     pub fn failed_event(&self, last_error: &str) -> RawEnvelope {
         self.cause().emit(NotificationFailed {
@@ -245,20 +258,54 @@ pub enum AfterFailure {
 }
 
 /// A notification waits through an SMTP outage of any length up to
-/// `give_up` after it was recorded (EMAIL_GIVE_UP_HOURS), without using its
-/// attempts; only a refusal by the server gives up at once.
+/// `give_up` (EMAIL_GIVE_UP_HOURS) after it began waiting (see
+/// [`Notification::waiting_since`]), without using its attempts; only a
+/// refusal by the server gives up at once.
 pub fn after_failure(
-    recorded_at: DateTime<Utc>,
+    waiting_since: DateTime<Utc>,
     now: DateTime<Utc>,
     give_up: chrono::Duration,
     failure: SendFailure,
 ) -> AfterFailure {
     match failure {
         SendFailure::Refused => AfterFailure::GiveUp,
-        _ if now - recorded_at >= give_up => AfterFailure::GiveUp,
+        _ if now - waiting_since >= give_up => AfterFailure::GiveUp,
         SendFailure::Deferred => AfterFailure::Retry { counts: true },
         SendFailure::Unreachable => AfterFailure::Retry { counts: false },
     }
+}
+
+/// Why an operator cannot send a notification again.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("notification {id} is {}: only a FAILED one can be sent again", .status.as_str())]
+pub struct NotRetryable {
+    pub id: String,
+    pub status: NotificationStatus,
+}
+
+/// An operator sends a FAILED notification again, once what made it fail
+/// is fixed: PENDING and due at once, its attempts reset and its wait
+/// through an SMTP outage started over (`retried_at`); the last error stays
+/// on record until a send replaces it. A PENDING one is on its way already
+/// and a SENT one went out: both are refused.
+pub fn retry(
+    notification: &Notification,
+    now: DateTime<Utc>,
+) -> Result<Notification, NotRetryable> {
+    if notification.status != NotificationStatus::Failed {
+        return Err(NotRetryable {
+            id: notification.id.clone(),
+            status: notification.status,
+        });
+    }
+    Ok(Notification {
+        status: NotificationStatus::Pending,
+        attempts: 0,
+        next_attempt_at: now,
+        claimed_by: None,
+        retried_at: Some(now),
+        ..notification.clone()
+    })
 }
 
 #[cfg(test)]
@@ -375,5 +422,61 @@ mod tests {
             after_failure(recorded, late, day, SendFailure::Unreachable),
             AfterFailure::GiveUp
         );
+    }
+
+    #[test]
+    fn only_a_failed_notification_is_sent_again_at_once_with_a_fresh_wait() {
+        let recorded = Utc::now() - chrono::Duration::hours(30);
+        let mut failed = order_rejected(&OrderRejected {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            customer_email: "c@example.com".into(),
+            reason: "insufficient stock".into(),
+        })
+        .into_notification("corr", recorded);
+        failed.status = NotificationStatus::Failed;
+        failed.attempts = 5;
+        failed.last_error = Some("550 no such user".into());
+        failed.claimed_by = Some("sender-1".into());
+
+        let now = Utc::now();
+        let again = retry(&failed, now).unwrap();
+        assert_eq!(again.status, NotificationStatus::Pending);
+        assert_eq!(again.attempts, 0);
+        assert_eq!(again.next_attempt_at, now, "due at once");
+        assert_eq!(again.claimed_by, None);
+        assert_eq!(again.last_error.as_deref(), Some("550 no such user"));
+        assert_eq!(
+            (again.id.as_str(), again.created_at),
+            (failed.id.as_str(), recorded)
+        );
+        // An outage right after the retry waits again instead of giving up
+        // at once for a notification recorded more than a day ago.
+        assert_eq!(again.waiting_since(), now);
+        assert_eq!(
+            after_failure(
+                again.waiting_since(),
+                now,
+                chrono::Duration::hours(24),
+                SendFailure::Unreachable
+            ),
+            AfterFailure::Retry { counts: false }
+        );
+
+        for status in [NotificationStatus::Pending, NotificationStatus::Sent] {
+            let refused = retry(
+                &Notification {
+                    status,
+                    ..failed.clone()
+                },
+                now,
+            )
+            .unwrap_err();
+            assert_eq!(refused.status, status);
+            assert!(
+                refused.to_string().contains("only a FAILED one"),
+                "{refused}"
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@ use poem_openapi::{
 };
 use shared::http::{
     AdminAuth, CorrelationId, Cursor, EmailAddress, Page, PageSize, Refused, ValidJson,
-    error::{BadRequest, NotFound, Unauthorized, UnsupportedMediaType},
+    error::{BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType},
     page,
 };
 use validator::Validate;
@@ -81,6 +81,9 @@ pub struct NotificationView {
     pub last_error: Option<String>,
     /// When it was recorded.
     pub created_at: DateTime<Utc>,
+    /// When an operator last sent it again after it FAILED.
+    #[oai(nullable)]
+    pub retried_at: Option<DateTime<Utc>>,
 }
 
 impl From<Notification> for NotificationView {
@@ -97,8 +100,30 @@ impl From<Notification> for NotificationView {
             sent_at: n.sent_at,
             last_error: n.last_error,
             created_at: n.created_at,
+            retried_at: n.retried_at,
         }
     }
+}
+
+/// Which FAILED notifications to send again. An empty filter (`{}`) takes
+/// every FAILED one (up to 1000 per call).
+#[derive(Debug, Default, Object, Validate, serde::Deserialize)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryFilter {
+    /// Only notifications of this kind, e.g. `ORDER_CONFIRMED`.
+    #[oai(nullable)]
+    pub kind: Option<NotificationKind>,
+}
+
+/// What a bulk retry did.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RetryResult {
+    /// How many FAILED notifications went back to PENDING.
+    pub requeued: u32,
+    /// Their ids, oldest first.
+    pub notification_ids: Vec<String>,
 }
 
 #[derive(ApiResponse)]
@@ -125,6 +150,13 @@ pub enum PageResponse {
     /// A page of notifications, newest first.
     #[oai(status = 200)]
     Ok(Json<Page<NotificationView>>),
+}
+
+#[derive(ApiResponse)]
+pub enum RetryResponse {
+    /// What was sent again.
+    #[oai(status = 200)]
+    Ok(Json<RetryResult>),
 }
 
 #[OpenApi(tag = "Tag::Notifications")]
@@ -197,5 +229,35 @@ impl NotificationApi {
         let page = page::requested(limit.0, cursor.0);
         let found = self.store.notifications_of_order(&order_id, &page).await?;
         Ok(PageResponse::Ok(Json(Page::of(found))))
+    }
+
+    /// Send a FAILED notification again (admin), once what made it fail is
+    /// fixed: PENDING and due at once, its attempts reset; `lastError` stays
+    /// until a send replaces it. Only a FAILED one (else 409).
+    #[oai(path = "/admin/notifications/:notification_id/retry", method = "post")]
+    async fn retry(
+        &self,
+        _admin: AdminAuth,
+        notification_id: Path<String>,
+    ) -> Result<NotificationResponse, Refused<(Unauthorized, NotFound, Conflict)>> {
+        let notification = self.store.retry(&notification_id).await?;
+        tracing::info!(notification_id = %notification.id, "FAILED notification sent again");
+        Ok(NotificationResponse::Ok(Json(notification.into())))
+    }
+
+    /// Send every FAILED notification matching the filter again, oldest
+    /// first, up to 1000 per call (admin); call again for more.
+    #[oai(path = "/admin/notifications/retry", method = "post")]
+    async fn retry_matching(
+        &self,
+        _admin: AdminAuth,
+        body: ValidJson<RetryFilter>,
+    ) -> Result<RetryResponse, Refused<(BadRequest, Unauthorized, UnsupportedMediaType)>> {
+        let ids = self.store.retry_failed(body.0.kind).await?;
+        tracing::info!(count = ids.len(), kind = ?body.0.kind, "FAILED notifications sent again");
+        Ok(RetryResponse::Ok(Json(RetryResult {
+            requeued: ids.len() as u32,
+            notification_ids: ids,
+        })))
     }
 }

@@ -197,7 +197,7 @@ impl Sender {
     async fn failed(&self, notification: &Notification, failure: SendFailure, error: &str) {
         let now = Utc::now();
         let recorded =
-            match domain::after_failure(notification.created_at, now, self.give_up, failure) {
+            match domain::after_failure(notification.waiting_since(), now, self.give_up, failure) {
                 AfterFailure::GiveUp => self.store.give_up(notification, error).await,
                 AfterFailure::Retry { counts: true } => {
                     let delay = self

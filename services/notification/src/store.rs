@@ -7,18 +7,22 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use mongodb::{
     Collection, IndexModel,
-    bson::{self, doc},
+    bson::{self, Document, doc},
     options::IndexOptions,
 };
 use shared::{
     TaskTracker,
     store::{
         Batcher, PageRequest, Store, StoreError, UnitOfWork, WriteBatch, find_page, insert_new,
+        retry_on_conflict,
     },
 };
 use tokio::sync::Notify;
 
-use crate::domain::{Notification, NotificationStatus};
+use crate::{
+    domain::{self, Notification, NotificationKind, NotificationStatus},
+    error::Error,
+};
 
 const NOTIFICATIONS: &str = "notifications";
 /// How long a sender holds a claimed notification.
@@ -26,6 +30,8 @@ const LEASE: Duration = Duration::from_secs(60);
 
 /// Writes in one round trip (or transaction) at most: a prefetch's worth.
 const BATCH: usize = 64;
+/// FAILED notifications sent again per bulk retry, at most.
+pub const MAX_RETRY_BATCH: i64 = 1000;
 
 pub struct NotificationStore {
     store: Store,
@@ -200,6 +206,74 @@ impl NotificationStore {
         Ok(())
     }
 
+    /// Sends a FAILED notification again ([`domain::retry`]) and wakes the
+    /// sender. The write is guarded: only a notification still FAILED moves.
+    pub async fn retry(&self, id: &str) -> Result<Notification, Error> {
+        let again = retry_on_conflict(|| async {
+            let notification = self
+                .get(id)
+                .await?
+                .ok_or_else(|| Error::NotFound(id.to_string()))?;
+            let again = domain::retry(&notification, Utc::now())?;
+            let mut unit = UnitOfWork::new();
+            unit.update(
+                NOTIFICATIONS,
+                "notification",
+                still_failed(id),
+                retried(&again),
+            );
+            self.store.commit(unit).await?;
+            Ok::<_, Error>(again)
+        })
+        .await?;
+        self.send_wake.notify_one();
+        Ok(again)
+    }
+
+    /// Sends the FAILED notifications of `kind` (of any kind if `None`)
+    /// again, oldest first, at most [`MAX_RETRY_BATCH`] per call, in one
+    /// guarded write; wakes the sender. Returns their ids.
+    pub async fn retry_failed(
+        &self,
+        kind: Option<NotificationKind>,
+    ) -> Result<Vec<String>, StoreError> {
+        let ids = retry_on_conflict(|| async {
+            let mut filter = doc! { "status": NotificationStatus::Failed.as_str() };
+            if let Some(kind) = kind {
+                filter.insert("kind", kind.as_str());
+            }
+            let failed: Vec<Notification> = self
+                .notifications
+                .find(filter)
+                .sort(doc! { "_id": 1 })
+                .limit(MAX_RETRY_BATCH)
+                .await?
+                .try_collect()
+                .await?;
+            let now = Utc::now();
+            let mut unit = UnitOfWork::new();
+            let mut ids = Vec::with_capacity(failed.len());
+            for notification in &failed {
+                let again = domain::retry(notification, now)
+                    .map_err(|refused| StoreError::Rule(refused.to_string()))?;
+                unit.update(
+                    NOTIFICATIONS,
+                    "notification",
+                    still_failed(&again.id),
+                    retried(&again),
+                );
+                ids.push(again.id);
+            }
+            self.store.commit(unit).await?;
+            Ok::<_, StoreError>(ids)
+        })
+        .await?;
+        if !ids.is_empty() {
+            self.send_wake.notify_one();
+        }
+        Ok(ids)
+    }
+
     /// FAILED for good, with `notification.failed`.
     pub async fn give_up(
         &self,
@@ -217,6 +291,23 @@ impl NotificationStore {
         .emit([notification.failed_event(error)]);
         self.store.commit(unit).await
     }
+}
+
+/// The guard of a retry: the notification is still FAILED.
+fn still_failed(id: &str) -> Document {
+    doc! { "_id": id, "status": NotificationStatus::Failed.as_str() }
+}
+
+/// What [`domain::retry`] changes, as an update: only those fields, so a
+/// bulk retry stays small whatever the bodies.
+fn retried(again: &Notification) -> Document {
+    doc! { "$set": {
+        "status": again.status.as_str(),
+        "attempts": i64::from(again.attempts),
+        "nextAttemptAt": bson::DateTime::from_chrono(again.next_attempt_at),
+        "claimedBy": again.claimed_by.as_deref(),
+        "retriedAt": again.retried_at.map(bson::DateTime::from_chrono),
+    } }
 }
 
 /// New notifications that arrived together: one unordered insert.

@@ -222,6 +222,46 @@ pub fn expire(
     })
 }
 
+/// The step a saga that has not ended waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AwaitedStep {
+    /// PENDING: the inventory has not answered `order.created` yet.
+    InventoryAnswer,
+    /// FAILED by the saga deadline: the inventory has not yet confirmed that
+    /// it gave back what it held.
+    InventoryRelease,
+}
+
+impl AwaitedStep {
+    /// The step in an operator's words, naming the event that ends the wait.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AwaitedStep::InventoryAnswer => {
+                "the inventory's answer (inventory.reserved or inventory.reservation_failed)"
+            }
+            AwaitedStep::InventoryRelease => {
+                "the inventory to release its hold (inventory.released)"
+            }
+        }
+    }
+}
+
+/// What the order's saga waits for; `None` once the saga has ended (the
+/// order was decided, cancelled, or failed and released).
+pub fn awaited_step(order: &Order) -> Option<AwaitedStep> {
+    match order.status {
+        OrderStatus::Pending => Some(AwaitedStep::InventoryAnswer),
+        _ if order.awaiting_release => Some(AwaitedStep::InventoryRelease),
+        _ => None,
+    }
+}
+
+/// A saga's age: whole seconds since its order was accepted (0 for a clock
+/// that went back).
+pub fn age_seconds(accepted_at: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    u64::try_from((now - accepted_at).num_seconds()).unwrap_or(0)
+}
+
 /// What the inventory's answer does to the order: CONFIRMED with
 /// `order.confirmed`, REJECTED with `order.rejected`, or nothing (`None`)
 /// if the order has moved on.
@@ -413,6 +453,7 @@ pub fn duplicate_products(product_ids: &[&str]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::events::Event;
 
     fn order(status: OrderStatus) -> Order {
         Order {
@@ -643,6 +684,53 @@ mod tests {
             on_inventory_answer(&cleared.order, &released, &cause, now),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn an_unfinished_saga_waits_for_the_inventorys_answer_or_its_release() {
+        let cause = Cause::request(SOURCE, "corr");
+        let pending = order(OrderStatus::Pending);
+        assert_eq!(awaited_step(&pending), Some(AwaitedStep::InventoryAnswer));
+        let step = AwaitedStep::InventoryAnswer.describe();
+        assert!(step.contains(InventoryReserved::TYPE), "{step}");
+        assert!(step.contains(InventoryReservationFailed::TYPE), "{step}");
+
+        let failed = expire(&pending, chrono::Duration::zero(), &cause, Utc::now())
+            .expect("past a deadline of 0")
+            .order;
+        assert_eq!(awaited_step(&failed), Some(AwaitedStep::InventoryRelease));
+        let step = AwaitedStep::InventoryRelease.describe();
+        assert!(
+            step.contains(shared::events::InventoryReleased::TYPE),
+            "{step}"
+        );
+
+        let released = InventoryAnswer::InventoryReleased(shared::events::InventoryReleased {
+            order_id: "o1".into(),
+            lines: vec![],
+        });
+        let cleared = on_inventory_answer(&failed, &released, &cause, Utc::now())
+            .unwrap()
+            .expect("the flag clears");
+        assert_eq!(awaited_step(&cleared.order), None, "released: ended");
+        for status in [
+            OrderStatus::Confirmed,
+            OrderStatus::Rejected,
+            OrderStatus::Cancelled,
+            OrderStatus::Shipped,
+            OrderStatus::Delivered,
+        ] {
+            assert_eq!(awaited_step(&order(status)), None, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_sagas_age_is_whole_seconds_since_it_was_accepted() {
+        let accepted = Utc::now();
+        let later = accepted + chrono::Duration::milliseconds(2_900);
+        assert_eq!(age_seconds(accepted, later), 2);
+        let earlier = accepted - chrono::Duration::seconds(5);
+        assert_eq!(age_seconds(accepted, earlier), 0);
     }
 
     #[test]

@@ -37,6 +37,8 @@ use crate::{
 enum Tag {
     /// Placing, reading, cancelling and advancing orders.
     Orders,
+    /// Sagas that have not ended, for an operator.
+    Sagas,
 }
 
 pub struct OrderApi {
@@ -200,6 +202,47 @@ impl From<Order> for OrderView {
     }
 }
 
+/// A saga that has not ended, and what it waits for.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct StuckSagaView {
+    /// The order's id (UUIDv7).
+    pub order_id: String,
+    /// The customer who placed it.
+    pub customer_id: String,
+    /// PENDING, or FAILED while the inventory's release is awaited.
+    pub status: OrderStatus,
+    /// Whole seconds since the order was accepted.
+    pub age_seconds: u64,
+    /// When the order was accepted.
+    pub created_at: DateTime<Utc>,
+    /// The step the saga waits for, naming the event that ends the wait.
+    pub waiting_for: String,
+}
+
+impl StuckSagaView {
+    /// The view of an order whose saga has not ended, as of `now`; `None` if
+    /// it has.
+    fn of(order: Order, now: DateTime<Utc>) -> Option<Self> {
+        let step = domain::awaited_step(&order)?;
+        Some(StuckSagaView {
+            age_seconds: domain::age_seconds(order.created_at, now),
+            waiting_for: step.describe().to_string(),
+            order_id: order.id,
+            customer_id: order.customer_id,
+            status: order.status,
+            created_at: order.created_at,
+        })
+    }
+}
+
+/// How long a saga runs before the stuck-saga finder lists it by default.
+const STUCK_AFTER_SECONDS: u64 = 60;
+
+fn stuck_after_seconds() -> u64 {
+    STUCK_AFTER_SECONDS
+}
+
 #[derive(ApiResponse)]
 pub enum CreateOrderResponse {
     /// Accepted; the saga decides CONFIRMED or REJECTED shortly.
@@ -224,6 +267,13 @@ pub enum OrderPageResponse {
     /// A page of orders, newest first.
     #[oai(status = 200)]
     Ok(Json<Page<OrderView>>),
+}
+
+#[derive(ApiResponse)]
+pub enum StuckSagaPageResponse {
+    /// A page of sagas that have not ended, oldest first.
+    #[oai(status = 200)]
+    Ok(Json<Page<StuckSagaView>>),
 }
 
 #[OpenApi(tag = "Tag::Orders")]
@@ -419,5 +469,38 @@ impl OrderApi {
         let page = page::requested(limit.0, cursor.0);
         let found = self.store.orders_in_status(status.0, &page).await?;
         Ok(OrderPageResponse::Ok(Json(Page::of(found))))
+    }
+
+    /// Sagas that have not ended, oldest first (admin): orders still
+    /// PENDING, and orders FAILED by the saga deadline whose held stock the
+    /// inventory has not yet confirmed released, each with its age and the
+    /// step it waits for.
+    #[oai(path = "/admin/sagas/stuck", method = "get", tag = "Tag::Sagas")]
+    async fn stuck_sagas(
+        &self,
+        _admin: AdminAuth,
+        /// Only sagas that began at least this many seconds ago (0 to
+        /// 315,360,000, ten years; default 60).
+        #[oai(
+            name = "olderThanSeconds",
+            default = "stuck_after_seconds",
+            validator(minimum(value = "0"), maximum(value = "315360000"))
+        )]
+        older_than_seconds: Query<u64>,
+        limit: Query<Option<PageSize>>,
+        cursor: Query<Option<Cursor>>,
+    ) -> Result<StuckSagaPageResponse, Refused<(BadRequest, Unauthorized)>> {
+        let page = page::requested(limit.0, cursor.0);
+        let older_than = std::time::Duration::from_secs(older_than_seconds.0);
+        let (orders, next_cursor) = self.store.unfinished_page(older_than, &page).await?;
+        let now = Utc::now();
+        Ok(StuckSagaPageResponse::Ok(Json(Page {
+            // The store lists only sagas that have not ended: none is dropped.
+            items: orders
+                .into_iter()
+                .filter_map(|order| StuckSagaView::of(order, now))
+                .collect(),
+            next_cursor,
+        })))
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod handler;
 pub mod http;
 pub mod inventory;
+pub mod metrics;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -93,6 +94,9 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             &core.tasks,
         )
     });
+    let gauges = Arc::new(metrics::SagaGauges {
+        store: store.clone(),
+    });
     let api = http::OrderApi {
         backlog,
         store,
@@ -101,7 +105,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             &core.breakers,
         )),
     };
-    core.serve(api, "Order service").await
+    core.with_gauges(gauges).serve(api, "Order service").await
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{
     Collection, IndexModel,
@@ -296,19 +296,56 @@ impl OrderStore {
         older_than: std::time::Duration,
         limit: i64,
     ) -> Result<Vec<Order>, StoreError> {
-        let older_than = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-        let cutoff = bson::DateTime::from_chrono(Utc::now() - older_than);
+        let Some(filter) = unfinished_filter(older_than) else {
+            return Ok(Vec::new());
+        };
         Ok(self
             .orders
-            .find(doc! {
-                "$or": [ { "status": OrderStatus::Pending.as_str() }, { "awaitingRelease": true } ],
-                "createdAt": { "$lte": cutoff },
-            })
+            .find(filter)
             .sort(doc! { "createdAt": 1 })
             .limit(limit)
             .await?
             .try_collect()
             .await?)
+    }
+
+    /// When the oldest saga that has not ended began, if one has not.
+    pub async fn oldest_unfinished(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let oldest = self.unfinished(std::time::Duration::ZERO, 1).await?;
+        Ok(oldest.first().map(|order| order.created_at))
+    }
+
+    /// [`Self::unfinished`] a page at a time, and the next page's cursor.
+    /// Oldest first by id, which is a UUIDv7 made as the order was accepted,
+    /// so the cursor is the last id as in every list, and orders that end
+    /// between two pages shift nothing.
+    pub async fn unfinished_page(
+        &self,
+        older_than: std::time::Duration,
+        page: &PageRequest,
+    ) -> Result<(Vec<Order>, Option<String>), StoreError> {
+        let Some(mut filter) = unfinished_filter(older_than) else {
+            return Ok((Vec::new(), None));
+        };
+        if let Some(cursor) = &page.cursor {
+            filter.insert("_id", doc! { "$gt": cursor });
+        }
+        // One extra order tells whether there is a next page.
+        let mut orders: Vec<Order> = self
+            .orders
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(i64::from(page.limit) + 1)
+            .await?
+            .try_collect()
+            .await?;
+        let next = if orders.len() > page.limit as usize {
+            orders.truncate(page.limit as usize);
+            orders.last().map(|o| o.id.clone())
+        } else {
+            None
+        };
+        Ok((orders, next))
     }
 
     /// Applies the inventory's answer to an order, once per event: the inbox
@@ -321,6 +358,17 @@ impl OrderStore {
     ) -> Result<(), StoreError> {
         self.answers.write((event, answer)).await
     }
+}
+
+/// The orders whose saga has not ended, accepted at least `older_than` ago;
+/// `None` if that is before the calendar goes back (nothing is that old).
+fn unfinished_filter(older_than: std::time::Duration) -> Option<Document> {
+    let older_than = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+    let cutoff = Utc::now().checked_sub_signed(older_than)?;
+    Some(doc! {
+        "$or": [ { "status": OrderStatus::Pending.as_str() }, { "awaitingRelease": true } ],
+        "createdAt": { "$lte": bson::DateTime::from_chrono(cutoff) },
+    })
 }
 
 /// Creates that arrived together, in one unit of work.

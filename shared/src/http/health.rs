@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, sync::Arc, time::Duration};
 
+use futures::future::BoxFuture;
 use mongodb::Database;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
@@ -28,6 +29,23 @@ pub struct HealthApi {
     pub breakers: Breakers,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub load_shedder: Option<Arc<LoadShedder>>,
+    /// The service's own gauges, if it has any.
+    pub gauges: Option<Arc<dyn GaugeSource>>,
+}
+
+/// A gauge a service adds to `/metrics` beside the shared ones.
+pub struct Gauge {
+    /// The metric name, e.g. `saga_oldest_unfinished_age_seconds`.
+    pub name: &'static str,
+    /// Its `# HELP` line.
+    pub help: &'static str,
+    pub value: f64,
+}
+
+/// Where a service's own gauges come from: read on every scrape, within
+/// the probes' time limit. What it cannot read, it leaves out.
+pub trait GaugeSource: Send + Sync {
+    fn gauges(&self) -> BoxFuture<'_, Vec<Gauge>>;
 }
 
 /// Liveness.
@@ -132,9 +150,18 @@ impl HealthApi {
             let _ = writeln!(out, "{name}{{service=\"{service}\"{labels}}} {value}");
         };
         let dead_letters = DeadLetterStore::new(&self.db);
-        let (outbox, dead) = tokio::join!(
+        let own = async {
+            match &self.gauges {
+                Some(source) => tokio::time::timeout(CHECK_TIMEOUT, source.gauges())
+                    .await
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            }
+        };
+        let (outbox, dead, own) = tokio::join!(
             within_check_timeout(outbox::pending_count(&self.db)),
             within_check_timeout(dead_letters.dead_count()),
+            own,
         );
         if let Some(n) = outbox {
             gauge(
@@ -152,18 +179,23 @@ impl HealthApi {
                 n as f64,
             );
         }
-        for breaker in self.breakers.snapshot() {
-            let labels = format!(",breaker=\"{}\"", breaker.name());
+        // Each metric's samples together, as the text format wants.
+        let breakers = self.breakers.snapshot();
+        let label =
+            |breaker: &crate::resilience::BreakerProbe| format!(",breaker=\"{}\"", breaker.name());
+        for breaker in &breakers {
             gauge(
                 "circuit_breaker_open",
                 "1 when the breaker is open, 0.5 half-open, 0 closed.",
-                &labels,
+                &label(breaker),
                 breaker.state().as_gauge(),
             );
+        }
+        for breaker in &breakers {
             gauge(
                 "circuit_breaker_rejected",
                 "Calls refused while open, since start.",
-                &labels,
+                &label(breaker),
                 breaker.rejected() as f64,
             );
         }
@@ -182,6 +214,9 @@ impl HealthApi {
                 "",
                 shedder.shed() as f64,
             );
+        }
+        for own in own {
+            gauge(own.name, own.help, "", own.value);
         }
         out
     }

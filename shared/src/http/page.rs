@@ -14,12 +14,12 @@ use crate::store::{
     page::{DEFAULT_LIMIT, MAX_LIMIT},
 };
 
-/// One page of a list, newest first. In the spec it is named after its
-/// items, e.g. `Page_OrderView`.
+/// One page of a list, newest first unless its operation says otherwise. In
+/// the spec it is named after its items, e.g. `Page_OrderView`.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct Page<T: ParseFromJSON + ToJSON> {
-    /// This page's items, newest first.
+    /// This page's items, newest first unless the operation says otherwise.
     pub items: Vec<T>,
     /// Pass as `cursor` for the next page; null on the last page.
     #[oai(nullable)]
