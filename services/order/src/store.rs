@@ -260,7 +260,11 @@ impl OrderStore {
     pub async fn fail_overdue(&self, timeout: std::time::Duration) -> Result<usize, StoreError> {
         let now = Utc::now();
         let timeout = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
-        let cutoff = bson::DateTime::from_chrono(now - timeout);
+        // A timeout longer than the calendar reaches back never expires anything.
+        let Some(cutoff) = now.checked_sub_signed(timeout) else {
+            return Ok(0);
+        };
+        let cutoff = bson::DateTime::from_chrono(cutoff);
         let overdue: Vec<Order> = self
             .orders
             .find(doc! { "status": OrderStatus::Pending.as_str(), "createdAt": { "$lte": cutoff } })
