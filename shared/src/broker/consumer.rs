@@ -4,6 +4,12 @@
 //! dead-letter queue with the reason. Connection loss reconnects with
 //! jittered backoff and declares the topology again.
 
+mod state;
+mod supervisor;
+
+pub use state::{ConsumerRole, ConsumerSnapshot, ConsumerState, Consumers, consumers_ready};
+pub use supervisor::{panic_message, supervise};
+
 use std::{future::Future, sync::Arc, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
