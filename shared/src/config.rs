@@ -180,6 +180,10 @@ pub struct CommonConfig {
     /// record is kept. A redelivery older than that is no longer recognised
     /// by its id (the effects' own guards still hold).
     pub inbox_retention: Duration,
+    /// `CONSUMER_READY_GRACE_SECONDS` (default 30): `/ready` answers 503
+    /// while a consumer has been disconnected for longer than this, so a
+    /// reconnect after a broker restart does not flap readiness.
+    pub consumer_ready_grace: Duration,
 }
 
 impl CommonConfig {
@@ -270,6 +274,9 @@ impl CommonConfig {
                         0 => Err("must be at least 1"),
                         _ => Ok(()),
                     })?,
+            ),
+            consumer_ready_grace: Duration::from_secs(
+                env.parse("CONSUMER_READY_GRACE_SECONDS", 30)?,
             ),
         })
     }
@@ -404,6 +411,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.name, "AMQP_HEARTBEAT_SECONDS");
+    }
+
+    #[test]
+    fn consumers_get_thirty_seconds_to_reconnect_before_readiness_fails() {
+        let config = CommonConfig::from_env(&env(&[]), "order", 3001, "orders").unwrap();
+        assert_eq!(config.consumer_ready_grace, Duration::from_secs(30));
+        let config = CommonConfig::from_env(
+            &env(&[("CONSUMER_READY_GRACE_SECONDS", "1")]),
+            "order",
+            3001,
+            "orders",
+        )
+        .unwrap();
+        assert_eq!(config.consumer_ready_grace, Duration::from_secs(1));
     }
 
     #[test]

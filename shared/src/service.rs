@@ -167,6 +167,8 @@ impl ServiceCore {
             db: self.db.clone(),
             publisher: self.publisher.clone(),
             breakers: self.breakers.clone(),
+            consumers: self.consumers.clone(),
+            consumer_ready_grace: self.config.consumer_ready_grace,
             rate_limiter,
             load_shedder,
         }
