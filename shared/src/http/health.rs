@@ -243,39 +243,49 @@ impl HealthApi {
                 breaker.rejected() as f64,
             );
         }
-        for consumer in self.consumers.snapshot(Instant::now()) {
-            let labels = format!(",queue=\"{}\"", consumer.queue);
+        // One family at a time: Prometheus wants a metric's samples together.
+        let consumers = self.consumers.snapshot(Instant::now());
+        let label = |consumer: &ConsumerSnapshot| format!(",queue=\"{}\"", consumer.queue);
+        for consumer in &consumers {
             gauge(
                 "consumer_connected",
                 "1 while the consumer is consuming on a live channel, else 0.",
-                &labels,
+                &label(consumer),
                 if consumer.connected { 1.0 } else { 0.0 },
             );
+        }
+        for consumer in &consumers {
             gauge(
                 "consumer_in_flight",
                 "Deliveries the consumer received and has not settled yet.",
-                &labels,
+                &label(consumer),
                 consumer.in_flight as f64,
             );
-            // Absent until the first ack: no value is not "long ago".
+        }
+        // Absent until the first ack: no value is not "long ago".
+        for consumer in &consumers {
             if let Some(age) = consumer.last_ack_age {
                 gauge(
                     "consumer_last_ack_age_seconds",
                     "Seconds since the consumer last acked a delivery.",
-                    &labels,
+                    &label(consumer),
                     seconds(age),
                 );
             }
+        }
+        for consumer in &consumers {
             gauge(
                 "consumer_restarts",
                 "Times the consumer task panicked and was started again, since start.",
-                &labels,
+                &label(consumer),
                 consumer.restarts as f64,
             );
+        }
+        for consumer in &consumers {
             gauge(
                 "consumer_timeouts",
                 "Reconnects after a broker step got no answer in time, since start.",
-                &labels,
+                &label(consumer),
                 consumer.timeouts as f64,
             );
         }

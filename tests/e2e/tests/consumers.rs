@@ -143,6 +143,11 @@ async fn ready_lists_each_consumer_connected_with_nothing_in_flight_on_a_fresh_s
         metrics.contains(&format!("consumer_in_flight{labels} 0\n")),
         "{metrics}"
     );
+    // No ack yet, so no age: absent rather than a made-up value.
+    assert!(
+        !metrics.contains(&format!("consumer_last_ack_age_seconds{labels}")),
+        "{metrics}"
+    );
 
     // Heartbeats are on by default, at 30 s (RabbitMQ alone would pick 60).
     let connections = eventually("the order consumer's connection listed", || async {
@@ -195,6 +200,14 @@ async fn a_consumer_whose_connection_is_closed_comes_back_without_flapping_readi
     assert!(
         consumer(&body, "work")["lastAckAgeSeconds"].is_number(),
         "{body}"
+    );
+    let metrics = stack.get_text(&format!("{}/metrics", stack.order)).await;
+    assert!(
+        metrics.contains(&format!(
+            "consumer_last_ack_age_seconds{{service=\"order-service\",queue=\"t-{}.order-service.events\"}} ",
+            stack.id
+        )),
+        "{metrics}"
     );
 }
 
