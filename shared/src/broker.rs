@@ -13,6 +13,32 @@ pub use topology::{Subscription, Topology};
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+/// The heartbeat the services ask for unless told otherwise: a broker that
+/// vanished without closing the socket is noticed within two of these.
+pub const DEFAULT_HEARTBEAT_SECONDS: u16 = 30;
+
+/// `url` asking for an AMQP heartbeat of `seconds`, unless it already names
+/// one (`heartbeat=` in its query, which then wins) or `seconds` is 0. lapin
+/// takes the heartbeat only from the URL's query. With none asked for, it
+/// adopts the broker's proposal (60 s for RabbitMQ); it never turns
+/// heartbeats off while the broker proposes them.
+pub fn with_heartbeat(url: &str, seconds: u16) -> Result<String, String> {
+    let parsed: lapin::uri::AMQPUri = url.parse()?;
+    if seconds == 0 || parsed.query.heartbeat.is_some() {
+        return Ok(url.to_string());
+    }
+    let (base, fragment) = match url.find('#') {
+        Some(at) => url.split_at(at),
+        None => (url, ""),
+    };
+    let separator = match base.find('?') {
+        None => "?",
+        Some(_) if base.ends_with('?') || base.ends_with('&') => "",
+        Some(_) => "&",
+    };
+    Ok(format!("{base}{separator}heartbeat={seconds}{fragment}"))
+}
+
 /// Properties every connection of ours announces, so the RabbitMQ UI shows
 /// which service and role holds it.
 pub(crate) fn connection_properties(name: &str) -> lapin::ConnectionProperties {
@@ -44,4 +70,54 @@ pub(crate) fn set_header(headers: &mut FieldTable, key: &str, value: AMQPValue) 
 
 pub(crate) fn text(value: impl Into<String>) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat_of(url: &str) -> Option<u16> {
+        url.parse::<lapin::uri::AMQPUri>().unwrap().query.heartbeat
+    }
+
+    #[test]
+    fn a_url_without_a_heartbeat_gets_the_one_asked_for() {
+        let url = with_heartbeat("amqp://guest:guest@127.0.0.1:5672/%2f", 30).unwrap();
+        assert_eq!(url, "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30");
+        assert_eq!(heartbeat_of(&url), Some(30));
+    }
+
+    #[test]
+    fn a_heartbeat_joins_an_existing_query() {
+        let url = with_heartbeat("amqp://h/%2f?frame_max=8192", 15).unwrap();
+        assert_eq!(url, "amqp://h/%2f?frame_max=8192&heartbeat=15");
+        let parsed: lapin::uri::AMQPUri = url.parse().unwrap();
+        assert_eq!(parsed.query.frame_max, Some(8192));
+        assert_eq!(parsed.query.heartbeat, Some(15));
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?", 15).unwrap(),
+            "amqp://h/%2f?heartbeat=15"
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_in_the_url_wins() {
+        let url = "amqp://h/%2f?heartbeat=5&channel_max=10";
+        assert_eq!(with_heartbeat(url, 30).unwrap(), url);
+        // Even 0 there: whoever wrote it meant it.
+        assert_eq!(
+            with_heartbeat("amqp://h/?heartbeat=0", 30).unwrap(),
+            "amqp://h/?heartbeat=0"
+        );
+    }
+
+    #[test]
+    fn zero_leaves_the_url_alone() {
+        assert_eq!(with_heartbeat("amqp://h/%2f", 0).unwrap(), "amqp://h/%2f");
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_an_error() {
+        assert!(with_heartbeat("localhost:5672", 30).is_err());
+    }
 }

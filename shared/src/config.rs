@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use std::num::NonZeroU32;
 
-use crate::{http::ratelimit::RateLimit, retry::RetryPolicy};
+use crate::{
+    broker::{DEFAULT_HEARTBEAT_SECONDS, with_heartbeat},
+    http::ratelimit::RateLimit,
+    retry::RetryPolicy,
+};
 
 /// A variable that is set but cannot be used. Startup stops with this message.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +145,10 @@ pub struct CommonConfig {
     pub mongodb_uri: String,
     /// `MONGODB_DATABASE`: the database this service owns.
     pub database: String,
-    /// `RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    /// `RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`,
+    /// with `heartbeat=<AMQP_HEARTBEAT_SECONDS>` added to its query (default
+    /// 30; 0 adds nothing) unless it names a heartbeat itself. Every
+    /// connection of the service opens this URL.
     pub rabbitmq_url: String,
     /// `AMQP_NAMESPACE`: prefix for every exchange and queue name, so that
     /// several stacks (or parallel tests) share one broker without crosstalk.
@@ -173,6 +180,10 @@ pub struct CommonConfig {
     /// record is kept. A redelivery older than that is no longer recognised
     /// by its id (the effects' own guards still hold).
     pub inbox_retention: Duration,
+    /// `CONSUMER_READY_GRACE_SECONDS` (default 30): `/ready` answers 503
+    /// while a consumer has been disconnected for longer than this, so a
+    /// reconnect after a broker restart does not flap readiness.
+    pub consumer_ready_grace: Duration,
 }
 
 impl CommonConfig {
@@ -229,11 +240,15 @@ impl CommonConfig {
             database: env.string("MONGODB_DATABASE", default_database),
             // Checked here: the services start without the broker and keep
             // reconnecting, which for a malformed URL would be forever.
-            rabbitmq_url: env.checked(
-                "RABBITMQ_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-                |url| url.parse::<lapin::uri::AMQPUri>().map(drop),
-            )?,
+            rabbitmq_url: with_heartbeat(
+                &env.checked(
+                    "RABBITMQ_URL",
+                    "amqp://guest:guest@127.0.0.1:5672/%2f",
+                    |url| url.parse::<lapin::uri::AMQPUri>().map(drop),
+                )?,
+                env.parse("AMQP_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS)?,
+            )
+            .expect("RABBITMQ_URL was checked above"),
             amqp_namespace: env.string("AMQP_NAMESPACE", ""),
             queue_expiry: match env.parse::<u64>("AMQP_QUEUE_EXPIRES_MS", 0)? {
                 0 => None,
@@ -259,6 +274,9 @@ impl CommonConfig {
                         0 => Err("must be at least 1"),
                         _ => Ok(()),
                     })?,
+            ),
+            consumer_ready_grace: Duration::from_secs(
+                env.parse("CONSUMER_READY_GRACE_SECONDS", 30)?,
             ),
         })
     }
@@ -360,6 +378,53 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.name, "MONGODB_URI");
         assert!(err.reason.contains("no scheme"), "{err}");
+    }
+
+    #[test]
+    fn the_broker_url_asks_for_a_heartbeat_unless_told_otherwise() {
+        let url = |pairs: &[(&str, &str)]| {
+            CommonConfig::from_env(&env(pairs), "order", 3001, "orders")
+                .unwrap()
+                .rabbitmq_url
+        };
+        assert_eq!(
+            url(&[]),
+            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30"
+        );
+        assert_eq!(
+            url(&[("AMQP_HEARTBEAT_SECONDS", "10")]),
+            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"
+        );
+        assert_eq!(
+            url(&[("AMQP_HEARTBEAT_SECONDS", "0")]),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            url(&[("RABBITMQ_URL", "amqp://rabbit/%2f?heartbeat=7")]),
+            "amqp://rabbit/%2f?heartbeat=7"
+        );
+        let err = CommonConfig::from_env(
+            &env(&[("AMQP_HEARTBEAT_SECONDS", "70000")]),
+            "order",
+            3001,
+            "orders",
+        )
+        .unwrap_err();
+        assert_eq!(err.name, "AMQP_HEARTBEAT_SECONDS");
+    }
+
+    #[test]
+    fn consumers_get_thirty_seconds_to_reconnect_before_readiness_fails() {
+        let config = CommonConfig::from_env(&env(&[]), "order", 3001, "orders").unwrap();
+        assert_eq!(config.consumer_ready_grace, Duration::from_secs(30));
+        let config = CommonConfig::from_env(
+            &env(&[("CONSUMER_READY_GRACE_SECONDS", "1")]),
+            "order",
+            3001,
+            "orders",
+        )
+        .unwrap();
+        assert_eq!(config.consumer_ready_grace, Duration::from_secs(1));
     }
 
     #[test]

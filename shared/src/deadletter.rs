@@ -36,9 +36,10 @@ use crate::{
     broker::{
         Outgoing, PublishOutcome, Publisher, Subscription, Topology,
         consumer::{
-            ATTEMPT_HEADER, FAILURE_CLASS_HEADER, FIRST_FAILURE_HEADER, LAST_ERROR_HEADER,
-            LAST_FAILURE_HEADER, ORIGINAL_QUEUE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, QueueWorker,
-            REASON_HEADER, REDRIVES_HEADER,
+            ATTEMPT_HEADER, ConsumerError, FAILURE_CLASS_HEADER, FIRST_FAILURE_HEADER,
+            LAST_ERROR_HEADER, LAST_FAILURE_HEADER, ORIGINAL_QUEUE_HEADER,
+            ORIGINAL_ROUTING_KEY_HEADER, QueueWorker, REASON_HEADER, REDRIVES_HEADER, STEP_LIMIT,
+            Settled, Step, within,
         },
         header_string, header_u32, set_header, text,
     },
@@ -519,7 +520,7 @@ impl QueueWorker for DeadLetterArchiver {
         Ok(self.topology.dead_letter_queue(&self.subscription))
     }
 
-    async fn settle(&self, delivery: Delivery, _: &Publisher) -> Result<(), lapin::Error> {
+    async fn settle(&self, delivery: Delivery, _: &Publisher) -> Result<Settled, ConsumerError> {
         let letter = dead_letter_from(
             &delivery,
             &self.topology.dead_letter_queue(&self.subscription),
@@ -542,18 +543,27 @@ impl QueueWorker for DeadLetterArchiver {
                     reason = %letter.reason,
                     "dead letter archived"
                 );
-                delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+                within(
+                    Step::Ack,
+                    STEP_LIMIT,
+                    delivery.ack(BasicAckOptions::default()),
+                )
+                .await?;
+                Ok(Settled::Acked)
             }
             Err(error) => {
                 // Still in the DLQ: it is archived on a later delivery.
                 tracing::error!(%error, "could not archive a dead letter; leaving it in the DLQ");
-                delivery
-                    .nack(BasicNackOptions {
+                within(
+                    Step::Ack,
+                    STEP_LIMIT,
+                    delivery.nack(BasicNackOptions {
                         requeue: true,
                         ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
+                    }),
+                )
+                .await?;
+                Ok(Settled::Requeued)
             }
         }
     }

@@ -13,7 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     broker::{
         Handler, Publisher, Subscription, Topology,
-        consumer::{ConsumerSettings, run_worker},
+        consumer::{ConsumerRole, ConsumerSettings, Consumers, run_worker, supervise},
         run_consumer,
     },
     config::CommonConfig,
@@ -39,6 +39,8 @@ pub struct ServiceCore {
     /// Every circuit breaker of the service, reported by `/ready`.
     pub breakers: Breakers,
     pub dead_letters: DeadLetterStore,
+    /// Every consumer of the service, reported by `/ready` and `/metrics`.
+    pub consumers: Consumers,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     /// The service's own gauges for `/metrics` ([`Self::with_gauges`]).
@@ -72,7 +74,7 @@ impl ServiceCore {
         let topology = Topology::new(&config.amqp_namespace).with_queue_expiry(config.queue_expiry);
         let publisher = Publisher::new(
             &config.rabbitmq_url,
-            &format!("{}-publisher", config.service),
+            &connection_name(&config, "publisher"),
             topology,
         );
         let (relay, outbox) = OutboxRelay::new(
@@ -86,6 +88,7 @@ impl ServiceCore {
             publisher,
             breakers,
             dead_letters,
+            consumers: Consumers::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             gauges: None,
@@ -104,31 +107,58 @@ impl ServiceCore {
     }
 
     /// Consumes `subscription` with `handler` until shutdown, and archives
-    /// its dead letters for the admin routes.
+    /// its dead letters for the admin routes. Each of the two runs on a task
+    /// that is started again if it panics.
     pub fn spawn_consumer<H: Handler>(&self, subscription: Subscription, handler: Arc<H>) {
-        let archiver = DeadLetterArchiver {
-            topology: self.publisher.topology().clone(),
+        let topology = self.publisher.topology().clone();
+        let archiver = Arc::new(DeadLetterArchiver {
+            topology: topology.clone(),
             subscription,
             policy: self.config.retry,
             store: self.dead_letters.clone(),
-        };
-        let url = self.config.rabbitmq_url.clone();
-        let name = format!("{}-dead-letters", self.config.service);
-        let shutdown = self.shutdown.clone();
-        self.tasks.spawn(async move {
-            run_worker(&url, &name, 16, &archiver, shutdown).await;
         });
+        let state = self.consumers.register(
+            topology.dead_letter_queue(&subscription),
+            ConsumerRole::DeadLetters,
+        );
+        let url = self.config.rabbitmq_url.clone();
+        let name = connection_name(&self.config, "dead-letters");
+        let shutdown = self.shutdown.clone();
+        self.tasks
+            .spawn(supervise(state.clone(), shutdown.clone(), move || {
+                let (archiver, url, name, state, shutdown) = (
+                    archiver.clone(),
+                    url.clone(),
+                    name.clone(),
+                    state.clone(),
+                    shutdown.clone(),
+                );
+                async move {
+                    run_worker(&url, &name, 16, archiver.as_ref(), &state, shutdown).await;
+                }
+            }));
 
         let settings = ConsumerSettings {
             url: self.config.rabbitmq_url.clone(),
-            name: format!("{}-consumer", self.config.service),
-            topology: self.publisher.topology().clone(),
+            name: connection_name(&self.config, "consumer"),
+            topology: topology.clone(),
             subscription,
             policy: self.config.retry,
             prefetch: self.config.prefetch,
         };
+        let state = self
+            .consumers
+            .register(topology.work_queue(&subscription), ConsumerRole::Work);
+        let shutdown = self.shutdown.clone();
         self.tasks
-            .spawn(run_consumer(settings, handler, self.shutdown.clone()));
+            .spawn(supervise(state.clone(), shutdown.clone(), move || {
+                run_consumer(
+                    settings.clone(),
+                    handler.clone(),
+                    state.clone(),
+                    shutdown.clone(),
+                )
+            }));
     }
 
     /// Adds the service's own gauges to `/metrics`, beside the shared ones.
@@ -147,6 +177,8 @@ impl ServiceCore {
             db: self.db.clone(),
             publisher: self.publisher.clone(),
             breakers: self.breakers.clone(),
+            consumers: self.consumers.clone(),
+            consumer_ready_grace: self.config.consumer_ready_grace,
             rate_limiter,
             load_shedder,
             gauges: self.gauges.clone(),
@@ -199,6 +231,13 @@ impl ServiceCore {
             core: self,
         })
     }
+}
+
+/// The name a connection of this service announces to the broker (its UI
+/// and management API list it): the namespace, the service, the role. The
+/// namespace keeps the stacks that share a broker apart.
+fn connection_name(config: &CommonConfig, role: &str) -> String {
+    format!("{}{}-{role}", config.amqp_namespace, config.service)
 }
 
 async fn wait_for_mongodb(db: &Database, uri: &str) -> anyhow::Result<()> {

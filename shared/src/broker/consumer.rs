@@ -2,20 +2,22 @@
 //! and only then settle the delivery. Transient failures wait in a delay queue
 //! (never in the consumer); permanent ones and exhausted retries go to the
 //! dead-letter queue with the reason. Connection loss reconnects with
-//! jittered backoff and declares the topology again.
+//! jittered backoff and declares the topology again. Every step with the
+//! broker has a time limit, so a connection that looks alive while nothing
+//! moves on it cannot wedge the consumer; each consumer reports its state
+//! (for `/ready` and `/metrics`) and survives its handler's panics.
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+mod state;
+mod supervisor;
+
+pub use state::{ConsumerRole, ConsumerSnapshot, ConsumerState, Consumers, consumers_ready};
+pub use supervisor::{panic_message, supervise};
+
+use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::{
     Channel, Connection,
     message::Delivery,
@@ -54,6 +56,11 @@ pub const REDRIVES_HEADER: &str = "x-redrives";
 /// A handler meets an unavailable database within seconds (short driver
 /// timeouts, then a delay-queue retry), so only a broken channel gets here.
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// The longest a connect may take (TCP, TLS, AMQP handshake).
+const CONNECT_LIMIT: Duration = Duration::from_secs(15);
+/// The longest any other broker step may take: each is one round trip (a
+/// declare, a handful) that a live broker answers in milliseconds.
+pub(crate) const STEP_LIMIT: Duration = Duration::from_secs(10);
 
 /// Why a handler did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +116,15 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
 }
 
+/// How one delivery ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Acked: its effect, or its retry or dead letter, is durable.
+    Acked,
+    /// Handed back to the queue.
+    Requeued,
+}
+
 /// A queue consumed with manual acks: what to declare, and how to settle one
 /// delivery. The work-queue consumer and the dead-letter archiver are both
 /// one, and share the reconnecting loop below.
@@ -122,12 +138,13 @@ pub(crate) trait QueueWorker: Send + Sync {
         channel: &Channel,
     ) -> impl Future<Output = Result<String, lapin::Error>> + Send;
     /// Settles one delivery (ack, or nack with requeue) once its outcome is
-    /// durable. An error means the channel is unusable.
+    /// durable, publishing a next hop through `publisher` if need be. An
+    /// error means the consumer must reconnect.
     fn settle(
         &self,
         delivery: Delivery,
         publisher: &Publisher,
-    ) -> impl Future<Output = Result<(), lapin::Error>> + Send;
+    ) -> impl Future<Output = Result<Settled, ConsumerError>> + Send;
 }
 
 struct HandlerWorker<H> {
@@ -153,16 +170,92 @@ impl<H: Handler> QueueWorker for HandlerWorker<H> {
         Ok(settings.topology.work_queue(&settings.subscription))
     }
 
-    async fn settle(&self, delivery: Delivery, publisher: &Publisher) -> Result<(), lapin::Error> {
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        publisher: &Publisher,
+    ) -> Result<Settled, ConsumerError> {
         settle(delivery, &self.settings, &self.handler, publisher).await
     }
 }
 
-/// Runs until `shutdown`, reconnecting whenever the broker goes away. On
-/// shutdown it stops taking deliveries and finishes the ones in hand.
+/// A step of the consume path with the broker, each under a time limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Connect,
+    OpenChannel,
+    Declare,
+    Qos,
+    Consume,
+    PublishConfirm,
+    Ack,
+    /// One delivery from receipt to ack, handler included.
+    Settle,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Connect => "connect",
+            Step::OpenChannel => "channel open",
+            Step::Declare => "declare",
+            Step::Qos => "qos",
+            Step::Consume => "consume",
+            Step::PublishConfirm => "publish confirm",
+            Step::Ack => "ack",
+            Step::Settle => "settle",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a consumer lost its channel and reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("RabbitMQ: {0}")]
+    Broker(#[from] lapin::Error),
+    /// A step got no answer in time: the connection may look alive while
+    /// nothing moves on it.
+    #[error("{step} got no answer within {} s", limit.as_secs())]
+    TimedOut { step: Step, limit: Duration },
+    /// The delivery stream ended without an error: the broker cancelled
+    /// the consumer (its queue was deleted, say).
+    #[error("the broker cancelled the consumer")]
+    Cancelled,
+}
+
+/// `operation`, or [`ConsumerError::TimedOut`] (logged as a named event)
+/// once it has taken longer than `limit`.
+pub(crate) async fn within<T, E: Into<ConsumerError>>(
+    step: Step,
+    limit: Duration,
+    operation: impl Future<Output = Result<T, E>>,
+) -> Result<T, ConsumerError> {
+    match tokio::time::timeout(limit, operation).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => {
+            tracing::error!(
+                step = step.as_str(),
+                limit_ms = limit.as_millis() as u64,
+                "consumer step timed out; reconnecting"
+            );
+            Err(ConsumerError::TimedOut { step, limit })
+        }
+    }
+}
+
+/// Runs until `shutdown`, reconnecting whenever the broker goes away, and
+/// reports how it is doing in `state`. On shutdown it stops taking
+/// deliveries and finishes the ones in hand.
 pub async fn run_consumer<H: Handler>(
     settings: ConsumerSettings,
     handler: Arc<H>,
+    state: Arc<ConsumerState>,
     shutdown: CancellationToken,
 ) {
     let (url, name, prefetch) = (
@@ -171,7 +264,7 @@ pub async fn run_consumer<H: Handler>(
         settings.prefetch,
     );
     let worker = HandlerWorker { settings, handler };
-    run_worker(&url, &name, prefetch, &worker, shutdown).await;
+    run_worker(&url, &name, prefetch, &worker, &state, shutdown).await;
 }
 
 pub(crate) async fn run_worker<W: QueueWorker>(
@@ -179,21 +272,38 @@ pub(crate) async fn run_worker<W: QueueWorker>(
     name: &str,
     prefetch: u16,
     worker: &W,
+    state: &ConsumerState,
     shutdown: CancellationToken,
 ) {
+    let span = tracing::info_span!("consumer", queue = worker.label());
+    // Retries and dead letters go out on a connection of their own, so a
+    // consumer channel in trouble cannot hold up the next hop's publish,
+    // nor a stuck publish the consumer's channel. It reconnects by itself.
+    let next_hops = Publisher::new(url, &format!("{name}-next-hop"), worker.topology().clone());
     let mut backoff = reconnect_backoff();
     while !shutdown.is_cancelled() {
-        let consuming = AtomicBool::new(false);
-        let result = consume_until_broken(url, name, prefetch, worker, &shutdown, &consuming).await;
-        // A session that got as far as consuming starts the backoff over:
-        // otherwise each broker restart in a row found it longer, and the
-        // tenth restart waited 6 s before even trying.
-        if consuming.load(Ordering::Relaxed) {
+        let consumed =
+            consume_until_broken(url, name, prefetch, worker, &next_hops, state, &shutdown)
+                .instrument(span.clone())
+                .await;
+        // A session that held its channel a while starts the backoff over,
+        // so each broker restart in a row is met as quickly as the first
+        // (otherwise the tenth waited 6 s before even trying); one closed
+        // as soon as it opened keeps backing off.
+        if state
+            .take_session_age()
+            .is_some_and(|age| age >= HEALTHY_SESSION)
+        {
             backoff = reconnect_backoff();
         }
-        match result {
-            Ok(()) => {}
+        match consumed {
+            Ok(()) => backoff = reconnect_backoff(),
             Err(error) => {
+                if let ConsumerError::TimedOut { .. } = error {
+                    state.timed_out();
+                    // It may be the next-hop connection that stopped answering.
+                    next_hops.reset().await;
+                }
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(
                     queue = worker.label(),
@@ -208,8 +318,12 @@ pub(crate) async fn run_worker<W: QueueWorker>(
             }
         }
     }
+    next_hops.close().await;
     tracing::info!(queue = worker.label(), "consumer stopped");
 }
+
+/// A session that held its channel this long was a working one.
+const HEALTHY_SESSION: Duration = Duration::from_secs(2);
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
@@ -227,50 +341,93 @@ async fn consume_until_broken<W: QueueWorker>(
     name: &str,
     prefetch: u16,
     worker: &W,
+    next_hops: &Publisher,
+    state: &ConsumerState,
     shutdown: &CancellationToken,
-    consuming: &AtomicBool,
-) -> Result<(), lapin::Error> {
-    let connection = Connection::connect(url, connection_properties(name)).await?;
-    let channel = connection.create_channel().await?;
-    let queue = worker.declare(&channel).await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    // Retries and dead letters go out on their own confirmed channel, so a
-    // delivery is acked only once its next hop is safely stored.
-    let publisher = Publisher::from_connection(&connection, worker.topology()).await?;
-    let consumer = channel
-        .basic_consume(
+) -> Result<(), ConsumerError> {
+    let connection = within(
+        Step::Connect,
+        CONNECT_LIMIT,
+        Connection::connect(url, connection_properties(name)),
+    )
+    .await?;
+    let consumed = consume(
+        &connection,
+        name,
+        prefetch,
+        worker,
+        next_hops,
+        state,
+        shutdown,
+    )
+    .await;
+    state.disconnected();
+    // Bounded too: a close on a dead connection may never be answered, and
+    // dropping the connection closes it all the same.
+    let _ = tokio::time::timeout(
+        STEP_LIMIT,
+        connection.close(200, "consumer stopping".into()),
+    )
+    .await;
+    consumed
+}
+
+async fn consume<W: QueueWorker>(
+    connection: &Connection,
+    name: &str,
+    prefetch: u16,
+    worker: &W,
+    next_hops: &Publisher,
+    state: &ConsumerState,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumerError> {
+    let channel = within(Step::OpenChannel, STEP_LIMIT, connection.create_channel()).await?;
+    let queue = within(Step::Declare, STEP_LIMIT, worker.declare(&channel)).await?;
+    within(
+        Step::Qos,
+        STEP_LIMIT,
+        channel.basic_qos(prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    let consumer = within(
+        Step::Consume,
+        STEP_LIMIT,
+        channel.basic_consume(
             queue.as_str().into(),
             name.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
-        )
-        .await?;
+        ),
+    )
+    .await?;
+    state.connected();
     tracing::info!(%queue, prefetch, "consuming");
-    consuming.store(true, Ordering::Relaxed);
 
-    let failure: Arc<std::sync::Mutex<Option<lapin::Error>>> = Default::default();
+    // The first failure, which stops the intake; the deliveries in hand
+    // are finished (each within its limits), the rest the broker redelivers.
+    let failure: std::sync::Mutex<Option<ConsumerError>> = Default::default();
+    let broken = CancellationToken::new();
+    let fail = |error: ConsumerError| {
+        failure.lock().expect("poisoned").get_or_insert(error);
+        state.disconnected();
+        broken.cancel();
+    };
     // The connection's own report that it broke. The delivery stream of a
     // dead connection did not always end while deliveries were in flight,
     // which once left a consumer waiting forever after a broker restart.
     let mut events = connection.events_listener();
-    let stop_taking = {
-        let failure = failure.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                Some(error) = async {
-                    while let Some(event) = events.next().await {
-                        if let lapin::Event::Error(error) = event {
-                            return Some(error);
-                        }
+    let stop_taking = async {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = broken.cancelled() => {}
+            Some(error) = async {
+                while let Some(event) = events.next().await {
+                    if let lapin::Event::Error(error) = event {
+                        return Some(error);
                     }
-                    None
-                } => {
-                    failure.lock().expect("poisoned").replace(error);
                 }
-            }
+                None
+            } => fail(error.into()),
         }
     };
     consumer
@@ -278,59 +435,47 @@ async fn consume_until_broken<W: QueueWorker>(
         .take_while(|delivery| {
             let ok = delivery.is_ok();
             if let Err(error) = delivery {
-                failure.lock().expect("poisoned").replace(error.clone());
+                fail(error.clone().into());
             }
             futures::future::ready(ok)
         })
-        .for_each_concurrent(prefetch as usize, |delivery| {
-            let publisher = &publisher;
-            let failure = failure.clone();
-            async move {
-                let Ok(delivery) = delivery else { return };
-                // Every settle ends: on a dead channel an ack or a confirm
-                // may never be answered, and the broker redelivers whatever
-                // we leave unacked once the connection is gone.
-                let settled =
-                    tokio::time::timeout(SETTLE_LIMIT, worker.settle(delivery, publisher));
-                let error = match settled.await {
-                    Ok(Ok(())) => return,
-                    Ok(Err(error)) => error,
-                    Err(_) => {
-                        tracing::error!(
-                            limit_s = SETTLE_LIMIT.as_secs(),
-                            "a delivery was not settled in time; reconnecting"
-                        );
-                        closed()
-                    }
-                };
-                failure.lock().expect("poisoned").replace(error);
+        .for_each_concurrent(prefetch as usize, |delivery| async {
+            let Ok(delivery) = delivery else { return };
+            let _in_hand = state.delivery_started();
+            // Every settle ends: on a dead channel an ack or a confirm
+            // may never be answered, and the broker redelivers whatever
+            // we leave unacked once the connection is gone.
+            match within(
+                Step::Settle,
+                SETTLE_LIMIT,
+                worker.settle(delivery, next_hops),
+            )
+            .await
+            {
+                Ok(Settled::Acked) => state.acked(),
+                Ok(Settled::Requeued) => {}
+                Err(error) => fail(error),
             }
         })
         .await;
 
-    let _ = connection.close(200, "consumer stopping".into()).await;
     match failure.lock().expect("poisoned").take() {
-        Some(error) if !shutdown.is_cancelled() => Err(error),
         _ if shutdown.is_cancelled() => Ok(()),
-        // The stream ended without an error: the broker cancelled us.
-        _ => Err(closed()),
+        Some(error) => Err(error),
+        None => Err(ConsumerError::Cancelled),
     }
 }
 
-fn closed() -> lapin::Error {
-    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-        lapin::ConnectionState::Closed,
-    ))
-}
-
 /// Handles one delivery and acks it only after its effect (or its retry or
-/// dead letter) is durable.
+/// dead letter) is durable. A handler that panics has failed transiently:
+/// the delivery takes the retry path, so it is neither lost nor retried
+/// forever, and the consumer carries on.
 async fn settle<H: Handler>(
     delivery: Delivery,
     settings: &ConsumerSettings,
     handler: &Arc<H>,
-    publisher: &Publisher,
-) -> Result<(), lapin::Error> {
+    next_hops: &Publisher,
+) -> Result<Settled, ConsumerError> {
     let headers = delivery.properties.headers().clone().unwrap_or_default();
     let attempt = header_u32(&headers, ATTEMPT_HEADER).unwrap_or(1).max(1);
 
@@ -344,7 +489,18 @@ async fn settle<H: Handler>(
                 correlation_id = %event.correlation_id,
                 attempt,
             );
-            handler.handle(event).instrument(span).await
+            async {
+                match AssertUnwindSafe(handler.handle(event)).catch_unwind().await {
+                    Ok(outcome) => outcome,
+                    Err(panic) => {
+                        let message = panic_message(panic.as_ref());
+                        tracing::error!(panic = %message, "handler panicked; treating it as a transient failure");
+                        Err(HandleError::Transient(format!("handler panicked: {message}")))
+                    }
+                }
+            }
+            .instrument(span)
+            .await
         }
     };
 
@@ -386,23 +542,34 @@ async fn settle<H: Handler>(
     };
 
     if let Some(message) = next_hop {
-        match publisher.publish(message).await? {
+        match within(Step::PublishConfirm, STEP_LIMIT, next_hops.publish(message)).await? {
             PublishOutcome::Confirmed => {}
             outcome => {
                 // Not stored anywhere else yet: hand it back to the queue.
                 tracing::error!(?outcome, "could not park a failed delivery; requeueing");
-                return delivery
-                    .nack(BasicNackOptions {
+                within(
+                    Step::Ack,
+                    STEP_LIMIT,
+                    delivery.nack(BasicNackOptions {
                         requeue: true,
                         ..Default::default()
-                    })
-                    .await
-                    .map(|_| ());
+                    }),
+                )
+                .await?;
+                return Ok(Settled::Requeued);
             }
         }
     }
-    crate::crash_point!("consumer.before_ack");
-    delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+    fail::fail_point!("consumer.before_ack", |_| crate::fault::crash(
+        "consumer.before_ack"
+    ));
+    within(
+        Step::Ack,
+        STEP_LIMIT,
+        delivery.ack(BasicAckOptions::default()),
+    )
+    .await?;
+    Ok(Settled::Acked)
 }
 
 fn failure_headers(

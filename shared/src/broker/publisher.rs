@@ -1,7 +1,7 @@
 //! Publishing with publisher confirms over one long-lived channel, reconnecting
 //! lazily after the broker goes away.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures::future::join_all;
 use lapin::{
@@ -37,10 +37,14 @@ pub enum PublishOutcome {
     Nacked,
 }
 
+/// The longest opening a connection may take, and each step after it
+/// (channel, confirm mode, exchanges): the link is locked meanwhile, so a
+/// broker that stops answering must not hold every publish behind it.
+const CONNECT_LIMIT: Duration = Duration::from_secs(15);
+const STEP_LIMIT: Duration = Duration::from_secs(10);
+
 struct Link {
-    /// Owned when this publisher opened it; `None` when it borrows a
-    /// consumer's connection.
-    connection: Option<Connection>,
+    connection: Connection,
     channel: Channel,
 }
 
@@ -62,28 +66,6 @@ impl Publisher {
         })
     }
 
-    /// A publisher on a channel of an existing connection (a consumer's, for
-    /// its retries and dead letters). It does not reconnect by itself: the
-    /// consumer reconnects and builds a new one.
-    pub async fn from_connection(
-        connection: &Connection,
-        topology: &Topology,
-    ) -> Result<Self, lapin::Error> {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Publisher {
-            url: String::new(),
-            name: String::new(),
-            topology: topology.clone(),
-            link: Mutex::new(Some(Link {
-                connection: None,
-                channel,
-            })),
-        })
-    }
-
     pub fn topology(&self) -> &Topology {
         &self.topology
     }
@@ -97,15 +79,28 @@ impl Publisher {
             return Ok(existing.channel.clone());
         }
         *link = None;
-        let connection = Connection::connect(&self.url, connection_properties(&self.name)).await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        self.topology.declare_exchanges(&channel).await?;
+        let connection = limited(
+            "connecting",
+            CONNECT_LIMIT,
+            Connection::connect(&self.url, connection_properties(&self.name)),
+        )
+        .await?;
+        let channel = limited("opening a channel", STEP_LIMIT, connection.create_channel()).await?;
+        limited(
+            "selecting confirm mode",
+            STEP_LIMIT,
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        limited(
+            "declaring the exchanges",
+            STEP_LIMIT,
+            self.topology.declare_exchanges(&channel),
+        )
+        .await?;
         tracing::info!(publisher = %self.name, "connected to RabbitMQ");
         *link = Some(Link {
-            connection: Some(connection),
+            connection,
             channel: channel.clone(),
         });
         Ok(channel)
@@ -186,12 +181,36 @@ impl Publisher {
         }
     }
 
-    /// Closes the connection (at shutdown, after the last publish).
-    pub async fn close(&self) {
-        if let Some(link) = self.link.lock().await.take()
-            && let Some(connection) = link.connection
-        {
-            let _ = connection.close(200, "shutdown".into()).await;
+    /// Drops the connection, so the next call opens a new one: for a
+    /// caller whose publish got no answer in time. Dropping it closes it.
+    pub async fn reset(&self) {
+        if self.link.lock().await.take().is_some() {
+            tracing::warn!(publisher = %self.name, "dropping a RabbitMQ connection that stopped answering");
         }
     }
+
+    /// Closes the connection (at shutdown, after the last publish).
+    pub async fn close(&self) {
+        if let Some(link) = self.link.lock().await.take() {
+            let _ = tokio::time::timeout(STEP_LIMIT, link.connection.close(200, "shutdown".into()))
+                .await;
+        }
+    }
+}
+
+/// `operation`, or a timed-out error naming what it was doing once it has
+/// taken longer than `limit`.
+async fn limited<T>(
+    doing: &str,
+    limit: Duration,
+    operation: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, lapin::Error> {
+    tokio::time::timeout(limit, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{doing} took longer than {} s", limit.as_secs()),
+            )))
+        })
 }

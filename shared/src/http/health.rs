@@ -1,10 +1,16 @@
 //! `/health` (the process is alive), `/ready` (its database and broker
-//! answer, and the state of its circuit breakers) and `/metrics`
-//! (Prometheus text). Readiness names what is down so an operator knows
-//! where to look.
+//! answer, its consumers are connected, and the state of its circuit
+//! breakers) and `/metrics` (Prometheus text). Readiness names what is down
+//! so an operator knows where to look.
 
-use std::{collections::BTreeMap, fmt::Write as _, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use mongodb::Database;
 use poem_openapi::{
@@ -14,7 +20,10 @@ use poem_openapi::{
 
 use super::{loadshed::LoadShedder, ratelimit::RateLimiter};
 use crate::{
-    broker::Publisher,
+    broker::{
+        Publisher,
+        consumer::{ConsumerRole, ConsumerSnapshot, Consumers, consumers_ready},
+    },
     deadletter::DeadLetterStore,
     resilience::Breakers,
     store::{self, outbox},
@@ -27,6 +36,9 @@ pub struct HealthApi {
     pub db: Database,
     pub publisher: Arc<Publisher>,
     pub breakers: Breakers,
+    pub consumers: Consumers,
+    /// How long a consumer may be disconnected before `/ready` fails.
+    pub consumer_ready_grace: Duration,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub load_shedder: Option<Arc<LoadShedder>>,
     /// The service's own gauges, if it has any.
@@ -70,14 +82,73 @@ pub struct Readiness {
     /// breaker does not make the service unready: it is how the service
     /// stays useful while a dependency is down.
     pub breakers: BTreeMap<String, String>,
+    /// Each consumer of the service's queues. One that has been
+    /// disconnected for longer than `CONSUMER_READY_GRACE_SECONDS` makes
+    /// the service unready; a shorter reconnect (after a broker restart)
+    /// does not.
+    pub consumers: Vec<ConsumerReadiness>,
+}
+
+/// What one consumer is doing.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ConsumerReadiness {
+    /// The queue it consumes, with the namespace prefix.
+    pub queue: String,
+    /// `work` (the service's events) or `dead_letters` (the archiver of
+    /// its dead-letter queue).
+    pub role: ConsumerRole,
+    /// Whether it is consuming on a live channel right now.
+    pub connected: bool,
+    /// When it lost its channel (or started without one), RFC 3339; null
+    /// while connected.
+    #[oai(nullable)]
+    pub disconnected_since: Option<DateTime<Utc>>,
+    /// Seconds it has been disconnected; null while connected.
+    #[oai(nullable)]
+    pub disconnected_seconds: Option<f64>,
+    /// Deliveries received and not yet settled.
+    pub in_flight: u64,
+    /// Seconds since it last acked a delivery; null if it has acked none
+    /// since the service started.
+    #[oai(nullable)]
+    pub last_ack_age_seconds: Option<f64>,
+    /// Times its task panicked and was started again, since start.
+    pub restarts: u64,
+    /// Reconnects because a broker step (connect, declare, publish
+    /// confirm, ack, …) got no answer within its time limit, since start.
+    pub timeouts: u64,
+}
+
+impl From<ConsumerSnapshot> for ConsumerReadiness {
+    fn from(consumer: ConsumerSnapshot) -> Self {
+        ConsumerReadiness {
+            queue: consumer.queue,
+            role: consumer.role,
+            connected: consumer.connected,
+            disconnected_since: consumer.disconnected_since,
+            disconnected_seconds: consumer.disconnected_for.map(seconds),
+            in_flight: consumer.in_flight,
+            last_ack_age_seconds: consumer.last_ack_age.map(seconds),
+            restarts: consumer.restarts,
+            timeouts: consumer.timeouts,
+        }
+    }
+}
+
+/// Seconds, to the millisecond.
+fn seconds(duration: Duration) -> f64 {
+    (duration.as_millis() as f64) / 1000.0
 }
 
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
-    /// MongoDB and RabbitMQ both answer.
+    /// MongoDB and RabbitMQ both answer, and every consumer is connected
+    /// or reconnecting within its grace.
     #[oai(status = 200)]
     Ready(Json<Readiness>),
-    /// At least one dependency is down; the body says which.
+    /// A dependency is down or a consumer has been disconnected too long;
+    /// the body says which.
     #[oai(status = 503)]
     NotReady(Json<Readiness>),
 }
@@ -94,13 +165,14 @@ impl HealthApi {
     }
 
     /// Counters and states in Prometheus text format: outbox backlog, dead
-    /// letters, circuit breakers, rate-limited requests.
+    /// letters, circuit breakers, rate-limited requests, consumers.
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self) -> PlainText<String> {
         PlainText(self.render_metrics().await)
     }
 
-    /// Readiness: MongoDB and RabbitMQ are reachable.
+    /// Readiness: MongoDB and RabbitMQ are reachable, and no consumer has
+    /// been disconnected for longer than `CONSUMER_READY_GRACE_SECONDS`.
     #[oai(path = "/ready", method = "get")]
     async fn ready(&self) -> ReadyResponse {
         let (mongo, rabbit) = tokio::join!(
@@ -117,7 +189,10 @@ impl HealthApi {
                 .map_err(|_| "timed out".to_string())
                 .and_then(|r| r.map_err(|e| e.to_string())),
         );
-        let ok = mongodb == "up" && rabbitmq == "up";
+        let consumers = self.consumers.snapshot(Instant::now());
+        let ok = mongodb == "up"
+            && rabbitmq == "up"
+            && consumers_ready(&consumers, self.consumer_ready_grace);
         let body = Readiness {
             status: if ok { "ready" } else { "unavailable" }.into(),
             mongodb,
@@ -128,6 +203,7 @@ impl HealthApi {
                 .iter()
                 .map(|b| (b.name().to_string(), b.state().as_str().to_string()))
                 .collect(),
+            consumers: consumers.into_iter().map(Into::into).collect(),
         };
         if ok {
             ReadyResponse::Ready(Json(body))
@@ -197,6 +273,52 @@ impl HealthApi {
                 "Calls refused while open, since start.",
                 &label(breaker),
                 breaker.rejected() as f64,
+            );
+        }
+        // One family at a time: Prometheus wants a metric's samples together.
+        let consumers = self.consumers.snapshot(Instant::now());
+        let label = |consumer: &ConsumerSnapshot| format!(",queue=\"{}\"", consumer.queue);
+        for consumer in &consumers {
+            gauge(
+                "consumer_connected",
+                "1 while the consumer is consuming on a live channel, else 0.",
+                &label(consumer),
+                if consumer.connected { 1.0 } else { 0.0 },
+            );
+        }
+        for consumer in &consumers {
+            gauge(
+                "consumer_in_flight",
+                "Deliveries the consumer received and has not settled yet.",
+                &label(consumer),
+                consumer.in_flight as f64,
+            );
+        }
+        // Absent until the first ack: no value is not "long ago".
+        for consumer in &consumers {
+            if let Some(age) = consumer.last_ack_age {
+                gauge(
+                    "consumer_last_ack_age_seconds",
+                    "Seconds since the consumer last acked a delivery.",
+                    &label(consumer),
+                    seconds(age),
+                );
+            }
+        }
+        for consumer in &consumers {
+            gauge(
+                "consumer_restarts",
+                "Times the consumer task panicked and was started again, since start.",
+                &label(consumer),
+                consumer.restarts as f64,
+            );
+        }
+        for consumer in &consumers {
+            gauge(
+                "consumer_timeouts",
+                "Reconnects after a broker step got no answer in time, since start.",
+                &label(consumer),
+                consumer.timeouts as f64,
             );
         }
         if let Some(limiter) = &self.rate_limiter {

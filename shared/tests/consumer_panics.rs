@@ -1,0 +1,212 @@
+//! A handler that panics does not take its consumer down: against the real
+//! RabbitMQ (`RABBITMQ_URL`, default the local one), on a namespace of its
+//! own, the consumer keeps handling other events after the panic, and the
+//! event whose handling panicked is retried and then dead-lettered as a
+//! transient failure rather than lost or retried forever.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lapin::{
+    Connection,
+    options::{BasicAckOptions, BasicGetOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use shared::{
+    CancellationToken,
+    broker::{
+        HandleError, Handler, Outgoing, PublishOutcome, Publisher, Topology,
+        consumer::{
+            ConsumerRole, ConsumerSettings, ConsumerState, FAILURE_CLASS_HEADER, REASON_HEADER,
+        },
+        run_consumer,
+        topology::ORDER_SERVICE,
+    },
+    events::RawEnvelope,
+    retry::RetryPolicy,
+};
+use uuid::Uuid;
+
+fn rabbitmq_url() -> String {
+    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Handles every event but one, on which it panics.
+struct PanicsOn {
+    poison: Uuid,
+    handled: Mutex<HashSet<Uuid>>,
+    panics: AtomicU32,
+}
+
+impl Handler for PanicsOn {
+    async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
+        if event.event_id == self.poison {
+            self.panics.fetch_add(1, Ordering::SeqCst);
+            panic!("bug triggered by event {}", event.event_id);
+        }
+        self.handled.lock().unwrap().insert(event.event_id);
+        Ok(())
+    }
+}
+
+fn event(id: Uuid) -> Outgoing {
+    let body = serde_json::json!({
+        "eventId": id,
+        "eventType": "inventory.reserved",
+        "eventVersion": 1,
+        "occurredAt": chrono::Utc::now(),
+        "correlationId": format!("corr-{id}"),
+        "causationId": null,
+        "source": "consumer-panics-test",
+        "data": {},
+    });
+    Outgoing {
+        exchange: String::new(),
+        routing_key: String::new(),
+        payload: serde_json::to_vec(&body).unwrap(),
+        headers: FieldTable::default(),
+        message_id: Some(id.to_string()),
+        correlation_id: Some(format!("corr-{id}")),
+        mandatory: true,
+    }
+}
+
+async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn header(headers: &FieldTable, key: &str) -> String {
+    match headers.inner().get(&ShortString::from(key)) {
+        Some(AMQPValue::LongString(text)) => text.to_string(),
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_panic_is_retried_then_dead_lettered_and_the_consumer_keeps_going() {
+    let namespace = format!("t-{}.", &Uuid::new_v4().simple().to_string()[..12]);
+    let topology = Topology::new(&namespace).with_queue_expiry(Some(Duration::from_secs(900)));
+    let handler = Arc::new(PanicsOn {
+        poison: Uuid::now_v7(),
+        handled: Default::default(),
+        panics: AtomicU32::new(0),
+    });
+    let queue = topology.work_queue(&ORDER_SERVICE);
+    let state = Arc::new(ConsumerState::new(queue.clone(), ConsumerRole::Work));
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn(run_consumer(
+        ConsumerSettings {
+            url: rabbitmq_url(),
+            name: format!("{namespace}consumer-panics-test"),
+            topology: topology.clone(),
+            subscription: ORDER_SERVICE,
+            // Retried for a second after its first failure, then dead.
+            policy: RetryPolicy {
+                budget: Duration::from_secs(1),
+                base: Duration::from_millis(100),
+                cap: Duration::from_millis(200),
+            },
+            prefetch: 4,
+        },
+        handler.clone(),
+        state.clone(),
+        shutdown.clone(),
+    ));
+    wait_for("the consumer connected", || {
+        state.snapshot(Instant::now()).connected.then_some(())
+    })
+    .await;
+
+    let publisher = Publisher::new(&rabbitmq_url(), "consumer-panics-test", topology.clone());
+    let publish = |id: Uuid| {
+        let publisher = publisher.clone();
+        let queue = queue.clone();
+        async move {
+            let mut message = event(id);
+            message.routing_key = queue;
+            assert_eq!(
+                publisher.publish(message).await.unwrap(),
+                PublishOutcome::Confirmed
+            );
+        }
+    };
+    let before = Uuid::now_v7();
+    publish(before).await;
+    publish(handler.poison).await;
+    wait_for("the handler to panic", || {
+        (handler.panics.load(Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+    // After the panic the same consumer still takes new events.
+    let after = Uuid::now_v7();
+    publish(after).await;
+    wait_for("both good events handled", || {
+        let handled = handler.handled.lock().unwrap();
+        (handled.contains(&before) && handled.contains(&after)).then_some(())
+    })
+    .await;
+
+    // The poison event went through the delay queues, then to the DLQ.
+    let connection = Connection::connect(&rabbitmq_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let dlq = topology.dead_letter_queue(&ORDER_SERVICE);
+    let mut dead = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the poison event never reached {dlq}"
+        );
+        dead = channel
+            .basic_get(dlq.as_str().into(), BasicGetOptions::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = dead.unwrap();
+    dead.ack(BasicAckOptions::default()).await.unwrap();
+    assert_eq!(
+        dead.properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
+        Some(handler.poison.to_string())
+    );
+    let headers = dead.properties.headers().clone().unwrap();
+    assert_eq!(header(&headers, FAILURE_CLASS_HEADER), "transient");
+    let reason = header(&headers, REASON_HEADER);
+    assert!(reason.contains("handler panicked"), "{reason}");
+    assert!(reason.contains("bug triggered by event"), "{reason}");
+    let panics = handler.panics.load(Ordering::SeqCst);
+    assert!(panics >= 2, "retried only {panics} times");
+
+    // Nothing left in hand, nothing lost, and the consumer never restarted.
+    let snapshot = state.snapshot(Instant::now());
+    assert!(snapshot.connected);
+    assert_eq!(snapshot.in_flight, 0);
+    assert!(snapshot.last_ack_age.is_some());
+    assert!(!consumer.is_finished());
+    // Dead means dead: no more attempts once it is in the DLQ.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(handler.panics.load(Ordering::SeqCst), panics);
+
+    shutdown.cancel();
+    consumer.await.unwrap();
+    publisher.close().await;
+    let _ = connection.close(200, "done".into()).await;
+}
