@@ -329,9 +329,8 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_jitter()
         .with_min_delay(Duration::from_millis(200))
-        // A restarted broker is back within seconds and a refused connect
-        // costs nothing: keep the gap short (at most 2 s with the jitter).
-        .with_max_delay(Duration::from_secs(1))
+        // A restarted broker is back within seconds; keep the gap short.
+        .with_max_delay(Duration::from_secs(3))
         .without_max_times()
         .build()
 }
