@@ -485,6 +485,14 @@ impl Chaos {
     /// the live count; the management API's figure lags by its 5 s
     /// statistics interval); `None` while the broker does not answer.
     async fn queues_without_consumers(&self) -> Option<Vec<String>> {
+        // Bounded: a connect made while the broker boots can hang forever.
+        tokio::time::timeout(Duration::from_secs(3), self.count_consumers())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn count_consumers(&self) -> Option<Vec<String>> {
         let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
             .await
             .ok()?;
