@@ -106,6 +106,11 @@ supervise() {
     } 2>/dev/null
     status=$? pid=$child child=""
 
+    # A clean exit is a stop someone asked for (Ctrl-C reaches the whole
+    # process group, services included; or a kill -TERM): not a crash.
+    if ((status == 0)); then
+      break
+    fi
     if ((status == EX_USAGE)); then
       warn "$service (pid $pid) $(exit_reason $status), a bad configuration: not restarting it, it would fail the same way. The other services keep running. From its log ($log):"
       note "$(tail -n 1 "$log")" >&2

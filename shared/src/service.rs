@@ -168,7 +168,7 @@ impl ServiceCore {
     }
 
     fn health_api(
-        &self,
+        &mut self,
         rate_limiter: Option<Arc<RateLimiter>>,
         load_shedder: Option<Arc<LoadShedder>>,
     ) -> HealthApi {
@@ -181,14 +181,17 @@ impl ServiceCore {
             consumer_ready_grace: self.config.consumer_ready_grace,
             rate_limiter,
             load_shedder,
-            gauges: self.gauges.clone(),
+            // Taken, not shared: a gauge source may hold the service's
+            // stores, whose batch writers end only when the last handle
+            // goes, and the core lives until the tasks are waited for.
+            gauges: self.gauges.take(),
         }
     }
 
     /// Binds the port and serves `api` (with health, metrics, dead-letter
     /// admin routes, docs and spec).
     pub async fn serve<T: OpenApi + 'static>(
-        self,
+        mut self,
         api: T,
         title: &str,
     ) -> anyhow::Result<RunningService> {

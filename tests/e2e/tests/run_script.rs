@@ -134,7 +134,12 @@ impl RunScript {
         fs::create_dir_all(&dir).unwrap();
         let output = fs::File::create(dir.join("output")).unwrap();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/run.sh");
-        let mut command = Command::new(script);
+        // As from a terminal, where Ctrl-C is live. A test run started as a
+        // background job of a non-interactive shell inherits SIGINT ignored,
+        // and bash can neither trap nor reset a signal ignored on entry, so
+        // the script would never see the Ctrl-C this test sends.
+        let mut command = Command::new("env");
+        command.args(["--default-signal=INT", script]);
         // Cargo sets these for this test. Seen by the cargo in run.sh, they
         // would count as a changed environment for the build scripts that
         // read them (ring's), so each build would redo the other's work.
