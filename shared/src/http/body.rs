@@ -48,12 +48,30 @@ impl<T: Type + DeserializeOwned + Validate + Send> ParsePayload for ValidJson<T>
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
         let data = Vec::<u8>::from_request(request, body).await?;
+        // serde lets a struct be read from an array of its fields in order
+        // (`[null]` would be a filter with no kind), but every body here is
+        // an object in the spec, so only an object is one.
+        if !starts_an_object(&data) {
+            return Err(ApiError::bad_request(format!(
+                "the body must be a JSON object (a {})",
+                T::name()
+            ))
+            .into());
+        }
         let value: T = serde_json::from_slice(&data).map_err(|error| {
             ApiError::bad_request(format!("the body is not a valid {}: {error}", T::name()))
         })?;
         validate(&value)?;
         Ok(ValidJson(value))
     }
+}
+
+/// Whether a JSON text holds an object: its first byte after whitespace is
+/// `{`. Whether the rest parses is serde's to say.
+fn starts_an_object(json: &[u8]) -> bool {
+    json.iter()
+        .find(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|&byte| byte == b'{')
 }
 
 impl_apirequest_for_payload!(ValidJson<T>, T: Type + DeserializeOwned + Validate + Send);
@@ -127,6 +145,17 @@ mod tests {
     struct Signup {
         #[validate(email, length(max = 20))]
         email: EmailAddress,
+    }
+
+    #[test]
+    fn only_an_object_is_a_body() {
+        assert!(starts_an_object(b"{}"));
+        assert!(starts_an_object(b" \r\n\t{\"kind\": null}"));
+        // What serde would read as a struct from its fields in order.
+        assert!(!starts_an_object(b"[null]"));
+        assert!(!starts_an_object(b" [\"ORDER_CONFIRMED\"]"));
+        assert!(!starts_an_object(b"null"));
+        assert!(!starts_an_object(b""));
     }
 
     fn check(json: &str) -> Result<(), ApiError> {

@@ -8,6 +8,11 @@
 //! Needs the `schemathesis` CLI: `SCHEMATHESIS` names it (`scripts/test.sh`
 //! installs it into `.run/venv` and sets it), else `.run/venv/bin/schemathesis`
 //! in the workspace is used. Its reports go under the target directory.
+//!
+//! The run is seeded, so CI sees the same cases every time and a failure is
+//! reproduced by running the test again. `SCHEMATHESIS_SEED=<n>` picks other
+//! cases; `SCHEMATHESIS_SEED=random` lets schemathesis pick (it prints the
+//! seed it used), which is how to hunt for new failures before they reach CI.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,6 +26,18 @@ use e2e_tests::{ADMIN_TOKEN, Stack};
 /// operation declares, few enough that the three runs take about a minute
 /// and a half on two cores.
 const MAX_EXAMPLES: &str = "100";
+
+/// The seed when `SCHEMATHESIS_SEED` is not set.
+const DEFAULT_SEED: &str = "20261124";
+
+/// The seed to pass, or none for schemathesis's own choice.
+fn seed() -> Option<String> {
+    match std::env::var("SCHEMATHESIS_SEED") {
+        Ok(seed) if seed == "random" => None,
+        Ok(seed) => Some(seed),
+        Err(_) => Some(DEFAULT_SEED.to_owned()),
+    }
+}
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -62,6 +79,9 @@ async fn run_schemathesis(cli: &Path, service: &str, base_url: &str) -> (bool, S
         .args(["--report", "junit"])
         .arg("--report-dir")
         .arg(&reports);
+    if let Some(seed) = seed() {
+        command.args(["--seed", &seed]);
+    }
     // The services answer on this test's runtime: wait off it.
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
@@ -90,7 +110,11 @@ async fn every_service_answers_as_its_openapi_spec_says() {
         let (passed, output) = run_schemathesis(&cli, service, url).await;
         let summary: Vec<&str> = output
             .lines()
-            .filter(|l| l.contains(" generated,") || (l.starts_with('=') && l.contains(" in ")))
+            .filter(|l| {
+                l.starts_with("Seed:")
+                    || l.contains(" generated,")
+                    || (l.starts_with('=') && l.contains(" in "))
+            })
             .map(|l| l.trim_matches(|c: char| c == '=' || c.is_whitespace()))
             .collect();
         println!(

@@ -151,6 +151,16 @@ async fn dead_letter_routes_need_the_token_and_name_unknown_ids() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
+    // serde would read a filter from an array of its fields; the spec says
+    // a body is an object, and so does the answer.
+    let (status, body) = stack
+        .admin_call(Method::POST, &format!("{base}/replay"), Some(json!([null])))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("JSON object"),
+        "{body}"
+    );
     let (status, _) = stack
         .admin_call(Method::GET, &format!("{base}?status=LOST"), None)
         .await;
