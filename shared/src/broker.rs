@@ -6,7 +6,7 @@ pub mod consumer;
 pub mod publisher;
 pub mod topology;
 
-pub use backlog::Backlog;
+pub use backlog::{Admission, Backlog, Throttled};
 pub use consumer::{HandleError, Handler, outcome, run_consumer};
 pub use publisher::{Outgoing, PublishOutcome, Publisher};
 pub use topology::{Subscription, Topology};

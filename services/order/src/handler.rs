@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use shared::{
-    broker::{HandleError, Handler, outcome},
+    broker::{Backlog, HandleError, Handler, outcome},
     events::{RawEnvelope, ToOrderService},
 };
 
@@ -12,11 +12,20 @@ use crate::store::OrderStore;
 
 pub struct InventoryAnswers {
     pub store: Arc<OrderStore>,
+    /// Told of every answer applied: the saga's finishing rate, which new
+    /// orders are admitted at when it falls behind.
+    pub backlog: Option<Arc<Backlog>>,
 }
 
 impl Handler for InventoryAnswers {
     async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
         let answer = ToOrderService::decode(&event)?;
-        outcome(self.store.apply_inventory_answer(event, answer).await)
+        let applied = outcome(self.store.apply_inventory_answer(event, answer).await);
+        if applied.is_ok()
+            && let Some(backlog) = &self.backlog
+        {
+            backlog.finished_one();
+        }
+        applied
     }
 }

@@ -329,11 +329,12 @@ impl OrderApi {
             other => other,
         };
         if let Some(backlog) = &self.backlog
-            && let Some(waiting) = backlog.over_limit()
+            && let Err(throttled) = backlog.admit()
         {
             return Err(ApiError::overloaded(format!(
-                "{waiting} saga messages are waiting (limit {}); retry in 1 s",
-                backlog.limit()
+                "the saga is behind: {} messages wait (limit {}), so new orders are admitted \
+                 at {:.0}/s; retry in 1 s",
+                throttled.waiting, throttled.limit, throttled.rate
             ))
             .into());
         }

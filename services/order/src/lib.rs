@@ -28,7 +28,9 @@ pub struct Config {
     /// `INVENTORY_URL`, default `http://127.0.0.1:3002`.
     pub inventory_url: String,
     /// `MAX_SAGA_BACKLOG` (default 500): messages waiting in the saga's work
-    /// queues past which new orders get 503 with Retry-After. 0 turns it off.
+    /// queues at which no new order is admitted; past a quarter of it they
+    /// are admitted at the rate the saga finishes them (`broker::Admission`),
+    /// the rest get 503 with Retry-After. 0 turns it off.
     pub max_saga_backlog: Option<u64>,
     /// `SAGA_TIMEOUT_SECONDS` (default 60): an order still PENDING this long
     /// after it was accepted becomes FAILED and its held stock goes back.
@@ -75,12 +77,6 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
         config.saga_timeout,
         core.shutdown.clone(),
     ));
-    core.spawn_consumer(
-        ORDER_SERVICE,
-        Arc::new(handler::InventoryAnswers {
-            store: store.clone(),
-        }),
-    );
     let topology = core.publisher.topology();
     let backlog = config.max_saga_backlog.map(|limit| {
         Backlog::spawn(
@@ -94,6 +90,13 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             &core.tasks,
         )
     });
+    core.spawn_consumer(
+        ORDER_SERVICE,
+        Arc::new(handler::InventoryAnswers {
+            store: store.clone(),
+            backlog: backlog.clone(),
+        }),
+    );
     let gauges = Arc::new(metrics::SagaGauges {
         store: store.clone(),
     });

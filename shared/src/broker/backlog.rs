@@ -3,16 +3,21 @@
 //! more. Measured at 1,000 orders/s offered, the order service accepted 915/s
 //! while the saga finished 575/s, so the queues grew without bound: seconds
 //! of end-to-end latency, then (at 1,700/s) tens of thousands of orders still
-//! unfinished after the load stopped. A sampler reads how many messages wait
-//! in the saga's work queues; past a limit, new orders are refused with 503
-//! and `Retry-After`, so what is accepted finishes within seconds.
+//! unfinished after the load stopped.
+//!
+//! A sampler reads how many messages wait in the saga's work queues, and the
+//! service counts the saga steps it finishes. [`Admission`] turns the two
+//! into a rate: new orders are admitted at about the rate the saga finishes
+//! them, through a token bucket, so refusals (503 with `Retry-After`) are
+//! spread evenly instead of a gate that opens and closes with every sample
+//! (which swung accepted orders between 0 and 1,200/s in the benchmark).
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
@@ -20,13 +25,116 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::connection_properties;
 
-/// How often the queues are sampled: the backlog can overshoot the limit by
-/// about this long of admissions.
+/// How often the queues are sampled: the backlog can overshoot by about this
+/// long of admissions.
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
-pub struct Backlog {
-    waiting: AtomicU64,
+/// How many admissions the bucket holds at most, in time at the admitted
+/// rate: short, so that refusals are spread over the second instead of
+/// coming in runs after a burst.
+const BURST: Duration = Duration::from_millis(50);
+
+/// The admission law, without I/O or clocks of its own.
+///
+/// With `limit` L and `waiting` d messages in the saga's queues:
+/// - d ≤ L/4: everything is admitted (an idle or keeping-up stack never
+///   refuses a burst);
+/// - L/4 < d: orders are admitted at `finishing × 2 × (1 − d/L)`, where
+///   `finishing` is the measured rate at which the saga ends steps. That is
+///   1.5× at L/4, exactly the finishing rate at L/2 and nothing at L, so
+///   under overload the backlog settles near L/2 and never passes L (give or
+///   take one sample of lag).
+#[derive(Debug)]
+pub struct Admission {
     limit: u64,
+    waiting: u64,
+    /// Saga steps finished per second, smoothed over samples.
+    finishing: f64,
+    /// Admissions per second; `None` while everything is admitted.
+    rate: Option<f64>,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Why an order was not admitted, for the 503's message.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throttled {
+    pub waiting: u64,
+    pub limit: u64,
+    /// Admissions per second at the moment.
+    pub rate: f64,
+}
+
+impl Admission {
+    pub fn new(limit: u64, now: Instant) -> Self {
+        Admission {
+            limit,
+            waiting: 0,
+            finishing: 0.0,
+            rate: None,
+            tokens: 0.0,
+            refilled: now,
+        }
+    }
+
+    /// Takes a sample: `waiting` messages now, `finished` saga steps ended
+    /// over the last `elapsed`.
+    pub fn observe(&mut self, waiting: u64, finished: u64, elapsed: Duration, now: Instant) {
+        let seconds = elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            // Half the weight on the newest sample: a change in capacity
+            // shows within a second, one noisy sample does not swing it.
+            self.finishing = 0.5 * self.finishing + 0.5 * (finished as f64 / seconds);
+        }
+        self.waiting = waiting;
+        let limit = self.limit.max(1) as f64;
+        let depth = waiting as f64 / limit;
+        if depth <= 0.25 {
+            self.rate = None;
+            return;
+        }
+        let rate = self.finishing * 2.0 * (1.0 - depth).max(0.0);
+        if self.rate.is_none() {
+            // Throttling starts with what a burst may hold, not with nothing.
+            self.refill(now);
+            self.tokens = rate * BURST.as_secs_f64();
+        }
+        self.refill(now);
+        self.rate = Some(rate);
+    }
+
+    /// Admits one order, or says why not.
+    pub fn admit(&mut self, now: Instant) -> Result<(), Throttled> {
+        let Some(rate) = self.rate else {
+            return Ok(());
+        };
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        Err(Throttled {
+            waiting: self.waiting,
+            limit: self.limit,
+            rate,
+        })
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        if let Some(rate) = self.rate {
+            let burst = (rate * BURST.as_secs_f64()).max(1.0);
+            self.tokens = (self.tokens + rate * elapsed).min(burst);
+        }
+    }
+}
+
+/// The sampler and the admission it feeds, shared by the request handlers
+/// and the consumer that finishes saga steps.
+pub struct Backlog {
+    admission: Mutex<Admission>,
+    finished: AtomicU64,
 }
 
 impl Backlog {
@@ -41,21 +149,30 @@ impl Backlog {
         tasks: &TaskTracker,
     ) -> Arc<Self> {
         let backlog = Arc::new(Backlog {
-            waiting: AtomicU64::new(0),
-            limit,
+            admission: Mutex::new(Admission::new(limit, Instant::now())),
+            finished: AtomicU64::new(0),
         });
         tasks.spawn(sample(url.to_string(), queues, backlog.clone(), shutdown));
         backlog
     }
 
-    /// Messages waiting at the last sample, if that is past the limit.
-    pub fn over_limit(&self) -> Option<u64> {
-        let waiting = self.waiting.load(Ordering::Relaxed);
-        (waiting > self.limit).then_some(waiting)
+    /// Counts one saga step finished (a message taken off the sampled
+    /// queues for good): what the admitted rate follows.
+    pub fn finished_one(&self) {
+        self.finished.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn limit(&self) -> u64 {
-        self.limit
+    /// Admits one new order, or says how far behind the saga is.
+    pub fn admit(&self) -> Result<(), Throttled> {
+        self.lock().admit(Instant::now())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Admission> {
+        // The admission holds plain numbers: a panic elsewhere leaves them
+        // usable.
+        self.admission
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -70,19 +187,26 @@ async fn sample(
     let mut link: Option<(Connection, Channel)> = None;
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        match count(&url, &queues, &mut link).await {
-            Ok(waiting) => backlog.waiting.store(waiting, Ordering::Relaxed),
+        let waiting = match count(&url, &queues, &mut link).await {
+            Ok(waiting) => waiting,
             Err(error) => {
                 tracing::debug!(%error, "could not sample the saga's queues");
-                backlog.waiting.store(0, Ordering::Relaxed);
                 link = None;
+                0
             }
-        }
+        };
+        let now = Instant::now();
+        let finished = backlog.finished.swap(0, Ordering::Relaxed);
+        backlog
+            .lock()
+            .observe(waiting, finished, now.duration_since(last), now);
+        last = now;
     }
     if let Some((connection, _)) = link {
         let _ = connection.close(200, "stopping".into()).await;
@@ -119,4 +243,118 @@ async fn count(
         waiting += u64::from(declared.message_count());
     }
     Ok(waiting)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// An admission that has seen the saga finish `finishing` steps a second
+    /// for a while, with `waiting` messages queued now.
+    fn settled(limit: u64, waiting: u64, finishing: u64, start: Instant) -> (Admission, Instant) {
+        let mut admission = Admission::new(limit, start);
+        let mut now = start;
+        for _ in 0..20 {
+            now += SAMPLE_EVERY;
+            admission.observe(waiting, finishing / 5, SAMPLE_EVERY, now);
+        }
+        (admission, now)
+    }
+
+    /// Offers one order every millisecond for `span`; the admitted count and
+    /// the longest run of refusals in a row.
+    fn offer(admission: &mut Admission, mut now: Instant, span: Duration) -> (u32, u32) {
+        let (mut admitted, mut run, mut longest) = (0, 0, 0);
+        for _ in 0..span.as_millis() {
+            now += MS;
+            match admission.admit(now) {
+                Ok(()) => {
+                    admitted += 1;
+                    run = 0;
+                }
+                Err(_) => {
+                    run += 1;
+                    longest = longest.max(run);
+                }
+            }
+        }
+        (admitted, longest)
+    }
+
+    #[test]
+    fn a_stack_keeping_up_admits_every_burst() {
+        let start = Instant::now();
+        let (mut admission, now) = settled(500, 125, 10, start);
+        let (admitted, _) = offer(&mut admission, now, 1000 * MS);
+        assert_eq!(admitted, 1000);
+    }
+
+    #[test]
+    fn at_half_the_limit_orders_are_admitted_at_the_finishing_rate_and_refusals_spread_evenly() {
+        let start = Instant::now();
+        let (mut admission, now) = settled(500, 250, 400, start);
+        let (admitted, longest_refused_run) = offer(&mut admission, now, 1000 * MS);
+        // 400/s finishing, offered 1,000/s: about 400 admitted, never a long
+        // gap (a gate that opens and closes per sample refuses 200 in a row).
+        assert!((380..=420).contains(&admitted), "admitted {admitted}");
+        assert!(
+            longest_refused_run <= 3,
+            "{longest_refused_run} refused in a row"
+        );
+    }
+
+    #[test]
+    fn the_further_past_half_the_limit_the_fewer_are_admitted() {
+        let start = Instant::now();
+        let admitted_at = |waiting| {
+            let (mut admission, now) = settled(500, waiting, 400, start);
+            offer(&mut admission, now, 1000 * MS).0
+        };
+        let (light, half, heavy) = (admitted_at(150), admitted_at(250), admitted_at(450));
+        assert!(light > half && half > heavy, "{light} {half} {heavy}");
+        // 2 × (1 − 0.9) × 400/s = 80/s
+        assert!((70..=90).contains(&heavy), "heavy {heavy}");
+    }
+
+    #[test]
+    fn at_the_limit_or_with_nothing_finishing_nothing_is_admitted() {
+        let start = Instant::now();
+        let (mut full, now) = settled(500, 500, 400, start);
+        let refusal = full.admit(now + MS).unwrap_err();
+        assert_eq!(
+            refusal,
+            Throttled {
+                waiting: 500,
+                limit: 500,
+                rate: 0.0
+            }
+        );
+        let (mut stalled, now) = settled(500, 200, 0, start);
+        assert_eq!(offer(&mut stalled, now, 1000 * MS).0, 0);
+    }
+
+    #[test]
+    fn the_admitted_rate_follows_a_change_in_capacity_within_a_second() {
+        let start = Instant::now();
+        let (mut admission, mut now) = settled(500, 250, 400, start);
+        for _ in 0..5 {
+            now += SAMPLE_EVERY;
+            admission.observe(250, 800 / 5, SAMPLE_EVERY, now);
+        }
+        let (admitted, _) = offer(&mut admission, now, 1000 * MS);
+        // About 790/s, plus the 40 a full bucket holds at the start.
+        assert!((750..=830).contains(&admitted), "admitted {admitted}");
+    }
+
+    #[test]
+    fn when_the_backlog_drains_the_gate_opens_again() {
+        let start = Instant::now();
+        let (mut admission, mut now) = settled(500, 400, 100, start);
+        assert!(offer(&mut admission, now, 100 * MS).0 < 100);
+        now += 100 * MS + SAMPLE_EVERY;
+        admission.observe(10, 20, SAMPLE_EVERY, now);
+        assert_eq!(offer(&mut admission, now, 100 * MS).0, 100);
+    }
 }

@@ -306,12 +306,14 @@ async fn new_orders_get_503_with_retry_after_while_the_saga_is_too_far_behind() 
     assert_eq!(refusal.headers()["retry-after"], "1");
     let error: Value = refusal.json().await.unwrap();
     assert_eq!(error["error"], "overloaded", "{error}");
+    let message = error["message"].as_str().unwrap();
     assert!(
-        error["message"].as_str().unwrap().contains("limit 3"),
+        message.contains("limit 3") && message.contains("admitted at 0/s"),
         "{error}"
     );
-    // Refused only past the limit (the sampler may lag a few admissions).
+    // Nothing finishes, so nothing more is admitted once the backlog passes
+    // a quarter of the limit (the sampler may lag a few admissions).
     let accepted = accepted.into_inner();
-    assert!((4..40).contains(&accepted), "accepted {accepted}");
+    assert!((1..40).contains(&accepted), "accepted {accepted}");
     assert_eq!(customer_orders(&stack, "c-backlog").await, accepted);
 }
