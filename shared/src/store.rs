@@ -43,16 +43,17 @@ pub async fn ping(db: &Database) -> Result<(), mongodb::error::Error> {
 /// Inserts what is new and skips what is there already, without a
 /// transaction: for documents that are their own inbox (a unique key fixed
 /// by the event), where a duplicate is a redelivery. Unordered, so every new
-/// document goes in even if others were duplicates.
+/// document goes in even if others were duplicates. Returns the positions of
+/// the duplicates, which were not inserted.
 pub async fn insert_new<T: Serialize + Send + Sync>(
     collection: &Collection<T>,
     documents: &[T],
-) -> Result<(), StoreError> {
+) -> Result<Vec<usize>, StoreError> {
     match collection.insert_many(documents).ordered(false).await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(Vec::new()),
         Err(e) if error::only_duplicate_keys(&e) => {
             tracing::info!("duplicate delivery ignored");
-            Ok(())
+            Ok(error::failed_inserts(&e))
         }
         Err(e) => Err(e.into()),
     }

@@ -1,6 +1,7 @@
 //! Products and reservations in MongoDB: named reads, and writes through the
 //! shared unit of work, so each stock change commits with the events it
-//! causes and each handled event with its inbox record.
+//! causes and each handled event with its inbox record (or, for
+//! `order.created`, the reservation that is its own).
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -254,10 +255,12 @@ impl WriteBatch for ReserveStock {
             .flat_map(|(_, order)| order.items.iter().map(|l| l.product_id.as_str()))
             .collect();
         let _held = inventory.locks.lock(&product_ids).await;
+        // No inbox records: the reservation, keyed by the order and written
+        // for every decision (held, refused, or a tombstone for an order that
+        // ended first), is the record that `order.created` was handled. A
+        // redelivery finds it below and has no effect; two copies in one
+        // batch meet its unique key and go again one by one.
         let mut unit = UnitOfWork::new();
-        for (event, _) in batch {
-            unit.handled(event);
-        }
         // Already decided, or ended (cancelled, failed) before it arrived: no effect.
         let order_ids: Vec<&str> = batch.iter().map(|(_, o)| o.order_id.as_str()).collect();
         let decided: HashSet<String> = inventory

@@ -65,19 +65,20 @@ impl Config {
 /// Builds the whole service; tests start it on port 0.
 pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     let core = ServiceCore::start(config.common).await?;
-    let store = Arc::new(store::NotificationStore::new(
-        core.store.clone(),
-        &core.tasks,
-    ));
+    let sender_name = format!("sender-{}", uuid::Uuid::new_v4());
+    let (store, born) =
+        store::NotificationStore::new(core.store.clone(), &core.tasks, &sender_name);
+    let store = Arc::new(store);
     store.ensure_indexes().await?;
     let sender = sender::Sender::new(
         store.clone(),
+        sender_name,
         &config.smtp,
         core.config.retry,
         config.email_give_up,
         &core.breakers,
     )?;
-    core.tasks.spawn(sender.run(core.shutdown.clone()));
+    core.tasks.spawn(sender.run(born, core.shutdown.clone()));
     core.spawn_consumer(
         NOTIFICATION_SERVICE,
         Arc::new(handler::SagaOutcomes {

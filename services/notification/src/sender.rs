@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::{
     domain::{self, AfterFailure, Notification, SendFailure},
-    store::NotificationStore,
+    store::{Born, NotificationStore},
 };
 
 /// Emails on their way at once, each on its own pooled SMTP connection. A
@@ -65,8 +65,10 @@ pub struct Sender {
 const OUTAGE_RETRY: Duration = Duration::from_secs(5);
 
 impl Sender {
+    /// A sender called `name` (the claim its store gives new notifications).
     pub fn new(
         store: Arc<NotificationStore>,
+        name: String,
         smtp: &SmtpConfig,
         policy: RetryPolicy,
         give_up: Duration,
@@ -92,20 +94,30 @@ impl Sender {
             breaker,
             breaker_state,
             probe: tokio::sync::Mutex::new(()),
-            name: format!("sender-{}", uuid::Uuid::new_v4()),
+            name,
         })
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Sends what this instance recorded (`born`, already claimed) and what
+    /// is due, until `shutdown`.
+    pub async fn run(self, mut born: Born, shutdown: CancellationToken) {
         let wake = self.store.send_wake.clone();
         loop {
-            let claimed = match self.store.claim_due(&self.name, CLAIM_BATCH as i64).await {
-                Ok(claimed) => claimed,
-                Err(error) => {
-                    tracing::warn!(%error, "could not read pending notifications");
-                    Vec::new()
+            let mut claimed = Vec::with_capacity(CLAIM_BATCH);
+            while claimed.len() < CLAIM_BATCH
+                && let Ok(notification) = born.try_recv()
+            {
+                claimed.push(notification);
+            }
+            if claimed.len() < CLAIM_BATCH {
+                let room = (CLAIM_BATCH - claimed.len()) as i64;
+                match self.store.claim_due(&self.name, room).await {
+                    Ok(due) => claimed.extend(due),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not read pending notifications");
+                    }
                 }
-            };
+            }
             let full = claimed.len() == CLAIM_BATCH;
             futures::stream::iter(claimed)
                 .for_each_concurrent(SENDS_IN_FLIGHT, |n| self.deliver(n))

@@ -17,7 +17,7 @@ use shared::{
         retry_on_conflict,
     },
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::{
     domain::{self, Notification, NotificationKind, NotificationStatus},
@@ -39,26 +39,51 @@ pub struct NotificationStore {
     /// Wakes the sender.
     pub send_wake: Arc<Notify>,
     recorded: Batcher<Notification>,
+    sent: Batcher<Notification>,
 }
 
+/// Notifications recorded by this instance, handed to its sender in memory.
+/// They are born claimed by it (see [`RecordNotifications`]), so no other
+/// sender takes them while the lease lasts, and sending them costs no claim.
+pub type Born = mpsc::Receiver<Notification>;
+
+/// Notifications handed over and not yet taken by the sender, at most. The
+/// sender sends a claim's worth at a time (up to 20 s with every SMTP send
+/// timing out), so a handed-over notification is sent well inside its
+/// lease; past this many, new ones are recorded due and unclaimed, and the
+/// sender's poll takes them.
+const HANDOVER: usize = 256;
+
 impl NotificationStore {
-    /// The store, its batch writers running on `tasks`.
-    pub fn new(store: Store, tasks: &TaskTracker) -> Self {
+    /// The store, its batch writers running on `tasks`, and what it records
+    /// for the sender named `sender`.
+    pub fn new(store: Store, tasks: &TaskTracker, sender: &str) -> (Self, Born) {
         let notifications = store.collection(NOTIFICATIONS);
         let send_wake = Arc::new(Notify::new());
-        NotificationStore {
+        let (born, born_rx) = mpsc::channel(HANDOVER);
+        let this = NotificationStore {
             recorded: Batcher::start(
                 tasks,
                 BATCH,
                 RecordNotifications {
                     notifications: notifications.clone(),
+                    claimed_by: sender.to_owned(),
+                    born,
                     send_wake: send_wake.clone(),
+                },
+            ),
+            sent: Batcher::start(
+                tasks,
+                BATCH,
+                MarkSent {
+                    store: store.clone(),
                 },
             ),
             store,
             notifications,
             send_wake,
-        }
+        };
+        (this, born_rx)
     }
 
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
@@ -171,20 +196,13 @@ impl NotificationStore {
             .await?)
     }
 
-    /// The email went out: SENT, with `notification.sent`, written as soon
-    /// as the SMTP server took it (not behind a batch), to keep the window in
-    /// which a crash resends it short.
+    /// The email went out: SENT, with `notification.sent`. Written as soon
+    /// as the SMTP server took it, not after a timer, to keep the window in
+    /// which a crash resends it short; emails accepted while a commit is
+    /// under way share the next one (one transaction per send cost a commit
+    /// per order).
     pub async fn mark_sent(&self, notification: &Notification) -> Result<(), StoreError> {
-        let mut unit = UnitOfWork::new();
-        unit.update(
-            NOTIFICATIONS,
-            "notification",
-            doc! { "_id": &notification.id },
-            doc! { "$set": { "status": NotificationStatus::Sent.as_str(), "sentAt": bson::DateTime::now(), "claimedBy": null },
-                   "$inc": { "attempts": 1 } },
-        )
-        .emit([notification.sent_event()]);
-        self.store.commit(unit).await
+        self.sent.write(notification.clone()).await
     }
 
     /// PENDING again until `at`, with the error on record; `counts` says
@@ -313,15 +331,76 @@ fn retried(again: &Notification) -> Document {
 /// New notifications that arrived together: one unordered insert.
 struct RecordNotifications {
     notifications: Collection<Notification>,
+    /// The claim new notifications are born with: this instance's sender.
+    claimed_by: String,
+    born: mpsc::Sender<Notification>,
     send_wake: Arc<Notify>,
 }
 
 impl WriteBatch for RecordNotifications {
     type Item = Notification;
 
+    /// Inserts the notifications claimed by this instance's sender for a
+    /// lease, and hands the new ones (not the redeliveries) to it: that
+    /// saves the sender's claim, a write per notification. If this process
+    /// dies before sending them, the lease runs out and any sender takes
+    /// them, as with every claim. Those the handover has no room for are
+    /// recorded due and unclaimed.
     async fn write(&self, batch: &[Notification]) -> Result<(), StoreError> {
-        insert_new(&self.notifications, batch).await?;
+        let mut places = Vec::with_capacity(batch.len());
+        while places.len() < batch.len() {
+            match self.born.try_reserve() {
+                Ok(place) => places.push(place),
+                Err(_) => break,
+            }
+        }
+        let lease_end = Utc::now() + LEASE;
+        let recorded: Vec<Notification> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if i < places.len() {
+                    Notification {
+                        claimed_by: Some(self.claimed_by.clone()),
+                        next_attempt_at: lease_end,
+                        ..n.clone()
+                    }
+                } else {
+                    n.clone()
+                }
+            })
+            .collect();
+        let duplicates = insert_new(&self.notifications, &recorded).await?;
+        for ((i, notification), place) in recorded.into_iter().enumerate().zip(places) {
+            if !duplicates.contains(&i) {
+                place.send(notification);
+            }
+        }
         self.send_wake.notify_one();
         Ok(())
+    }
+}
+
+/// Marks sent emails SENT, each with its `notification.sent`, in one unit.
+struct MarkSent {
+    store: Store,
+}
+
+impl WriteBatch for MarkSent {
+    type Item = Notification;
+
+    async fn write(&self, batch: &[Notification]) -> Result<(), StoreError> {
+        let mut unit = UnitOfWork::new();
+        for notification in batch {
+            unit.update(
+                NOTIFICATIONS,
+                "notification",
+                doc! { "_id": &notification.id },
+                doc! { "$set": { "status": NotificationStatus::Sent.as_str(), "sentAt": bson::DateTime::now(), "claimedBy": null },
+                       "$inc": { "attempts": 1 } },
+            )
+            .emit([notification.sent_event()]);
+        }
+        self.store.commit(unit).await
     }
 }

@@ -423,8 +423,11 @@ impl WriteBatch for ApplyAnswers {
             .await?;
         let now = Utc::now();
         let mut unit = UnitOfWork::new();
+        // No inbox records: an answer only moves a PENDING order (or clears
+        // the flag of one awaiting its release), under the order's version
+        // guard, so a redelivered answer finds the order moved on and has no
+        // effect. That saves a document write per order.
         for (event, answer) in batch {
-            unit.handled(event);
             let order =
                 orders
                     .get(domain::answered_order(answer))

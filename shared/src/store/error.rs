@@ -131,6 +131,14 @@ pub fn only_duplicate_keys(error: &mongodb::error::Error) -> bool {
     }
 }
 
+/// The positions of the documents an unordered insert refused.
+pub fn failed_inserts(error: &mongodb::error::Error) -> Vec<usize> {
+    match error.kind.as_ref() {
+        ErrorKind::InsertMany(e) => e.write_errors.iter().flatten().map(|e| e.index).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Whether retrying later may help: the server or network is unavailable,
 /// or a transaction collided with another. Anything else is a bug or bad data.
 pub fn is_transient(error: &mongodb::error::Error) -> bool {
