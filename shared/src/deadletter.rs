@@ -21,7 +21,7 @@ use futures::TryStreamExt;
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
+    options::BasicNackOptions,
     types::{AMQPValue, FieldTable},
 };
 use mongodb::{
@@ -39,7 +39,7 @@ use crate::{
             ATTEMPT_HEADER, ConsumerError, FAILURE_CLASS_HEADER, FIRST_FAILURE_HEADER,
             LAST_ERROR_HEADER, LAST_FAILURE_HEADER, ORIGINAL_QUEUE_HEADER,
             ORIGINAL_ROUTING_KEY_HEADER, QueueWorker, REASON_HEADER, REDRIVES_HEADER, STEP_LIMIT,
-            Settled, Step, within,
+            Settled, Step, ack, within,
         },
         header_string, header_u32, set_header, text,
     },
@@ -543,13 +543,7 @@ impl QueueWorker for DeadLetterArchiver {
                     reason = %letter.reason,
                     "dead letter archived"
                 );
-                within(
-                    Step::Ack,
-                    STEP_LIMIT,
-                    delivery.ack(BasicAckOptions::default()),
-                )
-                .await?;
-                Ok(Settled::Acked)
+                ack(&delivery).await
             }
             Err(error) => {
                 // Still in the DLQ: it is archived on a later delivery.

@@ -559,9 +559,12 @@ async fn settle<H: Handler>(
             }
         }
     }
-    fail::fail_point!("consumer.before_ack", |_| crate::fault::crash(
-        "consumer.before_ack"
-    ));
+    crate::crash_point!("consumer.before_ack");
+    ack(&delivery).await
+}
+
+/// Acks `delivery` once what it caused is durable, within the step limit.
+pub(crate) async fn ack(delivery: &Delivery) -> Result<Settled, ConsumerError> {
     within(
         Step::Ack,
         STEP_LIMIT,
