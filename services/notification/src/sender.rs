@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::{
     domain::{self, AfterFailure, Notification, SendFailure},
-    store::{Born, NotificationStore},
+    store::{self, Born, NotificationStore},
 };
 
 /// Emails on their way at once, each on its own pooled SMTP connection. A
@@ -104,10 +104,13 @@ impl Sender {
         let wake = self.store.send_wake.clone();
         loop {
             let mut claimed = Vec::with_capacity(CLAIM_BATCH);
+            let now = Utc::now();
             while claimed.len() < CLAIM_BATCH
                 && let Ok(notification) = born.try_recv()
             {
-                claimed.push(notification);
+                if store::still_ours(&notification, now) {
+                    claimed.push(notification);
+                }
             }
             if claimed.len() < CLAIM_BATCH {
                 let room = (CLAIM_BATCH - claimed.len()) as i64;

@@ -47,12 +47,25 @@ pub struct NotificationStore {
 /// sender takes them while the lease lasts, and sending them costs no claim.
 pub type Born = mpsc::Receiver<Notification>;
 
-/// Notifications handed over and not yet taken by the sender, at most. The
-/// sender sends a claim's worth at a time (up to 20 s with every SMTP send
-/// timing out), so a handed-over notification is sent well inside its
-/// lease; past this many, new ones are recorded due and unclaimed, and the
-/// sender's poll takes them.
+/// Notifications handed over and not yet taken by the sender, at most; past
+/// this many, new ones are recorded due and unclaimed, and the sender's poll
+/// takes them.
 const HANDOVER: usize = 256;
+
+/// How long a new notification is claimed by its own sender: short, because
+/// if this process dies it is what the others wait before sending it.
+const BORN_LEASE: Duration = Duration::from_secs(20);
+
+/// What a send takes at most (the SMTP timeout), with room to spare.
+const SEND_TIME: chrono::Duration = chrono::Duration::seconds(10);
+
+/// Whether a handed-over notification is still this sender's to send: its
+/// claim outlasts a send. One that waited too long in the hand-over (every
+/// send timing out) is left to the poll, which takes it when the claim runs
+/// out, so two sends never overlap.
+pub fn still_ours(notification: &Notification, now: chrono::DateTime<Utc>) -> bool {
+    notification.next_attempt_at - now > SEND_TIME
+}
 
 impl NotificationStore {
     /// The store, its batch writers running on `tasks`, and what it records
@@ -354,7 +367,7 @@ impl WriteBatch for RecordNotifications {
                 Err(_) => break,
             }
         }
-        let lease_end = Utc::now() + LEASE;
+        let lease_end = Utc::now() + BORN_LEASE;
         let recorded: Vec<Notification> = batch
             .iter()
             .enumerate()
@@ -402,5 +415,36 @@ impl WriteBatch for MarkSent {
             .emit([notification.sent_event()]);
         }
         self.store.commit(unit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Draft;
+
+    #[test]
+    fn a_handed_over_notification_is_sent_by_its_own_sender_only_while_its_claim_outlasts_a_send() {
+        let now = Utc::now();
+        let born = Notification {
+            next_attempt_at: now + BORN_LEASE,
+            ..Draft {
+                kind: NotificationKind::OrderConfirmed,
+                recipient: "c@example.com".into(),
+                subject: "s".into(),
+                body: "b".into(),
+                order_id: Some("o1".into()),
+                product_id: None,
+                dedupe_key: "ORDER_CONFIRMED:o1".into(),
+            }
+            .into_notification("corr", now)
+        };
+        assert!(still_ours(&born, now));
+        // It waited in the hand-over until its claim was nearly gone: the
+        // poll takes it once the claim runs out.
+        assert!(!still_ours(
+            &born,
+            now + BORN_LEASE - SEND_TIME.to_std().unwrap()
+        ));
     }
 }
