@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 
 use crate::{
     broker::{DEFAULT_HEARTBEAT_SECONDS, with_heartbeat},
-    http::ratelimit::RateLimit,
+    http::{TrustedProxies, ratelimit::RateLimit},
     retry::RetryPolicy,
 };
 
@@ -173,6 +173,10 @@ pub struct CommonConfig {
     /// `RATE_LIMIT_PER_SECOND` (default 100) and `RATE_LIMIT_BURST` (default
     /// 200) per client address; a rate of 0 turns limiting off.
     pub rate_limit: Option<RateLimit>,
+    /// `TRUSTED_PROXIES` (default none): comma-separated CIDRs or addresses
+    /// of the proxies in front (nginx, an ingress) whose `X-Forwarded-For`
+    /// names the client for rate limits and logs.
+    pub trusted_proxies: TrustedProxies,
     /// `MAX_IN_FLIGHT_REQUESTS` (default 64): requests in progress at once;
     /// past it, 503 with Retry-After. 0 turns shedding off.
     pub max_in_flight: Option<usize>,
@@ -258,6 +262,7 @@ impl CommonConfig {
             prefetch,
             retry,
             rate_limit,
+            trusted_proxies: env.parse("TRUSTED_PROXIES", TrustedProxies::default())?,
             max_in_flight: Some(env.parse("MAX_IN_FLIGHT_REQUESTS", 64usize)?).filter(|n| *n > 0),
             redrive: match env.parse("DEAD_LETTER_REDRIVES", 3u32)? {
                 0 => None,
@@ -332,6 +337,29 @@ mod tests {
             CommonConfig::from_env(&env(&[("PORT", "http")]), "order", 3001, "orders").unwrap_err();
         assert_eq!(err.name, "PORT");
         assert!(err.to_string().contains("PORT=\"http\""), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_none_unless_listed_and_a_bad_entry_names_the_variable() {
+        let none = CommonConfig::from_env(&env(&[]), "order", 3001, "orders").unwrap();
+        assert_eq!(none.trusted_proxies, TrustedProxies::default());
+        let listed = CommonConfig::from_env(
+            &env(&[("TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")]),
+            "order",
+            3001,
+            "orders",
+        )
+        .unwrap();
+        assert_ne!(listed.trusted_proxies, TrustedProxies::default());
+        let err = CommonConfig::from_env(
+            &env(&[("TRUSTED_PROXIES", "10.0.0.0/8,nginx")]),
+            "order",
+            3001,
+            "orders",
+        )
+        .unwrap_err();
+        assert_eq!(err.name, "TRUSTED_PROXIES");
+        assert!(err.to_string().contains("\"nginx\""), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod contract;
 pub mod deadletters;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod server;
 
 pub use auth::{AdminAuth, AdminToken};
 pub use body::{EmailAddress, ValidJson};
+pub use client::{ClientAddress, TrustedProxies};
 pub use error::{ApiError, ErrorBody, FieldError, Refused, validate};
 pub use health::{Gauge, GaugeSource, HealthApi};
 pub use page::{Cursor, Page, PageSize};

@@ -217,6 +217,7 @@ impl ServiceCore {
             &self.config.admin_token,
             rate_limiter,
             load_shedder,
+            self.config.trusted_proxies.clone(),
         );
         let server = tokio::spawn(http::serve(listener, app, self.shutdown.clone()));
         let base = format!("http://{}:{port}", self.config.bind_address);

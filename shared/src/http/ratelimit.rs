@@ -1,5 +1,7 @@
 //! Per client address rate limiting (governor's GCRA), on every route but
-//! the probes: a load balancer polling `/ready` must never be refused.
+//! the probes: a load balancer polling `/ready` must never be refused. The
+//! address is the client's as `client::identify` found it, so behind a
+//! proxy each client has its own bucket.
 
 use std::{
     net::IpAddr,
@@ -13,7 +15,7 @@ use std::{
 use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
 use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
 
-use super::ApiError;
+use super::{ApiError, ClientAddress};
 
 /// Paths that are never limited.
 pub const UNLIMITED_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
@@ -69,7 +71,8 @@ pub async fn limit<E: Endpoint>(
     next: E,
     req: Request,
 ) -> poem::Result<Response> {
-    let address = req.remote_addr().as_socket_addr().map(|a| a.ip());
+    // Behind trusted proxies, the client they name (see `client`).
+    let address = req.data::<ClientAddress>().map(|client| client.0);
     if let Some(limiter) = limiter
         && let Some(address) = address
         && !UNLIMITED_PATHS.contains(&req.uri().path())

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    AdminToken, ApiError,
+    AdminToken, ApiError, ClientAddress, TrustedProxies, client,
     contract::{self, Contract},
     error::json_errors,
     loadshed::{self, LoadShedder},
@@ -32,7 +32,7 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub struct CorrelationId(pub String);
 
 /// Wraps `api` with its Swagger UI (`/docs`), its spec (`/openapi.json`),
-/// the rate limit, load shedding, the body limit, correlation ids, admin
+/// the client's address (behind `trusted_proxies`), the rate limit, load shedding, the body limit, correlation ids, admin
 /// token, `Allow` on 405 and JSON errors.
 pub fn build_app<T: OpenApi + 'static>(
     api: T,
@@ -40,6 +40,7 @@ pub fn build_app<T: OpenApi + 'static>(
     admin_token: &str,
     rate_limiter: Option<Arc<RateLimiter>>,
     load_shedder: Option<Arc<LoadShedder>>,
+    trusted_proxies: TrustedProxies,
 ) -> impl Endpoint<Output = Response> + 'static {
     let service = OpenApiService::new(api, title, env!("CARGO_PKG_VERSION"));
     let docs = service.swagger_ui();
@@ -61,6 +62,7 @@ pub fn build_app<T: OpenApi + 'static>(
         .around(correlate)
         .around(move |next, req| loadshed::shed(load_shedder.clone(), next, req))
         .around(move |next, req| ratelimit::limit(rate_limiter.clone(), next, req))
+        .around(move |next, req| client::identify(trusted_proxies.clone(), next, req))
         .data(AdminToken(admin_token.to_string()))
         .with(Tracing)
         .catch_all_error(json_errors)
@@ -104,7 +106,8 @@ async fn correlate<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Respo
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.set_data(CorrelationId(id.clone()));
-    let span = tracing::info_span!("request", correlation_id = %id);
+    let client = req.data::<ClientAddress>().map(|client| client.0);
+    let span = tracing::info_span!("request", correlation_id = %id, client = ?client);
     let mut response = next.call(req).instrument(span).await?.into_response();
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(CORRELATION_HEADER, value);

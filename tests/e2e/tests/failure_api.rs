@@ -203,6 +203,62 @@ async fn over_the_rate_limit_a_client_gets_429_with_retry_after_but_probes_are_n
     );
 }
 
+/// GET `url` as if through a proxy that says the client is `forwarded`;
+/// the status and the error's message.
+async fn get_forwarded(stack: &Stack, url: &str, forwarded: &str) -> (u16, String) {
+    let response = stack
+        .http
+        .get(url)
+        .header("x-forwarded-for", forwarded)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        body["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_it_names_has_its_own_limit() {
+    // The test connects from 127.0.0.1, which plays the proxy.
+    let stack = Stack::start_with(&[
+        ("RATE_LIMIT_PER_SECOND", "1"),
+        ("RATE_LIMIT_BURST", "2"),
+        ("TRUSTED_PROXIES", "127.0.0.0/8"),
+    ])
+    .await;
+    let url = format!("{}/api/orders/nothing-here", stack.order);
+    for _ in 0..2 {
+        assert_eq!(get_forwarded(&stack, &url, "203.0.113.1").await.0, 404);
+    }
+    let (status, message) = get_forwarded(&stack, &url, "203.0.113.1").await;
+    assert_eq!(status, 429);
+    assert!(message.contains("203.0.113.1"), "{message}");
+    // Another client behind the same proxy has its own bucket.
+    assert_eq!(get_forwarded(&stack, &url, "203.0.113.2").await.0, 404);
+    // A client that writes its own header first is still the address the
+    // proxy appended.
+    let (status, message) = get_forwarded(&stack, &url, "198.51.100.1, 203.0.113.1").await;
+    assert_eq!(status, 429);
+    assert!(message.contains("203.0.113.1"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_trusted_proxies_a_forwarded_header_changes_nothing() {
+    let stack =
+        Stack::start_with(&[("RATE_LIMIT_PER_SECOND", "1"), ("RATE_LIMIT_BURST", "2")]).await;
+    let url = format!("{}/api/orders/nothing-here", stack.order);
+    for client in ["203.0.113.1", "203.0.113.2"] {
+        assert_eq!(get_forwarded(&stack, &url, client).await.0, 404);
+    }
+    let (status, message) = get_forwarded(&stack, &url, "203.0.113.3").await;
+    assert_eq!(status, 429);
+    assert!(message.contains("127.0.0.1"), "{message}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_and_metrics_report_every_circuit_breaker() {
     let stack = Stack::start().await;
