@@ -14,6 +14,13 @@
 #                            custom cargo profile [release]
 #   MONGODB_DATABASE_PREFIX  put before each service's database name [empty]
 #   RUN_DIR                  logs, pid files, MongoDB data [.run]
+#   REPLICAS                 instances of each service [1]; past 1, nginx
+#                            (installed if missing) listens on the three
+#                            ports and spreads requests over the instances,
+#                            with nginx/nginx.conf.template
+#   INSTANCE_PORT_BASE       with REPLICAS > 1, instance i (1-9) of order,
+#                            inventory and notification listens on
+#                            BASE+i, BASE+10+i and BASE+20+i [13000]
 # The services' own variables (AMQP_NAMESPACE, AMQP_QUEUE_EXPIRES_MS,
 # RUST_LOG, ...: see the README) pass through.
 set -euo pipefail
@@ -28,6 +35,10 @@ INVENTORY_PORT="${INVENTORY_PORT:-3002}"
 NOTIFICATION_PORT="${NOTIFICATION_PORT:-3003}"
 BUILD_PROFILE="${BUILD_PROFILE:-release}"
 MONGODB_DATABASE_PREFIX="${MONGODB_DATABASE_PREFIX:-}"
+REPLICAS="${REPLICAS:-1}"
+INSTANCE_PORT_BASE="${INSTANCE_PORT_BASE:-13000}"
+[[ $REPLICAS =~ ^[1-9]$ ]] || fail "REPLICAS must be a number from 1 to 9, not '$REPLICAS'"
+[[ $INSTANCE_PORT_BASE =~ ^[0-9]+$ ]] || fail "INSTANCE_PORT_BASE must be a number, not '$INSTANCE_PORT_BASE'"
 # The order service asks this script's inventory service, wherever it listens.
 export INVENTORY_URL="http://127.0.0.1:$INVENTORY_PORT"
 SERVICES=("order:$ORDER_PORT" "inventory:$INVENTORY_PORT" "notification:$NOTIFICATION_PORT")
@@ -39,6 +50,26 @@ RESTART_WINDOW=60
 EX_USAGE=64
 BIN_DIR="$RUN_DIR/bin"
 SUPERVISORS=()
+NGINX_PID=""
+if ((REPLICAS > 1)); then
+  # nginx is the only proxy in front of them: its X-Forwarded-For names the
+  # client for rate limits and logs.
+  export TRUSTED_PROXIES="${TRUSTED_PROXIES:-127.0.0.1}"
+fi
+
+# The instances of a service: "label:port" each. One instance is the service
+# itself on its port; several are labelled NAME-service-I on internal ports.
+instances() {
+  local name=$1 port=$2 offset i
+  if ((REPLICAS == 1)); then
+    echo "$name-service:$port"
+    return
+  fi
+  case $name in order) offset=0 ;; inventory) offset=10 ;; notification) offset=20 ;; esac
+  for ((i = 1; i <= REPLICAS; i++)); do
+    echo "$name-service-$i:$((INSTANCE_PORT_BASE + offset + i))"
+  done
+}
 
 for port in "$ORDER_PORT" "$INVENTORY_PORT" "$NOTIFICATION_PORT"; do
   [[ $port =~ ^[0-9]+$ ]] || fail "ORDER_PORT, INVENTORY_PORT and NOTIFICATION_PORT must be numbers, not '$port'"
@@ -59,6 +90,10 @@ stop_all() {
     kill -TERM "${SUPERVISORS[@]}" 2>/dev/null || true
     wait "${SUPERVISORS[@]}" 2>/dev/null || true
   fi
+  if [ -n "$NGINX_PID" ]; then
+    kill -QUIT "$NGINX_PID" 2>/dev/null || true
+    wait "$NGINX_PID" 2>/dev/null || true
+  fi
   infra_down
   note "stopped"
 }
@@ -76,13 +111,12 @@ exit_reason() {
   fi
 }
 
-# supervise NAME PORT, in the background: runs NAME-service and starts it
-# again whenever it exits, until run.sh stops (SIGTERM, or Ctrl-C) or it
-# gives the service up. The service's pid is in $RUN_DIR/NAME-service.pid
-# while it runs.
+# supervise NAME LABEL PORT, in the background: runs NAME-service on PORT
+# and starts it again whenever it exits, until run.sh stops (SIGTERM, or
+# Ctrl-C) or it gives the service up. LABEL names it in messages, its log
+# ($LOG_DIR/LABEL.log) and its pid file ($RUN_DIR/LABEL.pid, while it runs).
 supervise() {
-  local name=$1 port=$2
-  local service="$name-service"
+  local name=$1 service=$2 port=$3
   local log="$LOG_DIR/$service.log" pidfile="$RUN_DIR/$service.pid"
   local child="" pid status delay at crash restarts=0 crashes=() recent=()
   set +e # every exit status is handled here
@@ -91,7 +125,7 @@ supervise() {
   trap stop_supervised INT TERM
   while true; do
     PORT=$port MONGODB_DATABASE="$MONGODB_DATABASE_PREFIX${name}_service" \
-      nohup "$BIN_DIR/$service" >>"$log" 2>&1 </dev/null &
+      nohup "$BIN_DIR/$name-service" >>"$log" 2>&1 </dev/null &
     child=$!
     echo "$child" >"$pidfile"
     # 2>/dev/null hides bash's own "Killed ..." notice; the warning below
@@ -169,29 +203,69 @@ for entry in "${SERVICES[@]}"; do
 done
 
 step "Starting the services (logs in $LOG_DIR)"
+INSTANCES=()
 for entry in "${SERVICES[@]}"; do
-  name=${entry%%:*} port=${entry##*:}
-  if port_open "$port"; then fail "port $port is taken: is another $name-service running?"; fi
+  while read -r instance; do INSTANCES+=("${entry%%:*}:$instance"); done < <(instances "${entry%%:*}" "${entry##*:}")
 done
-for entry in "${SERVICES[@]}"; do
-  supervise "${entry%%:*}" "${entry##*:}" &
+for entry in "${INSTANCES[@]}"; do
+  port=${entry##*:}
+  if port_open "$port"; then fail "port $port is taken: is another ${entry#*:} running?"; fi
+done
+for entry in "${INSTANCES[@]}"; do
+  IFS=: read -r name label port <<<"$entry"
+  supervise "$name" "$label" "$port" &
   SUPERVISORS+=("$!")
 done
-for i in "${!SERVICES[@]}"; do
-  name=${SERVICES[$i]%%:*} port=${SERVICES[$i]##*:}
+for i in "${!INSTANCES[@]}"; do
+  IFS=: read -r name label port <<<"${INSTANCES[$i]}"
   waited=0
   until ready "$port"; do
     # Its supervisor has said why.
-    kill -0 "${SUPERVISORS[$i]}" 2>/dev/null || fail "$name-service could not start: stopping everything (log: $LOG_DIR/$name-service.log)"
+    kill -0 "${SUPERVISORS[$i]}" 2>/dev/null || fail "$label could not start: stopping everything (log: $LOG_DIR/$label.log)"
     sleep 1
     waited=$((waited + 1))
     if ((waited >= 60)); then
-      tail -n 20 "$LOG_DIR/$name-service.log" >&2
-      fail "$name-service is not ready after 60s (log: $LOG_DIR/$name-service.log)"
+      tail -n 20 "$LOG_DIR/$label.log" >&2
+      fail "$label is not ready after 60s (log: $LOG_DIR/$label.log)"
     fi
   done
-  note "$name-service ready on $port"
+  note "$label ready on $port"
 done
+
+if ((REPLICAS > 1)); then
+  step "Starting nginx in front of $REPLICAS instances of each service"
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  for entry in "${SERVICES[@]}"; do
+    port=${entry##*:}
+    if port_open "$port"; then fail "port $port is taken: is another stack running?"; fi
+  done
+  # An upstream's server lines, joined by \n for sed.
+  servers() {
+    local entry
+    for entry in "${INSTANCES[@]}"; do
+      if [ "${entry%%:*}" = "$1" ]; then
+        printf '        server 127.0.0.1:%s max_fails=1 fail_timeout=2s;\\n' "${entry##*:}"
+      fi
+    done
+  }
+  mkdir -p "$RUN_DIR/nginx"
+  sed -e "s|@RUN_DIR@|$RUN_DIR|g" -e "s|@LOG_DIR@|$LOG_DIR|g" -e "s|@NGINX_DIR@|$PWD/nginx|g" \
+    -e "s|@ORDER_PORT@|$ORDER_PORT|g" -e "s|@INVENTORY_PORT@|$INVENTORY_PORT|g" \
+    -e "s|@NOTIFICATION_PORT@|$NOTIFICATION_PORT|g" \
+    -e "s|^@ORDER_SERVERS@\$|$(servers order)|" -e "s|^@INVENTORY_SERVERS@\$|$(servers inventory)|" \
+    -e "s|^@NOTIFICATION_SERVERS@\$|$(servers notification)|" \
+    nginx/nginx.conf.template >"$RUN_DIR/nginx.conf"
+  "$NGINX" -t -q -c "$RUN_DIR/nginx.conf" -p "$RUN_DIR/nginx" >>"$LOG_DIR/nginx-error.log" 2>&1 \
+    || { tail -n 5 "$LOG_DIR/nginx-error.log" >&2; fail "nginx rejected $RUN_DIR/nginx.conf (made from nginx/nginx.conf.template)"; }
+  "$NGINX" -c "$RUN_DIR/nginx.conf" -p "$RUN_DIR/nginx" >>"$LOG_DIR/nginx-error.log" 2>&1 </dev/null &
+  NGINX_PID=$!
+  for entry in "${SERVICES[@]}"; do
+    wait_for_port "${entry##*:}" nginx 30 "$LOG_DIR/nginx-error.log" "$NGINX_PID"
+    until ready "${entry##*:}"; do sleep 0.2; done
+  done
+  note "nginx on $ORDER_PORT, $INVENTORY_PORT and $NOTIFICATION_PORT (config: $RUN_DIR/nginx.conf)"
+fi
 
 # Demo products, the first time only (the sku is unique, so a rerun is a 409).
 if [ "$(curl -fsS "$INVENTORY_URL/api/products/category/demo" | grep -c productId || true)" -eq 0 ]; then
@@ -217,6 +291,7 @@ cat <<INFO
   Admin token           $ADMIN_TOKEN
 
   Try:  curl -s $INVENTORY_URL/api/products/category/demo
+  Instances of each service: $REPLICAS$( ((REPLICAS > 1)) && echo " (behind nginx)")
   A service that crashes is restarted. Ctrl-C stops everything this script started.
 
 INFO

@@ -31,5 +31,10 @@ install_schemathesis() {
 infra_up
 step "Installing schemathesis"
 install_schemathesis
+# The run.sh test with REPLICAS=2 puts nginx in front of the instances.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  step "Installing nginx"
+  apt_install nginx
+fi
 step "Running the test suite"
 cargo test --workspace --locked "$@"

@@ -122,13 +122,111 @@ async fn run_sh_restarts_a_killed_service_and_ctrl_c_stops_only_what_it_started(
 /// signal it and everything it started, as a terminal's Ctrl-C does. Dropped,
 /// it kills the group: a failed test leaves nothing running, and prints the
 /// script's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_sh_with_two_replicas_serves_through_nginx_and_rides_out_a_killed_instance() {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let ports = free_ports();
+    let mut run = RunScript::start_with(
+        &id,
+        ports,
+        &[
+            ("REPLICAS", "2".into()),
+            ("INSTANCE_PORT_BASE", free_instance_base().to_string()),
+        ],
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let [order, inventory, notification] = ports.map(|port| format!("http://127.0.0.1:{port}"));
+    run.wait_until_ready(&http, &[&order, &inventory, &notification])
+        .await;
+    for label in ["order-service", "inventory-service", "notification-service"] {
+        for i in [1, 2] {
+            assert!(
+                run.instance_pid(&format!("{label}-{i}")).is_some(),
+                "{label}-{i} runs"
+            );
+        }
+    }
+    let product = create_product(&http, &inventory, &format!("cat-{id}"), 100, 0, 5.0).await;
+    // nginx passes the caller's correlation id through.
+    let response = http
+        .get(format!("{order}/health"))
+        .header("x-correlation-id", format!("corr-{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["x-correlation-id"],
+        format!("corr-{id}").as_str()
+    );
+    // nginx refuses a body over 64 KiB itself, in the services' shape.
+    let response = http
+        .post(format!("{order}/api/orders"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 70_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"], "payload_too_large", "{error}");
+
+    // One order instance gone. A POST nginx had already sent to it is not
+    // sent again (it may have had its effect): the client gets 503 with
+    // Retry-After and retries with the same Idempotency-Key. Every other
+    // request goes to the live instance.
+    let killed = run.instance_pid("order-service-1").unwrap();
+    assert!(signal(&killed.to_string(), "KILL"), "kill -9 {killed}");
+    let mut placed = Vec::new();
+    for n in 0..6 {
+        let key = format!("{id}-{n}");
+        placed.push(place_order_retrying(&http, &order, &id, &product, &key).await);
+    }
+    for id in &placed {
+        assert_eq!(final_status(&http, &order, id).await, "CONFIRMED");
+    }
+    let mine: Value = http
+        .get(format!("{order}/api/customers/c-{id}/orders"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        mine["items"].as_array().unwrap().len(),
+        placed.len(),
+        "a retried order is one order: {mine}"
+    );
+
+    let status = run.interrupt().await;
+    assert!(status.success(), "run.sh exited with {status}");
+    for port in ports {
+        assert!(
+            !port_open(port),
+            "nginx's port {port} still open after Ctrl-C"
+        );
+    }
+}
+
 struct RunScript {
     child: Child,
     dir: PathBuf,
 }
 
 impl RunScript {
-    fn start(id: &str, [order, inventory, notification]: [u16; 3]) -> RunScript {
+    fn start(id: &str, ports: [u16; 3]) -> RunScript {
+        Self::start_with(id, ports, &[])
+    }
+
+    /// run.sh with `extra` variables set as well.
+    fn start_with(
+        id: &str,
+        [order, inventory, notification]: [u16; 3],
+        extra: &[(&str, String)],
+    ) -> RunScript {
         let (target_dir, profile) = build_location();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("run-script-{id}"));
         fs::create_dir_all(&dir).unwrap();
@@ -166,6 +264,7 @@ impl RunScript {
             .env("ADMIN_TOKEN", ADMIN_TOKEN)
             .env("ADMIN_EMAIL", format!("admin-{id}@example.com"))
             .env_remove("MONGODB_DATABASE")
+            .envs(extra.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(output.try_clone().unwrap())
             .stderr(output)
@@ -182,7 +281,12 @@ impl RunScript {
 
     /// The pid run.sh recorded for the service's current process.
     fn pid(&self, service: &str) -> Option<u32> {
-        let file = self.dir.join(format!("run/{service}-service.pid"));
+        self.instance_pid(&format!("{service}-service"))
+    }
+
+    /// The pid run.sh recorded for an instance (`order-service-2`).
+    fn instance_pid(&self, label: &str) -> Option<u32> {
+        let file = self.dir.join(format!("run/{label}.pid"));
         fs::read_to_string(file).ok()?.trim().parse().ok()
     }
 
@@ -311,6 +415,46 @@ async fn place_order(http: &reqwest::Client, order: &str, id: &str, product: &st
     order["orderId"].as_str().unwrap().to_string()
 }
 
+/// Places an order as a careful client does behind a proxy: with an
+/// Idempotency-Key, retrying after a 503 (nginx's answer when the instance
+/// it had sent the request to died) until it is accepted.
+async fn place_order_retrying(
+    http: &reqwest::Client,
+    order: &str,
+    id: &str,
+    product: &str,
+    key: &str,
+) -> String {
+    for _ in 0..5 {
+        let response = http
+            .post(format!("{order}/api/orders"))
+            .header("idempotency-key", key)
+            .json(&json!({
+                "customerId": format!("c-{id}"),
+                "customerEmail": format!("c-{id}@example.com"),
+                "items": [{ "productId": product, "quantity": 1 }],
+            }))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            202 | 200 => {
+                let order: Value = response.json().await.unwrap();
+                return order["orderId"].as_str().unwrap().to_string();
+            }
+            503 => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => panic!(
+                "POST /api/orders answered {other}: {}",
+                response.text().await.unwrap()
+            ),
+        }
+    }
+    panic!("order {key} still refused after 5 tries")
+}
+
 /// The order's status once it has left PENDING.
 async fn final_status(http: &reqwest::Client, order: &str, id: &str) -> String {
     eventually_within(
@@ -340,6 +484,14 @@ fn signal(target: &str, signal: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|status| status.success())
+}
+
+/// A base for run.sh's INSTANCE_PORT_BASE: base+1 to base+29 are free now.
+fn free_instance_base() -> u16 {
+    (200..400)
+        .map(|hundreds| hundreds * 100)
+        .find(|base| (1..30).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
+        .expect("a free range of 30 ports between 20000 and 40000")
 }
 
 /// Three ports nothing listens on now.
