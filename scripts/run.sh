@@ -208,9 +208,15 @@ for entry in "${SERVICES[@]}"; do
   while read -r instance; do INSTANCES+=("${entry%%:*}:$instance"); done < <(instances "${entry%%:*}" "${entry##*:}")
 done
 for entry in "${INSTANCES[@]}"; do
-  port=${entry##*:}
-  if port_open "$port"; then fail "port $port is taken: is another ${entry#*:} running?"; fi
+  IFS=: read -r name label port <<<"$entry"
+  if port_open "$port"; then fail "port $port is taken: is another $label running?"; fi
 done
+if ((REPLICAS > 1)); then
+  for entry in "${SERVICES[@]}"; do
+    port=${entry##*:}
+    if port_open "$port"; then fail "port $port is taken (nginx's, for ${entry%%:*}): is another stack running?"; fi
+  done
+fi
 for entry in "${INSTANCES[@]}"; do
   IFS=: read -r name label port <<<"$entry"
   supervise "$name" "$label" "$port" &
@@ -236,10 +242,6 @@ if ((REPLICAS > 1)); then
   step "Starting nginx in front of $REPLICAS instances of each service"
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-  for entry in "${SERVICES[@]}"; do
-    port=${entry##*:}
-    if port_open "$port"; then fail "port $port is taken: is another stack running?"; fi
-  done
   # An upstream's server lines, joined by \n for sed.
   servers() {
     local entry
