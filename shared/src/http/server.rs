@@ -1,13 +1,15 @@
 //! Building the poem app around a service's API and serving it until the
 //! shutdown signal.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use poem::{
     Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route, Server,
     http::{HeaderValue, StatusCode},
     listener::TcpAcceptor,
-    middleware::Tracing,
 };
 use poem_openapi::{OpenApi, OpenApiService};
 use tokio::net::TcpListener;
@@ -59,12 +61,11 @@ pub fn build_app<T: OpenApi + 'static>(
         .at("/openapi.json", spec)
         .around(move |next, req| contract::allow_header(contract.clone(), next, req))
         .around(limit_body)
-        .around(correlate)
         .around(move |next, req| loadshed::shed(load_shedder.clone(), next, req))
         .around(move |next, req| ratelimit::limit(rate_limiter.clone(), next, req))
+        .around(correlate)
         .around(move |next, req| client::identify(trusted_proxies.clone(), next, req))
         .data(AdminToken(admin_token.to_string()))
-        .with(Tracing)
         .catch_all_error(json_errors)
 }
 
@@ -97,6 +98,10 @@ async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Resp
     next.call(req).await.map(IntoResponse::into_response)
 }
 
+/// Gives the request its correlation id (the caller's `X-Correlation-Id`,
+/// or a fresh one), answers with it, and logs the request in a span that
+/// names the client as `client::identify` found it. poem's own `Tracing`
+/// would log whatever `X-Forwarded-For` a client sends as its address.
 async fn correlate<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
     let id = req
         .headers()
@@ -107,12 +112,30 @@ async fn correlate<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Respo
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.set_data(CorrelationId(id.clone()));
     let client = req.data::<ClientAddress>().map(|client| client.0);
-    let span = tracing::info_span!("request", correlation_id = %id, client = ?client);
-    let mut response = next.call(req).instrument(span).await?.into_response();
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(CORRELATION_HEADER, value);
+    let span = tracing::info_span!(
+        "request",
+        correlation_id = %id,
+        client = client.map(tracing::field::display),
+        method = %req.method(),
+        uri = %req.original_uri(),
+    );
+    async move {
+        let started = Instant::now();
+        let mut response = match next.call(req).await {
+            Ok(response) => response.into_response(),
+            Err(error) => {
+                tracing::info!(status = %error.status(), error = %error, duration = ?started.elapsed(), "error");
+                return Err(error);
+            }
+        };
+        tracing::info!(status = %response.status(), duration = ?started.elapsed(), "response");
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(CORRELATION_HEADER, value);
+        }
+        Ok(response)
     }
-    Ok(response)
+    .instrument(span)
+    .await
 }
 
 /// Binds the HTTP port (0 picks a free one, for tests).
