@@ -34,8 +34,9 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 pub struct CorrelationId(pub String);
 
 /// Wraps `api` with its Swagger UI (`/docs`), its spec (`/openapi.json`),
-/// the client's address (behind `trusted_proxies`), the rate limit, load shedding, the body limit, correlation ids, admin
-/// token, `Allow` on 405 and JSON errors.
+/// and, from the outside in: JSON errors, the client's address (behind
+/// `trusted_proxies`), correlation ids and the request log, the rate limit,
+/// load shedding, the body limit, and `Allow` on 405; plus the admin token.
 pub fn build_app<T: OpenApi + 'static>(
     api: T,
     title: &str,
