@@ -56,8 +56,12 @@ pub const REDRIVES_HEADER: &str = "x-redrives";
 /// A handler meets an unavailable database within seconds (short driver
 /// timeouts, then a delay-queue retry), so only a broken channel gets here.
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
-/// The longest a connect may take (TCP, TLS, AMQP handshake).
-const CONNECT_LIMIT: Duration = Duration::from_secs(15);
+/// The longest a connect may take (TCP, TLS, AMQP handshake): a live broker
+/// answers in milliseconds, and one still booting may take the TCP
+/// connection and never finish the handshake. With 15 s, one such connect
+/// (chaos, RabbitMQ restarted ten times) left a queue without its consumer
+/// for over 10 s; trying again sooner finds the broker up.
+const CONNECT_LIMIT: Duration = Duration::from_secs(5);
 /// The longest any other broker step may take: each is one round trip (a
 /// declare, a handful) that a live broker answers in milliseconds.
 pub(crate) const STEP_LIMIT: Duration = Duration::from_secs(10);
@@ -330,7 +334,9 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
         .with_jitter()
         .with_min_delay(Duration::from_millis(200))
         // A restarted broker is back within seconds; keep the gap short.
-        .with_max_delay(Duration::from_secs(3))
+        // Jitter adds up to the delay again, so gaps stay under 3 s (with a
+        // 3 s maximum they reached 5.5 s).
+        .with_max_delay(Duration::from_millis(1500))
         .without_max_times()
         .build()
 }
