@@ -300,9 +300,14 @@ mod tests {
         Env::from_lookup(move |k| map.get(k).cloned())
     }
 
+    /// The order service's common settings from `pairs`.
+    fn common(pairs: &[(&str, &str)]) -> Result<CommonConfig, ConfigError> {
+        CommonConfig::from_env(&env(pairs), "order", 3001, "orders")
+    }
+
     #[test]
     fn defaults_apply_when_nothing_is_set() {
-        let config = CommonConfig::from_env(&env(&[]), "order", 3001, "orders").unwrap();
+        let config = common(&[]).unwrap();
         assert_eq!(config.port, 3001);
         assert_eq!(config.database, "orders");
         assert_eq!(config.retry.budget, Duration::from_secs(180));
@@ -319,102 +324,53 @@ mod tests {
 
     #[test]
     fn queues_never_expire_unless_asked() {
-        let keep = CommonConfig::from_env(&env(&[]), "order", 3001, "orders").unwrap();
+        let keep = common(&[]).unwrap();
         assert_eq!(keep.queue_expiry, None);
-        let throwaway = CommonConfig::from_env(
-            &env(&[("AMQP_QUEUE_EXPIRES_MS", "60000")]),
-            "order",
-            3001,
-            "orders",
-        )
-        .unwrap();
+        let throwaway = common(&[("AMQP_QUEUE_EXPIRES_MS", "60000")]).unwrap();
         assert_eq!(throwaway.queue_expiry, Some(Duration::from_secs(60)));
     }
 
     #[test]
     fn a_port_that_is_not_a_number_names_the_variable() {
-        let err =
-            CommonConfig::from_env(&env(&[("PORT", "http")]), "order", 3001, "orders").unwrap_err();
+        let err = common(&[("PORT", "http")]).unwrap_err();
         assert_eq!(err.name, "PORT");
         assert!(err.to_string().contains("PORT=\"http\""), "{err}");
     }
 
     #[test]
     fn trusted_proxies_are_none_unless_listed_and_a_bad_entry_names_the_variable() {
-        let none = CommonConfig::from_env(&env(&[]), "order", 3001, "orders").unwrap();
+        let none = common(&[]).unwrap();
         assert_eq!(none.trusted_proxies, TrustedProxies::default());
-        let listed = CommonConfig::from_env(
-            &env(&[("TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")]),
-            "order",
-            3001,
-            "orders",
-        )
-        .unwrap();
+        let listed = common(&[("TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")]).unwrap();
         assert_ne!(listed.trusted_proxies, TrustedProxies::default());
-        let err = CommonConfig::from_env(
-            &env(&[("TRUSTED_PROXIES", "10.0.0.0/8,nginx")]),
-            "order",
-            3001,
-            "orders",
-        )
-        .unwrap_err();
+        let err = common(&[("TRUSTED_PROXIES", "10.0.0.0/8,nginx")]).unwrap_err();
         assert_eq!(err.name, "TRUSTED_PROXIES");
         assert!(err.to_string().contains("\"nginx\""), "{err}");
     }
 
     #[test]
     fn rate_limits_default_to_twice_the_rate_as_burst_and_zero_turns_them_off() {
-        let config = CommonConfig::from_env(
-            &env(&[("RATE_LIMIT_PER_SECOND", "50")]),
-            "order",
-            3001,
-            "orders",
-        )
-        .unwrap();
+        let config = common(&[("RATE_LIMIT_PER_SECOND", "50")]).unwrap();
         let limit = config.rate_limit.unwrap();
         assert_eq!((limit.per_second.get(), limit.burst.get()), (50, 100));
-        let off = CommonConfig::from_env(
-            &env(&[("RATE_LIMIT_PER_SECOND", "0")]),
-            "order",
-            3001,
-            "orders",
-        )
-        .unwrap();
+        let off = common(&[("RATE_LIMIT_PER_SECOND", "0")]).unwrap();
         assert_eq!(off.rate_limit, None);
-        let err =
-            CommonConfig::from_env(&env(&[("RATE_LIMIT_BURST", "0")]), "order", 3001, "orders")
-                .unwrap_err();
+        let err = common(&[("RATE_LIMIT_BURST", "0")]).unwrap_err();
         assert_eq!(err.name, "RATE_LIMIT_BURST");
     }
 
     #[test]
     fn broker_and_database_urls_that_do_not_parse_name_their_variable() {
-        let err = CommonConfig::from_env(
-            &env(&[("RABBITMQ_URL", "localhost:5672")]),
-            "order",
-            3001,
-            "orders",
-        )
-        .unwrap_err();
+        let err = common(&[("RABBITMQ_URL", "localhost:5672")]).unwrap_err();
         assert_eq!(err.name, "RABBITMQ_URL");
-        let err = CommonConfig::from_env(
-            &env(&[("MONGODB_URI", "localhost:27017")]),
-            "order",
-            3001,
-            "orders",
-        )
-        .unwrap_err();
+        let err = common(&[("MONGODB_URI", "localhost:27017")]).unwrap_err();
         assert_eq!(err.name, "MONGODB_URI");
         assert!(err.reason.contains("no scheme"), "{err}");
     }
 
     #[test]
     fn the_broker_url_asks_for_a_heartbeat_unless_told_otherwise() {
-        let url = |pairs: &[(&str, &str)]| {
-            CommonConfig::from_env(&env(pairs), "order", 3001, "orders")
-                .unwrap()
-                .rabbitmq_url
-        };
+        let url = |pairs: &[(&str, &str)]| common(pairs).unwrap().rabbitmq_url;
         assert_eq!(
             url(&[]),
             "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30"
@@ -431,39 +387,21 @@ mod tests {
             url(&[("RABBITMQ_URL", "amqp://rabbit/%2f?heartbeat=7")]),
             "amqp://rabbit/%2f?heartbeat=7"
         );
-        let err = CommonConfig::from_env(
-            &env(&[("AMQP_HEARTBEAT_SECONDS", "70000")]),
-            "order",
-            3001,
-            "orders",
-        )
-        .unwrap_err();
+        let err = common(&[("AMQP_HEARTBEAT_SECONDS", "70000")]).unwrap_err();
         assert_eq!(err.name, "AMQP_HEARTBEAT_SECONDS");
     }
 
     #[test]
     fn consumers_get_thirty_seconds_to_reconnect_before_readiness_fails() {
-        let config = CommonConfig::from_env(&env(&[]), "order", 3001, "orders").unwrap();
+        let config = common(&[]).unwrap();
         assert_eq!(config.consumer_ready_grace, Duration::from_secs(30));
-        let config = CommonConfig::from_env(
-            &env(&[("CONSUMER_READY_GRACE_SECONDS", "1")]),
-            "order",
-            3001,
-            "orders",
-        )
-        .unwrap();
+        let config = common(&[("CONSUMER_READY_GRACE_SECONDS", "1")]).unwrap();
         assert_eq!(config.consumer_ready_grace, Duration::from_secs(1));
     }
 
     #[test]
     fn a_cap_below_the_base_is_refused() {
-        let err = CommonConfig::from_env(
-            &env(&[("RETRY_BASE_MS", "5000"), ("RETRY_CAP_MS", "100")]),
-            "order",
-            3001,
-            "orders",
-        )
-        .unwrap_err();
+        let err = common(&[("RETRY_BASE_MS", "5000"), ("RETRY_CAP_MS", "100")]).unwrap_err();
         assert_eq!(err.name, "RETRY_CAP_MS");
     }
 }

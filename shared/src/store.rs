@@ -17,7 +17,7 @@ use serde::Serialize;
 pub use batch::{Batcher, WriteBatch};
 pub use error::{MayConflict, StoreError, is_duplicate_key, is_transient, retry_on_conflict};
 pub use outbox::{Outbox, OutboxRecord, OutboxRelay};
-pub use page::{PageRequest, find_page};
+pub use page::{ListOrder, PageRequest, find_page, find_page_in};
 pub use transact::{OnDuplicate, Store, UnitOfWork};
 
 /// Connects lazily (the driver retries on its own) with short timeouts, so a

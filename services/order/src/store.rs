@@ -15,8 +15,8 @@ use shared::{
     TaskTracker,
     events::{Cause, RawEnvelope},
     store::{
-        Batcher, OnDuplicate, PageRequest, Store, StoreError, UnitOfWork, WriteBatch, find_page,
-        retry_on_conflict,
+        Batcher, ListOrder, OnDuplicate, PageRequest, Store, StoreError, UnitOfWork, WriteBatch,
+        find_page, find_page_in, retry_on_conflict,
     },
 };
 
@@ -328,33 +328,21 @@ impl OrderStore {
         older_than: std::time::Duration,
         page: &PageRequest,
     ) -> Result<(Vec<Order>, Option<String>), StoreError> {
-        let Some(mut filter) = unfinished_filter(older_than) else {
+        let Some(filter) = unfinished_filter(older_than) else {
             return Ok((Vec::new(), None));
         };
-        if let Some(cursor) = &page.cursor {
-            filter.insert("_id", doc! { "$gt": cursor });
-        }
-        // One extra order tells whether there is a next page.
-        let mut orders: Vec<Order> = self
-            .orders
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(i64::from(page.limit) + 1)
-            .await?
-            .try_collect()
-            .await?;
-        let next = if orders.len() > page.limit as usize {
-            orders.truncate(page.limit as usize);
-            orders.last().map(|o| o.id.clone())
-        } else {
-            None
-        };
-        Ok((orders, next))
+        Ok(
+            find_page_in(&self.orders, filter, page, ListOrder::OldestFirst, |o| {
+                o.id.clone()
+            })
+            .await?,
+        )
     }
 
-    /// Applies the inventory's answer to an order, once per event: the inbox
-    /// record, the new state and the resulting event commit together.
-    /// Answers arriving together commit together.
+    /// Applies the inventory's answer to an order: the new state and the
+    /// resulting event commit together, under the order's version guard, so
+    /// a redelivered answer has no effect. Answers arriving together commit
+    /// together.
     pub async fn apply_inventory_answer(
         &self,
         event: RawEnvelope,

@@ -96,10 +96,11 @@ impl Admission {
         let rate = self.finishing * 2.0 * (1.0 - depth).max(0.0);
         if self.rate.is_none() {
             // Throttling starts with what a burst may hold, not with nothing.
-            self.refill(now);
             self.tokens = rate * BURST.as_secs_f64();
+            self.refilled = now;
+        } else {
+            self.refill(now);
         }
-        self.refill(now);
         self.rate = Some(rate);
     }
 

@@ -29,24 +29,50 @@ impl PageRequest {
     }
 }
 
+/// Which end of `_id` a list starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListOrder {
+    NewestFirst,
+    /// For work lists (the stuck sagas): what waited longest comes first.
+    OldestFirst,
+}
+
 /// One page of `collection` matching `filter`, newest first, and the cursor
 /// of the next page (`None` on the last page).
 pub async fn find_page<T>(
     collection: &Collection<T>,
-    mut filter: Document,
+    filter: Document,
     page: &PageRequest,
     id_of: impl Fn(&T) -> String,
 ) -> Result<(Vec<T>, Option<String>), Error>
 where
     T: DeserializeOwned + Send + Sync,
 {
+    find_page_in(collection, filter, page, ListOrder::NewestFirst, id_of).await
+}
+
+/// [`find_page`] in the given order.
+pub async fn find_page_in<T>(
+    collection: &Collection<T>,
+    mut filter: Document,
+    page: &PageRequest,
+    order: ListOrder,
+    id_of: impl Fn(&T) -> String,
+) -> Result<(Vec<T>, Option<String>), Error>
+where
+    T: DeserializeOwned + Send + Sync,
+{
+    let (after, direction) = match order {
+        ListOrder::NewestFirst => ("$lt", -1),
+        ListOrder::OldestFirst => ("$gt", 1),
+    };
     if let Some(cursor) = &page.cursor {
-        filter.insert("_id", doc! { "$lt": cursor });
+        filter.insert("_id", doc! { after: cursor });
     }
     // One extra document tells whether there is a next page.
     let mut items: Vec<T> = collection
         .find(filter)
-        .sort(doc! { "_id": -1 })
+        .sort(doc! { "_id": direction })
         .limit(i64::from(page.limit) + 1)
         .await?
         .try_collect()

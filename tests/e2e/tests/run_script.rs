@@ -399,14 +399,22 @@ async fn ready(http: &reqwest::Client, url: &str) -> bool {
     }
 }
 
+/// A POST of one unit of `product` for this test's customer.
+fn order_request(
+    http: &reqwest::Client,
+    order: &str,
+    id: &str,
+    product: &str,
+) -> reqwest::RequestBuilder {
+    http.post(format!("{order}/api/orders")).json(&json!({
+        "customerId": format!("c-{id}"),
+        "customerEmail": format!("c-{id}@example.com"),
+        "items": [{ "productId": product, "quantity": 1 }],
+    }))
+}
+
 async fn place_order(http: &reqwest::Client, order: &str, id: &str, product: &str) -> String {
-    let response = http
-        .post(format!("{order}/api/orders"))
-        .json(&json!({
-            "customerId": format!("c-{id}"),
-            "customerEmail": format!("c-{id}@example.com"),
-            "items": [{ "productId": product, "quantity": 1 }],
-        }))
+    let response = order_request(http, order, id, product)
         .send()
         .await
         .unwrap();
@@ -426,14 +434,8 @@ async fn place_order_retrying(
     key: &str,
 ) -> String {
     for _ in 0..5 {
-        let response = http
-            .post(format!("{order}/api/orders"))
+        let response = order_request(http, order, id, product)
             .header("idempotency-key", key)
-            .json(&json!({
-                "customerId": format!("c-{id}"),
-                "customerEmail": format!("c-{id}@example.com"),
-                "items": [{ "productId": product, "quantity": 1 }],
-            }))
             .send()
             .await
             .unwrap();
