@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::num::NonZeroU32;
 
 use crate::{
-    broker::{DEFAULT_HEARTBEAT_SECONDS, with_heartbeat},
+    broker::{DEFAULT_HEARTBEAT_SECONDS, topology::QueueType, with_heartbeat},
     http::{TrustedProxies, ratelimit::RateLimit},
     retry::RetryPolicy,
 };
@@ -158,6 +158,9 @@ pub struct CommonConfig {
     /// unused for that long. Must outlast the longest life of a retry tier
     /// queue without a redeclare, i.e. the life of the stack.
     pub queue_expiry: Option<Duration>,
+    /// `AMQP_QUEUE_TYPE`: `classic` (the default, for a single broker) or
+    /// `quorum` (for a RabbitMQ cluster: the queues are replicated).
+    pub queue_type: QueueType,
     /// `ADMIN_TOKEN`: bearer token for admin routes.
     pub admin_token: String,
     /// `PREFETCH`: unacknowledged deliveries a consumer works on at once.
@@ -258,6 +261,7 @@ impl CommonConfig {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
             },
+            queue_type: env.parse("AMQP_QUEUE_TYPE", QueueType::Classic)?,
             admin_token: env.string("ADMIN_TOKEN", "dev-admin-token"),
             prefetch,
             retry,
@@ -328,6 +332,16 @@ mod tests {
         assert_eq!(keep.queue_expiry, None);
         let throwaway = common(&[("AMQP_QUEUE_EXPIRES_MS", "60000")]).unwrap();
         assert_eq!(throwaway.queue_expiry, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn queues_are_classic_unless_quorum_is_asked_for() {
+        assert_eq!(common(&[]).unwrap().queue_type, QueueType::Classic);
+        let cluster = common(&[("AMQP_QUEUE_TYPE", "quorum")]).unwrap();
+        assert_eq!(cluster.queue_type, QueueType::Quorum);
+        let err = common(&[("AMQP_QUEUE_TYPE", "mirrored")]).unwrap_err();
+        assert_eq!(err.name, "AMQP_QUEUE_TYPE");
+        assert!(err.to_string().contains("classic or quorum"), "{err}");
     }
 
     #[test]

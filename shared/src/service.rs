@@ -71,7 +71,9 @@ impl ServiceCore {
             .context("creating dead-letter indexes")?;
 
         let breakers = Breakers::default();
-        let topology = Topology::new(&config.amqp_namespace).with_queue_expiry(config.queue_expiry);
+        let topology = Topology::new(&config.amqp_namespace)
+            .with_queue_expiry(config.queue_expiry)
+            .with_queue_type(config.queue_type);
         let publisher = Publisher::new(
             &config.rabbitmq_url,
             &connection_name(&config, "publisher"),

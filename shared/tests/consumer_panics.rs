@@ -2,7 +2,9 @@
 //! RabbitMQ (`RABBITMQ_URL`, default the local one), on a namespace of its
 //! own, the consumer keeps handling other events after the panic, and the
 //! event whose handling panicked is retried and then dead-lettered as a
-//! transient failure rather than lost or retried forever.
+//! transient failure rather than lost or retried forever. The same holds on
+//! quorum queues (`AMQP_QUEUE_TYPE=quorum`), whose dead-lettering (the
+//! way back from a delay queue, and into the DLQ) is set to at least once.
 
 use std::{
     collections::HashSet,
@@ -26,7 +28,7 @@ use shared::{
             ConsumerRole, ConsumerSettings, ConsumerState, FAILURE_CLASS_HEADER, REASON_HEADER,
         },
         run_consumer,
-        topology::ORDER_SERVICE,
+        topology::{ORDER_SERVICE, QueueType},
     },
     events::RawEnvelope,
     retry::RetryPolicy,
@@ -97,8 +99,19 @@ fn header(headers: &FieldTable, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_panic_is_retried_then_dead_lettered_and_the_consumer_keeps_going() {
+    panic_retried_then_dead_lettered(QueueType::Classic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_quorum_queues_a_handler_panic_is_retried_then_dead_lettered_too() {
+    panic_retried_then_dead_lettered(QueueType::Quorum).await;
+}
+
+async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
     let namespace = format!("t-{}.", &Uuid::new_v4().simple().to_string()[..12]);
-    let topology = Topology::new(&namespace).with_queue_expiry(Some(Duration::from_secs(900)));
+    let topology = Topology::new(&namespace)
+        .with_queue_expiry(Some(Duration::from_secs(900)))
+        .with_queue_type(queue_type);
     let handler = Arc::new(PanicsOn {
         poison: Uuid::now_v7(),
         handled: Default::default(),
@@ -209,4 +222,39 @@ async fn a_handler_panic_is_retried_then_dead_lettered_and_the_consumer_keeps_go
     consumer.await.unwrap();
     publisher.close().await;
     let _ = connection.close(200, "done".into()).await;
+    declared_as(&dlq, queue_type)
+        .await
+        .unwrap_or_else(|e| panic!("{dlq} was not declared as a {queue_type:?} queue: {e}"));
+}
+
+/// Declares the queue again with the arguments a queue of this type gets.
+/// The broker refuses (PRECONDITION_FAILED) unless they are exactly those it
+/// was made with, the type among them.
+async fn declared_as(queue: &str, queue_type: QueueType) -> Result<(), lapin::Error> {
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(900_000));
+    if queue_type == QueueType::Quorum {
+        for (name, value) in [
+            ("x-queue-type", "quorum"),
+            ("x-dead-letter-strategy", "at-least-once"),
+            ("x-overflow", "reject-publish"),
+        ] {
+            args.insert(name.into(), AMQPValue::LongString(value.into()));
+        }
+    }
+    let connection = Connection::connect(&rabbitmq_url(), Default::default()).await?;
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .map(drop);
+    let _ = connection.close(200, "done".into()).await;
+    declared
 }

@@ -58,11 +58,36 @@ pub fn has_subscriber(routing_key: &str) -> bool {
         .any(|s| s.routing_keys.contains(&routing_key))
 }
 
+/// The kind of queue we declare (`AMQP_QUEUE_TYPE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// A queue on one node: right for a single broker, which is what the
+    /// dev setup and the tests run.
+    #[default]
+    Classic,
+    /// A Raft-replicated queue: survives the loss of a minority of a
+    /// cluster's nodes. What a RabbitMQ cluster in production should use.
+    Quorum,
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            _ => Err("must be classic or quorum"),
+        }
+    }
+}
+
 /// Names of everything we declare, under an optional namespace prefix.
 #[derive(Clone, Debug)]
 pub struct Topology {
     namespace: String,
     queue_expiry: Option<Duration>,
+    queue_type: QueueType,
 }
 
 impl Topology {
@@ -70,7 +95,16 @@ impl Topology {
         Topology {
             namespace: namespace.to_string(),
             queue_expiry: None,
+            queue_type: QueueType::Classic,
         }
+    }
+
+    /// Queues are declared as this type. A queue keeps the type it was
+    /// first declared with: switching an existing broker means deleting the
+    /// queues (once drained) or moving to a new vhost.
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
     }
 
     /// Queues that nobody consumes or declares for this long are deleted by
@@ -90,6 +124,19 @@ impl Topology {
                 "x-expires".into(),
                 AMQPValue::LongLongInt(expiry.as_millis() as i64),
             );
+        }
+        if self.queue_type == QueueType::Quorum {
+            args.insert("x-queue-type".into(), string("quorum".into()));
+            // A quorum queue dead-letters at most once by default: a message
+            // on its way from a delay queue back to work, or from work to
+            // the DLQ, would be lost if a node failed in between. At least
+            // once needs reject-publish overflow; the queues have no length
+            // limit, so nothing is ever rejected for it.
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                string("at-least-once".into()),
+            );
+            args.insert("x-overflow".into(), string("reject-publish".into()));
         }
         args
     }
@@ -239,6 +286,18 @@ mod tests {
             t.dead_letter_queue(&INVENTORY_SERVICE),
             "t1.inventory-service.events.dlq"
         );
+    }
+
+    #[test]
+    fn quorum_queues_say_so_and_dead_letter_at_least_once() {
+        assert!(Topology::new("").queue_args().inner().is_empty());
+        let quorum = Topology::new("").with_queue_type(QueueType::Quorum).queue_args();
+        let arg = |name: &str| quorum.inner().get(name).cloned();
+        assert_eq!(arg("x-queue-type"), Some(string("quorum".into())));
+        assert_eq!(arg("x-dead-letter-strategy"), Some(string("at-least-once".into())));
+        assert_eq!("quorum".parse(), Ok(QueueType::Quorum));
+        assert_eq!("classic".parse(), Ok(QueueType::Classic));
+        assert!("mirrored".parse::<QueueType>().is_err());
     }
 
     #[test]
