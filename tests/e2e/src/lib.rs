@@ -2,7 +2,11 @@
 //! RabbitMQ, MongoDB and MailDev, each test with its own databases and its
 //! own AMQP namespace so tests run in parallel without crosstalk.
 
-use std::{collections::HashMap, future::Future, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    time::Duration,
+};
 
 use serde_json::{Value, json};
 use shared::{CancellationToken, config::Env};
@@ -360,6 +364,43 @@ pub async fn emails_to(address: &str) -> Vec<Value> {
                 .is_some_and(|to| to.iter().any(|t| t["address"] == address))
         })
         .collect()
+}
+
+/// Order id → the outcome emails (confirmed, rejected or failed) it got, as
+/// Message-ID → copies. The notification service gives each email one
+/// stable Message-ID; a second copy of the same one is an SMTP redelivery
+/// (the connection broke after the server took the message but before its
+/// reply arrived), which mail systems drop by Message-ID. A second
+/// Message-ID would be a second email.
+pub async fn outcome_emails(
+    address: &str,
+    orders: &HashSet<&str>,
+) -> HashMap<String, HashMap<String, usize>> {
+    let mut counts: HashMap<String, HashMap<String, usize>> = HashMap::new();
+    for mail in emails_to(address).await {
+        let subject = mail["subject"].as_str().unwrap_or_default();
+        let Some(order) = subject
+            .strip_prefix("Order ")
+            .and_then(|s| s.split(' ').next())
+        else {
+            continue;
+        };
+        let outcome = subject.ends_with("confirmed")
+            || subject.ends_with("could not be accepted")
+            || subject.ends_with("could not be processed");
+        if outcome && orders.contains(order) {
+            let message_id = mail["headers"]["message-id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            *counts
+                .entry(order.to_string())
+                .or_default()
+                .entry(message_id)
+                .or_insert(0) += 1;
+        }
+    }
+    counts
 }
 
 /// Creates a product through the inventory API (admin) and returns its id.

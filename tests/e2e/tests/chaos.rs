@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e_tests::{ADMIN_TOKEN, emails_to, eventually_within, rabbitmq_url};
+use e2e_tests::{ADMIN_TOKEN, eventually_within, outcome_emails, rabbitmq_url};
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
@@ -1085,43 +1085,6 @@ async fn steady_load(
         });
     }
     while in_flight.join_next().await.is_some() {}
-}
-
-/// Order id → the outcome emails (confirmed, rejected or failed) it got, as
-/// Message-ID → copies. The notification service gives each email one
-/// stable Message-ID; a second copy of the same one is an SMTP redelivery
-/// (the connection broke after the server took the message but before its
-/// reply arrived), which mail systems drop by Message-ID. A second
-/// Message-ID would be a second email.
-async fn outcome_emails(
-    address: &str,
-    orders: &HashSet<&str>,
-) -> HashMap<String, HashMap<String, usize>> {
-    let mut counts: HashMap<String, HashMap<String, usize>> = HashMap::new();
-    for mail in emails_to(address).await {
-        let subject = mail["subject"].as_str().unwrap_or_default();
-        let Some(order) = subject
-            .strip_prefix("Order ")
-            .and_then(|s| s.split(' ').next())
-        else {
-            continue;
-        };
-        let outcome = subject.ends_with("confirmed")
-            || subject.ends_with("could not be accepted")
-            || subject.ends_with("could not be processed");
-        if outcome && orders.contains(order) {
-            let message_id = mail["headers"]["message-id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            *counts
-                .entry(order.to_string())
-                .or_default()
-                .entry(message_id)
-                .or_insert(0) += 1;
-        }
-    }
-    counts
 }
 
 /// A TCP proxy in front of MailDev that refuses and cuts connections while
