@@ -57,8 +57,11 @@ fi
 step "Building in release mode (minutes on a cold cache)"
 cargo build --release --locked -p order-service -p inventory-service -p notification-service -p loadgen
 
+# The loadgen signs each customer's orders with JWT_SECRET, as clients would.
+source scripts/lib/secrets.sh
+load_dev_secrets
 # The limiter stays on, out of the way of one client sending thousands/s.
-export ADMIN_TOKEN=${ADMIN_TOKEN:-dev-admin-token} RATE_LIMIT_PER_SECOND=1000000
+export RATE_LIMIT_PER_SECOND=1000000
 export RUST_LOG=${RUST_LOG:-warn} LOG_FORMAT=json INVENTORY_URL=http://127.0.0.1:3102
 export MONGODB_URI="mongodb://127.0.0.1:$BENCH_MONGO_PORT"
 # Each run's queues are its own; the broker drops them an hour after it ends.

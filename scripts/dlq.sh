@@ -2,8 +2,10 @@
 # Dead letters from a terminal: the same admin routes as /docs, with a
 # readable listing. Services are found at ORDER_URL / INVENTORY_URL /
 # NOTIFICATION_URL (defaults: the ports run.sh uses), authenticated with
-# ADMIN_TOKEN (default: the development token).
+# ADMIN_TOKEN (default: the one run.sh made, in .run/dev-secrets.env).
 set -euo pipefail
+source "$(dirname "$0")/lib/infra.sh"
+source "$(dirname "$0")/lib/secrets.sh"
 
 usage() {
   cat <<'USAGE'
@@ -34,7 +36,8 @@ case $service in
   notification) base=${NOTIFICATION_URL:-http://127.0.0.1:3003} ;;
   *) echo "unknown service: $service" >&2; usage ;;
 esac
-token=${ADMIN_TOKEN:-dev-admin-token}
+load_dev_secrets
+token=$ADMIN_TOKEN
 url="$base/admin/dead-letters"
 
 # Prints the body; fails with the service's JSON error on a non-2xx answer.

@@ -26,8 +26,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh
+source scripts/lib/secrets.sh
 
-export ADMIN_TOKEN="${ADMIN_TOKEN:-dev-admin-token}"
+# A random admin token and JWT secret of this run directory (made once), unless
+# set: nothing known to everyone guards the admin routes, even here.
+load_dev_secrets
 export ADMIN_EMAIL="${ADMIN_EMAIL:-admin@example.com}"
 export RUST_LOG="${RUST_LOG:-info}"
 ORDER_PORT="${ORDER_PORT:-3001}"
@@ -290,7 +293,9 @@ cat <<INFO
   Notification service  http://127.0.0.1:$NOTIFICATION_PORT/docs
   RabbitMQ management   http://127.0.0.1:15672       (guest / guest)
   MailDev (emails)      http://127.0.0.1:$MAILDEV_WEB_PORT
-  Admin token           $ADMIN_TOKEN
+  Admin token           $ADMIN_TOKEN   (scripts/token.sh --admin)
+  Token of customer c1  $(mint_token c1)
+                        (scripts/token.sh CUSTOMER_ID makes another; valid for a day)
 
   Try:  curl -s $INVENTORY_URL/api/products/category/demo
   Instances of each service: $REPLICAS$( ((REPLICAS > 1)) && echo " (behind nginx)")

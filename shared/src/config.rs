@@ -9,9 +9,76 @@ use std::num::NonZeroU32;
 
 use crate::{
     broker::{DEFAULT_HEARTBEAT_SECONDS, topology::QueueType, with_heartbeat},
-    http::{TrustedProxies, ratelimit::RateLimit},
+    http::{JwtSettings, TrustedProxies, ratelimit::RateLimit},
     retry::RetryPolicy,
 };
+
+/// A setting that must not reach a log: `Debug` shows `***`, and the value
+/// is only had through [`Secret::expose`], where it is used.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A URL with its password replaced by `***`, for logs and messages.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The authority ends at the first '/', '?' or '#'; credentials before
+    // its last '@'.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or(credentials, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// `APP_ENV`: `production` turns every development default that would be a
+/// hole (a known admin token, no customer-token key, default broker or
+/// database credentials) into a refusal to start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AppEnv {
+    #[default]
+    Development,
+    Production,
+}
+
+impl std::str::FromStr for AppEnv {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "development" => Ok(AppEnv::Development),
+            "production" => Ok(AppEnv::Production),
+            _ => Err("must be development or production"),
+        }
+    }
+}
+
+/// Admin tokens that anyone who has read this repository knows.
+const KNOWN_DEV_TOKENS: [&str; 3] = ["dev-admin-token", "test-admin-token", "changeme"];
+/// The shortest admin token or JWT secret production accepts: 256 bits of
+/// a random token's worth of characters.
+const MIN_SECRET_LEN: usize = 32;
 
 /// A variable that is set but cannot be used. Startup stops with this message.
 #[derive(Debug, thiserror::Error)]
@@ -141,15 +208,17 @@ pub struct CommonConfig {
     pub port: u16,
     /// Address to bind (`BIND_ADDRESS`, default 127.0.0.1; 0.0.0.0 in containers).
     pub bind_address: String,
-    /// `MONGODB_URI`, default `mongodb://127.0.0.1:27017`.
-    pub mongodb_uri: String,
+    /// `MONGODB_URI`, default `mongodb://127.0.0.1:27017`. It may carry a
+    /// password: log it through [`redacted`].
+    pub mongodb_uri: Secret,
     /// `MONGODB_DATABASE`: the database this service owns.
     pub database: String,
     /// `RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`,
     /// with `heartbeat=<AMQP_HEARTBEAT_SECONDS>` added to its query (default
     /// 30; 0 adds nothing) unless it names a heartbeat itself. Every
-    /// connection of the service opens this URL.
-    pub rabbitmq_url: String,
+    /// connection of the service opens this URL. It carries a password: log
+    /// it through [`redacted`].
+    pub rabbitmq_url: Secret,
     /// `AMQP_NAMESPACE`: prefix for every exchange and queue name, so that
     /// several stacks (or parallel tests) share one broker without crosstalk.
     pub amqp_namespace: String,
@@ -161,8 +230,16 @@ pub struct CommonConfig {
     /// `AMQP_QUEUE_TYPE`: `classic` (the default, for a single broker) or
     /// `quorum` (for a RabbitMQ cluster: the queues are replicated).
     pub queue_type: QueueType,
-    /// `ADMIN_TOKEN`: bearer token for admin routes.
-    pub admin_token: String,
+    /// `APP_ENV` [development].
+    pub app_env: AppEnv,
+    /// `ADMIN_TOKEN`: bearer tokens for admin routes, comma-separated so an
+    /// old one keeps working while clients move to its successor. None set:
+    /// every admin route refuses.
+    pub admin_tokens: Vec<Secret>,
+    /// `JWT_SECRET` (HS256) or `JWT_PUBLIC_KEY_FILE` (RS256/EdDSA, PEM),
+    /// with `JWT_ISSUER` and `JWT_AUDIENCE`: how customer tokens are
+    /// verified. None: customer routes take only an admin token.
+    pub jwt: Option<JwtSettings>,
     /// `PREFETCH`: unacknowledged deliveries a consumer works on at once.
     pub prefetch: u16,
     /// `RETRY_BUDGET_SECONDS` (180): how long after its first failure a
@@ -220,6 +297,7 @@ impl CommonConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let app_env = env.parse("APP_ENV", AppEnv::Development)?;
         let per_second: u32 = env.parse("RATE_LIMIT_PER_SECOND", 100)?;
         let burst: u32 = env.parse("RATE_LIMIT_BURST", per_second.saturating_mul(2))?;
         let rate_limit = match (NonZeroU32::new(per_second), NonZeroU32::new(burst)) {
@@ -234,35 +312,45 @@ impl CommonConfig {
                 });
             }
         };
-        Ok(CommonConfig {
+        let config = CommonConfig {
             service,
             port: env.parse("PORT", default_port)?,
             bind_address: env.string("BIND_ADDRESS", "127.0.0.1"),
-            mongodb_uri: env.checked("MONGODB_URI", "mongodb://127.0.0.1:27017", |uri| {
+            mongodb_uri: Secret(env.checked("MONGODB_URI", "mongodb://127.0.0.1:27017", |uri| {
                 // The kind alone: the whole error's text is a struct dump.
                 mongodb::options::ConnectionString::parse(uri)
                     .map(drop)
                     .map_err(|e| e.kind)
-            })?,
+            })?),
             database: env.string("MONGODB_DATABASE", default_database),
             // Checked here: the services start without the broker and keep
             // reconnecting, which for a malformed URL would be forever.
-            rabbitmq_url: with_heartbeat(
-                &env.checked(
-                    "RABBITMQ_URL",
-                    "amqp://guest:guest@127.0.0.1:5672/%2f",
-                    |url| url.parse::<lapin::uri::AMQPUri>().map(drop),
-                )?,
-                env.parse("AMQP_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS)?,
-            )
-            .expect("RABBITMQ_URL was checked above"),
+            rabbitmq_url: Secret(
+                with_heartbeat(
+                    &env.checked(
+                        "RABBITMQ_URL",
+                        "amqp://guest:guest@127.0.0.1:5672/%2f",
+                        |url| url.parse::<lapin::uri::AMQPUri>().map(drop),
+                    )?,
+                    env.parse("AMQP_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS)?,
+                )
+                .expect("RABBITMQ_URL was checked above"),
+            ),
             amqp_namespace: env.string("AMQP_NAMESPACE", ""),
             queue_expiry: match env.parse::<u64>("AMQP_QUEUE_EXPIRES_MS", 0)? {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
             },
             queue_type: env.parse("AMQP_QUEUE_TYPE", QueueType::Classic)?,
-            admin_token: env.string("ADMIN_TOKEN", "dev-admin-token"),
+            app_env,
+            admin_tokens: env
+                .string("ADMIN_TOKEN", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|token| !token.is_empty())
+                .map(Secret::new)
+                .collect(),
+            jwt: jwt_settings(env)?,
             prefetch,
             retry,
             rate_limit,
@@ -287,8 +375,110 @@ impl CommonConfig {
             consumer_ready_grace: Duration::from_secs(
                 env.parse("CONSUMER_READY_GRACE_SECONDS", 30)?,
             ),
-        })
+        };
+        if app_env == AppEnv::Production {
+            config.refuse_development_defaults()?;
+        }
+        Ok(config)
     }
+
+    /// With `APP_ENV=production`: the first setting that would leave a
+    /// development default in place, as the error that stops startup.
+    fn refuse_development_defaults(&self) -> Result<(), ConfigError> {
+        let refuse = |name: &str, value: &str, reason: &str| {
+            Err(ConfigError {
+                name: name.into(),
+                value: value.into(),
+                reason: format!("{reason} (APP_ENV=production)"),
+            })
+        };
+        if self.admin_tokens.is_empty() {
+            return refuse("ADMIN_TOKEN", "", "must be set");
+        }
+        for token in &self.admin_tokens {
+            if KNOWN_DEV_TOKENS.contains(&token.expose()) {
+                return refuse("ADMIN_TOKEN", "***", "is a published development token");
+            }
+            if token.expose().len() < MIN_SECRET_LEN {
+                return refuse(
+                    "ADMIN_TOKEN",
+                    "***",
+                    &format!("each token must be at least {MIN_SECRET_LEN} characters"),
+                );
+            }
+        }
+        // The inventory service has no customer routes.
+        if self.jwt.is_none() && self.service != "inventory-service" {
+            return refuse(
+                "JWT_SECRET",
+                "",
+                "customer tokens need a key: set JWT_SECRET or JWT_PUBLIC_KEY_FILE",
+            );
+        }
+        let broker = redacted(self.rabbitmq_url.expose());
+        let user = self
+            .rabbitmq_url
+            .expose()
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|uri| (uri.authority.userinfo.username, uri.authority.userinfo.password));
+        if let Ok((username, password)) = user
+            && (username == "guest" || password == "guest")
+        {
+            return refuse("RABBITMQ_URL", &broker, "uses RabbitMQ's default guest account");
+        }
+        let database = self.mongodb_uri.expose();
+        let has_credentials = database
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.split(['/', '?']).next().unwrap_or("").contains('@'));
+        if !has_credentials {
+            return refuse(
+                "MONGODB_URI",
+                &redacted(database),
+                "has no credentials: production MongoDB runs with authentication",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The customer-token settings, if a key is configured.
+fn jwt_settings<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<Option<JwtSettings>, ConfigError> {
+    let secret = env.string("JWT_SECRET", "");
+    let file = env.string("JWT_PUBLIC_KEY_FILE", "");
+    let error = |name: &str, value: &str, reason: &str| ConfigError {
+        name: name.into(),
+        value: value.into(),
+        reason: reason.into(),
+    };
+    let mut settings = match (secret.is_empty(), file.is_empty()) {
+        (true, true) => return Ok(None),
+        (false, false) => {
+            return Err(error(
+                "JWT_PUBLIC_KEY_FILE",
+                &file,
+                "set JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both",
+            ));
+        }
+        (false, true) if secret.len() < MIN_SECRET_LEN => {
+            return Err(error(
+                "JWT_SECRET",
+                "***",
+                &format!("must be at least {MIN_SECRET_LEN} characters for HS256"),
+            ));
+        }
+        (false, true) => JwtSettings::secret(&Secret(secret)),
+        (true, false) => {
+            let pem = std::fs::read(&file)
+                .map_err(|e| error("JWT_PUBLIC_KEY_FILE", &file, &format!("cannot read it: {e}")))?;
+            JwtSettings::public_key(&pem, &file)
+                .map_err(|reason| error("JWT_PUBLIC_KEY_FILE", &file, reason))?
+        }
+    };
+    settings.issuer = Some(env.string("JWT_ISSUER", "")).filter(|s| !s.is_empty());
+    settings.audience = Some(env.string("JWT_AUDIENCE", "")).filter(|s| !s.is_empty());
+    Ok(Some(settings))
 }
 
 #[cfg(test)]
@@ -332,6 +522,116 @@ mod tests {
         assert_eq!(keep.queue_expiry, None);
         let throwaway = common(&[("AMQP_QUEUE_EXPIRES_MS", "60000")]).unwrap();
         assert_eq!(throwaway.queue_expiry, Some(Duration::from_secs(60)));
+    }
+
+    const STRONG_TOKEN: &str = "0123456789abcdef0123456789abcdef-admin";
+    const STRONG_SECRET: &str = "0123456789abcdef0123456789abcdef-jwt";
+
+    /// Settings a production deployment passes with.
+    fn production() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("APP_ENV", "production"),
+            ("ADMIN_TOKEN", STRONG_TOKEN),
+            ("JWT_SECRET", STRONG_SECRET),
+            ("MONGODB_URI", "mongodb://orders:s3cret@db-0,db-1/?replicaSet=rs0"),
+            ("RABBITMQ_URL", "amqp://orders:s3cret@rabbit/%2f"),
+        ]
+    }
+
+    /// The production settings with `name` set to `value` ("" removes it).
+    fn production_with(
+        name: &'static str,
+        value: &'static str,
+    ) -> Result<CommonConfig, ConfigError> {
+        let mut pairs: Vec<_> = production().into_iter().filter(|(k, _)| *k != name).collect();
+        if !value.is_empty() {
+            pairs.push((name, value));
+        }
+        common(&pairs)
+    }
+
+    #[test]
+    fn production_starts_with_real_secrets() {
+        let config = common(&production()).unwrap();
+        assert_eq!(config.app_env, AppEnv::Production);
+        assert_eq!(config.admin_tokens.len(), 1);
+        assert!(config.jwt.is_some());
+    }
+
+    #[test]
+    fn production_refuses_every_development_default() {
+        for (name, value, reason) in [
+            ("ADMIN_TOKEN", "", "must be set"),
+            ("ADMIN_TOKEN", "dev-admin-token", "published development token"),
+            ("ADMIN_TOKEN", "short-token", "at least 32 characters"),
+            ("JWT_SECRET", "", "customer tokens need a key"),
+            ("RABBITMQ_URL", "amqp://guest:guest@rabbit/%2f", "guest account"),
+            ("RABBITMQ_URL", "", "guest account"),
+            ("MONGODB_URI", "mongodb://db-0/?replicaSet=rs0", "no credentials"),
+            ("MONGODB_URI", "", "no credentials"),
+        ] {
+            let err = production_with(name, value).unwrap_err();
+            assert_eq!(err.name, name, "{name}={value:?}: {err}");
+            assert!(err.to_string().contains(reason), "{name}={value:?}: {err}");
+            assert!(err.to_string().contains("APP_ENV=production"), "{err}");
+        }
+        // A token being rotated out is held to the same rules.
+        let rotating = "0123456789abcdef0123456789abcdef-admin,dev-admin-token";
+        assert_eq!(production_with("ADMIN_TOKEN", rotating).unwrap_err().name, "ADMIN_TOKEN");
+    }
+
+    #[test]
+    fn development_starts_without_any_secret() {
+        let config = common(&[]).unwrap();
+        assert_eq!(config.app_env, AppEnv::Development);
+        assert!(config.admin_tokens.is_empty());
+        assert!(config.jwt.is_none());
+    }
+
+    #[test]
+    fn admin_tokens_are_a_comma_separated_list_for_rotation() {
+        let config = common(&[("ADMIN_TOKEN", " old-token , new-token ,")]).unwrap();
+        let tokens: Vec<&str> = config.admin_tokens.iter().map(Secret::expose).collect();
+        assert_eq!(tokens, ["old-token", "new-token"]);
+    }
+
+    #[test]
+    fn a_jwt_key_is_one_strong_secret_or_one_readable_public_key() {
+        let err = common(&[("JWT_SECRET", "too-short")]).unwrap_err();
+        assert_eq!(err.name, "JWT_SECRET");
+        assert!(!err.to_string().contains("too-short"), "the secret leaked: {err}");
+        let err = common(&[("JWT_SECRET", STRONG_SECRET), ("JWT_PUBLIC_KEY_FILE", "/k.pem")])
+            .unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        let err = common(&[("JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem")]).unwrap_err();
+        assert_eq!(err.name, "JWT_PUBLIC_KEY_FILE");
+        assert!(err.to_string().contains("cannot read it"), "{err}");
+        let config = common(&[("JWT_SECRET", STRONG_SECRET), ("JWT_ISSUER", "https://id")]).unwrap();
+        assert_eq!(config.jwt.unwrap().issuer.as_deref(), Some("https://id"));
+    }
+
+    #[test]
+    fn the_configuration_debug_shows_no_secret() {
+        let config = common(&production()).unwrap();
+        let shown = format!("{config:?}");
+        for secret in [STRONG_TOKEN, STRONG_SECRET, "s3cret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("admin_tokens: [***]"), "{shown}");
+    }
+
+    #[test]
+    fn redacted_urls_keep_everything_but_the_password() {
+        assert_eq!(
+            redacted("mongodb://orders:s3cret@db-0:27017,db-1/?replicaSet=rs0"),
+            "mongodb://orders:***@db-0:27017,db-1/?replicaSet=rs0"
+        );
+        assert_eq!(
+            redacted("amqp://user:p@ss@rabbit/%2f"),
+            "amqp://user:***@rabbit/%2f"
+        );
+        assert_eq!(redacted("mongodb://db-0/?w=1"), "mongodb://db-0/?w=1");
+        assert_eq!(redacted("not a url"), "not a url");
     }
 
     #[test]
@@ -384,7 +684,7 @@ mod tests {
 
     #[test]
     fn the_broker_url_asks_for_a_heartbeat_unless_told_otherwise() {
-        let url = |pairs: &[(&str, &str)]| common(pairs).unwrap().rabbitmq_url;
+        let url = |pairs: &[(&str, &str)]| common(pairs).unwrap().rabbitmq_url.expose().to_string();
         assert_eq!(
             url(&[]),
             "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30"

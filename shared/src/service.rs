@@ -16,7 +16,7 @@ use crate::{
         consumer::{ConsumerRole, ConsumerSettings, Consumers, run_worker, supervise},
         run_consumer,
     },
-    config::CommonConfig,
+    config::{CommonConfig, redacted},
     deadletter::{DeadLetterArchiver, DeadLetterStore, redrive_until},
     http::{
         self, GaugeSource, HealthApi, deadletters::DeadLetterApi, loadshed::LoadShedder,
@@ -49,15 +49,16 @@ pub struct ServiceCore {
 
 impl ServiceCore {
     pub async fn start(config: CommonConfig) -> anyhow::Result<Self> {
-        let db = store::connect(&config.mongodb_uri, &config.database, config.service)
+        let mongodb_uri = config.mongodb_uri.expose();
+        let db = store::connect(mongodb_uri, &config.database, config.service)
             .await
             .with_context(|| {
                 format!(
                     "MONGODB_URI={} is not a usable MongoDB URI",
-                    config.mongodb_uri
+                    redacted(mongodb_uri)
                 )
             })?;
-        wait_for_mongodb(&db, &config.mongodb_uri).await?;
+        wait_for_mongodb(&db, &redacted(mongodb_uri)).await?;
         ensure_outbox_indexes(&db)
             .await
             .context("creating outbox indexes")?;
@@ -75,7 +76,7 @@ impl ServiceCore {
             .with_queue_expiry(config.queue_expiry)
             .with_queue_type(config.queue_type);
         let publisher = Publisher::new(
-            &config.rabbitmq_url,
+            config.rabbitmq_url.expose(),
             &connection_name(&config, "publisher"),
             topology,
         );
@@ -123,7 +124,7 @@ impl ServiceCore {
             topology.dead_letter_queue(&subscription),
             ConsumerRole::DeadLetters,
         );
-        let url = self.config.rabbitmq_url.clone();
+        let url = self.config.rabbitmq_url.expose().to_string();
         let name = connection_name(&self.config, "dead-letters");
         let shutdown = self.shutdown.clone();
         self.tasks
@@ -141,7 +142,7 @@ impl ServiceCore {
             }));
 
         let settings = ConsumerSettings {
-            url: self.config.rabbitmq_url.clone(),
+            url: self.config.rabbitmq_url.expose().to_string(),
             name: connection_name(&self.config, "consumer"),
             topology: topology.clone(),
             subscription,
@@ -167,6 +168,28 @@ impl ServiceCore {
     pub fn with_gauges(mut self, source: Arc<dyn GaugeSource>) -> Self {
         self.gauges = Some(source);
         self
+    }
+
+    /// Says at startup which tokens the API takes, so that a missing one is
+    /// noticed before the first 401.
+    fn log_security_settings(&self) {
+        let config = &self.config;
+        match config.admin_tokens.len() {
+            0 => tracing::warn!("ADMIN_TOKEN is not set: every admin route answers 401"),
+            1 => tracing::info!("admin routes take the ADMIN_TOKEN"),
+            n => tracing::info!("admin routes take any of the {n} tokens in ADMIN_TOKEN"),
+        }
+        match &config.jwt {
+            Some(jwt) => tracing::info!(
+                key = jwt.describe(),
+                issuer = jwt.issuer.as_deref(),
+                audience = jwt.audience.as_deref(),
+                "customer routes take JWTs"
+            ),
+            None => tracing::warn!(
+                "no JWT_SECRET or JWT_PUBLIC_KEY_FILE: customer routes take only an admin token"
+            ),
+        }
     }
 
     fn health_api(
@@ -216,7 +239,7 @@ impl ServiceCore {
                 dead_letters,
             ),
             title,
-            &self.config.admin_token,
+            http::Authenticator::new(self.config.admin_tokens.clone(), self.config.jwt.clone()),
             rate_limiter,
             load_shedder,
             self.config.trusted_proxies.clone(),
@@ -231,6 +254,7 @@ impl ServiceCore {
             database = %self.config.database,
             "listening"
         );
+        self.log_security_settings();
         Ok(RunningService {
             port,
             server,

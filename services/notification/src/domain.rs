@@ -46,6 +46,11 @@ pub struct Notification {
     pub status: NotificationStatus,
     pub attempts: u32,
     pub order_id: Option<String>,
+    /// The customer the order belongs to: only they (and an admin) may read
+    /// it. Absent on alerts, manual emails, and records written before it
+    /// was kept, which only an admin reads.
+    #[serde(default)]
+    pub customer_id: Option<String>,
     pub product_id: Option<String>,
     /// Unique: one notification per order and outcome (or per alert event).
     pub dedupe_key: String,
@@ -78,6 +83,7 @@ pub struct Draft {
     pub subject: String,
     pub body: String,
     pub order_id: Option<String>,
+    pub customer_id: Option<String>,
     pub product_id: Option<String>,
     pub dedupe_key: String,
 }
@@ -93,6 +99,7 @@ impl Draft {
             status: NotificationStatus::Pending,
             attempts: 0,
             order_id: self.order_id,
+            customer_id: self.customer_id,
             product_id: self.product_id,
             dedupe_key: self.dedupe_key,
             sent_at: None,
@@ -138,6 +145,7 @@ pub fn order_confirmed(event: &OrderConfirmed) -> Draft {
             money(event.total_cents)
         ),
         order_id: Some(event.order_id.clone()),
+        customer_id: Some(event.customer_id.clone()),
         product_id: None,
         dedupe_key: order_key("ORDER_CONFIRMED", &event.order_id),
     }
@@ -153,6 +161,7 @@ pub fn order_rejected(event: &OrderRejected) -> Draft {
             event.order_id, event.reason
         ),
         order_id: Some(event.order_id.clone()),
+        customer_id: Some(event.customer_id.clone()),
         product_id: None,
         dedupe_key: order_key("ORDER_REJECTED", &event.order_id),
     }
@@ -165,6 +174,7 @@ pub fn order_cancelled(event: &OrderCancelled) -> Draft {
         subject: format!("Order {} cancelled", event.order_id),
         body: format!("Your order {} has been cancelled.\n", event.order_id),
         order_id: Some(event.order_id.clone()),
+        customer_id: Some(event.customer_id.clone()),
         product_id: None,
         dedupe_key: order_key("ORDER_CANCELLED", &event.order_id),
     }
@@ -180,6 +190,7 @@ pub fn order_failed(event: &OrderFailed) -> Draft {
             event.order_id, event.reason
         ),
         order_id: Some(event.order_id.clone()),
+        customer_id: Some(event.customer_id.clone()),
         product_id: None,
         dedupe_key: order_key("ORDER_FAILED", &event.order_id),
     }
@@ -196,6 +207,7 @@ pub fn low_stock(event: &InventoryLow, admin_email: &str, alert_id: &str) -> Dra
             event.name, event.sku, event.stock, event.low_stock_threshold
         ),
         order_id: None,
+        customer_id: None,
         product_id: Some(event.product_id.clone()),
         dedupe_key: format!("LOW_STOCK:{alert_id}"),
     }

@@ -10,7 +10,8 @@ use poem_openapi::{
     payload::Json,
 };
 use shared::http::{
-    AdminAuth, CorrelationId, Cursor, EmailAddress, Page, PageSize, Refused, ValidJson,
+    AdminAuth, CorrelationId, Cursor, CustomerAuth, EmailAddress, Page, PageSize, Refused,
+    ValidJson,
     error::{BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType},
     page,
 };
@@ -70,6 +71,9 @@ pub struct NotificationView {
     /// The order it is about, if any.
     #[oai(nullable)]
     pub order_id: Option<String>,
+    /// The customer whose order it is about, if any.
+    #[oai(nullable)]
+    pub customer_id: Option<String>,
     /// The product it is about (low-stock alerts).
     #[oai(nullable)]
     pub product_id: Option<String>,
@@ -96,6 +100,7 @@ impl From<Notification> for NotificationView {
             status: n.status,
             attempts: n.attempts,
             order_id: n.order_id,
+            customer_id: n.customer_id,
             product_id: n.product_id,
             sent_at: n.sent_at,
             last_error: n.last_error,
@@ -176,6 +181,7 @@ impl NotificationApi {
             subject: body.0.subject,
             body: body.0.body,
             order_id: None,
+            customer_id: None,
             product_id: None,
             dedupe_key: format!("MANUAL:{id}"),
         }
@@ -188,16 +194,22 @@ impl NotificationApi {
         ))
     }
 
-    /// One notification.
+    /// One notification about one of the caller's orders (an admin: any).
+    /// Anyone else's is 404, as if it did not exist.
     #[oai(path = "/api/notifications/:notification_id", method = "get")]
     async fn get(
         &self,
+        auth: CustomerAuth,
         notification_id: Path<String>,
-    ) -> Result<NotificationResponse, Refused<(NotFound,)>> {
+    ) -> Result<NotificationResponse, Refused<(Unauthorized, NotFound)>> {
         let n = self
             .store
             .get(&notification_id)
             .await?
+            .filter(|n| match auth.0.customer() {
+                None => true,
+                customer => n.customer_id.as_deref() == customer,
+            })
             .ok_or_else(|| Error::NotFound(notification_id.0.clone()))?;
         Ok(NotificationResponse::Ok(Json(n.into())))
     }
@@ -216,18 +228,23 @@ impl NotificationApi {
         Ok(PageResponse::Ok(Json(Page::of(found))))
     }
 
-    /// The notifications about one order.
+    /// The notifications about one of the caller's orders (an admin: any
+    /// order). About another customer's order the page is empty.
     #[oai(path = "/api/notifications", method = "get")]
     async fn by_order(
         &self,
+        auth: CustomerAuth,
         /// The order's id.
         #[oai(name = "orderId")]
         order_id: Query<String>,
         limit: Query<Option<PageSize>>,
         cursor: Query<Option<Cursor>>,
-    ) -> Result<PageResponse, Refused<(BadRequest,)>> {
+    ) -> Result<PageResponse, Refused<(BadRequest, Unauthorized)>> {
         let page = page::requested(limit.0, cursor.0);
-        let found = self.store.notifications_of_order(&order_id, &page).await?;
+        let found = self
+            .store
+            .notifications_of_order(&order_id, auth.0.customer(), &page)
+            .await?;
         Ok(PageResponse::Ok(Json(Page::of(found))))
     }
 

@@ -153,12 +153,18 @@ impl NotificationStore {
 
     /// The notifications about one order, newest first, and the next page's
     /// cursor.
+    /// The notifications about an order; with `customer`, only if the order
+    /// is theirs.
     pub async fn notifications_of_order(
         &self,
         order_id: &str,
+        customer: Option<&str>,
         page: &PageRequest,
     ) -> Result<(Vec<Notification>, Option<String>), StoreError> {
-        let filter = doc! { "orderId": order_id };
+        let mut filter = doc! { "orderId": order_id };
+        if let Some(customer) = customer {
+            filter.insert("customerId", customer);
+        }
         Ok(find_page(&self.notifications, filter, page, |n| n.id.clone()).await?)
     }
 
@@ -434,6 +440,7 @@ mod tests {
                 subject: "s".into(),
                 body: "b".into(),
                 order_id: Some("o1".into()),
+                customer_id: Some("c1".into()),
                 product_id: None,
                 dedupe_key: "ORDER_CONFIRMED:o1".into(),
             }

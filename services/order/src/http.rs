@@ -15,10 +15,11 @@ use shared::{
     broker::Backlog,
     events::Cause,
     http::{
-        AdminAuth, ApiError, CorrelationId, Cursor, EmailAddress, FieldError, Page, PageSize,
-        Refused, ValidJson,
+        AdminAuth, ApiError, CorrelationId, Cursor, CustomerAuth, EmailAddress, FieldError, Page,
+        PageSize, Refused, ValidJson,
         error::{
-            BadRequest, Conflict, NotFound, Unauthorized, Unprocessable, UnsupportedMediaType,
+            BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unprocessable,
+            UnsupportedMediaType,
         },
         page,
     },
@@ -269,6 +270,18 @@ pub enum OrderPageResponse {
     Ok(Json<Page<OrderView>>),
 }
 
+impl OrderApi {
+    /// The order, if the caller may see it. Another customer's is not found,
+    /// so that a customer cannot learn which order ids exist.
+    async fn own_order(&self, auth: &CustomerAuth, order_id: &str) -> Result<Order, Error> {
+        self.store
+            .get(order_id)
+            .await?
+            .filter(|order| auth.0.acts_for(&order.customer_id))
+            .ok_or_else(|| Error::NotFound(order_id.to_string()))
+    }
+}
+
 #[derive(ApiResponse)]
 pub enum StuckSagaPageResponse {
     /// A page of sagas that have not ended, oldest first.
@@ -282,10 +295,12 @@ impl OrderApi {
     /// for the outcome. With `Idempotency-Key`, a retried request returns
     /// the same order and a different body under the same key gets 409.
     /// While the saga is too far behind (`MAX_SAGA_BACKLOG` messages waiting)
-    /// a new order gets 503 `overloaded` with `Retry-After`.
+    /// a new order gets 503 `overloaded` with `Retry-After`. A customer
+    /// orders for itself: `customerId` must be the token's `sub`.
     #[oai(path = "/api/orders", method = "post")]
     async fn create_order(
         &self,
+        auth: CustomerAuth,
         body: ValidJson<CreateOrderRequest>,
         /// Makes a retried request safe: the same key and body return the
         /// first order.
@@ -294,9 +309,22 @@ impl OrderApi {
         correlation: Data<&CorrelationId>,
     ) -> Result<
         CreateOrderResponse,
-        Refused<(BadRequest, Conflict, UnsupportedMediaType, Unprocessable)>,
+        Refused<(
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            Conflict,
+            UnsupportedMediaType,
+            Unprocessable,
+        )>,
     > {
         let request = body.0;
+        if !auth.0.acts_for(&request.customer_id) {
+            return Err(ApiError::forbidden(
+                "customerId must be the customer the token was issued to (its sub)",
+            )
+            .into());
+        }
         let product_ids: Vec<&str> = request
             .items
             .iter()
@@ -389,28 +417,28 @@ impl OrderApi {
         Ok(CreateOrderResponse::Accepted(Json(order.into()), location))
     }
 
-    /// One order.
+    /// One of the caller's orders. Another customer's is 404, as if it did
+    /// not exist.
     #[oai(path = "/api/orders/:order_id", method = "get")]
     async fn get_order(
         &self,
+        auth: CustomerAuth,
         order_id: Path<String>,
-    ) -> Result<OrderResponse, Refused<(NotFound,)>> {
-        let order = self
-            .store
-            .get(&order_id)
-            .await?
-            .ok_or_else(|| Error::NotFound(order_id.0.clone()))?;
+    ) -> Result<OrderResponse, Refused<(Unauthorized, NotFound)>> {
+        let order = self.own_order(&auth, &order_id).await?;
         Ok(OrderResponse::Ok(Json(order.into())))
     }
 
-    /// Cancel a PENDING or CONFIRMED order; its stock is released. Any
-    /// other order is a 409.
+    /// Cancel one of the caller's orders, PENDING or CONFIRMED; its stock is
+    /// released. Any other status is a 409; another customer's order is 404.
     #[oai(path = "/api/orders/:order_id/cancel", method = "post")]
     async fn cancel_order(
         &self,
+        auth: CustomerAuth,
         order_id: Path<String>,
         correlation: Data<&CorrelationId>,
-    ) -> Result<OrderResponse, Refused<(NotFound, Conflict)>> {
+    ) -> Result<OrderResponse, Refused<(Unauthorized, NotFound, Conflict)>> {
+        self.own_order(&auth, &order_id).await?;
         let order = self.store.cancel(&order_id, &correlation.0.0).await?;
         Ok(OrderResponse::Ok(Json(order.into())))
     }
@@ -445,14 +473,19 @@ impl OrderApi {
         Ok(OrderResponse::Ok(Json(order.into())))
     }
 
-    /// A customer's orders, newest first.
+    /// The caller's orders, newest first: a customer lists only its own
+    /// (another customer id is 403).
     #[oai(path = "/api/customers/:customer_id/orders", method = "get")]
     async fn customer_orders(
         &self,
+        auth: CustomerAuth,
         customer_id: Path<String>,
         limit: Query<Option<PageSize>>,
         cursor: Query<Option<Cursor>>,
-    ) -> Result<OrderPageResponse, Refused<(BadRequest,)>> {
+    ) -> Result<OrderPageResponse, Refused<(BadRequest, Unauthorized, Forbidden)>> {
+        if !auth.0.acts_for(&customer_id) {
+            return Err(ApiError::forbidden("a customer lists only its own orders").into());
+        }
         let page = page::requested(limit.0, cursor.0);
         let found = self.store.orders_of_customer(&customer_id, &page).await?;
         Ok(OrderPageResponse::Ok(Json(Page::of(found))))

@@ -80,7 +80,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     let topology = core.publisher.topology();
     let backlog = config.max_saga_backlog.map(|limit| {
         Backlog::spawn(
-            &core.config.rabbitmq_url,
+            core.config.rabbitmq_url.expose(),
             vec![
                 topology.work_queue(&INVENTORY_SERVICE),
                 topology.work_queue(&ORDER_SERVICE),

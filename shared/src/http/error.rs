@@ -89,6 +89,10 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
@@ -217,8 +221,13 @@ refusals! {
     BadRequest = 400, "The request is malformed: JSON that does not parse or a parameter \
         out of its range (`bad_request`), or fields that break their rules, each named in \
         `fields` (`validation_failed`).";
-    /// 401: an admin route without the admin token.
-    Unauthorized = 401, "The admin bearer token is missing or wrong (`unauthorized`).";
+    /// 401: no bearer token, or one this route does not take.
+    Unauthorized = 401, "The bearer token is missing, or not one this route takes: \
+        expired, forged or malformed, or a customer's on an admin route (`unauthorized`); \
+        the message says which.";
+    /// 403: a customer acting for another customer.
+    Forbidden = 403, "The token's customer may not act for the customer the request \
+        names (`forbidden`).";
     /// 404: no such resource.
     NotFound = 404, "No such resource (`not_found`).";
     /// 409: the resource's state or version does not allow this.
@@ -351,7 +360,10 @@ pub async fn json_errors(error: poem::Error) -> Response {
         _ => "error",
     };
     let message = match status {
-        StatusCode::UNAUTHORIZED => "a valid admin bearer token is required".to_string(),
+        StatusCode::UNAUTHORIZED => {
+            "an Authorization: Bearer token is required (a customer JWT or the admin token)"
+                .to_string()
+        }
         StatusCode::NOT_FOUND if error.to_string() == "not found" => "no such route".to_string(),
         s if s.is_server_error() => {
             tracing::error!(%error, "internal error");

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    AdminToken, ApiError, ClientAddress, TrustedProxies, client,
+    ApiError, Authenticator, ClientAddress, TrustedProxies, client,
     contract::{self, Contract},
     error::json_errors,
     loadshed::{self, LoadShedder},
@@ -36,11 +36,12 @@ pub struct CorrelationId(pub String);
 /// Wraps `api` with its Swagger UI (`/docs`), its spec (`/openapi.json`),
 /// and, from the outside in: JSON errors, the client's address (behind
 /// `trusted_proxies`), correlation ids and the request log, the rate limit,
-/// load shedding, the body limit, and `Allow` on 405; plus the admin token.
+/// load shedding, the body limit, and `Allow` on 405; plus the tokens it
+/// accepts.
 pub fn build_app<T: OpenApi + 'static>(
     api: T,
     title: &str,
-    admin_token: &str,
+    authenticator: Authenticator,
     rate_limiter: Option<Arc<RateLimiter>>,
     load_shedder: Option<Arc<LoadShedder>>,
     trusted_proxies: TrustedProxies,
@@ -66,7 +67,7 @@ pub fn build_app<T: OpenApi + 'static>(
         .around(move |next, req| ratelimit::limit(rate_limiter.clone(), next, req))
         .around(correlate)
         .around(move |next, req| client::identify(trusted_proxies.clone(), next, req))
-        .data(AdminToken(admin_token.to_string()))
+        .data(authenticator)
         .catch_all_error(json_errors)
 }
 

@@ -12,6 +12,13 @@ use serde_json::{Value, json};
 use shared::{CancellationToken, config::Env};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The services' `JWT_SECRET` in every test stack.
+pub const JWT_SECRET: &str = "e2e-test-jwt-secret-at-least-32-bytes";
+
+/// A bearer token for `customer`, valid for an hour.
+pub fn customer_token(customer: &str) -> String {
+    loadgen::customer_token(JWT_SECRET, customer, Duration::from_secs(3600))
+}
 
 pub fn mongodb_uri() -> String {
     std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into())
@@ -52,6 +59,7 @@ impl Stack {
             // The broker deletes this test's queues 15 minutes after it ends.
             ("AMQP_QUEUE_EXPIRES_MS".into(), "900000".into()),
             ("ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+            ("JWT_SECRET".into(), JWT_SECRET.into()),
             // Short retry delays keep failing-path tests quick.
             ("RETRY_BASE_MS".into(), "200".into()),
             ("RETRY_CAP_MS".into(), "1000".into()),
@@ -234,6 +242,19 @@ impl Stack {
             .unwrap()
     }
 
+    /// GET `url` with `customer`'s token and decode the JSON body.
+    pub async fn customer_get_json(&self, customer: &str, url: &str) -> Value {
+        self.http
+            .get(url)
+            .bearer_auth(customer_token(customer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// GET `url` with the admin token and decode the JSON body.
     pub async fn admin_get_json(&self, url: &str) -> Value {
         self.admin_call(reqwest::Method::GET, url, None).await.1
@@ -256,6 +277,7 @@ impl Stack {
             .await
     }
 
+    /// Places an order as customer `c-1`, with its token.
     pub async fn place_order(
         &self,
         email: &str,
@@ -264,14 +286,16 @@ impl Stack {
     ) -> reqwest::Response {
         self.http
             .post(format!("{}/api/orders", self.order))
+            .bearer_auth(customer_token("c-1"))
             .json(&json!({ "customerId": "c-1", "customerEmail": email, "items": [{ "productId": product, "quantity": quantity }] }))
             .send()
             .await
             .unwrap()
     }
 
+    /// The order, read with the admin token (whoever placed it).
     pub async fn order(&self, id: &str) -> Value {
-        self.get_json(&format!("{}/api/orders/{id}", self.order))
+        self.admin_get_json(&format!("{}/api/orders/{id}", self.order))
             .await
     }
 

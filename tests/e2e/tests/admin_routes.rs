@@ -312,7 +312,7 @@ async fn send_manual(stack: &Stack, to: &str) -> String {
 async fn notification_in(stack: &Stack, id: &str, status: &str) -> Value {
     eventually(&format!("notification {id} {status}"), || async {
         let n = stack
-            .get_json(&format!("{}/api/notifications/{id}", stack.notification))
+            .admin_get_json(&format!("{}/api/notifications/{id}", stack.notification))
             .await;
         (n["status"] == status).then_some(n)
     })

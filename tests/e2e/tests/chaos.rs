@@ -22,7 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e_tests::{ADMIN_TOKEN, eventually_within, outcome_emails, rabbitmq_url};
+use e2e_tests::{
+    ADMIN_TOKEN, JWT_SECRET, customer_token, eventually_within, outcome_emails, rabbitmq_url,
+};
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
@@ -383,6 +385,7 @@ impl Chaos {
             // when its service restarts.
             .env("AMQP_QUEUE_EXPIRES_MS", "3600000")
             .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("JWT_SECRET", JWT_SECRET)
             .env("INVENTORY_URL", self.url("inventory"))
             .env("SMTP_PORT", self.smtp_port.to_string())
             .env("ADMIN_EMAIL", format!("admin-{}@example.com", self.id))
@@ -719,6 +722,7 @@ impl Chaos {
             async move {
                 let response = http
                     .post(url)
+                    .bearer_auth(customer_token("oversell"))
                     .json(&json!({ "customerId": "oversell", "customerEmail": email,
                                    "items": [{ "productId": product, "quantity": 1 }] }))
                     .send()
@@ -1032,6 +1036,7 @@ async fn post_order(
 ) -> (Option<u16>, Option<String>) {
     let Ok(response) = http
         .post(url)
+        .bearer_auth(customer_token("chaos"))
         .json(&json!({ "customerId": "chaos", "customerEmail": email,
                        "items": [{ "productId": product, "quantity": quantity }] }))
         .send()

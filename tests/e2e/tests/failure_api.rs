@@ -1,7 +1,7 @@
 //! Dead-letter admin routes, rate limits, breaker states and metrics, on
 //! the real services.
 
-use e2e_tests::Stack;
+use e2e_tests::{Stack, customer_token};
 use reqwest::Method;
 use serde_json::{Value, json};
 use shared::events::{Envelope, OrderCancelled};
@@ -172,11 +172,11 @@ async fn over_the_rate_limit_a_client_gets_429_with_retry_after_but_probes_are_n
     let stack =
         Stack::start_with(&[("RATE_LIMIT_PER_SECOND", "1"), ("RATE_LIMIT_BURST", "3")]).await;
     let url = format!("{}/api/orders/nothing-here", stack.order);
+    let get = || stack.http.get(&url).bearer_auth(customer_token("c-1")).send();
     for _ in 0..3 {
-        let response = stack.http.get(&url).send().await.unwrap();
-        assert_eq!(response.status(), 404);
+        assert_eq!(get().await.unwrap().status(), 404);
     }
-    let refused = stack.http.get(&url).send().await.unwrap();
+    let refused = get().await.unwrap();
     assert_eq!(refused.status(), 429);
     let wait: u64 = refused.headers()["retry-after"]
         .to_str()
@@ -209,6 +209,7 @@ async fn get_forwarded(stack: &Stack, url: &str, forwarded: &str) -> (u16, Strin
     let response = stack
         .http
         .get(url)
+        .bearer_auth(customer_token("c-1"))
         .header("x-forwarded-for", forwarded)
         .send()
         .await

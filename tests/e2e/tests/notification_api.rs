@@ -36,7 +36,7 @@ async fn a_manual_notification_is_sent_by_smtp_and_recorded_as_sent() {
         .to_string();
 
     let sent = eventually("SENT", || async {
-        let n: Value = stack.get_json(&format!("{url}/{id}")).await;
+        let n: Value = stack.admin_get_json(&format!("{url}/{id}")).await;
         (n["status"] == "SENT").then_some(n)
     })
     .await;
@@ -79,11 +79,22 @@ async fn bad_notification_requests_are_400_and_unknown_ids_404() {
     assert_eq!(fields, vec!["recipient", "subject"]);
 
     // Listing needs an orderId.
-    assert_eq!(stack.http.get(&url).send().await.unwrap().status(), 400);
+    assert_eq!(
+        stack
+            .http
+            .get(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
     assert_eq!(
         stack
             .http
             .get(format!("{url}/missing"))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap()

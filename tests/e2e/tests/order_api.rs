@@ -1,13 +1,14 @@
 //! The order service's HTTP contract: bad input is a 4xx with a JSON body
 //! naming the problem, and writes nothing.
 
-use e2e_tests::{ADMIN_TOKEN, Stack, eventually};
+use e2e_tests::{ADMIN_TOKEN, Stack, customer_token, eventually};
 use serde_json::{Value, json};
 
 async fn post(stack: &Stack, body: &str) -> (u16, Value) {
     let response = stack
         .http
         .post(format!("{}/api/orders", stack.order))
+        .bearer_auth(ADMIN_TOKEN)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -19,7 +20,10 @@ async fn post(stack: &Stack, body: &str) -> (u16, Value) {
 
 async fn customer_orders(stack: &Stack, customer: &str) -> usize {
     let page: Value = stack
-        .get_json(&format!("{}/api/customers/{customer}/orders", stack.order))
+        .customer_get_json(
+            customer,
+            &format!("{}/api/customers/{customer}/orders", stack.order),
+        )
         .await;
     page["items"].as_array().unwrap().len()
 }
@@ -85,6 +89,7 @@ async fn an_unknown_product_is_422_naming_the_line_and_an_unknown_order_is_404()
     let missing = stack
         .http
         .get(format!("{}/api/orders/nope", stack.order))
+        .bearer_auth(customer_token("c-1"))
         .send()
         .await
         .unwrap();
@@ -155,6 +160,7 @@ async fn admin_status_moves_need_the_token_and_follow_the_lifecycle() {
     let cancel = stack
         .http
         .post(format!("{}/api/orders/{id}/cancel", stack.order))
+        .bearer_auth(customer_token("c-1"))
         .send()
         .await
         .unwrap();
@@ -194,17 +200,20 @@ async fn customer_orders_page_with_a_cursor() {
         );
     }
     let url = format!("{}/api/customers/c-1/orders", stack.order);
-    let first: Value = stack.get_json(&format!("{url}?limit=3")).await;
+    let first: Value = stack
+        .customer_get_json("c-1", &format!("{url}?limit=3"))
+        .await;
     assert_eq!(first["items"].as_array().unwrap().len(), 3);
     let cursor = first["nextCursor"].as_str().unwrap();
     let second: Value = stack
-        .get_json(&format!("{url}?limit=3&cursor={cursor}"))
+        .customer_get_json("c-1", &format!("{url}?limit=3&cursor={cursor}"))
         .await;
     assert_eq!(second["items"].as_array().unwrap().len(), 2);
     assert!(second["nextCursor"].is_null());
     let too_big = stack
         .http
         .get(format!("{url}?limit=101"))
+        .bearer_auth(customer_token("c-1"))
         .send()
         .await
         .unwrap();
@@ -290,6 +299,7 @@ async fn new_orders_get_503_with_retry_after_while_the_saga_is_too_far_behind() 
         let response = stack
             .http
             .post(format!("{}/api/orders", stack.order))
+            .bearer_auth(customer_token("c-backlog"))
             .header("content-type", "application/json")
             .body(body.clone())
             .send()

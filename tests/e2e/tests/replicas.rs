@@ -18,7 +18,7 @@ use std::{
 };
 
 use common::*;
-use e2e_tests::{create_product, eventually_within, outcome_emails};
+use e2e_tests::{ADMIN_TOKEN, create_product, customer_token, eventually_within, outcome_emails};
 use serde_json::Value;
 
 /// Orders placed while the instances are killed.
@@ -194,6 +194,7 @@ async fn customer_orders(http: &reqwest::Client, order: &str, customer: &str) ->
             .get(format!(
                 "{order}/api/customers/{customer}/orders?limit=100{cursor}"
             ))
+            .bearer_auth(customer_token(customer))
             .send()
             .await
             .unwrap()
@@ -227,6 +228,7 @@ async fn stock(http: &reqwest::Client, inventory: &str, product: &str) -> i64 {
 async fn outcome_sent(http: &reqwest::Client, notification: &str, order: &str) -> Option<()> {
     let page: Value = http
         .get(format!("{notification}/api/notifications?orderId={order}"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .ok()?

@@ -167,6 +167,7 @@ async fn run_sh_with_two_replicas_serves_through_nginx_and_rides_out_a_killed_in
     }
     let mine: Value = http
         .get(format!("{order}/api/customers/c-{id}/orders"))
+        .bearer_auth(e2e_tests::customer_token(&format!("c-{id}")))
         .send()
         .await
         .unwrap()

@@ -1,6 +1,6 @@
 //! The saga end to end: all three services, RabbitMQ, MongoDB and MailDev.
 
-use e2e_tests::{Stack, emails_to, eventually};
+use e2e_tests::{Stack, customer_token, emails_to, eventually};
 use serde_json::{Value, json};
 use shared::events::{Envelope, OrderConfirmed, OrderCreated, OrderLine, PricedLine};
 
@@ -102,6 +102,7 @@ async fn a_cancel_restores_exactly_the_held_stock_and_sends_one_email() {
     let cancelled = stack
         .http
         .post(format!("{}/api/orders/{id}/cancel", stack.order))
+        .bearer_auth(customer_token("c-1"))
         .send()
         .await
         .unwrap();
@@ -136,6 +137,7 @@ async fn a_cancel_restores_exactly_the_held_stock_and_sends_one_email() {
     let again = stack
         .http
         .post(format!("{}/api/orders/{id}/cancel", stack.order))
+        .bearer_auth(customer_token("c-1"))
         .send()
         .await
         .unwrap();
@@ -238,6 +240,7 @@ async fn twenty_parallel_requests_with_one_idempotency_key_make_one_order_and_th
         let request = stack
             .http
             .post(format!("{}/api/orders", stack.order))
+            .bearer_auth(customer_token("c-idem"))
             .json(&body);
         let keyed = i % 3 != 0;
         let request = if keyed {
@@ -265,7 +268,7 @@ async fn twenty_parallel_requests_with_one_idempotency_key_make_one_order_and_th
     assert_eq!(keyed_ids.len(), 1, "{keyed_ids:?}");
     assert_eq!(unkeyed_ids.len(), 10, "{unkeyed_ids:?}");
     let page: Value = stack
-        .get_json(&format!("{}/api/customers/c-idem/orders", stack.order))
+        .customer_get_json("c-idem", &format!("{}/api/customers/c-idem/orders", stack.order))
         .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 11);
 
@@ -274,6 +277,7 @@ async fn twenty_parallel_requests_with_one_idempotency_key_make_one_order_and_th
     let conflict = stack
         .http
         .post(format!("{}/api/orders", stack.order))
+        .bearer_auth(customer_token("c-idem"))
         .header("Idempotency-Key", &key)
         .json(&other)
         .send()

@@ -2,7 +2,7 @@
 //! answered, tells the customer once, and the inventory gives back whatever
 //! it held for a failed order, even when the failure overtakes the order.
 
-use e2e_tests::{Stack, emails_to, eventually};
+use e2e_tests::{Stack, customer_token, emails_to, eventually};
 use serde_json::Value;
 use shared::events::{Cause, Event, OrderCreated, OrderFailed, OrderLine};
 
@@ -77,10 +77,10 @@ async fn an_order_nobody_answers_fails_at_the_deadline_and_the_customer_is_told_
         mail[0]["subject"]
     );
     let notifications = stack
-        .get_json(&format!(
-            "{}/api/notifications?orderId={order_id}",
-            stack.notification
-        ))
+        .customer_get_json(
+            "c-1",
+            &format!("{}/api/notifications?orderId={order_id}", stack.notification),
+        )
         .await;
     let kinds: Vec<&Value> = notifications["items"]
         .as_array()
@@ -162,6 +162,7 @@ async fn an_idempotency_key_belongs_to_its_customer_and_kept_records_expire() {
         let request = stack
             .http
             .post(format!("{}/api/orders", stack.order))
+            .bearer_auth(customer_token(customer))
             .header("Idempotency-Key", &key)
             .json(&body);
         async move {

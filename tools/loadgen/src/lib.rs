@@ -55,6 +55,10 @@ pub struct Args {
     pub namespace: String,
     #[arg(long, env = "ADMIN_TOKEN", default_value = "dev-admin-token")]
     pub admin_token: String,
+    /// The services' JWT_SECRET: each order goes with its customer's own
+    /// token, as in production. Without it, orders carry the admin token.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
     #[arg(long, value_enum, default_value = "open")]
     pub mode: Mode,
     /// Stages as RATExSECONDS (open) or CLIENTSxSECONDS (closed), run in
@@ -124,10 +128,30 @@ fn parse_stages(text: &str) -> anyhow::Result<Vec<Stage>> {
         .collect()
 }
 
+/// Customers the orders spread over.
+const CUSTOMERS: usize = 1000;
+
+/// A customer's bearer token: HS256 with the services' `JWT_SECRET`, `sub`
+/// the customer id, valid for `ttl`.
+pub fn customer_token(secret: &str, customer: &str, ttl: Duration) -> String {
+    let claims = json!({
+        "sub": customer,
+        "exp": chrono::Utc::now().timestamp() + ttl.as_secs() as i64,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing does not fail")
+}
+
 /// What every request task shares.
 struct Shared {
     http: reqwest::Client,
     url: String,
+    /// The bearer token of customer `load-<i>`, or the admin token for all.
+    tokens: Vec<String>,
     products: Vec<String>,
     records: Mutex<Vec<OrderRecord>>,
     sent: AtomicU64,
@@ -142,12 +166,20 @@ impl Shared {
     async fn order(&self, intended: Instant, stage: usize) {
         let n = self.sent.fetch_add(1, Ordering::Relaxed) as usize;
         let product = &self.products[n % self.products.len()];
+        let customer = n % CUSTOMERS;
         let body = json!({
-            "customerId": format!("load-{}", n % 1000),
-            "customerEmail": format!("load-{}@example.com", n % 1000),
+            "customerId": format!("load-{customer}"),
+            "customerEmail": format!("load-{customer}@example.com"),
             "items": [{ "productId": product, "quantity": 1 }],
         });
-        let result = self.http.post(&self.url).json(&body).send().await;
+        let token = &self.tokens[customer % self.tokens.len()];
+        let result = self
+            .http
+            .post(&self.url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await;
         let answered = Instant::now();
         let order_id = match result {
             Ok(response) if response.status().as_u16() == 202 => response
@@ -187,6 +219,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let shared = Arc::new(Shared {
         http,
         url: format!("{}/api/orders", args.order_url.trim_end_matches('/')),
+        tokens: match &args.jwt_secret {
+            // Long enough for any run; minted up front, off the clock.
+            Some(secret) => (0..CUSTOMERS)
+                .map(|c| customer_token(secret, &format!("load-{c}"), Duration::from_secs(86_400)))
+                .collect(),
+            None => vec![args.admin_token.clone()],
+        },
         products,
         records: Mutex::new(Vec::new()),
         sent: AtomicU64::new(0),

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e_tests::{ADMIN_TOKEN, eventually_within};
+use e2e_tests::{ADMIN_TOKEN, JWT_SECRET, customer_token, eventually_within};
 use serde_json::{Value, json};
 
 /// run.sh builds the services before it starts them: seconds when cargo
@@ -83,6 +83,7 @@ impl RunScript {
             // The broker deletes this test's queues 15 minutes after it ends.
             .env("AMQP_QUEUE_EXPIRES_MS", "900000")
             .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("JWT_SECRET", JWT_SECRET)
             .env("ADMIN_EMAIL", format!("admin-{id}@example.com"))
             .env_remove("MONGODB_DATABASE")
             .envs(extra.iter().map(|(name, value)| (name, value)))
@@ -189,7 +190,9 @@ pub fn order_request(
     id: &str,
     product: &str,
 ) -> reqwest::RequestBuilder {
-    http.post(format!("{order}/api/orders")).json(&json!({
+    http.post(format!("{order}/api/orders"))
+        .bearer_auth(customer_token(&format!("c-{id}")))
+        .json(&json!({
         "customerId": format!("c-{id}"),
         "customerEmail": format!("c-{id}@example.com"),
         "items": [{ "productId": product, "quantity": 1 }],
@@ -248,6 +251,7 @@ pub async fn final_status(http: &reqwest::Client, order: &str, id: &str) -> Stri
         || async {
             let order: Value = http
                 .get(format!("{order}/api/orders/{id}"))
+                .bearer_auth(ADMIN_TOKEN)
                 .send()
                 .await
                 .ok()?
