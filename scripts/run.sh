@@ -245,29 +245,23 @@ if ((REPLICAS > 1)); then
   step "Starting nginx in front of $REPLICAS instances of each service"
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-  # An upstream's server lines, joined by \n for sed.
-  servers() {
-    local entry
-    for entry in "${INSTANCES[@]}"; do
-      if [ "${entry%%:*}" = "$1" ]; then
-        printf '        server 127.0.0.1:%s max_fails=1 fail_timeout=2s;\\n' "${entry##*:}"
-      fi
-    done
-  }
   mkdir -p "$RUN_DIR/nginx"
-  sed -e "s|@RUN_DIR@|$RUN_DIR|g" -e "s|@LOG_DIR@|$LOG_DIR|g" -e "s|@NGINX_DIR@|$PWD/nginx|g" \
-    -e "s|@ORDER_PORT@|$ORDER_PORT|g" -e "s|@INVENTORY_PORT@|$INVENTORY_PORT|g" \
-    -e "s|@NOTIFICATION_PORT@|$NOTIFICATION_PORT|g" \
-    -e "s|^@ORDER_SERVERS@\$|$(servers order)|" -e "s|^@INVENTORY_SERVERS@\$|$(servers inventory)|" \
-    -e "s|^@NOTIFICATION_SERVERS@\$|$(servers notification)|" \
-    nginx/nginx.conf.template >"$RUN_DIR/nginx.conf"
+  # The template's placeholders filled in (nginx/render.sh, which
+  # scripts/check-deploy.sh checks with `nginx -t` the same way).
+  source nginx/render.sh
+  render_nginx_conf nginx/nginx.conf.template "$PWD/nginx" "${INSTANCES[@]}" >"$RUN_DIR/nginx.conf"
   "$NGINX" -t -q -c "$RUN_DIR/nginx.conf" -p "$RUN_DIR/nginx" >>"$LOG_DIR/nginx-error.log" 2>&1 \
     || { tail -n 5 "$LOG_DIR/nginx-error.log" >&2; fail "nginx rejected $RUN_DIR/nginx.conf (made from nginx/nginx.conf.template)"; }
   "$NGINX" -c "$RUN_DIR/nginx.conf" -p "$RUN_DIR/nginx" >>"$LOG_DIR/nginx-error.log" 2>&1 </dev/null &
   NGINX_PID=$!
   for entry in "${SERVICES[@]}"; do
     wait_for_port "${entry##*:}" nginx 30 "$LOG_DIR/nginx-error.log" "$NGINX_PID"
-    until ready "${entry##*:}"; do sleep 0.2; done
+    waited=0
+    until ready "${entry##*:}"; do
+      sleep 0.2
+      waited=$((waited + 1))
+      ((waited < 150)) || fail "nginx on ${entry##*:} does not answer /ready after 30s (log: $LOG_DIR/nginx-error.log)"
+    done
   done
   note "nginx on $ORDER_PORT, $INVENTORY_PORT and $NOTIFICATION_PORT (config: $RUN_DIR/nginx.conf)"
 fi

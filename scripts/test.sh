@@ -1,40 +1,49 @@
 #!/usr/bin/env bash
 # Starts the same infrastructure as run.sh (installing what is missing), then
-# runs the whole test suite against it: unit tests, and integration tests
-# that start the real services on free ports with their own databases and
-# AMQP namespaces.
+# runs the whole test suite against it: the offline checks of the deployment
+# files, unit tests, and integration tests that start the real services on
+# free ports with their own databases and AMQP namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh
 trap infra_down EXIT
 
-# The api_contract test runs schemathesis against each service's spec.
+# Python tools the tests drive, pinned, in one venv: schemathesis (the
+# api_contract test, against each service's spec) and aiosmtpd (the smtp_tls
+# test's server, which requires STARTTLS and AUTH).
+VENV="$RUN_DIR/venv"
 SCHEMATHESIS_VERSION="4.32.5"
-SCHEMATHESIS_VENV="$RUN_DIR/venv"
+AIOSMTPD_VERSION="1.4.6"
 
-install_schemathesis() {
-  local cli="$SCHEMATHESIS_VENV/bin/schemathesis"
-  if [ -x "$cli" ] && "$cli" --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION\$"; then
-    note "schemathesis $SCHEMATHESIS_VERSION already in $SCHEMATHESIS_VENV"
-  else
-    command -v python3 >/dev/null || fail "python3 not found: install Python 3.11 or newer (schemathesis needs it)"
-    mkdir -p "$LOG_DIR"
-    note "pip install schemathesis==$SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV (log: $LOG_DIR/schemathesis.log)"
-    { [ -x "$SCHEMATHESIS_VENV/bin/pip" ] || python3 -m venv "$SCHEMATHESIS_VENV"; } >"$LOG_DIR/schemathesis.log" 2>&1 \
-      || fail "python3 -m venv $SCHEMATHESIS_VENV failed (see $LOG_DIR/schemathesis.log; on Debian: apt-get install python3-venv)"
-    "$SCHEMATHESIS_VENV/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION" >>"$LOG_DIR/schemathesis.log" 2>&1 \
-      || fail "pip install schemathesis==$SCHEMATHESIS_VERSION failed (see $LOG_DIR/schemathesis.log)"
+# pip_install PACKAGE VERSION: into $VENV, unless that version is there.
+pip_install() {
+  local package=$1 version=$2 log="$LOG_DIR/pip-$1.log"
+  if [ -x "$VENV/bin/pip" ] && "$VENV/bin/pip" show "$package" 2>/dev/null | grep -qx "Version: $version"; then
+    note "$package $version already in $VENV"
+    return
   fi
-  export SCHEMATHESIS="$cli"
+  command -v python3 >/dev/null || fail "python3 not found: install Python 3.11 or newer ($package needs it)"
+  mkdir -p "$LOG_DIR"
+  note "pip install $package==$version into $VENV (log: $log)"
+  { [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"; } >"$log" 2>&1 \
+    || fail "python3 -m venv $VENV failed (see $log; on Debian: apt-get install python3-venv)"
+  "$VENV/bin/pip" install --quiet "$package==$version" >>"$log" 2>&1 \
+    || fail "pip install $package==$version failed (see $log)"
 }
 
 infra_up
-step "Installing schemathesis"
-install_schemathesis
+step "Installing the Python test tools"
+pip_install schemathesis "$SCHEMATHESIS_VERSION"
+pip_install aiosmtpd "$AIOSMTPD_VERSION"
+export SCHEMATHESIS="$VENV/bin/schemathesis" SMTP_TEST_PYTHON="$VENV/bin/python"
+# The smtp_tls test makes its server's certificate with the openssl CLI.
+command -v openssl >/dev/null || apt_install openssl
 # The run.sh test with REPLICAS=2 puts nginx in front of the instances.
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   step "Installing nginx"
   apt_install nginx
 fi
+step "Checking the deployment files offline (compose, nginx, Kubernetes)"
+bash scripts/check-deploy.sh
 step "Running the test suite"
 cargo test --workspace --locked "$@"

@@ -1,0 +1,503 @@
+#!/usr/bin/env python3
+"""Checks one `kustomize build` output: schemas, then the deployment rules.
+
+    check.py NAME BUILT.yaml     NAME: base, dev, production, or another
+                                 overlay's name (the common rules only)
+
+Run by deploy/check.sh in its venv (kubernetes-validate, jsonschema, PyYAML).
+Prints one line per check, `ok` or `FAIL` with what is wrong, and exits 1 if
+any check failed. The rules are the ones deploy/README.md states: probes on
+/health and /ready, a non-root read-only container, resources, only variable
+names the services read, references that resolve, and in production a PDB
+and an HPA (min 2) for each service.
+"""
+import ipaddress
+import os
+import re
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent
+REPO = DEPLOY.parent
+K8S_VERSIONS = os.environ.get("KUBERNETES_VERSIONS", "1.33.0 1.37.0").split()
+
+SERVICES = {"order-service": 3001, "inventory-service": 3002, "notification-service": 3003}
+IMAGE = "ghcr.io/example/ecommerce-saga"
+# Env entries read by no service, used only to compose RABBITMQ_URL.
+HELPER_VARS = {"RABBITMQ_USERNAME", "RABBITMQ_PASSWORD", "RABBITMQ_HOST"}
+CUSTOM_SCHEMAS = {
+    ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "rabbitmq.com_rabbitmqclusters.yaml",
+    ("mongodbcommunity.mongodb.com/v1", "MongoDBCommunity"): "mongodbcommunity.mongodb.com_mongodbcommunity.yaml",
+}
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+class Checks:
+    def __init__(self):
+        self.failed = 0
+
+    def run(self, title, fn):
+        try:
+            problems = fn() or []
+        except Exception as e:  # a check that crashes is a failed check
+            problems = [f"{type(e).__name__}: {e}"]
+        if problems:
+            self.failed += 1
+            print(f"    FAIL {title}")
+            for p in problems:
+                print(f"         - {p}")
+        else:
+            print(f"    ok   {title}")
+
+
+def known_variables():
+    """The variables the services read, scanned from their source."""
+    names = set()
+    files = list((REPO / "shared" / "src").rglob("*.rs"))
+    files += [f for d in (REPO / "services").glob("*/src") for f in d.rglob("*.rs")]
+    for f in files:
+        text = f.read_text()
+        names.update(re.findall(r'\benv\s*\.\s*\w+\(\s*"([A-Z][A-Z0-9_]*)"', text))
+        names.update(re.findall(r'env::var\(\s*"([A-Z][A-Z0-9_]*)"', text))
+    # tracing_subscriber's EnvFilter::try_from_default_env reads RUST_LOG.
+    names.add("RUST_LOG")
+    if len(names) < 15 or "MONGODB_URI" not in names or "RABBITMQ_URL" not in names:
+        raise RuntimeError(f"scanning the sources for variable names found only {sorted(names)}")
+    return names
+
+
+def kn(doc):
+    return f"{doc['kind']}/{doc.get('metadata', {}).get('name', '?')}"
+
+
+# ---------------------------------------------------------------- schemas
+
+def structural_to_jsonschema(node):
+    """A CRD's structural OpenAPI schema as a strict JSON Schema: unknown
+    fields refused where the API server would prune them (kubectl's
+    --validate=strict refuses them), `nullable` honoured."""
+    if isinstance(node, list):
+        return [structural_to_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: structural_to_jsonschema(v) for k, v in node.items()}
+    out.pop("format", None)  # int32, int64, date-time...: not checked here
+    if out.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if (
+        out.get("type") in ("object", ["object", "null"])
+        and "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def load_custom_validators():
+    validators = {}
+    for key, filename in CUSTOM_SCHEMAS.items():
+        with open(DEPLOY / "schemas" / filename) as f:
+            vendored = yaml.safe_load(f)
+        schema = structural_to_jsonschema(vendored["openAPIV3Schema"])
+        # metadata is "type: object" in a CRD; the API server checks the rest.
+        schema["properties"]["metadata"] = {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string", "pattern": DNS1123_SUBDOMAIN.pattern, "maxLength": 253}},
+        }
+        schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
+        validators[key] = jsonschema.Draft7Validator(schema)
+    return validators
+
+
+def check_core_schemas(docs):
+    problems = []
+    for doc in docs:
+        if (doc.get("apiVersion"), doc.get("kind")) in CUSTOM_SCHEMAS:
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                problems.append(f"{kn(doc)}: no Kubernetes {version} schema for {doc.get('apiVersion')} {doc.get('kind')}")
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                problems.append(f"{kn(doc)} against Kubernetes {version}: {path}: {e.message}")
+    return problems
+
+
+def check_custom_schemas(docs, validators):
+    problems = []
+    for doc in docs:
+        validator = validators.get((doc.get("apiVersion"), doc.get("kind")))
+        if validator is None:
+            continue
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
+            path = ".".join(str(p) for p in e.path)
+            problems.append(f"{kn(doc)}: {path}: {e.message}")
+    return problems
+
+
+# ---------------------------------------------------------------- helpers
+
+def by_kind(docs, kind):
+    return {d["metadata"]["name"]: d for d in docs if d.get("kind") == kind}
+
+
+def effective(pod_ctx, ctr_ctx, key):
+    value = (ctr_ctx or {}).get(key)
+    return (pod_ctx or {}).get(key) if value is None else value
+
+
+def config_env(container, configmaps):
+    """The variables a container gets, as {name: value or None (secret)}."""
+    env = {}
+    for source in container.get("envFrom", []):
+        ref = source.get("configMapRef") or source.get("secretRef") or {}
+        cm = configmaps.get(ref.get("name"))
+        if cm is not None:
+            env.update(cm.get("data", {}))
+    for e in container.get("env", []):
+        env[e["name"]] = e.get("value")
+    return env
+
+
+# ---------------------------------------------------------------- rules
+
+def check_deployments(docs):
+    problems = []
+    deployments = by_kind(docs, "Deployment")
+    if set(deployments) != set(SERVICES):
+        problems.append(f"Deployments are {sorted(deployments)}, expected {sorted(SERVICES)}")
+    for name, d in deployments.items():
+        pod = d["spec"]["template"]["spec"]
+        psc = pod.get("securityContext", {})
+        where = f"Deployment/{name}"
+        if pod.get("automountServiceAccountToken") is not False:
+            problems.append(f"{where}: automountServiceAccountToken is not false")
+        for c in pod["containers"] + pod.get("initContainers", []):
+            w = f"{where} container {c['name']}"
+            csc = c.get("securityContext", {})
+            ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+            for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready"), ("startupProbe", "/health")):
+                get = (c.get(probe) or {}).get("httpGet")
+                if not get:
+                    problems.append(f"{w}: no {probe} with httpGet")
+                    continue
+                if get.get("path") != path:
+                    problems.append(f"{w}: {probe} is on {get.get('path')}, not {path}")
+                port = get.get("port")
+                if port not in ports and port not in ports.values():
+                    problems.append(f"{w}: {probe} port {port!r} is not a container port")
+            if effective(psc, csc, "runAsNonRoot") is not True:
+                problems.append(f"{w}: runAsNonRoot is not true")
+            if effective(psc, csc, "runAsUser") != 10001:
+                problems.append(f"{w}: runAsUser is {effective(psc, csc, 'runAsUser')}, not 10001")
+            if csc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{w}: readOnlyRootFilesystem is not true")
+            if csc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{w}: allowPrivilegeEscalation is not false")
+            if "ALL" not in (csc.get("capabilities") or {}).get("drop", []):
+                problems.append(f"{w}: capabilities do not drop ALL")
+            if (effective(psc, csc, "seccompProfile") or {}).get("type") != "RuntimeDefault":
+                problems.append(f"{w}: seccompProfile is not RuntimeDefault")
+            res = c.get("resources") or {}
+            for kind in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    if r not in (res.get(kind) or {}):
+                        problems.append(f"{w}: no {kind}.{r}")
+            image = c.get("image", "")
+            if not image.startswith(IMAGE + ":") and not image.startswith(IMAGE + "@"):
+                problems.append(f"{w}: image {image!r} is not {IMAGE}")
+            if (c.get("command") or [None])[0] != f"/usr/local/bin/{name}":
+                problems.append(f"{w}: command is {c.get('command')}, not /usr/local/bin/{name}")
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        pre_stop = 0
+        for c in pod["containers"]:
+            pre_stop = max(pre_stop, ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0))
+        if grace < pre_stop + 20:
+            problems.append(f"{where}: terminationGracePeriodSeconds {grace} < preStop {pre_stop} s + 20 s of drain")
+    return problems
+
+
+def check_env(docs, known, overlay):
+    problems = []
+    configmaps = by_kind(docs, "ConfigMap")
+    secrets = by_kind(docs, "Secret")
+    mongo = next(iter(by_kind(docs, "MongoDBCommunity").values()), None)
+    rabbit = next(iter(by_kind(docs, "RabbitmqCluster").values()), None)
+    operator_secrets = set()
+    if mongo:
+        operator_secrets |= {u.get("connectionStringSecretName") for u in mongo["spec"].get("users", [])}
+    if rabbit:
+        operator_secrets.add(f"{rabbit['metadata']['name']}-default-user")
+    for name, d in by_kind(docs, "Deployment").items():
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            w = f"Deployment/{name} container {c['name']}"
+            for source in c.get("envFrom", []):
+                ref = source.get("configMapRef")
+                if not ref:
+                    problems.append(f"{w}: envFrom other than a ConfigMap")
+                    continue
+                cm = configmaps.get(ref["name"])
+                if cm is None:
+                    problems.append(f"{w}: envFrom ConfigMap {ref['name']} is not in the build")
+                    continue
+                for key in cm.get("data", {}):
+                    if key not in known:
+                        problems.append(f"{w}: ConfigMap {ref['name']} sets {key}, which no service reads")
+            defined = set()
+            for e in c.get("env", []):
+                if e["name"] not in known and e["name"] not in HELPER_VARS:
+                    problems.append(f"{w}: env {e['name']} is read by no service")
+                for ref in VAR_REF.findall(e.get("value") or ""):
+                    if ref not in defined:
+                        problems.append(f"{w}: {e['name']} uses $({ref}), not defined before it (Kubernetes would leave it as text)")
+                defined.add(e["name"])
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    if ref["name"] in secrets:
+                        if ref["key"] not in secrets[ref["name"]].get("data", {}):
+                            problems.append(f"{w}: Secret {ref['name']} has no key {ref['key']}")
+                    elif ref["name"] not in operator_secrets and overlay:
+                        problems.append(f"{w}: Secret {ref['name']} is neither in the build nor made by an operator")
+            env = config_env(c, configmaps)
+            for var in ("RABBITMQ_URL", "MONGODB_URI", "ADMIN_TOKEN", "BIND_ADDRESS", "PORT"):
+                if var not in env:
+                    problems.append(f"{w}: {var} is not set")
+            if env.get("BIND_ADDRESS") not in (None, "0.0.0.0", "::"):
+                problems.append(f"{w}: BIND_ADDRESS={env.get('BIND_ADDRESS')} is not reachable from outside the pod")
+            ports = [p["containerPort"] for p in c.get("ports", [])]
+            if str(env.get("PORT")) not in {str(p) for p in ports}:
+                problems.append(f"{w}: PORT={env.get('PORT')} but the container ports are {ports}")
+            if env.get("AMQP_QUEUE_TYPE") not in (None, "classic", "quorum"):
+                problems.append(f"{w}: AMQP_QUEUE_TYPE={env.get('AMQP_QUEUE_TYPE')} is not classic or quorum")
+            for net in (env.get("TRUSTED_PROXIES") or "").split(","):
+                if net.strip():
+                    try:
+                        ipaddress.ip_network(net.strip(), strict=False)
+                    except ValueError:
+                        problems.append(f"{w}: TRUSTED_PROXIES entry {net!r} is not a CIDR or an address")
+            if overlay and not (env.get("TRUSTED_PROXIES") or "").strip():
+                problems.append(f"{w}: TRUSTED_PROXIES is empty behind the Ingress")
+            if name == "order-service":
+                url = urlparse(env.get("INVENTORY_URL") or "")
+                svc = by_kind(docs, "Service").get(url.hostname)
+                if svc is None or url.port not in [p["port"] for p in svc["spec"]["ports"]]:
+                    problems.append(f"{w}: INVENTORY_URL={env.get('INVENTORY_URL')} is not a Service port of this build")
+            if name == "notification-service":
+                for var in ("SMTP_HOST", "SMTP_PORT", "ADMIN_EMAIL"):
+                    if not env.get(var):
+                        problems.append(f"{w}: {var} is not set")
+            # The MongoDB user behind MONGODB_URI may write the service's database.
+            uri_ref = next((e["valueFrom"]["secretKeyRef"] for e in c.get("env", [])
+                            if e["name"] == "MONGODB_URI" and "valueFrom" in e), None)
+            if mongo and uri_ref:
+                user = next((u for u in mongo["spec"]["users"] if u.get("connectionStringSecretName") == uri_ref["name"]), None)
+                database = env.get("MONGODB_DATABASE")
+                if user is None:
+                    problems.append(f"{w}: MONGODB_URI comes from {uri_ref['name']}, which no MongoDB user writes")
+                elif not database:
+                    problems.append(f"{w}: MONGODB_DATABASE is not set explicitly")
+                elif not any(r["name"] in ("readWrite", "dbOwner") and r["db"] == database for r in user["roles"]):
+                    problems.append(f"{w}: MongoDB user {user['name']} has no readWrite on {database}")
+            rabbit_refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                           if e["name"] in HELPER_VARS and "valueFrom" in e}
+            if rabbit and rabbit_refs - {f"{rabbit['metadata']['name']}-default-user"}:
+                problems.append(f"{w}: RabbitMQ credentials from {sorted(rabbit_refs)}, not the operator's default-user Secret")
+    return problems
+
+
+def check_wiring(docs):
+    """Services, PDBs, HPAs and the Ingress point at what exists."""
+    problems = []
+    deployments = by_kind(docs, "Deployment")
+    services = by_kind(docs, "Service")
+    pod_labels = {n: d["spec"]["template"]["metadata"].get("labels", {}) for n, d in deployments.items()}
+
+    def selects(selector):
+        return [n for n, labels in pod_labels.items() if all(labels.get(k) == v for k, v in selector.items())]
+
+    for name, port in SERVICES.items():
+        svc = services.get(name)
+        if svc is None:
+            problems.append(f"no Service {name}")
+            continue
+        if selects(svc["spec"].get("selector", {})) != [name]:
+            problems.append(f"Service/{name} selects {selects(svc['spec'].get('selector', {}))}")
+        if [p["port"] for p in svc["spec"]["ports"]] != [port]:
+            problems.append(f"Service/{name} ports are {svc['spec']['ports']}, expected {port}")
+    for name, d in deployments.items():
+        sel = d["spec"]["selector"].get("matchLabels", {})
+        if selects(sel) != [name]:
+            problems.append(f"Deployment/{name} selector matches {selects(sel)}")
+    for name, pdb in by_kind(docs, "PodDisruptionBudget").items():
+        if not selects(pdb["spec"]["selector"].get("matchLabels", {})):
+            problems.append(f"PodDisruptionBudget/{name} selects no Deployment's pods")
+        if "minAvailable" in pdb["spec"] and "maxUnavailable" in pdb["spec"]:
+            problems.append(f"PodDisruptionBudget/{name} sets both minAvailable and maxUnavailable")
+    for name, hpa in by_kind(docs, "HorizontalPodAutoscaler").items():
+        ref = hpa["spec"]["scaleTargetRef"]
+        if ref.get("kind") != "Deployment" or ref.get("name") not in deployments:
+            problems.append(f"HorizontalPodAutoscaler/{name} targets {ref}")
+        if not any(m.get("type") == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["spec"].get("metrics", [])):
+            problems.append(f"HorizontalPodAutoscaler/{name} does not scale on CPU")
+        if hpa["spec"].get("minReplicas", 1) > hpa["spec"]["maxReplicas"]:
+            problems.append(f"HorizontalPodAutoscaler/{name} minReplicas > maxReplicas")
+        if ref.get("name") in deployments and "replicas" in deployments[ref["name"]]["spec"]:
+            problems.append(f"Deployment/{ref['name']} sets replicas although an HPA scales it (kubectl apply would reset it)")
+    ingresses = by_kind(docs, "Ingress")
+    if not ingresses:
+        problems.append("no Ingress")
+    for name, ing in ingresses.items():
+        if ing["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-body-size") != "64k":
+            problems.append(f"Ingress/{name}: proxy-body-size is not 64k")
+        routed = set()
+        for rule in ing["spec"].get("rules", []):
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                svc = services.get(backend["name"])
+                if svc is None:
+                    problems.append(f"Ingress/{name}: {path['path']} goes to missing Service {backend['name']}")
+                    continue
+                port = backend["port"]
+                if not any(p.get("name") == port.get("name") or p["port"] == port.get("number") for p in svc["spec"]["ports"]):
+                    problems.append(f"Ingress/{name}: {path['path']} goes to a port Service/{backend['name']} lacks")
+                routed.add(backend["name"])
+        if routed != set(SERVICES):
+            problems.append(f"Ingress/{name} routes to {sorted(routed)}, not all of {sorted(SERVICES)}")
+    return problems
+
+
+def check_infrastructure(docs, name):
+    problems = []
+    rabbits = by_kind(docs, "RabbitmqCluster")
+    mongos = by_kind(docs, "MongoDBCommunity")
+    if len(rabbits) != 1 or len(mongos) != 1:
+        return [f"expected one RabbitmqCluster and one MongoDBCommunity, got {sorted(rabbits)} and {sorted(mongos)}"]
+    if by_kind(docs, "StatefulSet"):
+        problems.append("hand-made StatefulSets: the operators make them")
+    rabbit = next(iter(rabbits.values()))
+    mongo = next(iter(mongos.values()))
+    want = {"base": 3, "dev": 1, "production": 3}.get(name)
+    if want and rabbit["spec"].get("replicas", 1) != want:
+        problems.append(f"RabbitmqCluster replicas {rabbit['spec'].get('replicas', 1)}, expected {want}")
+    if want and mongo["spec"].get("members") != want:
+        problems.append(f"MongoDBCommunity members {mongo['spec'].get('members')}, expected {want}")
+    if "SCRAM" not in mongo["spec"]["security"]["authentication"]["modes"]:
+        problems.append("MongoDBCommunity without SCRAM")
+    secrets = by_kind(docs, "Secret")
+    for user in mongo["spec"]["users"]:
+        ref = user.get("passwordSecretRef", {})
+        if name != "base":
+            secret = secrets.get(ref.get("name"))
+            if secret is None:
+                problems.append(f"MongoDB user {user['name']}: password Secret {ref.get('name')} is not in the build "
+                                "(generated with a hash suffix? the operator would not find it)")
+            elif ref.get("key", "password") not in secret.get("data", {}):
+                problems.append(f"MongoDB user {user['name']}: Secret {ref.get('name')} has no key {ref.get('key', 'password')}")
+        if not user.get("connectionStringSecretName"):
+            problems.append(f"MongoDB user {user['name']}: no connectionStringSecretName")
+    return problems
+
+
+def check_production(docs, known):
+    problems = []
+    deployments = by_kind(docs, "Deployment")
+    configmaps = by_kind(docs, "ConfigMap")
+    # APP_ENV=production makes a service refuse development defaults; where
+    # the services read it, production must set it, and give the services
+    # with customer routes a JWT key (they refuse to start without one).
+    for name, d in deployments.items():
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            env = config_env(c, configmaps)
+            if "APP_ENV" in known and env.get("APP_ENV") != "production":
+                problems.append(f"{name}: APP_ENV is {env.get('APP_ENV')!r}, not production")
+            if ("JWT_SECRET" in known and name != "inventory-service"
+                    and "JWT_SECRET" not in env and "JWT_PUBLIC_KEY_FILE" not in env):
+                problems.append(f"{name}: neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE (APP_ENV=production refuses)")
+    pdbs = list(by_kind(docs, "PodDisruptionBudget").values())
+    hpas = list(by_kind(docs, "HorizontalPodAutoscaler").values())
+    for name in SERVICES:
+        labels = deployments.get(name, {}).get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+        mine = [p for p in pdbs if labels and all(labels.get(k) == v for k, v in p["spec"]["selector"].get("matchLabels", {}).items())]
+        if not mine:
+            problems.append(f"{name}: no PodDisruptionBudget")
+        for p in mine:
+            if p["spec"].get("minAvailable") != 1:
+                problems.append(f"{name}: PodDisruptionBudget minAvailable is {p['spec'].get('minAvailable')}, not 1")
+        hpa = [h for h in hpas if h["spec"]["scaleTargetRef"]["name"] == name]
+        if not hpa:
+            problems.append(f"{name}: no HorizontalPodAutoscaler")
+        for h in hpa:
+            if h.get("apiVersion") != "autoscaling/v2":
+                problems.append(f"{name}: HPA is {h.get('apiVersion')}, not autoscaling/v2")
+            if h["spec"].get("minReplicas", 1) < 2:
+                problems.append(f"{name}: HPA minReplicas {h['spec'].get('minReplicas', 1)} < 2")
+        spec = deployments.get(name, {}).get("spec", {})
+        if spec.get("replicas", 2) < 2:
+            problems.append(f"{name}: replicas {spec['replicas']} < 2")
+        for c in spec.get("template", {}).get("spec", {}).get("containers", []):
+            if c.get("image", "").endswith(":latest") or ":" not in c.get("image", "").rsplit("/", 1)[-1]:
+                problems.append(f"{name}: image {c.get('image')} is not a released tag")
+    for name, ing in by_kind(docs, "Ingress").items():
+        if not all(rule.get("host") for rule in ing["spec"].get("rules", [])):
+            problems.append(f"Ingress/{name}: a rule without a host")
+    return problems
+
+
+def check_dev(docs):
+    problems = []
+    for name, d in by_kind(docs, "Deployment").items():
+        if d["spec"].get("replicas") != 1:
+            problems.append(f"Deployment/{name}: replicas {d['spec'].get('replicas')}, expected 1")
+    if by_kind(docs, "HorizontalPodAutoscaler"):
+        problems.append("HPAs in dev (they would scale the single replica up)")
+    return problems
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    name, path = sys.argv[1], sys.argv[2]
+    with open(path) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    checks = Checks()
+    try:
+        known = known_variables()
+        validators = load_custom_validators()
+    except Exception as e:
+        print(f"    FAIL setting up the checks: {type(e).__name__}: {e}")
+        sys.exit(1)
+    overlay = name != "base"
+    kinds = sorted({d["kind"] for d in docs})
+    print(f"    {len(docs)} objects: {', '.join(kinds)}")
+    checks.run(f"Kubernetes schemas ({', '.join(K8S_VERSIONS)}, strict) for the built-in kinds",
+               lambda: check_core_schemas(docs))
+    checks.run("operator CRD schemas (strict) for RabbitmqCluster and MongoDBCommunity",
+               lambda: check_custom_schemas(docs, validators))
+    checks.run("Deployments: probes /health and /ready, non-root read-only, resources, grace period",
+               lambda: check_deployments(docs))
+    checks.run("environment: only variables the services read; secrets, ports, URLs and databases line up",
+               lambda: check_env(docs, known, overlay))
+    checks.run("Services, PDBs, HPAs and the Ingress point at what exists",
+               lambda: check_wiring(docs))
+    checks.run("RabbitmqCluster and MongoDBCommunity (operators, SCRAM users, sizes)",
+               lambda: check_infrastructure(docs, name))
+    if name == "production":
+        checks.run("production: PDB minAvailable 1 and HPA (min >= 2) per service, released image, Ingress host, APP_ENV",
+                   lambda: check_production(docs, known))
+    if name == "dev":
+        checks.run("dev: one replica each, no HPA", lambda: check_dev(docs))
+    sys.exit(1 if checks.failed else 0)
+
+
+if __name__ == "__main__":
+    main()
