@@ -5,15 +5,22 @@
 
 use std::{sync::Arc, time::Duration};
 
+use anyhow::Context;
 use chrono::Utc;
 use failsafe::futures::CircuitBreaker;
 use futures::StreamExt;
 use lettre::{
-    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor, message::header::ContentType,
-    transport::smtp::PoolConfig,
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::header::ContentType,
+    transport::smtp::{
+        PoolConfig,
+        authentication::Credentials,
+        client::{Tls, TlsParameters},
+    },
 };
 use shared::{
     CancellationToken,
+    config::Secret,
     resilience::{Breaker, BreakerProbe, BreakerState, Breakers},
     retry::RetryPolicy,
 };
@@ -37,10 +44,63 @@ const CLAIM_BATCH: usize = 256;
 pub struct SmtpConfig {
     /// `SMTP_HOST`, default 127.0.0.1.
     pub host: String,
-    /// `SMTP_PORT`, default 1025.
+    /// `SMTP_PORT`, default [`SmtpTls::default_port`].
     pub port: u16,
     /// `NOTIFY_FROM`, default `shop@example.com`.
     pub from: String,
+    /// `SMTP_TLS`, default none.
+    pub tls: SmtpTls,
+    /// `SMTP_TLS_INSECURE`: accept any certificate (a local test server's
+    /// self-signed one), default false.
+    pub tls_insecure: bool,
+    /// `SMTP_USERNAME` and `SMTP_PASSWORD`, default none (no AUTH).
+    pub login: Option<SmtpLogin>,
+}
+
+/// How the connection to the SMTP server is secured (`SMTP_TLS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain text, for a local relay or MailDev.
+    None,
+    /// Plain text upgraded by STARTTLS before anything else is sent; a
+    /// server that does not offer it is refused, so a man in the middle
+    /// cannot strip it and read the login.
+    StartTls,
+    /// TLS from the first byte (implicit TLS, "SMTPS").
+    Tls,
+}
+
+impl SmtpTls {
+    /// The port each mode is usually served on: MailDev's 1025, the
+    /// submission port 587 and the submissions port 465.
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::None => 1025,
+            SmtpTls::StartTls => 587,
+            SmtpTls::Tls => 465,
+        }
+    }
+}
+
+impl std::str::FromStr for SmtpTls {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(SmtpTls::None),
+            "starttls" => Ok(SmtpTls::StartTls),
+            "tls" => Ok(SmtpTls::Tls),
+            _ => Err("expected none, starttls or tls"),
+        }
+    }
+}
+
+/// The login for AUTH (`SMTP_USERNAME`, `SMTP_PASSWORD`).
+#[derive(Clone, Debug)]
+pub struct SmtpLogin {
+    pub username: String,
+    /// Shown as `***` by `Debug`.
+    pub password: Secret,
 }
 
 pub struct Sender {
@@ -64,6 +124,79 @@ pub struct Sender {
 /// tried again: about when the breaker lets a probe through.
 const OUTAGE_RETRY: Duration = Duration::from_secs(5);
 
+/// Replies that refuse the service's login rather than the message (RFC
+/// 4954): 530 authentication required (or STARTTLS first), 534 mechanism
+/// too weak, 535 credentials invalid, 538 encryption required.
+const LOGIN_REFUSED: [u16; 4] = [530, 534, 535, 538];
+
+/// The transport for `smtp`: secured and logged in as configured, pooled.
+fn transport(smtp: &SmtpConfig) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+    // What lettre's `starttls_relay` and `relay` build, with our port and
+    // the option to accept a test server's self-signed certificate.
+    let parameters = || {
+        TlsParameters::builder(smtp.host.clone())
+            .dangerous_accept_invalid_certs(smtp.tls_insecure)
+            .build()
+            .context("setting up TLS for SMTP")
+    };
+    let tls = match smtp.tls {
+        SmtpTls::None => Tls::None,
+        SmtpTls::StartTls => Tls::Required(parameters()?),
+        SmtpTls::Tls => Tls::Wrapper(parameters()?),
+    };
+    if smtp.tls_insecure {
+        tracing::warn!(
+            host = %smtp.host,
+            "SMTP_TLS_INSECURE=true: the SMTP server's certificate is not checked, so \
+             anyone in between can read the login and the emails; for a local test \
+             server only"
+        );
+    }
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+        .tls(tls)
+        .port(smtp.port)
+        .timeout(Some(Duration::from_secs(5)))
+        // Pooled: a new SMTP session per email (connect, EHLO, QUIT) held
+        // the sender near 50 emails/s against MailDev. A connection that
+        // went stale is dropped by the pool and the send retried as usual.
+        // STARTTLS and AUTH happen once per connection, not per email.
+        .pool_config(PoolConfig::new().max_size(SENDS_IN_FLIGHT as u32));
+    if let Some(login) = &smtp.login {
+        builder = builder.credentials(Credentials::new(
+            login.username.clone(),
+            login.password.expose().to_owned(),
+        ));
+    }
+    Ok(builder.build())
+}
+
+/// Whether the server refused the service's login rather than the message.
+fn login_refused(error: &lettre::transport::smtp::Error) -> bool {
+    error
+        .status()
+        .is_some_and(|code| LOGIN_REFUSED.contains(&u16::from(code)))
+}
+
+/// What a failed send means for the notification.
+fn classify(error: &lettre::transport::smtp::Error) -> SendFailure {
+    // A refused login is permanent for SMTP but not for the email: an
+    // operator fixes SMTP_USERNAME, SMTP_PASSWORD or SMTP_TLS and every
+    // email waiting should then go out, so it waits as through an outage
+    // (no attempt used, up to EMAIL_GIVE_UP_HOURS) instead of FAILED at
+    // once. It still counts against the breaker, so a wrong password is
+    // tried by one send every few seconds, not by 64 at once, which a
+    // provider might take for an attack on the account.
+    if login_refused(error) {
+        SendFailure::Unreachable
+    } else if error.is_permanent() {
+        SendFailure::Refused
+    } else if error.is_transient() {
+        SendFailure::Deferred
+    } else {
+        SendFailure::Unreachable
+    }
+}
+
 impl Sender {
     /// A sender called `name` (the claim its store gives new notifications).
     pub fn new(
@@ -75,17 +208,9 @@ impl Sender {
         breakers: &Breakers,
     ) -> anyhow::Result<Self> {
         let (breaker, breaker_state) = breakers.breaker_with_state("smtp", 3, OUTAGE_RETRY);
-        // Pooled: a new SMTP session per email (connect, EHLO, QUIT) held
-        // the sender near 50 emails/s against MailDev. A connection that
-        // went stale is dropped by the pool and the send retried as usual.
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-            .port(smtp.port)
-            .timeout(Some(Duration::from_secs(5)))
-            .pool_config(PoolConfig::new().max_size(SENDS_IN_FLIGHT as u32))
-            .build();
         Ok(Sender {
             store,
-            transport,
+            transport: transport(smtp)?,
             from: smtp.from.parse().map_err(|e| {
                 anyhow::anyhow!("NOTIFY_FROM={:?} is not an email address: {e}", smtp.from)
             })?,
@@ -193,16 +318,17 @@ impl Sender {
                 .await
             }
             Err(failsafe::Error::Inner(error)) => {
-                let failure = if error.is_permanent() {
-                    SendFailure::Refused
-                } else if error.is_transient() {
-                    SendFailure::Deferred
-                } else {
-                    SendFailure::Unreachable
-                };
+                let failure = classify(&error);
                 tracing::warn!(%error, ?failure, "SMTP send failed");
-                self.failed(&notification, failure, &error.to_string())
-                    .await
+                let recorded = if login_refused(&error) {
+                    format!(
+                        "SMTP authentication refused (check SMTP_USERNAME, SMTP_PASSWORD \
+                         and SMTP_TLS): {error}"
+                    )
+                } else {
+                    error.to_string()
+                };
+                self.failed(&notification, failure, &recorded).await
             }
         }
     }

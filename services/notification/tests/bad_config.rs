@@ -37,3 +37,13 @@ fn an_smtp_port_that_is_not_a_number_exits_64_naming_smtp_port() {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("SMTP_PORT=\"mail\""), "{stderr}");
 }
+
+#[test]
+fn an_smtp_username_without_a_password_exits_64_naming_smtp_password() {
+    let output = run_with(&[("SMTP_TLS", "starttls"), ("SMTP_USERNAME", "shop")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("SMTP_PASSWORD=\"\""), "{stderr}");
+    assert!(stderr.contains("SMTP_USERNAME"), "{stderr}");
+}
