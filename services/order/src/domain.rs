@@ -440,6 +440,39 @@ pub fn request_fingerprint(
 }
 
 /// Indexes of lines that repeat an earlier line's product.
+/// The customer order limit's window: `ORDERS_PER_CUSTOMER_PER_MINUTE`
+/// counts the orders placed within it.
+pub const ORDER_LIMIT_WINDOW: chrono::Duration = chrono::Duration::minutes(1);
+
+/// The smallest UUIDv7 (as stored: lowercase, hyphenated) of an order placed
+/// at `at` or later. Order ids are UUIDv7, whose text sorts by time, so the
+/// orders placed since `at` are those with `_id >= uuid_v7_floor(at)`.
+pub fn uuid_v7_floor(at: DateTime<Utc>) -> String {
+    let ms = at.timestamp_millis().max(0) as u64;
+    format!(
+        "{:08x}-{:04x}-7000-8000-000000000000",
+        ms >> 16,
+        ms & 0xffff
+    )
+}
+
+/// Seconds until a customer over the limit may order again: when the
+/// `limit`-th newest order in the window, placed at `placed_at`, leaves it.
+/// At least 1.
+pub fn order_limit_retry_after(placed_at: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    let leaves = placed_at + ORDER_LIMIT_WINDOW;
+    (leaves - now).num_seconds().max(0) as u64 + 1
+}
+
+/// When an order with this UUIDv7 id was placed.
+pub fn placed_at(order_id: &str) -> Option<DateTime<Utc>> {
+    let (seconds, nanos) = uuid::Uuid::parse_str(order_id)
+        .ok()?
+        .get_timestamp()?
+        .to_unix();
+    DateTime::from_timestamp(seconds as i64, nanos)
+}
+
 pub fn duplicate_products(product_ids: &[&str]) -> Vec<usize> {
     let mut seen = std::collections::HashSet::new();
     product_ids
@@ -799,5 +832,27 @@ mod tests {
     fn repeated_products_are_found() {
         assert_eq!(duplicate_products(&["a", "b", "a", "a"]), vec![2, 3]);
         assert!(duplicate_products(&["a", "b"]).is_empty());
+    }
+
+    #[test]
+    fn the_uuid_v7_floor_sorts_between_the_orders_before_and_after_it() {
+        let at = Utc::now();
+        let before = uuid::Uuid::now_v7().to_string();
+        let floor = uuid_v7_floor(at + chrono::Duration::milliseconds(5));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let after = uuid::Uuid::now_v7().to_string();
+        assert!(before < floor, "{before} < {floor}");
+        assert!(floor < after, "{floor} < {after}");
+        assert_eq!(placed_at(&floor).map(|t| t.timestamp_millis()), Some((at + chrono::Duration::milliseconds(5)).timestamp_millis()));
+    }
+
+    #[test]
+    fn a_limited_customer_may_order_again_when_its_oldest_counted_order_leaves_the_window() {
+        let now = Utc::now();
+        let placed = now - chrono::Duration::seconds(50);
+        assert_eq!(order_limit_retry_after(placed, now), 11);
+        // Already out of the window by the time we answer: come back at once.
+        assert_eq!(order_limit_retry_after(now - chrono::Duration::seconds(70), now), 1);
+        assert_eq!(placed_at("not-a-uuid"), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The order service's errors, and their one mapping to HTTP.
 
+use poem::http::StatusCode;
 use shared::{
     http::{ApiError, FieldError, Refused, error::Refusals},
     store::{MayConflict, StoreError},
@@ -21,6 +22,11 @@ pub enum Error {
     UnknownProducts(Vec<FieldError>),
     #[error("the order kept changing under this request; try again")]
     Contention,
+    #[error(
+        "this customer has placed {limit} orders within the last minute, the most allowed; \
+         retry in {retry_after} s"
+    )]
+    TooManyOrders { limit: u32, retry_after: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -42,6 +48,14 @@ impl From<Error> for ApiError {
             Error::UnknownProducts(fields) => ApiError {
                 fields,
                 ..ApiError::unprocessable("some products do not exist")
+            },
+            Error::TooManyOrders { retry_after, .. } => ApiError {
+                retry_after: Some(retry_after),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_orders",
+                    error.to_string(),
+                )
             },
             Error::Store(e) => e.into(),
         }

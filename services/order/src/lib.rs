@@ -35,6 +35,11 @@ pub struct Config {
     /// `SAGA_TIMEOUT_SECONDS` (default 60): an order still PENDING this long
     /// after it was accepted becomes FAILED and its held stock goes back.
     pub saga_timeout: Duration,
+    /// `ORDERS_PER_CUSTOMER_PER_MINUTE` (default 30): orders one customer
+    /// may place within a minute, counted in the database so that every
+    /// instance sees the same count; past it, 429 with Retry-After and
+    /// nothing stored. 0 turns it off.
+    pub orders_per_customer_per_minute: Option<u32>,
 }
 
 impl Config {
@@ -63,6 +68,10 @@ impl Config {
                     _ => Ok(()),
                 },
             )?),
+            orders_per_customer_per_minute: Some(
+                env.parse("ORDERS_PER_CUSTOMER_PER_MINUTE", 30u32)?,
+            )
+            .filter(|n| *n > 0),
         })
     }
 }
@@ -103,6 +112,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     let api = http::OrderApi {
         backlog,
         store,
+        orders_per_customer_per_minute: config.orders_per_customer_per_minute,
         inventory: Arc::new(inventory::InventoryClient::new(
             &config.inventory_url,
             &core.breakers,
@@ -132,6 +142,9 @@ mod tests {
         assert_eq!(config.common.database, "order_service");
         assert_eq!(config.inventory_url, "http://127.0.0.1:3002");
         assert_eq!(config.max_saga_backlog, Some(500));
+        assert_eq!(config.orders_per_customer_per_minute, Some(30));
+        let off = self::config(&[("ORDERS_PER_CUSTOMER_PER_MINUTE", "0")]).unwrap();
+        assert_eq!(off.orders_per_customer_per_minute, None);
     }
 
     #[test]

@@ -184,6 +184,34 @@ impl OrderStore {
         Ok(find_page(&self.orders, filter, page, |o| o.id.clone()).await?)
     }
 
+    /// The id of the customer's `n`-th newest order placed since `since`
+    /// (`n` from 1), if it has that many: an indexed walk of at most `n`
+    /// keys (`customerId`, `_id`), since order ids sort by time.
+    pub async fn nth_newest_since(
+        &self,
+        customer_id: &str,
+        n: u32,
+        since: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Id {
+            #[serde(rename = "_id")]
+            id: String,
+        }
+        let found = self
+            .orders
+            .clone_with_type::<Id>()
+            .find_one(doc! {
+                "customerId": customer_id,
+                "_id": { "$gte": domain::uuid_v7_floor(since) },
+            })
+            .sort(doc! { "_id": -1 })
+            .skip(u64::from(n.saturating_sub(1)))
+            .projection(doc! { "_id": 1 })
+            .await?;
+        Ok(found.map(|order| order.id))
+    }
+
     /// The orders in `status`, newest first, and the next page's cursor.
     pub async fn orders_in_status(
         &self,

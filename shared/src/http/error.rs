@@ -248,7 +248,9 @@ const EVERY_ROUTE: [(u16, &str); 4] = [
     (413, "The body is over 64 KiB (`payload_too_large`)."),
     (
         429,
-        "Too many requests from this address (`rate_limited`); retry after `Retry-After` seconds.",
+        "Too many requests from this address (`rate_limited`), or, on `POST /api/orders`, \
+         too many orders from this customer within a minute (`too_many_orders`); retry after \
+         `Retry-After` seconds.",
     ),
     (
         500,

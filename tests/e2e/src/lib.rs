@@ -68,6 +68,9 @@ impl Stack {
             ("RATE_LIMIT_PER_SECOND".into(), "100000".into()),
             // Likewise the load shedding: some tests send hundreds at once.
             ("MAX_IN_FLIGHT_REQUESTS".into(), "0".into()),
+            // And the per-customer order limit: most tests order as one
+            // customer (one test turns it on).
+            ("ORDERS_PER_CUSTOMER_PER_MINUTE".into(), "0".into()),
         ]);
         for (k, v) in own.iter().chain(extra) {
             map.insert(k.to_string(), v.clone());

@@ -395,6 +395,8 @@ impl Chaos {
             .env("RATE_LIMIT_PER_SECOND", "0")
             // Fault 8 sends 300 orders at once, all of which must be taken.
             .env("MAX_IN_FLIGHT_REQUESTS", "0")
+            // One customer places the whole load.
+            .env("ORDERS_PER_CUSTOMER_PER_MINUTE", "0")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("FAILPOINTS")

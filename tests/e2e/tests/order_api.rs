@@ -327,3 +327,30 @@ async fn new_orders_get_503_with_retry_after_while_the_saga_is_too_far_behind() 
     assert!((1..40).contains(&accepted), "accepted {accepted}");
     assert_eq!(customer_orders(&stack, "c-backlog").await, accepted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_past_its_orders_per_minute_gets_429_and_nothing_is_stored() {
+    let stack = Stack::start_with(&[("ORDERS_PER_CUSTOMER_PER_MINUTE", "3")]).await;
+    let product = stack.create_product(100, 0, 1.0).await;
+    let order_as = |customer: &str| {
+        stack
+            .http
+            .post(format!("{}/api/orders", stack.order))
+            .bearer_auth(customer_token(customer))
+            .json(&json!({ "customerId": customer, "customerEmail": stack.email("limit"),
+                           "items": [{ "productId": product, "quantity": 1 }] }))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(order_as("c-busy").await.unwrap().status(), 202);
+    }
+    let refused = order_as("c-busy").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let wait: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=61).contains(&wait), "Retry-After {wait}");
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"], "too_many_orders", "{error}");
+    assert_eq!(customer_orders(&stack, "c-busy").await, 3);
+    // Another customer is not held back by this one.
+    assert_eq!(order_as("c-calm").await.unwrap().status(), 202);
+}

@@ -44,6 +44,7 @@ async fn two_instances_of_each_service_share_the_saga_and_ride_out_a_kill_of_one
             // Every request of this test comes from one address; the
             // limiter would be testing itself.
             ("RATE_LIMIT_PER_SECOND", "0".into()),
+            ("ORDERS_PER_CUSTOMER_PER_MINUTE", "0".into()),
         ],
     );
     let http = reqwest::Client::builder()

@@ -128,8 +128,9 @@ fn parse_stages(text: &str) -> anyhow::Result<Vec<Stage>> {
         .collect()
 }
 
-/// Customers the orders spread over.
-const CUSTOMERS: usize = 1000;
+/// Customers the orders spread over: enough that none passes the services'
+/// ORDERS_PER_CUSTOMER_PER_MINUTE (30) below 10,000 orders/s.
+const CUSTOMERS: usize = 20_000;
 
 /// A customer's bearer token: HS256 with the services' `JWT_SECRET`, `sub`
 /// the customer id, valid for `ttl`.
