@@ -101,6 +101,49 @@ async fn run_sh_restarts_a_killed_service_and_ctrl_c_stops_only_what_it_started(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_sh_makes_its_own_secrets_and_token_sh_mints_tokens_the_services_take() {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let ports = free_ports();
+    let mut run = RunScript::start_without_secrets(&id, ports);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let [order, inventory, notification] = ports.map(|port| format!("http://127.0.0.1:{port}"));
+    run.wait_until_ready(&http, &[&order, &inventory, &notification])
+        .await;
+
+    let admin = run.token("--admin");
+    assert_eq!(admin.len(), 64, "32 random bytes in hex: {admin}");
+    // Its closing lines, once the demo products are seeded.
+    let printed = eventually_within("run.sh's URLs and tokens", Duration::from_secs(30), || async {
+        let output = run.output();
+        output.contains("Token of customer c1").then_some(output)
+    })
+    .await;
+    assert!(printed.contains(&admin), "run.sh prints the admin token");
+    let status = |url: String, token: String| {
+        let http = http.clone();
+        async move { http.get(url).bearer_auth(token).send().await.unwrap().status() }
+    };
+    // The token.sh customer token (signed by its Python) is taken by the service.
+    let mine = format!("{order}/api/customers/c-{id}/orders");
+    assert_eq!(status(mine.clone(), run.token(&format!("c-{id}"))).await, 200);
+    assert_eq!(status(mine, run.token("someone-else")).await, 403);
+    let admin_route = format!("{order}/api/orders/status/PENDING");
+    assert_eq!(status(admin_route.clone(), admin.clone()).await, 200);
+    // The old published development token is nothing here.
+    assert_eq!(status(admin_route, "dev-admin-token".into()).await, 401);
+
+    use std::os::unix::fs::PermissionsExt;
+    let secrets = run.run_dir().join("dev-secrets.env");
+    let mode = std::fs::metadata(&secrets).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{} is private", secrets.display());
+    let status = run.interrupt().await;
+    assert!(status.success(), "run.sh exited with {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_sh_with_two_replicas_serves_through_nginx_and_rides_out_a_killed_instance() {
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let ports = free_ports();

@@ -43,7 +43,18 @@ impl RunScript {
     }
 
     /// run.sh with `extra` variables set as well.
-    pub fn start_with(
+    pub fn start_with(id: &str, ports: [u16; 3], extra: &[(&str, String)]) -> RunScript {
+        let secrets = [("ADMIN_TOKEN", ADMIN_TOKEN.to_string()), ("JWT_SECRET", JWT_SECRET.to_string())];
+        Self::spawn(id, ports, &[&secrets[..], extra].concat())
+    }
+
+    /// run.sh as a new user starts it, with no ADMIN_TOKEN or JWT_SECRET:
+    /// it makes its own.
+    pub fn start_without_secrets(id: &str, ports: [u16; 3]) -> RunScript {
+        Self::spawn(id, ports, &[])
+    }
+
+    fn spawn(
         id: &str,
         [order, inventory, notification]: [u16; 3],
         extra: &[(&str, String)],
@@ -82,8 +93,8 @@ impl RunScript {
             .env("AMQP_NAMESPACE", format!("t-{id}."))
             // The broker deletes this test's queues 15 minutes after it ends.
             .env("AMQP_QUEUE_EXPIRES_MS", "900000")
-            .env("ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("JWT_SECRET", JWT_SECRET)
+            .env_remove("ADMIN_TOKEN")
+            .env_remove("JWT_SECRET")
             .env("ADMIN_EMAIL", format!("admin-{id}@example.com"))
             .env_remove("MONGODB_DATABASE")
             .envs(extra.iter().map(|(name, value)| (name, value)))
@@ -99,6 +110,25 @@ impl RunScript {
     /// What run.sh printed so far, stdout and stderr together.
     pub fn output(&self) -> String {
         fs::read_to_string(self.dir.join("output")).unwrap_or_default()
+    }
+
+    /// The script's RUN_DIR.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// What `scripts/token.sh ARG` prints for this run directory.
+    pub fn token(&self, arg: &str) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/token.sh");
+        let output = Command::new(script)
+            .arg(arg)
+            .env("RUN_DIR", self.run_dir())
+            .env_remove("ADMIN_TOKEN")
+            .env_remove("JWT_SECRET")
+            .output()
+            .expect("scripts/token.sh runs");
+        assert!(output.status.success(), "token.sh {arg}: {output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
     }
 
     /// The pid run.sh recorded for the service's current process.
