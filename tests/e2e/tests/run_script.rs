@@ -35,11 +35,7 @@ async fn run_sh_restarts_a_killed_service_and_ctrl_c_stops_only_what_it_started(
     // Shown when the test fails, with run.sh's output.
     let started = Instant::now();
     let progress = |what: &str| eprintln!("{:6.1}s {what}", started.elapsed().as_secs_f64());
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let [order, inventory, notification] = ports.map(|port| format!("http://127.0.0.1:{port}"));
+    let (http, [order, inventory, notification]) = client_and_urls(ports);
 
     run.wait_until_ready(&http, &[&order, &inventory, &notification])
         .await;
@@ -105,11 +101,7 @@ async fn run_sh_makes_its_own_secrets_and_token_sh_mints_tokens_the_services_tak
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let ports = free_ports();
     let mut run = RunScript::start_without_secrets(&id, ports);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let [order, inventory, notification] = ports.map(|port| format!("http://127.0.0.1:{port}"));
+    let (http, [order, inventory, notification]) = client_and_urls(ports);
     run.wait_until_ready(&http, &[&order, &inventory, &notification])
         .await;
 
@@ -155,11 +147,7 @@ async fn run_sh_with_two_replicas_serves_through_nginx_and_rides_out_a_killed_in
             ("INSTANCE_PORT_BASE", free_instance_base().to_string()),
         ],
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let [order, inventory, notification] = ports.map(|port| format!("http://127.0.0.1:{port}"));
+    let (http, [order, inventory, notification]) = client_and_urls(ports);
     run.wait_until_ready(&http, &[&order, &inventory, &notification])
         .await;
     for label in ["order-service", "inventory-service", "notification-service"] {

@@ -196,6 +196,28 @@ impl Drop for RunScript {
     }
 }
 
+/// A client for the script's stack, and its three URLs (order, inventory,
+/// notification) on `ports`.
+pub fn client_and_urls(ports: [u16; 3]) -> (reqwest::Client, [String; 3]) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    (http, ports.map(|port| format!("http://127.0.0.1:{port}")))
+}
+
+/// GET `url` with `token`; the JSON body, or `None` if there was none.
+pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Option<Value> {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
 /// Where `cargo test` built this test: run.sh builds the services there,
 /// with the same profile, so that the dependencies are already compiled.
 pub fn build_location() -> (PathBuf, String) {
@@ -279,15 +301,7 @@ pub async fn final_status(http: &reqwest::Client, order: &str, id: &str) -> Stri
         &format!("order {id} decided"),
         Duration::from_secs(60),
         || async {
-            let order: Value = http
-                .get(format!("{order}/api/orders/{id}"))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let order = get_json(http, &format!("{order}/api/orders/{id}"), ADMIN_TOKEN).await?;
             let status = order["status"].as_str()?;
             (status != "PENDING").then(|| status.to_string())
         },
