@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 
 use crate::{
     broker::{DEFAULT_HEARTBEAT_SECONDS, topology::QueueType, with_heartbeat},
-    http::{JwtSettings, TrustedProxies, ratelimit::RateLimit},
+    http::{JwtSettings, TrustedProxies, ratelimit::RateLimit, server::AllowedOrigins},
     retry::RetryPolicy,
 };
 
@@ -257,6 +257,9 @@ pub struct CommonConfig {
     /// of the proxies in front (nginx, an ingress) whose `X-Forwarded-For`
     /// names the client for rate limits and logs.
     pub trusted_proxies: TrustedProxies,
+    /// `CORS_ALLOWED_ORIGINS` (default none: CORS off): comma-separated
+    /// exact origins (`https://shop.example.com`) whose pages may call the API.
+    pub cors_allowed_origins: AllowedOrigins,
     /// `MAX_IN_FLIGHT_REQUESTS` (default 64): requests in progress at once;
     /// past it, 503 with Retry-After. 0 turns shedding off.
     pub max_in_flight: Option<usize>,
@@ -355,6 +358,7 @@ impl CommonConfig {
             retry,
             rate_limit,
             trusted_proxies: env.parse("TRUSTED_PROXIES", TrustedProxies::default())?,
+            cors_allowed_origins: env.parse("CORS_ALLOWED_ORIGINS", AllowedOrigins::default())?,
             max_in_flight: Some(env.parse("MAX_IN_FLIGHT_REQUESTS", 64usize)?).filter(|n| *n > 0),
             redrive: match env.parse("DEAD_LETTER_REDRIVES", 3u32)? {
                 0 => None,
@@ -660,6 +664,20 @@ mod tests {
         let err = common(&[("TRUSTED_PROXIES", "10.0.0.0/8,nginx")]).unwrap_err();
         assert_eq!(err.name, "TRUSTED_PROXIES");
         assert!(err.to_string().contains("\"nginx\""), "{err}");
+    }
+
+    #[test]
+    fn cors_is_off_unless_origins_are_listed_and_a_bad_entry_names_the_variable() {
+        assert_eq!(common(&[]).unwrap().cors_allowed_origins, AllowedOrigins::default());
+        let listed = "https://shop.example, http://localhost:8080";
+        assert_eq!(
+            common(&[("CORS_ALLOWED_ORIGINS", listed)]).unwrap().cors_allowed_origins,
+            listed.parse().unwrap()
+        );
+        let err = common(&[("CORS_ALLOWED_ORIGINS", "https://shop.example,shop.example")])
+            .unwrap_err();
+        assert_eq!(err.name, "CORS_ALLOWED_ORIGINS");
+        assert!(err.to_string().contains("\"shop.example\" is not an origin"), "{err}");
     }
 
     #[test]

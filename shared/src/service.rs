@@ -210,6 +210,7 @@ impl ServiceCore {
             // stores, whose batch writers end only when the last handle
             // goes, and the core lives until the tasks are waited for.
             gauges: self.gauges.take(),
+            last_check: Default::default(),
         }
     }
 
@@ -243,6 +244,7 @@ impl ServiceCore {
             rate_limiter,
             load_shedder,
             self.config.trusted_proxies.clone(),
+            self.config.cors_allowed_origins.clone(),
         );
         let server = tokio::spawn(http::serve(listener, app, self.shutdown.clone()));
         let base = format!("http://{}:{port}", self.config.bind_address);

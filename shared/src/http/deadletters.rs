@@ -171,7 +171,13 @@ impl From<DeadLetterError> for ApiError {
         match error {
             DeadLetterError::NotFound(_) => ApiError::not_found(error.to_string()),
             DeadLetterError::NotDead { .. } => ApiError::conflict(error.to_string()),
-            DeadLetterError::Broker(_) => ApiError::unavailable(error.to_string()),
+            // The broker's own words go to the log, not to the client.
+            DeadLetterError::Broker(reason) => {
+                tracing::warn!(%reason, "a replayed dead letter was not taken by the broker");
+                ApiError::unavailable(
+                    "the broker did not take the replayed message; it is still DEAD, retry in a second",
+                )
+            }
             DeadLetterError::Database(e) => ApiError::database(&e),
         }
     }

@@ -120,10 +120,13 @@ impl ApiError {
     }
 
     /// A database failure: 503 when retrying may help (the server is
-    /// unreachable, a write conflicted), else a 500 of ours.
+    /// unreachable, a write conflicted), else a 500 of ours. Either way the
+    /// driver's text goes to the log only: it names hosts, replica sets and
+    /// server versions.
     pub fn database(error: &mongodb::error::Error) -> Self {
         if crate::store::is_transient(error) {
-            Self::unavailable(format!("the database is unavailable: {error}"))
+            tracing::warn!(%error, "database unavailable");
+            Self::unavailable("the database is unavailable; retry in a second")
         } else {
             Self::internal(error)
         }
@@ -477,6 +480,29 @@ mod tests {
         let fields: Vec<&str> = err.fields.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, vec!["customerEmail", "items[1].quantity"]);
         assert_eq!(err.fields[1].message, "must be between 1 and 10");
+    }
+
+    #[test]
+    fn a_database_failure_answers_without_the_drivers_text() {
+        use crate::store::StoreError;
+        let driver = || {
+            mongodb::error::Error::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "db-0.internal:27017 refused the connection",
+            ))
+        };
+        let unavailable = ApiError::from(StoreError::Unavailable(driver()));
+        assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            unavailable.message,
+            "the database is unavailable; retry in a second"
+        );
+        let failed = ApiError::from(StoreError::Database(driver()));
+        assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+        for error in [unavailable, failed] {
+            let body = serde_json::to_string(&error.body()).unwrap();
+            assert!(!body.contains("db-0"), "{body}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use poem_openapi::{
     ApiResponse, Object, OpenApi,
     payload::{Json, PlainText},
 };
+use tokio::sync::Mutex;
 
 use super::{loadshed::LoadShedder, ratelimit::RateLimiter};
 use crate::{
@@ -30,6 +31,10 @@ use crate::{
 };
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one check of the database and the broker answers `/ready`:
+/// probes from several balancers share it, and a broker that is down is not
+/// asked for a new connection on every probe.
+const READY_CHECK_TTL: Duration = Duration::from_secs(1);
 
 pub struct HealthApi {
     pub service: &'static str,
@@ -43,6 +48,15 @@ pub struct HealthApi {
     pub load_shedder: Option<Arc<LoadShedder>>,
     /// The service's own gauges, if it has any.
     pub gauges: Option<Arc<dyn GaugeSource>>,
+    /// The last check of the database and the broker, and when it ended.
+    pub last_check: Mutex<Option<(Instant, Dependencies)>>,
+}
+
+/// The database's and the broker's state: `up`, or `down: <reason>`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dependencies {
+    pub mongodb: String,
+    pub rabbitmq: String,
 }
 
 /// A gauge a service adds to `/metrics` beside the shared ones.
@@ -175,20 +189,12 @@ impl HealthApi {
     /// been disconnected for longer than `CONSUMER_READY_GRACE_SECONDS`.
     #[oai(path = "/ready", method = "get")]
     async fn ready(&self) -> ReadyResponse {
-        let (mongo, rabbit) = tokio::join!(
-            tokio::time::timeout(CHECK_TIMEOUT, store::ping(&self.db)),
-            tokio::time::timeout(CHECK_TIMEOUT, self.publisher.check()),
-        );
-        let mongodb = describe(
-            mongo
-                .map_err(|_| "timed out".to_string())
-                .and_then(|r| r.map_err(|e| e.to_string())),
-        );
-        let rabbitmq = describe(
-            rabbit
-                .map_err(|_| "timed out".to_string())
-                .and_then(|r| r.map_err(|e| e.to_string())),
-        );
+        let Dependencies { mongodb, rabbitmq } =
+            reuse_or_check(&self.last_check, READY_CHECK_TTL, || {
+                self.check_dependencies()
+            })
+            .await;
+        // In memory, so as of now.
         let consumers = self.consumers.snapshot(Instant::now());
         let ok = mongodb == "up"
             && rabbitmq == "up"
@@ -214,6 +220,26 @@ impl HealthApi {
 }
 
 impl HealthApi {
+    /// Pings the database and the broker, each within the probes' time limit.
+    async fn check_dependencies(&self) -> Dependencies {
+        let (mongo, rabbit) = tokio::join!(
+            tokio::time::timeout(CHECK_TIMEOUT, store::ping(&self.db)),
+            tokio::time::timeout(CHECK_TIMEOUT, self.publisher.check()),
+        );
+        Dependencies {
+            mongodb: describe(
+                mongo
+                    .map_err(|_| "timed out".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+            ),
+            rabbitmq: describe(
+                rabbit
+                    .map_err(|_| "timed out".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+            ),
+        }
+    }
+
     /// Counts for `/metrics`; a count that cannot be read is left out.
     async fn render_metrics(&self) -> String {
         let mut out = String::new();
@@ -354,6 +380,25 @@ async fn within_check_timeout(
         .and_then(Result::ok)
 }
 
+/// The value in `last` while it is younger than `ttl`, else a fresh
+/// `check`, kept there. The lock is held through the check, so concurrent
+/// callers wait for the one check in flight and share its result.
+async fn reuse_or_check<T: Clone, F: Future<Output = T>>(
+    last: &Mutex<Option<(Instant, T)>>,
+    ttl: Duration,
+    check: impl FnOnce() -> F,
+) -> T {
+    let mut last = last.lock().await;
+    if let Some((at, value)) = &*last
+        && at.elapsed() < ttl
+    {
+        return value.clone();
+    }
+    let value = check().await;
+    *last = Some((Instant::now(), value.clone()));
+    value
+}
+
 fn describe(result: Result<(), String>) -> String {
     match result {
         Ok(()) => "up".into(),
@@ -365,4 +410,38 @@ fn describe(result: Result<(), String>) -> String {
 pub enum Tag {
     /// Liveness and readiness probes.
     Health,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    const TTL: Duration = Duration::from_millis(100);
+
+    /// A check that counts its calls and answers with the count.
+    async fn counted(checks: &AtomicU32) -> u32 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        checks.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    #[tokio::test]
+    async fn a_probe_within_the_ttl_reuses_the_last_check_and_a_later_one_checks_again() {
+        let (last, checks) = (Mutex::new(None), AtomicU32::new(0));
+        let first = reuse_or_check(&last, TTL, || counted(&checks)).await;
+        let second = reuse_or_check(&last, TTL, || counted(&checks)).await;
+        assert_eq!((first, second), (1, 1));
+        tokio::time::sleep(TTL).await;
+        assert_eq!(reuse_or_check(&last, TTL, || counted(&checks)).await, 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_probes_wait_for_the_check_in_flight_and_share_it() {
+        let (last, checks) = (Mutex::new(None), AtomicU32::new(0));
+        let probe = || reuse_or_check(&last, TTL, || counted(&checks));
+        let results = tokio::join!(probe(), probe(), probe(), probe());
+        assert_eq!(results, (1, 1, 1, 1));
+        assert_eq!(checks.load(Ordering::SeqCst), 1);
+    }
 }

@@ -2,14 +2,16 @@
 //! shutdown signal.
 
 use std::{
+    str::FromStr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use poem::{
     Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route, Server,
-    http::{HeaderValue, StatusCode},
+    http::{HeaderValue, Method, StatusCode, Uri, header},
     listener::TcpAcceptor,
+    middleware::{Cors, SetHeader},
 };
 use poem_openapi::{OpenApi, OpenApiService};
 use tokio::net::TcpListener;
@@ -33,11 +35,90 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 #[derive(Clone, Debug)]
 pub struct CorrelationId(pub String);
 
+/// `CORS_ALLOWED_ORIGINS`: the browser origins whose pages may call the
+/// API. None: CORS is off. Once on, poem's `Cors` refuses a request from any
+/// other origin, the Swagger UI's own POST and PUT included.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowedOrigins(Vec<String>);
+
+impl FromStr for AllowedOrigins {
+    type Err = String;
+
+    /// A comma-separated list of exact origins, `https://shop.example.com`.
+    fn from_str(list: &str) -> Result<Self, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| match is_origin(entry) {
+                true => Ok(entry.to_string()),
+                false => Err(format!(
+                    "{entry:?} is not an origin as browsers send it: scheme://host[:port], \
+                     http or https, lowercase, no path and no default port"
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(AllowedOrigins)
+    }
+}
+
+/// Whether `entry` is spelled the way a browser's `Origin` header would
+/// spell it; any other spelling would never match one.
+fn is_origin(entry: &str) -> bool {
+    let Ok(uri) = entry.parse::<Uri>() else {
+        return false;
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return false;
+    };
+    let default_port = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => return false,
+    };
+    entry == format!("{scheme}://{authority}")
+        && entry == entry.to_ascii_lowercase()
+        && !authority.host().is_empty()
+        && !authority.as_str().contains('@')
+        && authority.port_u16() != Some(default_port)
+}
+
+/// Browsers on `origins` may call the API with the headers it reads and
+/// read the headers it answers with. poem's `Cors` with no origin listed
+/// would allow every origin, hence only ever built with some.
+fn cors(origins: &AllowedOrigins) -> Cors {
+    Cors::new()
+        .allow_origins(origins.0.iter().map(String::as_str))
+        .allow_methods([Method::GET, Method::POST, Method::PUT])
+        .allow_headers([
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            CORRELATION_HEADER,
+        ])
+        .expose_headers(["location", "retry-after", CORRELATION_HEADER])
+}
+
+/// On every response, errors, docs and probes included. Nothing is kept
+/// in a cache: the API's answers carry customers' data, a cached probe
+/// would report an old state, and the docs and spec were never cacheable
+/// anyway (no validators or freshness). The CSP only forbids framing:
+/// the Swagger UI page runs its bundle and styles inline, so a script or
+/// style policy that let it work would have to allow inline code, which
+/// protects nothing.
+fn security_headers() -> SetHeader {
+    SetHeader::new()
+        .overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .overriding(header::REFERRER_POLICY, "no-referrer")
+        .overriding(header::X_FRAME_OPTIONS, "DENY")
+        .overriding(header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'")
+        .overriding(header::CACHE_CONTROL, "no-store")
+}
+
 /// Wraps `api` with its Swagger UI (`/docs`), its spec (`/openapi.json`),
-/// and, from the outside in: JSON errors, the client's address (behind
-/// `trusted_proxies`), correlation ids and the request log, the rate limit,
-/// load shedding, the body limit, and `Allow` on 405; plus the tokens it
-/// accepts.
+/// and, from the outside in: security headers, CORS for `allowed_origins`
+/// (if any), JSON errors, the client's address (behind `trusted_proxies`),
+/// correlation ids and the request log, the rate limit, load shedding, the
+/// body limit, and `Allow` on 405; plus the tokens it accepts.
 pub fn build_app<T: OpenApi + 'static>(
     api: T,
     title: &str,
@@ -45,6 +126,7 @@ pub fn build_app<T: OpenApi + 'static>(
     rate_limiter: Option<Arc<RateLimiter>>,
     load_shedder: Option<Arc<LoadShedder>>,
     trusted_proxies: TrustedProxies,
+    allowed_origins: AllowedOrigins,
 ) -> impl Endpoint<Output = Response> + 'static {
     let service = OpenApiService::new(api, title, env!("CARGO_PKG_VERSION"));
     let docs = service.swagger_ui();
@@ -69,6 +151,12 @@ pub fn build_app<T: OpenApi + 'static>(
         .around(move |next, req| client::identify(trusted_proxies.clone(), next, req))
         .data(authenticator)
         .catch_all_error(json_errors)
+        // Outside the JSON errors: poem's `Cors` turns errors from inside
+        // into its own plain-text responses; its refusal (403) gets a
+        // JSON body of its own just below.
+        .with_if(!allowed_origins.0.is_empty(), cors(&allowed_origins))
+        .catch_all_error(json_errors)
+        .with(security_headers())
 }
 
 async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
@@ -123,14 +211,19 @@ async fn correlate<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Respo
     );
     async move {
         let started = Instant::now();
+        // An error becomes its JSON response here, so that it too carries
+        // the correlation id.
         let mut response = match next.call(req).await {
-            Ok(response) => response.into_response(),
+            Ok(response) => {
+                let response = response.into_response();
+                tracing::info!(status = %response.status(), duration = ?started.elapsed(), "response");
+                response
+            }
             Err(error) => {
                 tracing::info!(status = %error.status(), error = %error, duration = ?started.elapsed(), "error");
-                return Err(error);
+                json_errors(error).await
             }
         };
-        tracing::info!(status = %response.status(), duration = ?started.elapsed(), "response");
         if let Ok(value) = HeaderValue::from_str(&id) {
             response.headers_mut().insert(CORRELATION_HEADER, value);
         }
@@ -178,4 +271,31 @@ pub async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_allowed_origin_is_spelled_as_a_browser_sends_it() {
+        let parsed: AllowedOrigins = " https://shop.example, http://localhost:8080 ,"
+            .parse()
+            .unwrap();
+        assert_eq!(parsed.0, ["https://shop.example", "http://localhost:8080"]);
+        for bad in [
+            "shop.example",
+            "https://shop.example/",
+            "https://shop.example/path",
+            "https://Shop.example",
+            "https://shop.example:443",
+            "http://shop.example:80",
+            "https://user@shop.example",
+            "ftp://shop.example",
+            "*",
+        ] {
+            let err = bad.parse::<AllowedOrigins>().unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
 }

@@ -241,8 +241,11 @@ async fn a_consumer_kept_away_longer_than_the_grace_makes_the_service_unready_un
     assert_eq!(body["rabbitmq"], "up");
     let work = consumer(&body, "work");
     assert_eq!(work["connected"], false, "{body}");
+    // Since when, and for how long (0.0 if /ready was asked within the
+    // millisecond of the disconnect).
+    assert!(work["disconnectedSince"].is_string(), "{body}");
     assert!(
-        work["disconnectedSeconds"].as_f64().unwrap() > 0.0,
+        work["disconnectedSeconds"].as_f64().unwrap() >= 0.0,
         "{body}"
     );
 
