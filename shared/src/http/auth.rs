@@ -97,25 +97,25 @@ impl JwtSettings {
 #[derive(Clone, Debug)]
 pub struct Authenticator(Arc<Keys>);
 
-#[derive(Debug)]
 struct Keys {
     admin_tokens: Vec<Secret>,
-    jwt: Option<(JwtSettings, ValidationDebug)>,
+    /// The settings, and the validation built from them once.
+    jwt: Option<(JwtSettings, Validation)>,
 }
 
-/// [`Validation`] built once; it has no `Debug` of its own.
-struct ValidationDebug(Validation);
-
-impl std::fmt::Debug for ValidationDebug {
+impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Validation")
+        f.debug_struct("Keys")
+            .field("admin_tokens", &self.admin_tokens)
+            .field("jwt", &self.jwt.as_ref().map(|(settings, _)| settings))
+            .finish()
     }
 }
 
 impl Authenticator {
     pub fn new(admin_tokens: Vec<Secret>, jwt: Option<JwtSettings>) -> Self {
         let jwt = jwt.map(|settings| {
-            let validation = ValidationDebug(settings.validation());
+            let validation = settings.validation();
             (settings, validation)
         });
         Authenticator(Arc::new(Keys { admin_tokens, jwt }))
@@ -143,7 +143,7 @@ impl Authenticator {
                  tokens (no JWT_SECRET or JWT_PUBLIC_KEY_FILE)",
             ));
         };
-        match jsonwebtoken::decode::<Claims>(token, &settings.key, &validation.0) {
+        match jsonwebtoken::decode::<Claims>(token, &settings.key, validation) {
             Ok(data) if !data.claims.sub.is_empty() => Ok(Caller::Customer(data.claims.sub)),
             Ok(_) => Err(unauthorized("the token's sub (the customer id) is empty")),
             Err(error) => Err(unauthorized(match error.kind() {
