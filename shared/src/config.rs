@@ -45,7 +45,9 @@ pub fn redacted(url: &str) -> String {
     let (authority, tail) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {
         Some((credentials, host)) => {
-            let user = credentials.split_once(':').map_or(credentials, |(user, _)| user);
+            let user = credentials
+                .split_once(':')
+                .map_or(credentials, |(user, _)| user);
             format!("{scheme}://{user}:***@{host}{tail}")
         }
         None => url.to_string(),
@@ -319,12 +321,16 @@ impl CommonConfig {
             service,
             port: env.parse("PORT", default_port)?,
             bind_address: env.string("BIND_ADDRESS", "127.0.0.1"),
-            mongodb_uri: Secret(env.checked("MONGODB_URI", "mongodb://127.0.0.1:27017", |uri| {
-                // The kind alone: the whole error's text is a struct dump.
-                mongodb::options::ConnectionString::parse(uri)
-                    .map(drop)
-                    .map_err(|e| e.kind)
-            })?),
+            mongodb_uri: Secret(env.checked(
+                "MONGODB_URI",
+                "mongodb://127.0.0.1:27017",
+                |uri| {
+                    // The kind alone: the whole error's text is a struct dump.
+                    mongodb::options::ConnectionString::parse(uri)
+                        .map(drop)
+                        .map_err(|e| e.kind)
+                },
+            )?),
             database: env.string("MONGODB_DATABASE", default_database),
             // Checked here: the services start without the broker and keep
             // reconnecting, which for a malformed URL would be forever.
@@ -424,11 +430,20 @@ impl CommonConfig {
             .rabbitmq_url
             .expose()
             .parse::<lapin::uri::AMQPUri>()
-            .map(|uri| (uri.authority.userinfo.username, uri.authority.userinfo.password));
+            .map(|uri| {
+                (
+                    uri.authority.userinfo.username,
+                    uri.authority.userinfo.password,
+                )
+            });
         if let Ok((username, password)) = user
             && (username == "guest" || password == "guest")
         {
-            return refuse("RABBITMQ_URL", &broker, "uses RabbitMQ's default guest account");
+            return refuse(
+                "RABBITMQ_URL",
+                &broker,
+                "uses RabbitMQ's default guest account",
+            );
         }
         let database = self.mongodb_uri.expose();
         let has_credentials = database
@@ -474,8 +489,13 @@ fn jwt_settings<F: Fn(&str) -> Option<String>>(
         }
         (false, true) => JwtSettings::secret(&Secret(secret)),
         (true, false) => {
-            let pem = std::fs::read(&file)
-                .map_err(|e| error("JWT_PUBLIC_KEY_FILE", &file, &format!("cannot read it: {e}")))?;
+            let pem = std::fs::read(&file).map_err(|e| {
+                error(
+                    "JWT_PUBLIC_KEY_FILE",
+                    &file,
+                    &format!("cannot read it: {e}"),
+                )
+            })?;
             JwtSettings::public_key(&pem, &file)
                 .map_err(|reason| error("JWT_PUBLIC_KEY_FILE", &file, reason))?
         }
@@ -537,7 +557,10 @@ mod tests {
             ("APP_ENV", "production"),
             ("ADMIN_TOKEN", STRONG_TOKEN),
             ("JWT_SECRET", STRONG_SECRET),
-            ("MONGODB_URI", "mongodb://orders:s3cret@db-0,db-1/?replicaSet=rs0"),
+            (
+                "MONGODB_URI",
+                "mongodb://orders:s3cret@db-0,db-1/?replicaSet=rs0",
+            ),
             ("RABBITMQ_URL", "amqp://orders:s3cret@rabbit/%2f"),
         ]
     }
@@ -547,7 +570,10 @@ mod tests {
         name: &'static str,
         value: &'static str,
     ) -> Result<CommonConfig, ConfigError> {
-        let mut pairs: Vec<_> = production().into_iter().filter(|(k, _)| *k != name).collect();
+        let mut pairs: Vec<_> = production()
+            .into_iter()
+            .filter(|(k, _)| *k != name)
+            .collect();
         if !value.is_empty() {
             pairs.push((name, value));
         }
@@ -566,12 +592,24 @@ mod tests {
     fn production_refuses_every_development_default() {
         for (name, value, reason) in [
             ("ADMIN_TOKEN", "", "must be set"),
-            ("ADMIN_TOKEN", "dev-admin-token", "published development token"),
+            (
+                "ADMIN_TOKEN",
+                "dev-admin-token",
+                "published development token",
+            ),
             ("ADMIN_TOKEN", "short-token", "at least 32 characters"),
             ("JWT_SECRET", "", "customer tokens need a key"),
-            ("RABBITMQ_URL", "amqp://guest:guest@rabbit/%2f", "guest account"),
+            (
+                "RABBITMQ_URL",
+                "amqp://guest:guest@rabbit/%2f",
+                "guest account",
+            ),
             ("RABBITMQ_URL", "", "guest account"),
-            ("MONGODB_URI", "mongodb://db-0/?replicaSet=rs0", "no credentials"),
+            (
+                "MONGODB_URI",
+                "mongodb://db-0/?replicaSet=rs0",
+                "no credentials",
+            ),
             ("MONGODB_URI", "", "no credentials"),
         ] {
             let err = production_with(name, value).unwrap_err();
@@ -581,7 +619,10 @@ mod tests {
         }
         // A token being rotated out is held to the same rules.
         let rotating = "0123456789abcdef0123456789abcdef-admin,dev-admin-token";
-        assert_eq!(production_with("ADMIN_TOKEN", rotating).unwrap_err().name, "ADMIN_TOKEN");
+        assert_eq!(
+            production_with("ADMIN_TOKEN", rotating).unwrap_err().name,
+            "ADMIN_TOKEN"
+        );
     }
 
     #[test]
@@ -603,14 +644,21 @@ mod tests {
     fn a_jwt_key_is_one_strong_secret_or_one_readable_public_key() {
         let err = common(&[("JWT_SECRET", "too-short")]).unwrap_err();
         assert_eq!(err.name, "JWT_SECRET");
-        assert!(!err.to_string().contains("too-short"), "the secret leaked: {err}");
-        let err = common(&[("JWT_SECRET", STRONG_SECRET), ("JWT_PUBLIC_KEY_FILE", "/k.pem")])
-            .unwrap_err();
+        assert!(
+            !err.to_string().contains("too-short"),
+            "the secret leaked: {err}"
+        );
+        let err = common(&[
+            ("JWT_SECRET", STRONG_SECRET),
+            ("JWT_PUBLIC_KEY_FILE", "/k.pem"),
+        ])
+        .unwrap_err();
         assert!(err.to_string().contains("not both"), "{err}");
         let err = common(&[("JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem")]).unwrap_err();
         assert_eq!(err.name, "JWT_PUBLIC_KEY_FILE");
         assert!(err.to_string().contains("cannot read it"), "{err}");
-        let config = common(&[("JWT_SECRET", STRONG_SECRET), ("JWT_ISSUER", "https://id")]).unwrap();
+        let config =
+            common(&[("JWT_SECRET", STRONG_SECRET), ("JWT_ISSUER", "https://id")]).unwrap();
         assert_eq!(config.jwt.unwrap().issuer.as_deref(), Some("https://id"));
     }
 
@@ -668,16 +716,25 @@ mod tests {
 
     #[test]
     fn cors_is_off_unless_origins_are_listed_and_a_bad_entry_names_the_variable() {
-        assert_eq!(common(&[]).unwrap().cors_allowed_origins, AllowedOrigins::default());
+        assert_eq!(
+            common(&[]).unwrap().cors_allowed_origins,
+            AllowedOrigins::default()
+        );
         let listed = "https://shop.example, http://localhost:8080";
         assert_eq!(
-            common(&[("CORS_ALLOWED_ORIGINS", listed)]).unwrap().cors_allowed_origins,
+            common(&[("CORS_ALLOWED_ORIGINS", listed)])
+                .unwrap()
+                .cors_allowed_origins,
             listed.parse().unwrap()
         );
-        let err = common(&[("CORS_ALLOWED_ORIGINS", "https://shop.example,shop.example")])
-            .unwrap_err();
+        let err =
+            common(&[("CORS_ALLOWED_ORIGINS", "https://shop.example,shop.example")]).unwrap_err();
         assert_eq!(err.name, "CORS_ALLOWED_ORIGINS");
-        assert!(err.to_string().contains("\"shop.example\" is not an origin"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("\"shop.example\" is not an origin"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -843,7 +843,10 @@ mod tests {
         let after = uuid::Uuid::now_v7().to_string();
         assert!(before < floor, "{before} < {floor}");
         assert!(floor < after, "{floor} < {after}");
-        assert_eq!(placed_at(&floor).map(|t| t.timestamp_millis()), Some((at + chrono::Duration::milliseconds(5)).timestamp_millis()));
+        assert_eq!(
+            placed_at(&floor).map(|t| t.timestamp_millis()),
+            Some((at + chrono::Duration::milliseconds(5)).timestamp_millis())
+        );
     }
 
     #[test]
@@ -852,7 +855,10 @@ mod tests {
         let placed = now - chrono::Duration::seconds(50);
         assert_eq!(order_limit_retry_after(placed, now), 11);
         // Already out of the window by the time we answer: come back at once.
-        assert_eq!(order_limit_retry_after(now - chrono::Duration::seconds(70), now), 1);
+        assert_eq!(
+            order_limit_retry_after(now - chrono::Duration::seconds(70), now),
+            1
+        );
         assert_eq!(placed_at("not-a-uuid"), None);
     }
 }

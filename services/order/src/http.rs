@@ -282,7 +282,11 @@ impl OrderApi {
         };
         let now = Utc::now();
         let since = now - domain::ORDER_LIMIT_WINDOW;
-        let Some(nth) = self.store.nth_newest_since(customer_id, limit, since).await? else {
+        let Some(nth) = self
+            .store
+            .nth_newest_since(customer_id, limit, since)
+            .await?
+        else {
             return Ok(());
         };
         let placed = domain::placed_at(&nth).unwrap_or(now);

@@ -95,13 +95,15 @@ fn a_serving_service_whose_broker_refuses_its_login_logs_no_secret() {
         ("RABBITMQ_URL", &broker),
     ]);
     // Up, saying which tokens it takes, and refused by the broker.
-    let log = service.log_once_it_shows(&["listening", "customer routes take JWTs", "ACCESS_REFUSED"]);
+    let log =
+        service.log_once_it_shows(&["listening", "customer routes take JWTs", "ACCESS_REFUSED"]);
     assert_no_secret(&log);
 }
 
 #[test]
 fn a_database_uri_with_a_password_is_logged_without_it() {
-    let uri = format!("mongodb://app:{DATABASE_PASSWORD}@127.0.0.1:1/?serverSelectionTimeoutMS=200");
+    let uri =
+        format!("mongodb://app:{DATABASE_PASSWORD}@127.0.0.1:1/?serverSelectionTimeoutMS=200");
     let service = Service::start(&[("MONGODB_URI", &uri)]);
     let log = service.log_once_it_shows(&["is not answering yet"]);
     assert!(log.contains("mongodb://app:***@127.0.0.1:1/"), "{log}");

@@ -291,10 +291,15 @@ mod tests {
     #[test]
     fn quorum_queues_say_so_and_dead_letter_at_least_once() {
         assert!(Topology::new("").queue_args().inner().is_empty());
-        let quorum = Topology::new("").with_queue_type(QueueType::Quorum).queue_args();
+        let quorum = Topology::new("")
+            .with_queue_type(QueueType::Quorum)
+            .queue_args();
         let arg = |name: &str| quorum.inner().get(name).cloned();
         assert_eq!(arg("x-queue-type"), Some(string("quorum".into())));
-        assert_eq!(arg("x-dead-letter-strategy"), Some(string("at-least-once".into())));
+        assert_eq!(
+            arg("x-dead-letter-strategy"),
+            Some(string("at-least-once".into()))
+        );
         assert_eq!("quorum".parse(), Ok(QueueType::Quorum));
         assert_eq!("classic".parse(), Ok(QueueType::Classic));
         assert!("mirrored".parse::<QueueType>().is_err());

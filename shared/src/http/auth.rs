@@ -124,12 +124,9 @@ impl Authenticator {
     fn is_admin(&self, token: &str) -> bool {
         // Every token is compared, so the time taken does not say which one
         // matched or how far.
-        self.0
-            .admin_tokens
-            .iter()
-            .fold(false, |found, admin| {
-                found | constant_time_eq(admin.expose().as_bytes(), token.as_bytes())
-            })
+        self.0.admin_tokens.iter().fold(false, |found, admin| {
+            found | constant_time_eq(admin.expose().as_bytes(), token.as_bytes())
+        })
     }
 
     /// The caller a bearer token stands for.
@@ -262,7 +259,10 @@ mod tests {
         jwt.issuer = issuer.map(str::to_string);
         jwt.audience = audience.map(str::to_string);
         Authenticator::new(
-            vec![Secret::new("old-admin-token"), Secret::new("new-admin-token")],
+            vec![
+                Secret::new("old-admin-token"),
+                Secret::new("new-admin-token"),
+            ],
             Some(jwt),
         )
     }
@@ -293,7 +293,10 @@ mod tests {
     #[test]
     fn a_valid_jwt_is_its_subject() {
         let auth = authenticator(None, None);
-        let jwt = token(serde_json::json!({"sub": "c1", "exp": in_an_hour()}), SECRET);
+        let jwt = token(
+            serde_json::json!({"sub": "c1", "exp": in_an_hour()}),
+            SECRET,
+        );
         assert_eq!(auth.caller(&jwt).unwrap(), Caller::Customer("c1".into()));
     }
 
@@ -339,7 +342,10 @@ mod tests {
     fn without_a_jwt_key_only_admin_tokens_pass() {
         let auth = Authenticator::new(vec![Secret::new("admin")], None);
         assert_eq!(auth.caller("admin").unwrap(), Caller::Admin);
-        let jwt = token(serde_json::json!({"sub": "c1", "exp": in_an_hour()}), SECRET);
+        let jwt = token(
+            serde_json::json!({"sub": "c1", "exp": in_an_hour()}),
+            SECRET,
+        );
         assert!(refusal(auth.caller(&jwt)).contains("no customer tokens"));
     }
 
@@ -348,5 +354,49 @@ mod tests {
         assert!(Caller::Customer("c1".into()).acts_for("c1"));
         assert!(!Caller::Customer("c1".into()).acts_for("c2"));
         assert!(Caller::Admin.acts_for("c2"));
+    }
+
+    /// A key pair made for this test only (`openssl genpkey -algorithm ed25519`).
+    const ED25519_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEINr/fVH5024W2Z0WBM+PFCA9KsUUANdT2CN1z3gvd7Tq
+-----END PRIVATE KEY-----
+";
+    const ED25519_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEA6eAn8qhknejcf2VhxAauezjJnxwzRU10zlMGCnUKCo4=
+-----END PUBLIC KEY-----
+";
+    /// Its public half only: RSA keys are recognised as RS256.
+    const RSA_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA0j3NswpzlHAUj8H0L7Gi
+lk1W0Cxvj+2YrHyMYYffpEzNBhicpEpn/aFValtpjXLbHQqkJaynHY5QiYX6O0y4
+1r7mBOpXsvTL99ToaxYUFylxpbw0jjsXo3oeEaxEff32Zl1n+AON2c64bk7MXWAl
+YdUz9Y2qP9YxjMKYVRV1p+QhrUExIF4b0LkGMELo70J1K/kZjGZwPNbnB5gIxj1U
+e+J7u0ViCj7QHDqygUtYFXIymcRQq3H913ESOIn2vlcypz161Grv6TbSrQ6ZX259
+RQrg9OQiuTN/BkFPorPJlNo0mBA4jIsL+guP7C+1/YzdLpNSYosD4wmvIM6TkP0w
+VQIDAQAB
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn a_public_key_file_verifies_eddsa_tokens_and_names_rs256_for_rsa() {
+        let settings = JwtSettings::public_key(ED25519_PUBLIC.as_bytes(), "ed.pem").unwrap();
+        assert_eq!(settings.describe(), "ed.pem (EdDSA)");
+        let auth = Authenticator::new(Vec::new(), Some(settings));
+        let claims = serde_json::json!({"sub": "c9", "exp": in_an_hour()});
+        let signed = encode(
+            &Header::new(Algorithm::EdDSA),
+            &claims,
+            &EncodingKey::from_ed_pem(ED25519_PRIVATE.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(auth.caller(&signed).unwrap(), Caller::Customer("c9".into()));
+        // An HS256 token, even one signed with the public key's bytes, is
+        // refused: the algorithm comes from the configuration, not the token.
+        let confused = token(claims, ED25519_PUBLIC);
+        assert!(refusal(auth.caller(&confused)).contains("algorithm"));
+
+        let rsa = JwtSettings::public_key(RSA_PUBLIC.as_bytes(), "rsa.pem").unwrap();
+        assert_eq!(rsa.describe(), "rsa.pem (RS256)");
+        assert!(JwtSettings::public_key(b"not a key", "x.pem").is_err());
     }
 }

@@ -35,8 +35,10 @@ async fn order_of(stack: &Stack, customer: &str, product: &str) -> String {
         Method::POST,
         &format!("{}/api/orders", stack.order),
         Some(&customer_token(customer)),
-        Some(json!({ "customerId": customer, "customerEmail": stack.email(customer),
-                     "items": [{ "productId": product, "quantity": 1 }] })),
+        Some(
+            json!({ "customerId": customer, "customerEmail": stack.email(customer),
+                     "items": [{ "productId": product, "quantity": 1 }] }),
+        ),
     )
     .await;
     assert_eq!(status, 202, "{body}");
@@ -59,7 +61,10 @@ async fn a_customer_reads_lists_and_cancels_only_its_own_orders() {
 
     // Bob gets what a missing order gets: he cannot tell it exists.
     let (status, theirs) = call(&stack, Method::GET, &url, Some(&bob_token), None).await;
-    let missing = format!("{}/api/orders/0190aaaa-0000-7000-8000-000000000000", stack.order);
+    let missing = format!(
+        "{}/api/orders/0190aaaa-0000-7000-8000-000000000000",
+        stack.order
+    );
     let (_, nothing) = call(&stack, Method::GET, &missing, Some(&bob_token), None).await;
     assert_eq!(status, 404, "{theirs}");
     assert_eq!(theirs["error"], nothing["error"]);
@@ -84,12 +89,17 @@ async fn a_customer_reads_lists_and_cancels_only_its_own_orders() {
         Method::POST,
         &format!("{}/api/orders", stack.order),
         Some(&bob_token),
-        Some(json!({ "customerId": alice, "customerEmail": stack.email("bob"),
-                     "items": [{ "productId": product, "quantity": 1 }] })),
+        Some(
+            json!({ "customerId": alice, "customerEmail": stack.email("bob"),
+                     "items": [{ "productId": product, "quantity": 1 }] }),
+        ),
     )
     .await;
     assert_eq!(status, 403, "{refusal}");
-    assert!(refusal["message"].as_str().unwrap().contains("sub"), "{refusal}");
+    assert!(
+        refusal["message"].as_str().unwrap().contains("sub"),
+        "{refusal}"
+    );
     let (_, page) = call(&stack, Method::GET, &alices, Some(&alice_token), None).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
 
@@ -111,14 +121,27 @@ async fn a_customer_reads_lists_and_cancels_only_its_own_orders() {
         stack.notification,
         mine[0]["notificationId"].as_str().unwrap()
     );
-    assert_eq!(call(&stack, Method::GET, &one, Some(&alice_token), None).await.0, 200);
-    assert_eq!(call(&stack, Method::GET, &one, Some(&bob_token), None).await.0, 404);
+    assert_eq!(
+        call(&stack, Method::GET, &one, Some(&alice_token), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&stack, Method::GET, &one, Some(&bob_token), None)
+            .await
+            .0,
+        404
+    );
 
     // She cancels it herself; the admin token could have, for anyone.
     let (status, body) = call(&stack, Method::POST, &cancel, Some(&alice_token), None).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = call(&stack, Method::GET, &url, Some(ADMIN_TOKEN), None).await;
-    assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("CANCELLED")));
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("CANCELLED"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +158,10 @@ async fn missing_expired_forged_and_malformed_tokens_are_401_with_the_reason() {
     };
     let later = chrono::Utc::now().timestamp() + 3600;
     let expired = sign(json!({ "sub": "c-1", "exp": 1_000_000 }), JWT_SECRET);
-    let forged = sign(json!({ "sub": "c-1", "exp": later }), "someone-else's-secret-32-bytes-long");
+    let forged = sign(
+        json!({ "sub": "c-1", "exp": later }),
+        "someone-else's-secret-32-bytes-long",
+    );
     let admin_in_disguise = sign(json!({ "sub": "c-1", "exp": later }), ADMIN_TOKEN);
     for (token, reason) in [
         (None, "Bearer token is required"),
@@ -162,7 +188,10 @@ async fn missing_expired_forged_and_malformed_tokens_are_401_with_the_reason() {
     )
     .await;
     assert_eq!(status, 401, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("admin token"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("admin token"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,5 +205,9 @@ async fn the_spec_offers_both_bearer_schemes_for_swagger_ui() {
     assert_eq!(schemes["CustomerAuth"]["scheme"], "bearer", "{schemes}");
     assert_eq!(schemes["CustomerAuth"]["bearerFormat"], "JWT", "{schemes}");
     let cancel = &spec["paths"]["/api/orders/{order_id}/cancel"]["post"];
-    assert_eq!(cancel["security"], json!([{ "CustomerAuth": [] }]), "{cancel}");
+    assert_eq!(
+        cancel["security"],
+        json!([{ "CustomerAuth": [] }]),
+        "{cancel}"
+    );
 }

@@ -59,7 +59,10 @@ async fn every_response_carries_the_security_headers_and_the_docs_still_render()
     .await;
     assert_eq!(missing.status(), 404);
     assert_security_headers("a 404", &missing);
-    assert!(header(&missing, "x-correlation-id").is_some(), "an error has its correlation id too");
+    assert!(
+        header(&missing, "x-correlation-id").is_some(),
+        "an error has its correlation id too"
+    );
     let unauthorized = stack
         .http
         .get(format!("{}/api/orders/status/PENDING", stack.order))

@@ -172,7 +172,13 @@ async fn over_the_rate_limit_a_client_gets_429_with_retry_after_but_probes_are_n
     let stack =
         Stack::start_with(&[("RATE_LIMIT_PER_SECOND", "1"), ("RATE_LIMIT_BURST", "3")]).await;
     let url = format!("{}/api/orders/nothing-here", stack.order);
-    let get = || stack.http.get(&url).bearer_auth(customer_token("c-1")).send();
+    let get = || {
+        stack
+            .http
+            .get(&url)
+            .bearer_auth(customer_token("c-1"))
+            .send()
+    };
     for _ in 0..3 {
         assert_eq!(get().await.unwrap().status(), 404);
     }

@@ -337,8 +337,10 @@ async fn a_customer_past_its_orders_per_minute_gets_429_and_nothing_is_stored() 
             .http
             .post(format!("{}/api/orders", stack.order))
             .bearer_auth(customer_token(customer))
-            .json(&json!({ "customerId": customer, "customerEmail": stack.email("limit"),
-                           "items": [{ "productId": product, "quantity": 1 }] }))
+            .json(
+                &json!({ "customerId": customer, "customerEmail": stack.email("limit"),
+                           "items": [{ "productId": product, "quantity": 1 }] }),
+            )
             .send()
     };
     for _ in 0..3 {
@@ -346,7 +348,11 @@ async fn a_customer_past_its_orders_per_minute_gets_429_and_nothing_is_stored() 
     }
     let refused = order_as("c-busy").await.unwrap();
     assert_eq!(refused.status(), 429);
-    let wait: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=61).contains(&wait), "Retry-After {wait}");
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["error"], "too_many_orders", "{error}");

@@ -105,7 +105,8 @@ async fn two_instances_of_each_service_share_the_saga_and_ride_out_a_kill_of_one
             let mut pace = tokio::time::interval(Duration::from_millis(50));
             for n in 0..UNDER_LOAD {
                 pace.tick().await;
-                let (http, order, id, plenty) = (http.clone(), order.clone(), id.clone(), plenty.clone());
+                let (http, order, id, plenty) =
+                    (http.clone(), order.clone(), id.clone(), plenty.clone());
                 let placed_tx = placed_tx.clone();
                 clients.spawn(async move {
                     let key = format!("{id}-l{n}");
@@ -120,12 +121,20 @@ async fn two_instances_of_each_service_share_the_saga_and_ride_out_a_kill_of_one
     while under_load.len() < BEFORE_KILL {
         under_load.push(placed_rx.recv().await.expect("the load runs"));
     }
-    for label in ["order-service-1", "inventory-service-1", "notification-service-1"] {
+    for label in [
+        "order-service-1",
+        "inventory-service-1",
+        "notification-service-1",
+    ] {
         let pid = run.instance_pid(label).unwrap();
         assert!(signal(&pid.to_string(), "KILL"), "kill -9 {label} ({pid})");
     }
     progress("order-, inventory- and notification-service-1 killed");
-    assert_eq!(load.await.unwrap(), UNDER_LOAD, "every client got an answer");
+    assert_eq!(
+        load.await.unwrap(),
+        UNDER_LOAD,
+        "every client got an answer"
+    );
     while let Ok(placed) = placed_rx.try_recv() {
         under_load.push(placed);
     }
@@ -139,7 +148,11 @@ async fn two_instances_of_each_service_share_the_saga_and_ride_out_a_kill_of_one
         "each confirmed order took its unit once"
     );
     let placed: HashSet<String> = contended.iter().chain(&under_load).cloned().collect();
-    assert_eq!(placed.len(), 50 + UNDER_LOAD, "a retried order is one order");
+    assert_eq!(
+        placed.len(),
+        50 + UNDER_LOAD,
+        "a retried order is one order"
+    );
     assert_eq!(
         customer_orders(&http, &order, &format!("c-{id}")).await,
         placed,
@@ -149,7 +162,11 @@ async fn two_instances_of_each_service_share_the_saga_and_ride_out_a_kill_of_one
 
     // One outcome email per order. Once its notification is SENT nothing
     // sends it again, so the count below is final.
-    let orders: Vec<&str> = contended.iter().chain(&under_load).map(String::as_str).collect();
+    let orders: Vec<&str> = contended
+        .iter()
+        .chain(&under_load)
+        .map(String::as_str)
+        .collect();
     for placed in &orders {
         eventually_within(
             &format!("the outcome email of order {placed} SENT"),
@@ -188,7 +205,9 @@ async fn customer_orders(http: &reqwest::Client, order: &str, customer: &str) ->
     let mut cursor = String::new();
     loop {
         let url = format!("{order}/api/customers/{customer}/orders?limit=100{cursor}");
-        let page = get_json(http, &url, &customer_token(customer)).await.unwrap();
+        let page = get_json(http, &url, &customer_token(customer))
+            .await
+            .unwrap();
         for item in page["items"].as_array().unwrap() {
             found.insert(item["orderId"].as_str().unwrap().to_string());
         }

@@ -108,19 +108,33 @@ async fn run_sh_makes_its_own_secrets_and_token_sh_mints_tokens_the_services_tak
     let admin = run.token("--admin");
     assert_eq!(admin.len(), 64, "32 random bytes in hex: {admin}");
     // Its closing lines, once the demo products are seeded.
-    let printed = eventually_within("run.sh's URLs and tokens", Duration::from_secs(30), || async {
-        let output = run.output();
-        output.contains("Token of customer c1").then_some(output)
-    })
+    let printed = eventually_within(
+        "run.sh's URLs and tokens",
+        Duration::from_secs(30),
+        || async {
+            let output = run.output();
+            output.contains("Token of customer c1").then_some(output)
+        },
+    )
     .await;
     assert!(printed.contains(&admin), "run.sh prints the admin token");
     let status = |url: String, token: String| {
         let http = http.clone();
-        async move { http.get(url).bearer_auth(token).send().await.unwrap().status() }
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
     };
     // The token.sh customer token (signed by its Python) is taken by the service.
     let mine = format!("{order}/api/customers/c-{id}/orders");
-    assert_eq!(status(mine.clone(), run.token(&format!("c-{id}"))).await, 200);
+    assert_eq!(
+        status(mine.clone(), run.token(&format!("c-{id}"))).await,
+        200
+    );
     assert_eq!(status(mine, run.token("someone-else")).await, 403);
     let admin_route = format!("{order}/api/orders/status/PENDING");
     assert_eq!(status(admin_route.clone(), admin.clone()).await, 200);
@@ -258,4 +272,3 @@ impl Watch {
         self.probes.await.unwrap()
     }
 }
-

@@ -268,7 +268,10 @@ async fn twenty_parallel_requests_with_one_idempotency_key_make_one_order_and_th
     assert_eq!(keyed_ids.len(), 1, "{keyed_ids:?}");
     assert_eq!(unkeyed_ids.len(), 10, "{unkeyed_ids:?}");
     let page: Value = stack
-        .customer_get_json("c-idem", &format!("{}/api/customers/c-idem/orders", stack.order))
+        .customer_get_json(
+            "c-idem",
+            &format!("{}/api/customers/c-idem/orders", stack.order),
+        )
         .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 11);
 

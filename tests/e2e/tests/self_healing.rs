@@ -79,7 +79,10 @@ async fn an_order_nobody_answers_fails_at_the_deadline_and_the_customer_is_told_
     let notifications = stack
         .customer_get_json(
             "c-1",
-            &format!("{}/api/notifications?orderId={order_id}", stack.notification),
+            &format!(
+                "{}/api/notifications?orderId={order_id}",
+                stack.notification
+            ),
         )
         .await;
     let kinds: Vec<&Value> = notifications["items"]

@@ -44,7 +44,10 @@ impl RunScript {
 
     /// run.sh with `extra` variables set as well.
     pub fn start_with(id: &str, ports: [u16; 3], extra: &[(&str, String)]) -> RunScript {
-        let secrets = [("ADMIN_TOKEN", ADMIN_TOKEN.to_string()), ("JWT_SECRET", JWT_SECRET.to_string())];
+        let secrets = [
+            ("ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+            ("JWT_SECRET", JWT_SECRET.to_string()),
+        ];
         Self::spawn(id, ports, &[&secrets[..], extra].concat())
     }
 
@@ -245,10 +248,10 @@ pub fn order_request(
     http.post(format!("{order}/api/orders"))
         .bearer_auth(customer_token(&format!("c-{id}")))
         .json(&json!({
-        "customerId": format!("c-{id}"),
-        "customerEmail": format!("c-{id}@example.com"),
-        "items": [{ "productId": product, "quantity": 1 }],
-    }))
+            "customerId": format!("c-{id}"),
+            "customerEmail": format!("c-{id}@example.com"),
+            "items": [{ "productId": product, "quantity": 1 }],
+        }))
 }
 
 pub async fn place_order(http: &reqwest::Client, order: &str, id: &str, product: &str) -> String {
