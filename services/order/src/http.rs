@@ -381,7 +381,8 @@ impl OrderApi {
             }
             other => other,
         };
-        self.within_customer_limit(&request.customer_id).await?;
+        // The saga's admission first: it is in memory, and under overload it
+        // refuses most requests, which must then cost the database nothing.
         if let Some(backlog) = &self.backlog
             && let Err(throttled) = backlog.admit()
         {
@@ -392,6 +393,7 @@ impl OrderApi {
             ))
             .into());
         }
+        self.within_customer_limit(&request.customer_id).await?;
 
         match self.inventory.check(&product_ids).await {
             ProductCheck::AllKnown => {}
