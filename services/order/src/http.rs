@@ -31,6 +31,7 @@ use crate::{
     domain::{self, Order, OrderStatus},
     error::Error,
     inventory::{InventoryClient, ProductCheck},
+    limit::CustomerLimit,
     store::{Created, OrderStore},
 };
 
@@ -47,8 +48,8 @@ pub struct OrderApi {
     pub inventory: Arc<InventoryClient>,
     /// Refuses new orders while the saga is this far behind (`None`: off).
     pub backlog: Option<Arc<Backlog>>,
-    /// Refuses a customer's orders past this many a minute (`None`: off).
-    pub orders_per_customer_per_minute: Option<u32>,
+    /// Refuses a customer's orders past its limit a minute (`None`: off).
+    pub customer_limit: Option<CustomerLimit>,
 }
 
 /// A new order.
@@ -273,29 +274,6 @@ pub enum OrderPageResponse {
 }
 
 impl OrderApi {
-    /// 429 with Retry-After if the customer has placed its limit of orders
-    /// within the last minute. Concurrent requests may each see one short
-    /// of the limit: it bounds a flood, not the last order.
-    async fn within_customer_limit(&self, customer_id: &str) -> Result<(), Error> {
-        let Some(limit) = self.orders_per_customer_per_minute else {
-            return Ok(());
-        };
-        let now = Utc::now();
-        let since = now - domain::ORDER_LIMIT_WINDOW;
-        let Some(nth) = self
-            .store
-            .nth_newest_since(customer_id, limit, since)
-            .await?
-        else {
-            return Ok(());
-        };
-        let placed = domain::placed_at(&nth).unwrap_or(now);
-        Err(Error::TooManyOrders {
-            limit,
-            retry_after: domain::order_limit_retry_after(placed, now),
-        })
-    }
-
     /// The order, if the caller may see it. Another customer's is not found,
     /// so that a customer cannot learn which order ids exist.
     async fn own_order(&self, auth: &CustomerAuth, order_id: &str) -> Result<Order, Error> {
@@ -393,7 +371,9 @@ impl OrderApi {
             ))
             .into());
         }
-        self.within_customer_limit(&request.customer_id).await?;
+        if let Some(limit) = &self.customer_limit {
+            limit.check(&self.store, &request.customer_id).await?;
+        }
 
         match self.inventory.check(&product_ids).await {
             ProductCheck::AllKnown => {}

@@ -7,6 +7,7 @@ pub mod error;
 pub mod handler;
 pub mod http;
 pub mod inventory;
+pub mod limit;
 pub mod metrics;
 pub mod store;
 
@@ -36,9 +37,8 @@ pub struct Config {
     /// after it was accepted becomes FAILED and its held stock goes back.
     pub saga_timeout: Duration,
     /// `ORDERS_PER_CUSTOMER_PER_MINUTE` (default 30): orders one customer
-    /// may place within a minute, counted in the database so that every
-    /// instance sees the same count; past it, 429 with Retry-After and
-    /// nothing stored. 0 turns it off.
+    /// may place within a minute (see [`limit`]); past it, 429 with
+    /// Retry-After and nothing stored. 0 turns it off.
     pub orders_per_customer_per_minute: Option<u32>,
 }
 
@@ -112,7 +112,9 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     let api = http::OrderApi {
         backlog,
         store,
-        orders_per_customer_per_minute: config.orders_per_customer_per_minute,
+        customer_limit: config
+            .orders_per_customer_per_minute
+            .map(limit::CustomerLimit::new),
         inventory: Arc::new(inventory::InventoryClient::new(
             &config.inventory_url,
             &core.breakers,
