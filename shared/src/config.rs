@@ -446,9 +446,9 @@ impl CommonConfig {
             );
         }
         let database = self.mongodb_uri.expose();
-        let has_credentials = database
-            .split_once("://")
-            .is_some_and(|(_, rest)| rest.split(['/', '?']).next().unwrap_or("").contains('@'));
+        // Parsed already at startup (`MONGODB_URI` is checked), so this holds.
+        let has_credentials = mongodb::options::ConnectionString::parse(database)
+            .is_ok_and(|uri| uri.credential.is_some());
         if !has_credentials {
             return refuse(
                 "MONGODB_URI",

@@ -235,27 +235,17 @@ impl Stack {
 
     /// GET `url` and decode the JSON body.
     pub async fn get_json(&self, url: &str) -> Value {
-        self.http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json_as(self.http.get(url)).await
     }
 
     /// GET `url` with `customer`'s token and decode the JSON body.
     pub async fn customer_get_json(&self, customer: &str, url: &str) -> Value {
-        self.http
-            .get(url)
-            .bearer_auth(customer_token(customer))
-            .send()
+        self.get_json_as(self.http.get(url).bearer_auth(customer_token(customer)))
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+    }
+
+    async fn get_json_as(&self, request: reqwest::RequestBuilder) -> Value {
+        request.send().await.unwrap().json().await.unwrap()
     }
 
     /// GET `url` with the admin token and decode the JSON body.
