@@ -2,6 +2,8 @@
 //! the real services, every order followed to its final state. The speed
 //! targets live in ./scripts/bench.sh, not here.
 
+use std::time::Duration;
+
 use clap::Parser;
 use e2e_tests::{ADMIN_TOKEN, Stack, rabbitmq_url};
 
@@ -30,7 +32,12 @@ async fn a_short_open_loop_run_finishes_every_order_and_writes_its_results() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    let report = loadgen::run(args).await.unwrap();
+    // Three seconds of load and at most 20 of drain: a run still going
+    // after two minutes is stuck, and says so rather than hang the suite.
+    let report = tokio::time::timeout(Duration::from_secs(120), loadgen::run(args))
+        .await
+        .expect("the loadgen run ended within 120 s")
+        .unwrap();
     let stage = &report.stages[0];
     assert!(stage.accepted >= 100, "{}", stage.one_line());
     assert_eq!(

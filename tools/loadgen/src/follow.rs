@@ -22,6 +22,9 @@ use lapin::{
 /// When each order's outcome arrived, since the epoch.
 pub type Outcomes = HashMap<String, Duration>;
 
+/// How long connecting, declaring, binding and consuming may take together.
+const SETUP_LIMIT: Duration = Duration::from_secs(20);
+
 pub struct Follower {
     epoch: Instant,
     outcomes: Arc<Mutex<Outcomes>>,
@@ -31,7 +34,22 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// Follows the outcomes on `namespace`'s exchange. Every step with the
+    /// broker together has a time limit: a broker that takes the connection
+    /// and then never answers (one still recovering from restarts) fails
+    /// the run with a message instead of hanging it.
     pub async fn start(url: &str, namespace: &str) -> anyhow::Result<Follower> {
+        tokio::time::timeout(SETUP_LIMIT, Self::subscribe(url, namespace))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "RabbitMQ at {url} did not finish setting up the follower within {} s",
+                    SETUP_LIMIT.as_secs()
+                )
+            })?
+    }
+
+    async fn subscribe(url: &str, namespace: &str) -> anyhow::Result<Follower> {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .map_err(|e| anyhow::anyhow!("RabbitMQ at {url}: {e}"))?;
