@@ -22,6 +22,11 @@ pub struct Envelope<T> {
     /// The service that emitted it.
     pub source: String,
     pub data: T,
+    /// The W3C trace context of the span that caused it. Not part of the
+    /// body: it travels in the outbox record and the AMQP `traceparent`
+    /// header, where tracing tools look for it.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 /// An envelope whose payload has not been interpreted yet.
@@ -45,6 +50,7 @@ impl<T: Event> Envelope<T> {
             causation_id: causation,
             source: source.to_string(),
             data,
+            traceparent: None,
         }
     }
 }
@@ -62,37 +68,52 @@ impl<T: Event> Envelope<T> {
             causation_id: self.causation_id,
             source: self.source,
             data: serde_json::to_value(self.data).expect("events serialize"),
+            traceparent: self.traceparent,
         }
     }
 }
 
 /// Where the next events come from and why: the emitting service, the
-/// correlation id that follows the order, and the event that caused them
-/// (none for an HTTP request). Domain functions take one and return their
-/// events ready to be written.
+/// correlation id that follows the order, the event that caused them (none
+/// for an HTTP request), and the trace they belong to. Domain functions
+/// take one and return their events ready to be written.
 #[derive(Clone, Debug)]
 pub struct Cause {
     source: &'static str,
     correlation_id: String,
     causation_id: Option<Uuid>,
+    traceparent: Option<String>,
 }
 
 impl Cause {
-    /// Events caused by an HTTP request carrying `correlation_id`.
+    /// Events caused by an HTTP request carrying `correlation_id`, in the
+    /// trace of the current span (the request's).
     pub fn request(source: &'static str, correlation_id: &str) -> Self {
         Cause {
             source,
             correlation_id: correlation_id.to_string(),
             causation_id: None,
+            traceparent: crate::telemetry::current_traceparent(),
         }
     }
 
-    /// Events caused by handling `event`: same correlation, caused by it.
+    /// Events caused by handling `event`: same correlation, caused by it,
+    /// in the trace its consumer continued.
     pub fn event(source: &'static str, event: &RawEnvelope) -> Self {
         Cause {
             source,
             correlation_id: event.correlation_id.clone(),
             causation_id: Some(event.event_id),
+            traceparent: event.traceparent.clone(),
+        }
+    }
+
+    /// The same cause in the trace of `traceparent`: for events of work
+    /// done later, away from the span that asked for it (an email sent).
+    pub fn in_trace(self, traceparent: Option<String>) -> Self {
+        Cause {
+            traceparent,
+            ..self
         }
     }
 
@@ -102,7 +123,11 @@ impl Cause {
 
     /// A new event with `data`, ready for a unit of work to emit.
     pub fn emit<T: Event>(&self, data: T) -> RawEnvelope {
-        Envelope::new(self.source, &self.correlation_id, self.causation_id, data).into_raw()
+        Envelope {
+            traceparent: self.traceparent.clone(),
+            ..Envelope::new(self.source, &self.correlation_id, self.causation_id, data)
+        }
+        .into_raw()
     }
 }
 

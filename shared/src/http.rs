@@ -20,4 +20,4 @@ pub use client::{ClientAddress, TrustedProxies};
 pub use error::{ApiError, ErrorBody, FieldError, Refused, validate};
 pub use health::{Gauge, GaugeSource, HealthApi};
 pub use page::{Cursor, Page, PageSize};
-pub use server::{CorrelationId, bind, build_app, serve, wait_for_signal};
+pub use server::{CorrelationId, Edges, bind, build_app, serve, wait_for_signal};

@@ -11,6 +11,7 @@ pub mod deadletter;
 pub mod events;
 pub mod fault;
 pub mod http;
+pub mod metrics;
 pub mod money;
 pub mod resilience;
 pub mod retry;

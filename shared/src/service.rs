@@ -22,6 +22,7 @@ use crate::{
         self, GaugeSource, HealthApi, deadletters::DeadLetterApi, loadshed::LoadShedder,
         ratelimit::RateLimiter,
     },
+    metrics::Metrics,
     resilience::Breakers,
     store::{self, OutboxRelay, Store, inbox::ensure_inbox_indexes, outbox::ensure_outbox_indexes},
 };
@@ -41,10 +42,14 @@ pub struct ServiceCore {
     pub dead_letters: DeadLetterStore,
     /// Every consumer of the service, reported by `/ready` and `/metrics`.
     pub consumers: Consumers,
+    /// The service's Prometheus registry, where its own code counts too.
+    pub metrics: Metrics,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
     /// The service's own gauges for `/metrics` ([`Self::with_gauges`]).
     gauges: Option<Arc<dyn GaugeSource>>,
+    /// Pages served beside the API ([`Self::with_routes`]).
+    routes: Option<poem::Route>,
 }
 
 impl ServiceCore {
@@ -92,9 +97,11 @@ impl ServiceCore {
             breakers,
             dead_letters,
             consumers: Consumers::default(),
+            metrics: Metrics::new(config.service),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             gauges: None,
+            routes: None,
             config,
         };
         core.tasks.spawn(relay.run(core.shutdown.clone()));
@@ -148,6 +155,7 @@ impl ServiceCore {
             subscription,
             policy: self.config.retry,
             prefetch: self.config.prefetch,
+            metrics: self.metrics.events.clone(),
         };
         let state = self
             .consumers
@@ -167,6 +175,13 @@ impl ServiceCore {
     /// Adds the service's own gauges to `/metrics`, beside the shared ones.
     pub fn with_gauges(mut self, source: Arc<dyn GaugeSource>) -> Self {
         self.gauges = Some(source);
+        self
+    }
+
+    /// Serves `routes` (at their own paths, outside the OpenAPI spec)
+    /// beside the API: the order service's admin console.
+    pub fn with_routes(mut self, routes: poem::Route) -> Self {
+        self.routes = Some(routes);
         self
     }
 
@@ -206,6 +221,7 @@ impl ServiceCore {
             consumer_ready_grace: self.config.consumer_ready_grace,
             rate_limiter,
             load_shedder,
+            metrics: self.metrics.clone(),
             // Taken, not shared: a gauge source may hold the service's
             // stores, whose batch writers end only when the last handle
             // goes, and the core lives until the tasks are waited for.
@@ -239,12 +255,19 @@ impl ServiceCore {
                 self.health_api(rate_limiter.clone(), load_shedder.clone()),
                 dead_letters,
             ),
+            self.routes.take().unwrap_or_default(),
             title,
-            http::Authenticator::new(self.config.admin_tokens.clone(), self.config.jwt.clone()),
-            rate_limiter,
-            load_shedder,
-            self.config.trusted_proxies.clone(),
-            self.config.cors_allowed_origins.clone(),
+            http::Edges {
+                authenticator: http::Authenticator::new(
+                    self.config.admin_tokens.clone(),
+                    self.config.jwt.clone(),
+                ),
+                rate_limiter,
+                load_shedder,
+                trusted_proxies: self.config.trusted_proxies.clone(),
+                allowed_origins: self.config.cors_allowed_origins.clone(),
+                metrics: self.metrics.http.clone(),
+            },
         );
         let server = tokio::spawn(http::serve(listener, app, self.shutdown.clone()));
         let base = format!("http://{}:{port}", self.config.bind_address);

@@ -31,6 +31,7 @@ use shared::{
         topology::{ORDER_SERVICE, QueueType},
     },
     events::RawEnvelope,
+    metrics::{DeadLetterLabels, EventLabels, EventMetrics, EventOutcome, EventType},
     retry::RetryPolicy,
 };
 use uuid::Uuid;
@@ -120,6 +121,7 @@ async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
     let queue = topology.work_queue(&ORDER_SERVICE);
     let state = Arc::new(ConsumerState::new(queue.clone(), ConsumerRole::Work));
     let shutdown = CancellationToken::new();
+    let metrics = EventMetrics::default();
     let consumer = tokio::spawn(run_consumer(
         ConsumerSettings {
             url: rabbitmq_url(),
@@ -133,6 +135,7 @@ async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
                 cap: Duration::from_millis(200),
             },
             prefetch: 4,
+            metrics: metrics.clone(),
         },
         handler.clone(),
         state.clone(),
@@ -207,6 +210,38 @@ async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
     assert!(reason.contains("bug triggered by event"), "{reason}");
     let panics = handler.panics.load(Ordering::SeqCst);
     assert!(panics >= 2, "retried only {panics} times");
+    // The metrics saw the same: every retry, one transient dead letter, and
+    // the two good events done.
+    let event_type = || EventType {
+        event_type: "inventory.reserved".into(),
+    };
+    let count = |outcome| {
+        metrics
+            .duration
+            .get(&EventLabels {
+                event_type: "inventory.reserved".into(),
+                outcome,
+            })
+            .map_or(0, |histogram| histogram.count())
+    };
+    wait_for("the dead letter counted", || {
+        (count(EventOutcome::dead_letter) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(count(EventOutcome::done), 2);
+    assert_eq!(count(EventOutcome::retry), u64::from(panics) - 1);
+    assert_eq!(
+        metrics.retries.get(&event_type()).map(|c| c.get()),
+        Some(u64::from(panics) - 1)
+    );
+    let transient = DeadLetterLabels {
+        event_type: "inventory.reserved".into(),
+        class: "transient",
+    };
+    assert_eq!(
+        metrics.dead_letters.get(&transient).map(|c| c.get()),
+        Some(1)
+    );
 
     // Nothing left in hand, nothing lost, and the consumer never restarted.
     let snapshot = state.snapshot(Instant::now());

@@ -1,7 +1,7 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = inventory_service::Config::from_env().unwrap_or_else(|error| error.exit());
-    shared::telemetry::init("inventory_service");
+    let _telemetry = shared::telemetry::init("inventory-service");
     inventory_service::build(config)
         .await?
         .run_until_signal()

@@ -65,6 +65,10 @@ pub struct Notification {
     pub next_attempt_at: DateTime<Utc>,
     pub claimed_by: Option<String>,
     pub correlation_id: String,
+    /// The W3C trace context it was recorded in: its send, and the events
+    /// that report it, belong to that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
     /// When an operator last sent it again after it FAILED.
@@ -89,7 +93,14 @@ pub struct Draft {
 }
 
 impl Draft {
-    pub fn into_notification(self, correlation_id: &str, now: DateTime<Utc>) -> Notification {
+    /// The notification, to be recorded `now` in the request or event
+    /// followed by `correlation_id`, in the trace of `traceparent`.
+    pub fn into_notification(
+        self,
+        correlation_id: &str,
+        traceparent: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Notification {
         Notification {
             id: uuid::Uuid::now_v7().to_string(),
             kind: self.kind,
@@ -107,6 +118,7 @@ impl Draft {
             next_attempt_at: now,
             claimed_by: None,
             correlation_id: correlation_id.to_string(),
+            traceparent,
             created_at: now,
             retried_at: None,
         }
@@ -214,8 +226,9 @@ pub fn low_stock(event: &InventoryLow, admin_email: &str, alert_id: &str) -> Dra
 }
 
 impl Notification {
+    /// Its events are caused by sending it, in the trace it was recorded in.
     fn cause(&self) -> Cause {
-        Cause::request(SOURCE, &self.correlation_id)
+        Cause::request(SOURCE, &self.correlation_id).in_trace(self.traceparent.clone())
     }
 
     /// `notification.sent`, once the SMTP server took the email.
@@ -402,7 +415,7 @@ mod tests {
             customer_email: "c@example.com".into(),
             reason: "insufficient stock".into(),
         })
-        .into_notification("corr", Utc::now());
+        .into_notification("corr", None, Utc::now());
         let sent = notification.sent_event();
         assert_eq!(sent.event_type, "notification.sent");
         assert_eq!(sent.data["kind"], "ORDER_REJECTED");
@@ -445,7 +458,7 @@ mod tests {
             customer_email: "c@example.com".into(),
             reason: "insufficient stock".into(),
         })
-        .into_notification("corr", recorded);
+        .into_notification("corr", None, recorded);
         failed.status = NotificationStatus::Failed;
         failed.attempts = 5;
         failed.last_error = Some("550 no such user".into());

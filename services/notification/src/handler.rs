@@ -26,7 +26,8 @@ impl Handler for SagaOutcomes {
                 domain::low_stock(&data, &self.admin_email, &event.event_id.to_string())
             }
         };
-        let notification = draft.into_notification(&event.correlation_id, Utc::now());
+        let notification =
+            draft.into_notification(&event.correlation_id, event.traceparent.clone(), Utc::now());
         outcome(self.store.record_for_event(notification).await)
     }
 }

@@ -185,7 +185,11 @@ impl NotificationApi {
             product_id: None,
             dedupe_key: format!("MANUAL:{id}"),
         }
-        .into_notification(&correlation.0.0, Utc::now());
+        .into_notification(
+            &correlation.0.0,
+            shared::telemetry::current_traceparent(),
+            Utc::now(),
+        );
         self.store.insert(&notification).await?;
         let location = format!("/api/notifications/{}", notification.id);
         Ok(AcceptedResponse::Accepted(

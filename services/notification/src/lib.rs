@@ -112,6 +112,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
         core.config.retry,
         config.email_give_up,
         &core.breakers,
+        &core.metrics,
     )?;
     core.tasks.spawn(sender.run(born, core.shutdown.clone()));
     core.spawn_consumer(

@@ -1,7 +1,7 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = notification_service::Config::from_env().unwrap_or_else(|error| error.exit());
-    shared::telemetry::init("notification_service");
+    let _telemetry = shared::telemetry::init("notification-service");
     notification_service::build(config)
         .await?
         .run_until_signal()

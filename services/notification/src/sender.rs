@@ -18,9 +18,11 @@ use lettre::{
         client::{Tls, TlsParameters},
     },
 };
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use shared::{
     CancellationToken,
     config::Secret,
+    metrics::{self, DurationFamily, Metrics, Outcome},
     resilience::{Breaker, BreakerProbe, BreakerState, Breakers},
     retry::RetryPolicy,
 };
@@ -118,6 +120,42 @@ pub struct Sender {
     /// every other send waits its turn without using an attempt.
     probe: tokio::sync::Mutex<()>,
     name: String,
+    metrics: EmailMetrics,
+}
+
+/// Sends and their outcomes, for `/metrics`.
+struct EmailMetrics {
+    /// SMTP conversations that took place (not those an open breaker
+    /// refused), by `sent` or `failed`.
+    smtp: DurationFamily<Outcome>,
+    /// Notifications by what a send attempt made of them: `sent`,
+    /// `deferred` (tried again later) or `failed` (given up).
+    emails: Family<Outcome, Counter>,
+}
+
+impl EmailMetrics {
+    fn new(registry: &Metrics) -> Self {
+        let metrics = EmailMetrics {
+            smtp: metrics::durations(),
+            emails: Family::default(),
+        };
+        registry.register_seconds(
+            "smtp_send_duration",
+            "SMTP sends from connection to the server's answer, by sent or failed.",
+            metrics.smtp.clone(),
+        );
+        registry.register(
+            "emails",
+            "Send attempts by what became of the notification: sent, deferred (tried again \
+             later) or failed (given up).",
+            metrics.emails.clone(),
+        );
+        metrics
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.emails.get_or_create(&Outcome { outcome }).inc();
+    }
 }
 
 /// How soon a send refused by an open breaker or an unreachable server is
@@ -206,6 +244,7 @@ impl Sender {
         policy: RetryPolicy,
         give_up: Duration,
         breakers: &Breakers,
+        registry: &Metrics,
     ) -> anyhow::Result<Self> {
         let (breaker, breaker_state) = breakers.breaker_with_state("smtp", 3, OUTAGE_RETRY);
         Ok(Sender {
@@ -220,6 +259,7 @@ impl Sender {
             breaker_state,
             probe: tokio::sync::Mutex::new(()),
             name,
+            metrics: EmailMetrics::new(registry),
         })
     }
 
@@ -263,7 +303,15 @@ impl Sender {
     }
 
     async fn deliver(&self, notification: Notification) {
-        let span = tracing::info_span!("notification", id = %notification.id, correlation_id = %notification.correlation_id);
+        let span = tracing::info_span!(
+            "notification",
+            id = %notification.id,
+            correlation_id = %notification.correlation_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        // The send is a span of the trace the notification was recorded in.
+        shared::telemetry::continue_trace(&span, notification.traceparent.as_deref());
         self.deliver_in_span(notification).instrument(span).await
     }
 
@@ -293,6 +341,7 @@ impl Sender {
         };
         // Only an unreachable server counts against the breaker: a refusal
         // or a deferral is the server answering.
+        let started = std::time::Instant::now();
         let sent = self
             .breaker
             .call_with(
@@ -300,8 +349,17 @@ impl Sender {
                 self.transport.send(message),
             )
             .await;
+        let took = |outcome| {
+            metrics::observe(
+                &self.metrics.smtp.get_or_create(&Outcome { outcome }),
+                started.elapsed(),
+            )
+        };
         match sent {
             Ok(_) => {
+                took("sent");
+                self.metrics.count("sent");
+                tracing::info!("email sent");
                 shared::crash_point!("sender.after_accept");
                 if let Err(error) = self.store.mark_sent(&notification).await {
                     // The lease expires and it is sent again, with the same
@@ -318,6 +376,7 @@ impl Sender {
                 .await
             }
             Err(failsafe::Error::Inner(error)) => {
+                took("failed");
                 let failure = classify(&error);
                 tracing::warn!(%error, ?failure, "SMTP send failed");
                 let recorded = if login_refused(&error) {
@@ -337,24 +396,29 @@ impl Sender {
     /// FAILED, as the domain decides.
     async fn failed(&self, notification: &Notification, failure: SendFailure, error: &str) {
         let now = Utc::now();
-        let recorded =
-            match domain::after_failure(notification.waiting_since(), now, self.give_up, failure) {
-                AfterFailure::GiveUp => self.store.give_up(notification, error).await,
-                AfterFailure::Retry { counts: true } => {
-                    let delay = self
-                        .policy
-                        .jittered_delay(notification.attempts + 1)
-                        .max(Duration::from_millis(200));
-                    self.store
-                        .retry_later(notification, error, now + delay, true)
-                        .await
-                }
-                AfterFailure::Retry { counts: false } => {
-                    self.store
-                        .retry_later(notification, error, now + OUTAGE_RETRY, false)
-                        .await
-                }
-            };
+        let decided =
+            domain::after_failure(notification.waiting_since(), now, self.give_up, failure);
+        self.metrics.count(match decided {
+            AfterFailure::GiveUp => "failed",
+            AfterFailure::Retry { .. } => "deferred",
+        });
+        let recorded = match decided {
+            AfterFailure::GiveUp => self.store.give_up(notification, error).await,
+            AfterFailure::Retry { counts: true } => {
+                let delay = self
+                    .policy
+                    .jittered_delay(notification.attempts + 1)
+                    .max(Duration::from_millis(200));
+                self.store
+                    .retry_later(notification, error, now + delay, true)
+                    .await
+            }
+            AfterFailure::Retry { counts: false } => {
+                self.store
+                    .retry_later(notification, error, now + OUTAGE_RETRY, false)
+                    .await
+            }
+        };
         if let Err(error) = recorded {
             // The lease expires and another pass picks it up.
             tracing::warn!(%error, "could not record the send outcome");

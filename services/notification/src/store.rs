@@ -444,7 +444,7 @@ mod tests {
                 product_id: None,
                 dedupe_key: "ORDER_CONFIRMED:o1".into(),
             }
-            .into_notification("corr", now)
+            .into_notification("corr", None, now)
         };
         assert!(still_ours(&born, now));
         // It waited in the hand-over until its claim was nearly gone: the

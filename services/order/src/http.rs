@@ -32,6 +32,7 @@ use crate::{
     error::Error,
     inventory::{InventoryClient, ProductCheck},
     limit::CustomerLimit,
+    metrics::SagaMetrics,
     store::{Created, OrderStore},
 };
 
@@ -48,6 +49,8 @@ pub struct OrderApi {
     pub inventory: Arc<InventoryClient>,
     /// Refuses new orders while the saga is this far behind (`None`: off).
     pub backlog: Option<Arc<Backlog>>,
+    /// Counts the orders refused at admission.
+    pub saga: SagaMetrics,
     /// Refuses a customer's orders past its limit a minute (`None`: off).
     pub customer_limit: Option<CustomerLimit>,
 }
@@ -364,6 +367,7 @@ impl OrderApi {
         if let Some(backlog) = &self.backlog
             && let Err(throttled) = backlog.admit()
         {
+            self.saga.refused();
             return Err(ApiError::overloaded(format!(
                 "the saga is behind: {} messages wait (limit {}), so new orders are admitted \
                  at {:.0}/s; retry in 1 s",

@@ -7,7 +7,10 @@ use std::{collections::HashSet, sync::RwLock, time::Duration};
 
 use failsafe::futures::CircuitBreaker;
 use futures::future::join_all;
-use shared::resilience::{Breaker, Breakers};
+use shared::{
+    resilience::{Breaker, Breakers},
+    telemetry,
+};
 
 /// What the inventory said about a set of products.
 #[derive(Debug, PartialEq, Eq)]
@@ -74,7 +77,12 @@ impl InventoryClient {
     async fn exists(&self, product_id: &str) -> Result<bool, String> {
         let url = format!("{}/api/products/{}", self.base_url, urlencode(product_id));
         let call = async {
-            let response = self.http.get(&url).send().await?;
+            let mut request = self.http.get(&url);
+            // The inventory's answer is part of the request's trace.
+            if let Some(traceparent) = telemetry::current_traceparent() {
+                request = request.header(telemetry::TRACEPARENT, traceparent);
+            }
+            let response = request.send().await?;
             // 404 is an answer, not a failure of the inventory.
             if response.status() == reqwest::StatusCode::NOT_FOUND {
                 return Ok(false);

@@ -1,6 +1,7 @@
 //! The order service: takes orders over HTTP and keeps each order's state as
 //! the saga moves it.
 
+pub mod console;
 pub mod deadline;
 pub mod domain;
 pub mod error;
@@ -28,6 +29,11 @@ pub struct Config {
     pub common: CommonConfig,
     /// `INVENTORY_URL`, default `http://127.0.0.1:3002`.
     pub inventory_url: String,
+    /// `NOTIFICATION_URL`, default `http://127.0.0.1:3003`: where the admin
+    /// console's forwarder reaches the notification service.
+    pub notification_url: String,
+    /// The admin console's links (see [`console::ConsoleLinks`]).
+    pub console: console::ConsoleLinks,
     /// `MAX_SAGA_BACKLOG` (default 500): messages waiting in the saga's work
     /// queues at which no new order is admitted; past a quarter of it they
     /// are admitted at the rate the saga finishes them (`broker::Admission`),
@@ -52,13 +58,9 @@ impl Config {
     pub fn from_lookup<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
         Ok(Config {
             common: CommonConfig::from_env(env, "order-service", 3001, "order_service")?,
-            inventory_url: env.checked("INVENTORY_URL", "http://127.0.0.1:3002", |url| {
-                match reqwest::Url::parse(url) {
-                    Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
-                    Ok(_) => Err("must be an http:// or https:// URL".to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            })?,
+            inventory_url: env.checked("INVENTORY_URL", "http://127.0.0.1:3002", http_url)?,
+            notification_url: env.checked("NOTIFICATION_URL", "http://127.0.0.1:3003", http_url)?,
+            console: console::ConsoleLinks::from_lookup(env)?,
             max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 500u64)?).filter(|n| *n > 0),
             saga_timeout: Duration::from_secs(env.parse_checked(
                 "SAGA_TIMEOUT_SECONDS",
@@ -76,10 +78,23 @@ impl Config {
     }
 }
 
+fn http_url(url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
+        Ok(_) => Err("must be an http:// or https:// URL".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Builds the whole service; tests start it on port 0.
 pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     let core = ServiceCore::start(config.common).await?;
-    let store = Arc::new(store::OrderStore::new(core.store.clone(), &core.tasks));
+    let saga = metrics::SagaMetrics::new(&core.metrics);
+    let store = Arc::new(store::OrderStore::new(
+        core.store.clone(),
+        &core.tasks,
+        saga.clone(),
+    ));
     store.ensure_indexes().await?;
     core.tasks.spawn(deadline::watch(
         store.clone(),
@@ -111,6 +126,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     });
     let api = http::OrderApi {
         backlog,
+        saga,
         store,
         customer_limit: config
             .orders_per_customer_per_minute
@@ -120,7 +136,14 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             &core.breakers,
         )),
     };
-    core.with_gauges(gauges).serve(api, "Order service").await
+    core.with_gauges(gauges)
+        .with_routes(console::routes(
+            &config.inventory_url,
+            &config.notification_url,
+            &config.console,
+        )?)
+        .serve(api, "Order service")
+        .await
 }
 
 #[cfg(test)]
@@ -143,6 +166,7 @@ mod tests {
         assert_eq!(config.common.port, 3001);
         assert_eq!(config.common.database, "order_service");
         assert_eq!(config.inventory_url, "http://127.0.0.1:3002");
+        assert_eq!(config.notification_url, "http://127.0.0.1:3003");
         assert_eq!(config.max_saga_backlog, Some(500));
         assert_eq!(config.orders_per_customer_per_minute, Some(30));
         let off = self::config(&[("ORDERS_PER_CUSTOMER_PER_MINUTE", "0")]).unwrap();
@@ -166,5 +190,7 @@ mod tests {
         let err = config(&[("INVENTORY_URL", "localhost:3002")]).unwrap_err();
         assert_eq!(err.name, "INVENTORY_URL");
         assert!(config(&[("INVENTORY_URL", "https://inventory:8443/")]).is_ok());
+        let err = config(&[("NOTIFICATION_URL", "notification:3003")]).unwrap_err();
+        assert_eq!(err.name, "NOTIFICATION_URL");
     }
 }

@@ -1,6 +1,6 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = order_service::Config::from_env().unwrap_or_else(|error| error.exit());
-    shared::telemetry::init("order_service");
+    let _telemetry = shared::telemetry::init("order-service");
     order_service::build(config).await?.run_until_signal().await
 }

@@ -1,12 +1,91 @@
-//! The order service's own gauges on `/metrics`.
+//! The order service's own metrics: how sagas end and how long they take,
+//! orders refused at admission, and the age of the oldest saga still open.
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use futures::{FutureExt, future::BoxFuture};
-use shared::http::{Gauge, GaugeSource};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use shared::{
+    http::{Gauge, GaugeSource},
+    metrics::{self, DurationFamily, Metrics, Outcome},
+};
 
-use crate::{domain, store::OrderStore};
+use crate::{
+    domain::{self, Order, OrderStatus},
+    store::OrderStore,
+};
+
+/// Orders by what became of them, counted where each change commits.
+#[derive(Clone)]
+pub struct SagaMetrics {
+    orders: Family<Outcome, Counter>,
+    duration: DurationFamily<Outcome>,
+    refused: Counter,
+}
+
+impl SagaMetrics {
+    pub fn new(registry: &Metrics) -> Self {
+        let saga = SagaMetrics {
+            orders: Family::default(),
+            duration: metrics::durations(),
+            refused: Counter::default(),
+        };
+        registry.register(
+            "orders",
+            "Orders accepted, and how their sagas ended (confirmed, rejected, failed) or \
+             were cancelled.",
+            saga.orders.clone(),
+        );
+        registry.register_seconds(
+            "saga_duration",
+            "Sagas from the order's acceptance to its confirmation, rejection or failure.",
+            saga.duration.clone(),
+        );
+        registry.register(
+            "saga_admission_refused",
+            "Orders refused with 503 because the saga's queues were too far behind.",
+            saga.refused.clone(),
+        );
+        saga
+    }
+
+    pub fn accepted(&self, orders: u64) {
+        self.count("accepted", orders);
+    }
+
+    pub fn refused(&self) {
+        self.refused.inc();
+    }
+
+    /// `before` became `after` in a committed change: counts a saga that
+    /// ended there (once, as it leaves PENDING) or a cancellation.
+    pub fn changed(&self, before: &Order, after: &Order) {
+        if before.status == after.status {
+            return;
+        }
+        let outcome = match after.status {
+            OrderStatus::Cancelled => return self.count("cancelled", 1),
+            OrderStatus::Confirmed => "confirmed",
+            OrderStatus::Rejected => "rejected",
+            OrderStatus::Failed => "failed",
+            _ => return,
+        };
+        if before.status != OrderStatus::Pending {
+            return;
+        }
+        self.count(outcome, 1);
+        if let Ok(took) = (after.updated_at - after.created_at).to_std() {
+            metrics::observe(&self.duration.get_or_create(&Outcome { outcome }), took);
+        }
+    }
+
+    fn count(&self, outcome: &'static str, orders: u64) {
+        self.orders
+            .get_or_create(&Outcome { outcome })
+            .inc_by(orders);
+    }
+}
 
 /// How long the oldest saga that has not ended has been running: an
 /// operator alerts on it instead of polling the stuck-saga finder.

@@ -23,6 +23,7 @@ use shared::{
 use crate::{
     domain::{self, Change, InventoryAnswer, Order, OrderStatus, RuleViolation, SOURCE},
     error::Error,
+    metrics::SagaMetrics,
 };
 
 const ORDERS: &str = "orders";
@@ -79,24 +80,35 @@ pub struct OrderStore {
     keys: Collection<Document>,
     creates: Batcher<NewOrder>,
     answers: Batcher<(RawEnvelope, InventoryAnswer)>,
+    /// Told of every change that commits.
+    saga: SagaMetrics,
 }
 
 impl OrderStore {
-    /// The store, its batch writers running on `tasks`.
-    pub fn new(store: Store, tasks: &TaskTracker) -> Self {
+    /// The store, its batch writers running on `tasks`, counting in `saga`.
+    pub fn new(store: Store, tasks: &TaskTracker, saga: SagaMetrics) -> Self {
         OrderStore {
             orders: store.collection(ORDERS),
             keys: store.collection(IDEMPOTENCY_KEYS),
-            creates: Batcher::start(tasks, BATCH, CreateOrders(store.clone())),
+            creates: Batcher::start(
+                tasks,
+                BATCH,
+                CreateOrders {
+                    store: store.clone(),
+                    saga: saga.clone(),
+                },
+            ),
             answers: Batcher::start(
                 tasks,
                 BATCH,
                 ApplyAnswers {
                     orders: store.collection(ORDERS),
                     store: store.clone(),
+                    saga: saga.clone(),
                 },
             ),
             store,
+            saga,
         }
     }
 
@@ -273,6 +285,7 @@ impl OrderStore {
             unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
                 .emit(change.events);
             self.store.commit(unit).await?;
+            self.saga.changed(&order, &change.order);
             Ok(change.order)
         })
         .await
@@ -311,7 +324,10 @@ impl OrderStore {
             unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
                 .emit(change.events);
             match self.store.commit(unit).await {
-                Ok(()) => failed += 1,
+                Ok(()) => {
+                    self.saga.changed(order, &change.order);
+                    failed += 1;
+                }
                 // Decided while we looked: nothing to fail.
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e),
@@ -392,7 +408,10 @@ fn unfinished_filter(older_than: std::time::Duration) -> Option<Document> {
 }
 
 /// Creates that arrived together, in one unit of work.
-struct CreateOrders(Store);
+struct CreateOrders {
+    store: Store,
+    saga: SagaMetrics,
+}
 
 impl WriteBatch for CreateOrders {
     type Item = NewOrder;
@@ -411,7 +430,9 @@ impl WriteBatch for CreateOrders {
             OnDuplicate::Taken("order id"),
         )?
         .emit(batch.iter().flat_map(|n| n.change.events.iter().cloned()));
-        self.0.commit(unit).await
+        self.store.commit(unit).await?;
+        self.saga.accepted(batch.len() as u64);
+        Ok(())
     }
 }
 
@@ -420,6 +441,7 @@ impl WriteBatch for CreateOrders {
 struct ApplyAnswers {
     store: Store,
     orders: Collection<Order>,
+    saga: SagaMetrics,
 }
 
 impl WriteBatch for ApplyAnswers {
@@ -439,6 +461,7 @@ impl WriteBatch for ApplyAnswers {
             .await?;
         let now = Utc::now();
         let mut unit = UnitOfWork::new();
+        let mut changed = Vec::with_capacity(batch.len());
         // No inbox records: an answer only moves a PENDING order (or clears
         // the flag of one awaiting its release), under the order's version
         // guard, so a redelivered answer finds the order moved on and has no
@@ -459,8 +482,13 @@ impl WriteBatch for ApplyAnswers {
             if let Some(change) = change {
                 unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
                     .emit(change.events);
+                changed.push((order, change.order));
             }
         }
-        self.store.commit(unit).await
+        self.store.commit(unit).await?;
+        for (before, after) in changed {
+            self.saga.changed(before, &after);
+        }
+        Ok(())
     }
 }

@@ -33,8 +33,10 @@ use super::{
 };
 use crate::{
     events::{ContractError, RawEnvelope},
+    metrics::{EventMetrics, EventOutcome},
     retry::{RetryDecision, RetryPolicy},
     store::StoreError,
+    telemetry::{self, TRACEPARENT},
 };
 
 /// Header carrying the number of the attempt this delivery is (1 = first).
@@ -118,6 +120,8 @@ pub struct ConsumerSettings {
     pub subscription: Subscription,
     pub policy: RetryPolicy,
     pub prefetch: u16,
+    /// Where each settled delivery is counted.
+    pub metrics: EventMetrics,
 }
 
 /// How one delivery ended.
@@ -481,19 +485,43 @@ async fn settle<H: Handler>(
     handler: &Arc<H>,
     next_hops: &Publisher,
 ) -> Result<Settled, ConsumerError> {
+    let received = std::time::Instant::now();
     let headers = delivery.properties.headers().clone().unwrap_or_default();
     let attempt = header_u32(&headers, ATTEMPT_HEADER).unwrap_or(1).max(1);
+    let parsed = RawEnvelope::parse(&delivery.data);
+    // What the metrics call it; a fixed word for a body that could not be
+    // read, whose routing key may be anything a stray publisher chose.
+    let event_type = match &parsed {
+        Ok(event) => event.event_type.clone(),
+        Err(_) => "unreadable".to_string(),
+    };
 
-    let outcome = match RawEnvelope::parse(&delivery.data) {
+    let span = match &parsed {
+        Ok(event) => tracing::info_span!(
+            "event",
+            event_type = %event.event_type,
+            event_id = %event.event_id,
+            correlation_id = %event.correlation_id,
+            attempt,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        ),
+        Err(_) => tracing::info_span!(
+            "event",
+            event_type = %event_type,
+            attempt,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        ),
+    };
+    // The handling is a span of the trace that caused the event, and what
+    // it emits is caused in that span.
+    telemetry::continue_trace(&span, header_string(&headers, TRACEPARENT).as_deref());
+
+    let outcome = match parsed {
         Err(error) => Err(HandleError::Permanent(error.to_string())),
-        Ok(event) => {
-            let span = tracing::info_span!(
-                "event",
-                event_type = %event.event_type,
-                event_id = %event.event_id,
-                correlation_id = %event.correlation_id,
-                attempt,
-            );
+        Ok(mut event) => {
+            event.traceparent = telemetry::traceparent_of(&span);
             async {
                 match AssertUnwindSafe(handler.handle(event)).catch_unwind().await {
                     Ok(outcome) => outcome,
@@ -504,21 +532,24 @@ async fn settle<H: Handler>(
                     }
                 }
             }
-            .instrument(span)
+            .instrument(span.clone())
             .await
         }
     };
 
-    let next_hop = match outcome {
-        Ok(()) => None,
-        Err(HandleError::Permanent(reason)) => Some(dead_letter(
-            &delivery,
-            settings,
-            &headers,
-            attempt,
-            &reason,
-            "permanent",
-        )),
+    let (next_hop, counted) = match outcome {
+        Ok(()) => (None, Counted::Done),
+        Err(HandleError::Permanent(reason)) => (
+            Some(dead_letter(
+                &delivery,
+                settings,
+                &headers,
+                attempt,
+                &reason,
+                "permanent",
+            )),
+            Counted::DeadLetter("permanent"),
+        ),
         Err(HandleError::Transient(reason)) => {
             let failing_for = header_string(&headers, FIRST_FAILURE_HEADER)
                 .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
@@ -527,21 +558,27 @@ async fn settle<H: Handler>(
             match settings.policy.decide_now(attempt, failing_for) {
                 RetryDecision::RetryAfter(delay) => {
                     tracing::warn!(attempt, %reason, delay_ms = delay.as_millis() as u64, "handler failed; retrying later");
-                    Some(retry_later(
-                        &delivery, settings, &headers, attempt, &reason, delay,
-                    ))
+                    (
+                        Some(retry_later(
+                            &delivery, settings, &headers, attempt, &reason, delay,
+                        )),
+                        Counted::Retry,
+                    )
                 }
-                RetryDecision::GiveUp => Some(dead_letter(
-                    &delivery,
-                    settings,
-                    &headers,
-                    attempt,
-                    &format!(
-                        "gave up after {attempt} attempts in {} s: {reason}",
-                        failing_for.as_secs()
-                    ),
-                    "transient",
-                )),
+                RetryDecision::GiveUp => (
+                    Some(dead_letter(
+                        &delivery,
+                        settings,
+                        &headers,
+                        attempt,
+                        &format!(
+                            "gave up after {attempt} attempts in {} s: {reason}",
+                            failing_for.as_secs()
+                        ),
+                        "transient",
+                    )),
+                    Counted::DeadLetter("transient"),
+                ),
             }
         }
     };
@@ -566,7 +603,37 @@ async fn settle<H: Handler>(
         }
     }
     crate::crash_point!("consumer.before_ack");
-    ack(&delivery).await
+    let settled = ack(&delivery).await?;
+    // Counted once settled: a delivery whose next hop failed comes back.
+    let outcome = match counted {
+        Counted::Done => EventOutcome::done,
+        Counted::Retry => {
+            settings.metrics.retried(&event_type);
+            EventOutcome::retry
+        }
+        Counted::DeadLetter(class) => {
+            settings.metrics.dead_lettered(&event_type, class);
+            EventOutcome::dead_letter
+        }
+    };
+    let took = received.elapsed();
+    settings.metrics.record(&event_type, outcome, took);
+    span.in_scope(|| {
+        tracing::info!(
+            outcome = ?outcome,
+            duration_ms = took.as_secs_f64() * 1000.0,
+            "event settled"
+        )
+    });
+    Ok(settled)
+}
+
+/// Where a delivery went, for the metrics.
+enum Counted {
+    Done,
+    Retry,
+    /// With its class, `permanent` or `transient`.
+    DeadLetter(&'static str),
 }
 
 /// Acks `delivery` once what it caused is durable, within the step limit.

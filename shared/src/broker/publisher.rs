@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use futures::future::join_all;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::{FieldTable, ShortString},
 };
 use tokio::sync::Mutex;
@@ -24,6 +24,15 @@ pub struct Outgoing {
     pub correlation_id: Option<String>,
     /// Ask the broker to return the message if no queue is bound.
     pub mandatory: bool,
+}
+
+/// A queue's depth as the broker counts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub queue: String,
+    /// Messages ready for delivery (not those delivered and not yet acked).
+    pub messages: u32,
+    pub consumers: u32,
 }
 
 /// What the broker said about one message.
@@ -109,6 +118,62 @@ impl Publisher {
     /// Whether the broker is reachable (connecting if need be).
     pub async fn check(&self) -> Result<(), lapin::Error> {
         self.channel().await.map(|_| ())
+    }
+
+    /// How many messages are ready in each of `queues`, and how many
+    /// consumers each has, as the broker counts them (`/metrics`). A queue
+    /// not declared yet is left out. Each is asked on a channel of its own:
+    /// the broker closes the channel that asks after a missing queue.
+    pub async fn queue_depths(&self, queues: &[String]) -> Result<Vec<QueueDepth>, lapin::Error> {
+        self.channel().await?;
+        // Opened under the lock (one quick round trip each), used after it,
+        // so a scrape holds up no publish for longer than that.
+        let channels = {
+            let link = self.link.lock().await;
+            let Some(link) = link.as_ref() else {
+                // Closed since: the next scrape asks again.
+                return Ok(Vec::new());
+            };
+            let mut channels = Vec::with_capacity(queues.len());
+            for _ in queues {
+                channels.push(
+                    limited(
+                        "opening a channel",
+                        STEP_LIMIT,
+                        link.connection.create_channel(),
+                    )
+                    .await?,
+                );
+            }
+            channels
+        };
+        let depths = join_all(
+            queues
+                .iter()
+                .zip(channels)
+                .map(|(queue, channel)| async move {
+                    let declared = channel
+                        .queue_declare(
+                            queue.as_str().into(),
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..Default::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await;
+                    if declared.is_ok() {
+                        let _ = channel.close(200, "counted".into()).await;
+                    }
+                    declared.map(|declared| QueueDepth {
+                        queue: queue.clone(),
+                        messages: declared.message_count(),
+                        consumers: declared.consumer_count(),
+                    })
+                }),
+        )
+        .await;
+        Ok(depths.into_iter().filter_map(Result::ok).collect())
     }
 
     /// Publishes every message, with all confirms in flight at once, and

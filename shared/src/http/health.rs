@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -15,7 +14,12 @@ use futures::future::BoxFuture;
 use mongodb::Database;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
+    param::Header,
     payload::{Json, PlainText},
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
 };
 use tokio::sync::Mutex;
 
@@ -26,6 +30,7 @@ use crate::{
         consumer::{ConsumerRole, ConsumerSnapshot, Consumers, consumers_ready},
     },
     deadletter::DeadLetterStore,
+    metrics::{self, GaugeFamily, Metrics, Snapshot},
     resilience::Breakers,
     store::{self, outbox},
 };
@@ -46,6 +51,8 @@ pub struct HealthApi {
     pub consumer_ready_grace: Duration,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub load_shedder: Option<Arc<LoadShedder>>,
+    /// What the service counted; `/metrics` adds this moment's readings.
+    pub metrics: Metrics,
     /// The service's own gauges, if it has any.
     pub gauges: Option<Arc<dyn GaugeSource>>,
     /// The last check of the database and the broker, and when it ended.
@@ -155,6 +162,23 @@ fn seconds(duration: Duration) -> f64 {
     (duration.as_millis() as f64) / 1000.0
 }
 
+/// The service's metrics in the format the scraper asked for.
+#[derive(ApiResponse)]
+pub enum MetricsText {
+    /// OpenMetrics, for a scraper whose `Accept` names it (Prometheus does).
+    #[oai(
+        status = 200,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )]
+    OpenMetrics(PlainText<String>),
+    /// The classic Prometheus text format, for any other caller.
+    #[oai(
+        status = 200,
+        content_type = "text/plain; version=0.0.4; charset=utf-8"
+    )]
+    Prometheus(PlainText<String>),
+}
+
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
     /// MongoDB and RabbitMQ both answer, and every consumer is connected
@@ -178,11 +202,24 @@ impl HealthApi {
         })
     }
 
-    /// Counters and states in Prometheus text format: outbox backlog, dead
-    /// letters, circuit breakers, rate-limited requests, consumers.
+    /// Prometheus metrics in the OpenMetrics text format: request, event,
+    /// saga and email histograms and counters; queue depths, consumers,
+    /// breakers and the outbox's backlog as of now. The README's
+    /// "Operating" section says what each means.
     #[oai(path = "/metrics", method = "get")]
-    async fn metrics(&self) -> PlainText<String> {
-        PlainText(self.render_metrics().await)
+    async fn metrics(
+        &self,
+        /// `application/openmetrics-text` for OpenMetrics; otherwise the
+        /// classic text format.
+        #[oai(name = "Accept")]
+        accept: Header<Option<String>>,
+    ) -> MetricsText {
+        let openmetrics = self.render_metrics().await;
+        if metrics::wants_openmetrics(accept.0.as_deref()) {
+            MetricsText::OpenMetrics(PlainText(openmetrics))
+        } else {
+            MetricsText::Prometheus(PlainText(metrics::to_prometheus_text(&openmetrics)))
+        }
     }
 
     /// Readiness: MongoDB and RabbitMQ are reachable, and no consumer has
@@ -240,17 +277,10 @@ impl HealthApi {
         }
     }
 
-    /// Counts for `/metrics`; a count that cannot be read is left out.
+    /// The exposition for `/metrics`: what the service counted, and this
+    /// moment's readings. A reading that cannot be taken within the probes'
+    /// time limit is left out.
     async fn render_metrics(&self) -> String {
-        let mut out = String::new();
-        let mut described = std::collections::HashSet::new();
-        let service = self.service;
-        let mut gauge = |name: &'static str, help: &str, labels: &str, value: f64| {
-            if described.insert(name) {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            }
-            let _ = writeln!(out, "{name}{{service=\"{service}\"{labels}}} {value}");
-        };
         let dead_letters = DeadLetterStore::new(&self.db);
         let own = async {
             match &self.gauges {
@@ -260,120 +290,197 @@ impl HealthApi {
                 None => Vec::new(),
             }
         };
-        let (outbox, dead, own) = tokio::join!(
+        let consumers = self.consumers.snapshot(Instant::now());
+        let queues: Vec<String> = consumers.iter().map(|c| c.queue.clone()).collect();
+        let (pending, oldest, dead, depths, own) = tokio::join!(
             within_check_timeout(outbox::pending_count(&self.db)),
+            within_check_timeout(outbox::oldest_age(&self.db)),
             within_check_timeout(dead_letters.dead_count()),
+            within_check_timeout(self.publisher.queue_depths(&queues)),
             own,
         );
-        if let Some(n) = outbox {
-            gauge(
+        let mut snapshot = self.metrics.snapshot();
+        if let Some(n) = pending {
+            snapshot.gauge(
                 "outbox_pending",
                 "Events written but not yet confirmed by the broker.",
-                "",
                 n as f64,
+            );
+        }
+        if let Some(age) = oldest {
+            snapshot.gauge(
+                "outbox_oldest_age_seconds",
+                "Seconds the oldest event not yet confirmed has waited; 0 when none.",
+                age.map_or(0.0, seconds),
             );
         }
         if let Some(n) = dead {
-            gauge(
-                "dead_letters",
-                "Dead letters waiting for an operator.",
-                "",
+            snapshot.gauge(
+                "dead_letters_waiting",
+                "Dead letters archived and waiting for an operator.",
                 n as f64,
             );
         }
-        // Each metric's samples together, as the text format wants.
-        let breakers = self.breakers.snapshot();
-        let label =
-            |breaker: &crate::resilience::BreakerProbe| format!(",breaker=\"{}\"", breaker.name());
-        for breaker in &breakers {
-            gauge(
-                "circuit_breaker_open",
-                "1 when the breaker is open, 0.5 half-open, 0 closed.",
-                &label(breaker),
-                breaker.state().as_gauge(),
+        if let Some(depths) = depths {
+            let (messages, consumers) = (
+                GaugeFamily::<Queue>::default(),
+                GaugeFamily::<Queue>::default(),
             );
-        }
-        for breaker in &breakers {
-            gauge(
-                "circuit_breaker_rejected",
-                "Calls refused while open, since start.",
-                &label(breaker),
-                breaker.rejected() as f64,
-            );
-        }
-        // One family at a time: Prometheus wants a metric's samples together.
-        let consumers = self.consumers.snapshot(Instant::now());
-        let label = |consumer: &ConsumerSnapshot| format!(",queue=\"{}\"", consumer.queue);
-        for consumer in &consumers {
-            gauge(
-                "consumer_connected",
-                "1 while the consumer is consuming on a live channel, else 0.",
-                &label(consumer),
-                if consumer.connected { 1.0 } else { 0.0 },
-            );
-        }
-        for consumer in &consumers {
-            gauge(
-                "consumer_in_flight",
-                "Deliveries the consumer received and has not settled yet.",
-                &label(consumer),
-                consumer.in_flight as f64,
-            );
-        }
-        // Absent until the first ack: no value is not "long ago".
-        for consumer in &consumers {
-            if let Some(age) = consumer.last_ack_age {
-                gauge(
-                    "consumer_last_ack_age_seconds",
-                    "Seconds since the consumer last acked a delivery.",
-                    &label(consumer),
-                    seconds(age),
-                );
+            for depth in depths {
+                let queue = Queue { queue: depth.queue };
+                messages
+                    .get_or_create(&queue)
+                    .set(f64::from(depth.messages));
+                consumers
+                    .get_or_create(&queue)
+                    .set(f64::from(depth.consumers));
             }
-        }
-        for consumer in &consumers {
-            gauge(
-                "consumer_restarts",
-                "Times the consumer task panicked and was started again, since start.",
-                &label(consumer),
-                consumer.restarts as f64,
+            snapshot.add(
+                "queue_messages",
+                "Messages ready in each of the service's queues.",
+                messages,
+            );
+            snapshot.add(
+                "queue_consumers",
+                "Consumers the broker counts on each of the service's queues.",
+                consumers,
             );
         }
-        for consumer in &consumers {
-            gauge(
-                "consumer_timeouts",
-                "Reconnects after a broker step got no answer in time, since start.",
-                &label(consumer),
-                consumer.timeouts as f64,
-            );
-        }
-        if let Some(limiter) = &self.rate_limiter {
-            gauge(
-                "http_rate_limited",
-                "Requests refused with 429, since start.",
-                "",
-                limiter.refused() as f64,
-            );
-        }
-        if let Some(shedder) = &self.load_shedder {
-            gauge(
-                "http_load_shed",
-                "Requests refused with 503 over MAX_IN_FLIGHT_REQUESTS, since start.",
-                "",
-                shedder.shed() as f64,
-            );
-        }
+        self.breaker_metrics(&mut snapshot);
+        consumer_metrics(&mut snapshot, &consumers);
+        // 0 while a limit is off: nothing was refused.
+        snapshot.counter(
+            "http_rate_limited",
+            "Requests refused with 429 by the per-address rate limit.",
+            self.rate_limiter
+                .as_ref()
+                .map_or(0, |limiter| limiter.refused()),
+        );
+        snapshot.counter(
+            "http_load_shed",
+            "Requests refused with 503 over MAX_IN_FLIGHT_REQUESTS.",
+            self.load_shedder
+                .as_ref()
+                .map_or(0, |shedder| shedder.shed()),
+        );
         for own in own {
-            gauge(own.name, own.help, "", own.value);
+            snapshot.gauge(own.name, own.help, own.value);
         }
-        out
+        self.metrics.render(&snapshot)
+    }
+
+    /// One series per breaker and state, 1 for the state it is in, so an
+    /// alert asks `state="open"` rather than decoding a number.
+    fn breaker_metrics(&self, snapshot: &mut Snapshot) {
+        let (state, rejected) = (
+            GaugeFamily::<BreakerState>::default(),
+            Family::<BreakerName, Counter>::default(),
+        );
+        for breaker in self.breakers.snapshot() {
+            let current = breaker.state().as_str();
+            for name in ["closed", "open", "half_open"] {
+                state
+                    .get_or_create(&BreakerState {
+                        breaker: breaker.name().to_string(),
+                        state: name,
+                    })
+                    .set(if name == current { 1.0 } else { 0.0 });
+            }
+            rejected
+                .get_or_create(&BreakerName {
+                    breaker: breaker.name().to_string(),
+                })
+                .inc_by(breaker.rejected());
+        }
+        snapshot.add(
+            "circuit_breaker_state",
+            "1 for the state each circuit breaker is in (closed, open, half_open), else 0.",
+            state,
+        );
+        snapshot.add(
+            "circuit_breaker_rejected",
+            "Calls a circuit breaker refused while open.",
+            rejected,
+        );
     }
 }
 
-/// A count, or `None` if it failed or took longer than a probe may.
-async fn within_check_timeout(
-    count: impl Future<Output = Result<u64, mongodb::error::Error>>,
-) -> Option<u64> {
+/// Each consumer's state, labelled by its queue and role.
+fn consumer_metrics(snapshot: &mut Snapshot, consumers: &[ConsumerSnapshot]) {
+    let connected = GaugeFamily::<ConsumerLabels>::default();
+    let in_flight = GaugeFamily::<ConsumerLabels>::default();
+    let last_ack = GaugeFamily::<ConsumerLabels>::default();
+    let restarts = Family::<ConsumerLabels, Counter>::default();
+    let timeouts = Family::<ConsumerLabels, Counter>::default();
+    for consumer in consumers {
+        let labels = ConsumerLabels {
+            queue: consumer.queue.clone(),
+            role: consumer.role.as_str(),
+        };
+        connected
+            .get_or_create(&labels)
+            .set(if consumer.connected { 1.0 } else { 0.0 });
+        in_flight
+            .get_or_create(&labels)
+            .set(consumer.in_flight as f64);
+        // Absent until the first ack: no value is not "long ago".
+        if let Some(age) = consumer.last_ack_age {
+            last_ack.get_or_create(&labels).set(seconds(age));
+        }
+        restarts.get_or_create(&labels).inc_by(consumer.restarts);
+        timeouts.get_or_create(&labels).inc_by(consumer.timeouts);
+    }
+    snapshot.add(
+        "consumer_connected",
+        "1 while the consumer is consuming on a live channel, else 0.",
+        connected,
+    );
+    snapshot.add(
+        "consumer_in_flight",
+        "Deliveries the consumer received and has not settled yet.",
+        in_flight,
+    );
+    snapshot.add(
+        "consumer_last_ack_age_seconds",
+        "Seconds since the consumer last acked a delivery.",
+        last_ack,
+    );
+    snapshot.add(
+        "consumer_restarts",
+        "Times the consumer task panicked and was started again.",
+        restarts,
+    );
+    snapshot.add(
+        "consumer_timeouts",
+        "Reconnects after a broker step got no answer in time.",
+        timeouts,
+    );
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Queue {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerLabels {
+    queue: String,
+    role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerState {
+    breaker: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerName {
+    breaker: String,
+}
+
+/// A reading, or `None` if it failed or took longer than a probe may.
+async fn within_check_timeout<T, E>(count: impl Future<Output = Result<T, E>>) -> Option<T> {
     tokio::time::timeout(CHECK_TIMEOUT, count)
         .await
         .ok()

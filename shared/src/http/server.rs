@@ -8,7 +8,8 @@ use std::{
 };
 
 use poem::{
-    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route, Server,
+    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, PathPattern, Request, Response, Route,
+    Server,
     http::{HeaderValue, Method, StatusCode, Uri, header},
     listener::TcpAcceptor,
     middleware::{Cors, SetHeader},
@@ -17,6 +18,11 @@ use poem_openapi::{OpenApi, OpenApiService};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+use crate::{
+    metrics::HttpMetrics,
+    telemetry::{self, TRACEPARENT},
+};
 
 use super::{
     ApiError, Authenticator, ClientAddress, TrustedProxies, client,
@@ -94,6 +100,7 @@ fn cors(origins: &AllowedOrigins) -> Cors {
             "content-type",
             "idempotency-key",
             CORRELATION_HEADER,
+            TRACEPARENT,
         ])
         .expose_headers(["location", "retry-after", CORRELATION_HEADER])
 }
@@ -114,20 +121,41 @@ fn security_headers() -> SetHeader {
         .overriding(header::CACHE_CONTROL, "no-store")
 }
 
-/// Wraps `api` with its Swagger UI (`/docs`), its spec (`/openapi.json`),
-/// and, from the outside in: security headers, CORS for `allowed_origins`
-/// (if any), JSON errors, the client's address (behind `trusted_proxies`),
-/// correlation ids and the request log, the rate limit, load shedding, the
-/// body limit, and `Allow` on 405; plus the tokens it accepts.
+/// What stands between a client and a service's routes.
+pub struct Edges {
+    /// The tokens the routes accept.
+    pub authenticator: Authenticator,
+    pub rate_limiter: Option<Arc<RateLimiter>>,
+    pub load_shedder: Option<Arc<LoadShedder>>,
+    /// Whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
+    /// The browser origins CORS lets in (none: CORS off).
+    pub allowed_origins: AllowedOrigins,
+    /// Where each request is timed and counted.
+    pub metrics: HttpMetrics,
+}
+
+/// Wraps `api` and the service's other `routes` (pages outside the API,
+/// at paths of their own) with its Swagger UI (`/docs`), its spec
+/// (`/openapi.json`), and, from the outside in: security headers, CORS for
+/// the allowed origins (if any), JSON errors, the client's address (behind
+/// the trusted proxies), correlation ids, trace context, the request log
+/// and its metrics, the rate limit, load shedding, the body limit, and
+/// `Allow` on 405; plus the tokens it accepts.
 pub fn build_app<T: OpenApi + 'static>(
     api: T,
+    routes: Route,
     title: &str,
-    authenticator: Authenticator,
-    rate_limiter: Option<Arc<RateLimiter>>,
-    load_shedder: Option<Arc<LoadShedder>>,
-    trusted_proxies: TrustedProxies,
-    allowed_origins: AllowedOrigins,
+    edges: Edges,
 ) -> impl Endpoint<Output = Response> + 'static {
+    let Edges {
+        authenticator,
+        rate_limiter,
+        load_shedder,
+        trusted_proxies,
+        allowed_origins,
+        metrics,
+    } = edges;
     let service = OpenApiService::new(api, title, env!("CARGO_PKG_VERSION"));
     let docs = service.swagger_ui();
     let contract = Contract::of(&service);
@@ -139,7 +167,7 @@ pub fn build_app<T: OpenApi + 'static>(
                 .body(contract.spec().to_string())
         })
     };
-    Route::new()
+    routes
         .nest("/", service)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
@@ -147,7 +175,7 @@ pub fn build_app<T: OpenApi + 'static>(
         .around(limit_body)
         .around(move |next, req| loadshed::shed(load_shedder.clone(), next, req))
         .around(move |next, req| ratelimit::limit(rate_limiter.clone(), next, req))
-        .around(correlate)
+        .around(move |next, req| correlate(metrics.clone(), next, req))
         .around(move |next, req| client::identify(trusted_proxies.clone(), next, req))
         .data(authenticator)
         .catch_all_error(json_errors)
@@ -189,10 +217,15 @@ async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Resp
 }
 
 /// Gives the request its correlation id (the caller's `X-Correlation-Id`,
-/// or a fresh one), answers with it, and logs the request in a span that
-/// names the client as `client::identify` found it. poem's own `Tracing`
-/// would log whatever `X-Forwarded-For` a client sends as its address.
-async fn correlate<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+/// or a fresh one), answers with it, logs the request in a span that names
+/// the client as `client::identify` found it, and times it for `metrics`.
+/// poem's own `Tracing` would log whatever `X-Forwarded-For` a client
+/// sends as its address.
+async fn correlate<E: Endpoint>(
+    metrics: HttpMetrics,
+    next: E,
+    mut req: Request,
+) -> poem::Result<Response> {
     let id = req
         .headers()
         .get(CORRELATION_HEADER)
@@ -202,28 +235,45 @@ async fn correlate<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Respo
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.set_data(CorrelationId(id.clone()));
     let client = req.data::<ClientAddress>().map(|client| client.0);
+    let method = req.method().to_string();
     let span = tracing::info_span!(
         "request",
         correlation_id = %id,
         client = client.map(tracing::field::display),
         method = %req.method(),
         uri = %req.original_uri(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
+    // The caller's trace, if it sent one, continues here.
+    let traceparent = req
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok());
+    telemetry::continue_trace(&span, traceparent);
     async move {
         let started = Instant::now();
         // An error becomes its JSON response here, so that it too carries
         // the correlation id.
-        let mut response = match next.call(req).await {
+        let (mut response, pattern) = match next.call(req).await {
             Ok(response) => {
                 let response = response.into_response();
                 tracing::info!(status = %response.status(), duration = ?started.elapsed(), "response");
-                response
+                let pattern = response.data::<PathPattern>().cloned();
+                (response, pattern)
             }
             Err(error) => {
                 tracing::info!(status = %error.status(), error = %error, duration = ?started.elapsed(), "error");
-                json_errors(error).await
+                let pattern = error.data::<PathPattern>().cloned();
+                (json_errors(error).await, pattern)
             }
         };
+        metrics.record(
+            &method,
+            pattern.as_ref().map(|p| &*p.0),
+            response.status().as_u16(),
+            started.elapsed(),
+        );
         if let Ok(value) = HeaderValue::from_str(&id) {
             response.headers_mut().insert(CORRELATION_HEADER, value);
         }

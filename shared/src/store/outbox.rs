@@ -27,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 use failsafe::futures::CircuitBreaker as _;
 
 use crate::{
-    broker::{Outgoing, PublishOutcome, Publisher, topology::has_subscriber},
+    broker::{Outgoing, PublishOutcome, Publisher, set_header, text, topology::has_subscriber},
     events::Envelope,
     resilience::Breaker,
+    telemetry::TRACEPARENT,
 };
 
 pub const OUTBOX: &str = "outbox";
@@ -50,6 +51,21 @@ pub async fn pending_count(db: &Database) -> Result<u64, Error> {
         .await
 }
 
+/// How long the oldest event not yet confirmed has waited (`/metrics`);
+/// None when there is none. Ids are UUIDv7, so the smallest is the oldest.
+pub async fn oldest_age(db: &Database) -> Result<Option<Duration>, Error> {
+    let oldest = db
+        .collection::<OutboxRecord>(OUTBOX)
+        .find_one(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await?;
+    Ok(oldest.map(|record| {
+        let waited =
+            bson::DateTime::now().timestamp_millis() - record.created_at.timestamp_millis();
+        Duration::from_millis(waited.max(0) as u64)
+    }))
+}
+
 /// An event waiting to be published.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -61,6 +77,10 @@ pub struct OutboxRecord {
     /// The envelope exactly as it will be published.
     pub payload: String,
     pub correlation_id: String,
+    /// The W3C trace context the event was caused in, published as its
+    /// `traceparent` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub created_at: bson::DateTime,
     /// Not before this time (a lease, or a back-off after a failure).
     pub not_before: Option<bson::DateTime>,
@@ -83,6 +103,7 @@ impl Outbox {
             routing_key: event.event_type.clone(),
             payload: serde_json::to_string(event).expect("events serialize"),
             correlation_id: event.correlation_id.clone(),
+            traceparent: event.traceparent.clone(),
             created_at: now,
             not_before: Some(lease_from(now)),
             claimed_by: Some(self.relay.clone()),
@@ -296,11 +317,15 @@ impl OutboxRelay {
     }
 
     fn message(&self, record: &OutboxRecord) -> Outgoing {
+        let mut headers = FieldTable::default();
+        if let Some(traceparent) = &record.traceparent {
+            set_header(&mut headers, TRACEPARENT, text(traceparent.as_str()));
+        }
         Outgoing {
             exchange: self.publisher.topology().events_exchange(),
             routing_key: record.routing_key.clone(),
             payload: record.payload.clone().into_bytes(),
-            headers: FieldTable::default(),
+            headers,
             message_id: Some(record.id.clone()),
             correlation_id: Some(record.correlation_id.clone()),
             // Events a service depends on must reach a queue; the others are

@@ -88,7 +88,8 @@ impl Stack {
         // The services log to stdout, which the test harness does not
         // capture: only when asked.
         if std::env::var_os("TEST_LOG").is_some() {
-            shared::telemetry::init("e2e");
+            // Kept for the whole test process.
+            std::mem::forget(shared::telemetry::init("e2e"));
         }
         let extra: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
@@ -104,17 +105,6 @@ impl Stack {
         shutdown.push(inventory.shutdown_token());
         tokio::spawn(inventory.run_until_stopped());
 
-        let own = [("INVENTORY_URL", inventory_url.clone())];
-        let env = Self::env(&id, "order", &own, &extra);
-        let order = order_service::build(
-            order_service::Config::from_lookup(&env).expect("valid order settings"),
-        )
-        .await
-        .expect("order starts");
-        let order_url = format!("http://127.0.0.1:{}", order.port());
-        shutdown.push(order.shutdown_token());
-        tokio::spawn(order.run_until_stopped());
-
         let mut own = vec![("ADMIN_EMAIL", format!("admin-{id}@example.com"))];
         // Where MailDev takes SMTP, if not on its default port.
         if let Ok(port) = std::env::var("SMTP_PORT") {
@@ -129,6 +119,23 @@ impl Stack {
         let notification_url = format!("http://127.0.0.1:{}", notification.port());
         shutdown.push(notification.shutdown_token());
         tokio::spawn(notification.run_until_stopped());
+
+        // The order service's admin console forwards to the other two.
+        let own = [
+            ("INVENTORY_URL", inventory_url.clone()),
+            ("NOTIFICATION_URL", notification_url.clone()),
+            ("INVENTORY_DOCS_URL", format!("{inventory_url}/docs")),
+            ("NOTIFICATION_DOCS_URL", format!("{notification_url}/docs")),
+        ];
+        let env = Self::env(&id, "order", &own, &extra);
+        let order = order_service::build(
+            order_service::Config::from_lookup(&env).expect("valid order settings"),
+        )
+        .await
+        .expect("order starts");
+        let order_url = format!("http://127.0.0.1:{}", order.port());
+        shutdown.push(order.shutdown_token());
+        tokio::spawn(order.run_until_stopped());
 
         let stack = Stack {
             id,
@@ -448,6 +455,31 @@ pub async fn create_product(
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// The value of the one sample of `name` in Prometheus text whose labels
+/// include every pair of `labels`; None if there is none. Two that match
+/// fail the test: the labels asked for do not pick one series.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let wanted = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            wanted.then(|| value.parse().unwrap_or_else(|_| panic!("value of {line}")))
+        })
+        .collect();
+    assert!(
+        matching.len() <= 1,
+        "{name}{labels:?} picks {} series:\n{text}",
+        matching.len()
+    );
+    matching.first().copied()
 }
 
 /// Polls `check` until it yields a value, failing after 20 s. This waits for

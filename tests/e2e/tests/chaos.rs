@@ -64,7 +64,7 @@ fn main() -> ExitCode {
 /// fail points armed from `FAILPOINTS`.
 async fn run_service(service: &str) -> ExitCode {
     let _failpoints = fail::FailScenario::setup();
-    shared::telemetry::init(service);
+    let _telemetry = shared::telemetry::init(service);
     let running = match service {
         "order" => order_service::build(order_service::Config::from_env().unwrap()).await,
         "inventory" => {

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use e2e_tests::{Stack, eventually, eventually_within};
+use e2e_tests::{Stack, eventually, eventually_within, sample};
 use serde_json::Value;
 
 fn management_url() -> String {
@@ -131,21 +131,32 @@ async fn ready_lists_each_consumer_connected_with_nothing_in_flight_on_a_fresh_s
         }
     }
     let metrics = stack.get_text(&format!("{}/metrics", stack.order)).await;
-    let labels = format!(
-        "{{service=\"order-service\",queue=\"t-{}.order-service.events\"}}",
-        stack.id
-    );
-    assert!(
-        metrics.contains(&format!("consumer_connected{labels} 1\n")),
+    let queue = format!("t-{}.order-service.events", stack.id);
+    let labels = [("queue", queue.as_str()), ("role", "work")];
+    assert_eq!(
+        sample(&metrics, "shop_consumer_connected", &labels),
+        Some(1.0),
         "{metrics}"
     );
-    assert!(
-        metrics.contains(&format!("consumer_in_flight{labels} 0\n")),
+    assert_eq!(
+        sample(&metrics, "shop_consumer_in_flight", &labels),
+        Some(0.0),
         "{metrics}"
     );
     // No ack yet, so no age: absent rather than a made-up value.
-    assert!(
-        !metrics.contains(&format!("consumer_last_ack_age_seconds{labels}")),
+    assert_eq!(
+        sample(&metrics, "shop_consumer_last_ack_age_seconds", &labels),
+        None,
+        "{metrics}"
+    );
+    // The broker agrees: one consumer on the queue.
+    assert_eq!(
+        sample(
+            &metrics,
+            "shop_queue_consumers",
+            &[("queue", queue.as_str())]
+        ),
+        Some(1.0),
         "{metrics}"
     );
 
@@ -202,11 +213,10 @@ async fn a_consumer_whose_connection_is_closed_comes_back_without_flapping_readi
         "{body}"
     );
     let metrics = stack.get_text(&format!("{}/metrics", stack.order)).await;
+    let queue = format!("t-{}.order-service.events", stack.id);
+    let labels = [("queue", queue.as_str()), ("role", "work")];
     assert!(
-        metrics.contains(&format!(
-            "consumer_last_ack_age_seconds{{service=\"order-service\",queue=\"t-{}.order-service.events\"}} ",
-            stack.id
-        )),
+        sample(&metrics, "shop_consumer_last_ack_age_seconds", &labels).is_some(),
         "{metrics}"
     );
 }

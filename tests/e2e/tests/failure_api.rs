@@ -1,7 +1,7 @@
 //! Dead-letter admin routes, rate limits, breaker states and metrics, on
 //! the real services.
 
-use e2e_tests::{Stack, customer_token};
+use e2e_tests::{Stack, customer_token, sample};
 use reqwest::Method;
 use serde_json::{Value, json};
 use shared::events::{Envelope, OrderCancelled};
@@ -203,8 +203,9 @@ async fn over_the_rate_limit_a_client_gets_429_with_retry_after_but_probes_are_n
         assert_eq!(response.status(), 200, "{path} is never limited");
     }
     let metrics = stack.get_text(&format!("{}/metrics", stack.order)).await;
-    assert!(
-        metrics.contains("http_rate_limited{service=\"order-service\"} 1"),
+    assert_eq!(
+        sample(&metrics, "shop_http_rate_limited_total", &[]),
+        Some(1.0),
         "{metrics}"
     );
 }
@@ -278,11 +279,19 @@ async fn readiness_and_metrics_report_every_circuit_breaker() {
     assert_eq!(notification["breakers"]["smtp"], "closed", "{notification}");
 
     let metrics = stack.get_text(&format!("{}/metrics", stack.order)).await;
-    for line in [
-        "circuit_breaker_open{service=\"order-service\",breaker=\"inventory-http\"} 0",
-        "outbox_pending{service=\"order-service\"} 0",
-        "dead_letters{service=\"order-service\"} 0",
-    ] {
-        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    for (state, value) in [("closed", 1.0), ("open", 0.0), ("half_open", 0.0)] {
+        let labels = [("breaker", "inventory-http"), ("state", state)];
+        assert_eq!(
+            sample(&metrics, "shop_circuit_breaker_state", &labels),
+            Some(value),
+            "{state}: {metrics}"
+        );
+    }
+    for gauge in ["shop_outbox_pending", "shop_dead_letters_waiting"] {
+        assert_eq!(
+            sample(&metrics, gauge, &[]),
+            Some(0.0),
+            "{gauge}: {metrics}"
+        );
     }
 }

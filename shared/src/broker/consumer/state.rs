@@ -24,6 +24,16 @@ pub enum ConsumerRole {
     DeadLetters,
 }
 
+impl ConsumerRole {
+    /// As the API and the metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumerRole::Work => "work",
+            ConsumerRole::DeadLetters => "dead_letters",
+        }
+    }
+}
+
 /// One consumer's live state, updated by its consume loop.
 #[derive(Debug)]
 pub struct ConsumerState {
