@@ -288,10 +288,12 @@ def check_env(docs, known, overlay):
             if overlay and not (env.get("TRUSTED_PROXIES") or "").strip():
                 problems.append(f"{w}: TRUSTED_PROXIES is empty behind the Ingress")
             if name == "order-service":
-                url = urlparse(env.get("INVENTORY_URL") or "")
-                svc = by_kind(docs, "Service").get(url.hostname)
-                if svc is None or url.port not in [p["port"] for p in svc["spec"]["ports"]]:
-                    problems.append(f"{w}: INVENTORY_URL={env.get('INVENTORY_URL')} is not a Service port of this build")
+                # The inventory client's and the admin console's forwarder's.
+                for var in ("INVENTORY_URL", "NOTIFICATION_URL"):
+                    url = urlparse(env.get(var) or "")
+                    svc = by_kind(docs, "Service").get(url.hostname)
+                    if svc is None or url.port not in [p["port"] for p in svc["spec"]["ports"]]:
+                        problems.append(f"{w}: {var}={env.get(var)} is not a Service port of this build")
             if name == "notification-service":
                 for var in ("SMTP_HOST", "SMTP_PORT", "ADMIN_EMAIL"):
                     if not env.get(var):

@@ -1,0 +1,453 @@
+"""The checks of deploy/monitoring/ that promtool does not make, run by
+scripts/check-monitoring.sh (which also runs promtool itself):
+
+  alerts DIR README      every alert has a severity, a summary, a description
+                         and a runbook that is a heading of README; every
+                         alert has a test where it fires and one where it
+                         must not, and every test names an alert that exists
+  names DIR              every metric, label and listed label value that
+                         alerts.yml, alerts.test.yml and the dashboard use is
+                         one metrics.txt lists
+  dashboard DIR          grafana-dashboard.json: JSON, the datasource and
+                         service variables, every panel on ${datasource},
+                         every query filtered by the service variable, ids,
+                         layout
+  dashboard-rules DIR    prints the dashboard's queries as a rules file (the
+                         Grafana variables replaced; rule dashboard:panel_ID_REFID),
+                         for `promtool check rules` to parse them
+
+Each prints what it found wrong, one line each, and exits 1 if anything.
+PromQL is read by a small tokenizer, not a parser: enough to find metric
+names, label matchers and `by (...)` lists; promtool parses for real.
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ALWAYS_LABELS = {"job", "instance"}  # added by Prometheus on scrape
+SEVERITIES = {"critical", "warning", "info"}
+ANNOTATIONS = ("summary", "description", "runbook")
+DATASOURCE_UIDS = {"${datasource}", "$datasource"}
+
+AGGREGATIONS = {
+    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
+    "bottomk", "topk", "quantile",
+}
+FUNCTIONS = {
+    "abs", "absent", "absent_over_time", "acos", "acosh", "asin", "asinh", "atan", "atanh",
+    "avg_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min", "cos", "cosh",
+    "count_over_time", "day_of_month", "day_of_week", "day_of_year", "days_in_month", "deg",
+    "delta", "deriv", "exp", "floor", "histogram_count", "histogram_fraction",
+    "histogram_quantile", "histogram_sum", "holt_winters", "hour", "idelta", "increase",
+    "irate", "label_join", "label_replace", "last_over_time", "ln", "log10", "log2",
+    "max_over_time", "min_over_time", "minute", "month", "pi", "predict_linear",
+    "present_over_time", "quantile_over_time", "rad", "rate", "resets", "round", "scalar",
+    "sgn", "sin", "sinh", "sort", "sort_desc", "sqrt", "stddev_over_time", "stdvar_over_time",
+    "sum_over_time", "tan", "tanh", "time", "timestamp", "vector", "year",
+}
+LABEL_LIST_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+KEYWORDS = {"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan", "start", "end"}
+HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+def fail_on(problems):
+    for problem in problems:
+        print(problem)
+    sys.exit(1 if problems else 0)
+
+
+# ------------------------------------------------------------------ metrics.txt
+
+def load_metrics(directory):
+    """metrics.txt as {series name: {label: allowed values or None}}: a
+    histogram gives its _bucket (with le), _count and _sum."""
+    series = {}
+    for number, line in enumerate((directory / "metrics.txt").read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, kind, *labels = line.split()
+        if kind not in ("counter", "gauge", "histogram"):
+            sys.exit(f"metrics.txt:{number}: type {kind!r} is not counter, gauge or histogram")
+        allowed = {}
+        for label in labels:
+            label_name, _, values = label.partition("=")
+            allowed[label_name] = set(values.split("|")) if values else None
+        if kind == "histogram":
+            series[name + "_bucket"] = dict(allowed, le=None)
+            series[name + "_count"] = allowed
+            series[name + "_sum"] = allowed
+        else:
+            series[name] = allowed
+    return series
+
+
+# ---------------------------------------------------------------------- PromQL
+
+TOKEN = re.compile(r"""
+    (?P<space>\s+)
+  | (?P<comment>\#[^\n]*)
+  | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
+  | (?P<number>(?:0x[0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?:(?:ms|[smhdwy])(?:\d+(?:ms|[smhdwy]))*)?)
+  | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
+  | (?P<op>=~|!~|==|!=|>=|<=|[-+*/%^=<>(){}\[\],@])
+""", re.VERBOSE)
+
+
+def tokens(expr):
+    position, out = 0, []
+    while position < len(expr):
+        match = TOKEN.match(expr, position)
+        if not match:
+            raise ValueError(f"cannot read {expr[position:position + 20]!r}")
+        kind = match.lastgroup
+        if kind not in ("space", "comment"):
+            out.append((kind, match.group()))
+        position = match.end()
+    return out
+
+
+def unquote(text):
+    if text[0] == "`":
+        return text[1:-1]
+    return bytes(text[1:-1], "utf-8").decode("unicode_escape")
+
+
+def read_matchers(toks, i):
+    """Matchers from the `{` at toks[i]: ([(label, op, value)], index after `}`)."""
+    matchers = []
+    i += 1
+    while toks[i][1] != "}":
+        if toks[i][1] == ",":
+            i += 1
+            continue
+        label, op, value = toks[i][1], toks[i + 1][1], toks[i + 2]
+        if value[0] != "string":
+            raise ValueError(f"label {label}: {op} takes a string, not {value[1]!r}")
+        matchers.append((label, op, unquote(value[1])))
+        i += 3
+    return matchers, i + 1
+
+
+def references(expr):
+    """The selectors and label lists in a PromQL expression:
+    ([(metric name or None, [(label, op, value)])], [label in by/on/...], [problem])."""
+    toks, selectors, label_lists, problems = tokens(expr), [], [], []
+    i = 0
+    while i < len(toks):
+        kind, text = toks[i]
+        following = toks[i + 1][1] if i + 1 < len(toks) else None
+        if kind == "op" and text == "{":
+            matchers, i = read_matchers(toks, i)
+            selectors.append((None, matchers))
+            continue
+        if kind == "op" and text == "[":
+            while toks[i][1] != "]":
+                i += 1
+        elif kind == "ident":
+            word = text.lower()
+            if word in LABEL_LIST_KEYWORDS:
+                if following == "(":
+                    i += 2
+                    while toks[i][1] != ")":
+                        if toks[i][0] == "ident":
+                            label_lists.append(toks[i][1])
+                        i += 1
+            elif word in AGGREGATIONS and following and following.lower() in ("by", "without"):
+                pass  # `sum by (...) (...)`
+            elif following == "(":
+                if word not in AGGREGATIONS and word not in FUNCTIONS:
+                    problems.append(f"unknown function {text}()")
+            elif word not in KEYWORDS:
+                matchers = []
+                if following == "{":
+                    matchers, i = read_matchers(toks, i + 1)
+                    selectors.append((text, matchers))
+                    continue
+                selectors.append((text, matchers))
+        i += 1
+    return selectors, label_lists, problems
+
+
+def regex_alternatives(value):
+    """`a|b|c` of plain words as [a, b, c]; None for any other regex."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]+(\|[A-Za-z0-9_.-]+)*", value):
+        return value.split("|")
+    return None
+
+
+def check_expr(where, expr, metrics, recorded=(), require_service_filter=False):
+    problems = []
+    try:
+        selectors, label_lists, found = references(expr)
+    except (ValueError, IndexError) as error:
+        return [f"{where}: cannot read the query ({error}): {expr}"]
+    problems += [f"{where}: {p}" for p in found]
+    used_labels = set(ALWAYS_LABELS)
+    for name, matchers in selectors:
+        if name is None:
+            problems.append(f"{where}: a selector without a metric name ({matchers}): name the metric")
+            continue
+        if name in recorded:
+            continue
+        if name not in metrics:
+            problems.append(f"{where}: unknown metric {name} (not in metrics.txt)")
+            continue
+        allowed = metrics[name]
+        used_labels |= set(allowed)
+        for label, op, value in matchers:
+            if label not in allowed and label not in ALWAYS_LABELS:
+                problems.append(f"{where}: {name} has no label {label} (metrics.txt: {', '.join(sorted(allowed)) or 'none'})")
+                continue
+            values = allowed.get(label)
+            if values is None or "$" in value:
+                continue
+            wanted = [value] if op in ("=", "!=") else regex_alternatives(value)
+            for one in wanted or []:
+                if one not in values:
+                    problems.append(f"{where}: {name}{{{label}{op}\"{value}\"}}: {one!r} is not one of {label}'s values ({'|'.join(sorted(values))})")
+        if require_service_filter:
+            wanted_label = "job" if name == "up" else "service"
+            if not any(label == wanted_label and op == "=~" and value in ("$service", "${service}")
+                       for label, op, value in matchers):
+                problems.append(f"{where}: {name} is not filtered by the service variable ({wanted_label}=~\"$service\")")
+    for label in label_lists:
+        if label not in used_labels:
+            problems.append(f"{where}: by/on ({label}): no metric of this query has label {label}")
+    return problems
+
+
+# ---------------------------------------------------------------------- alerts
+
+def load_rules(directory):
+    return yaml.safe_load((directory / "alerts.yml").read_text())
+
+
+def rules_of(doc):
+    for group in doc.get("groups") or []:
+        for rule in group.get("rules") or []:
+            yield group.get("name"), rule
+
+
+def recorded_names(doc):
+    return {rule["record"] for _, rule in rules_of(doc) if "record" in rule}
+
+
+def github_anchors(readme):
+    anchors, fenced = set(), False
+    for line in readme.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        match = None if fenced else re.match(r"#{1,6}\s+(.*)", line)
+        if match:
+            title = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower())
+            anchors.add(title.replace(" ", "-"))
+    return anchors
+
+
+def check_alerts(directory, readme):
+    problems, alerts, missing_anchors = [], {}, {}
+    doc = load_rules(directory)
+    anchors = github_anchors(readme)
+    for group, rule in rules_of(doc):
+        name = rule.get("alert")
+        if not name:
+            continue
+        where = f"alerts.yml: {name}"
+        if name in alerts:
+            problems.append(f"{where}: defined twice")
+        alerts[name] = rule
+        severity = (rule.get("labels") or {}).get("severity")
+        if severity not in SEVERITIES:
+            problems.append(f"{where}: severity {severity!r} is not one of {', '.join(sorted(SEVERITIES))}")
+        annotations = rule.get("annotations") or {}
+        for key in ANNOTATIONS:
+            if not str(annotations.get(key, "")).strip():
+                problems.append(f"{where}: no {key} annotation")
+        runbook = str(annotations.get("runbook", ""))
+        if runbook.startswith("README.md#") and runbook.split("#", 1)[1] not in anchors:
+            missing_anchors.setdefault(runbook, []).append(name)
+        elif runbook and not runbook.startswith(("README.md#", "https://")):
+            problems.append(f"{where}: runbook {runbook!r} is neither README.md#anchor nor a URL")
+
+    for runbook, names in missing_anchors.items():
+        problems.append(f"alerts.yml: runbook {runbook} of {', '.join(names)}: README.md has no heading with that anchor")
+
+    tests = yaml.safe_load((directory / "alerts.test.yml").read_text())
+    fires, quiet = set(), set()
+    for test in tests.get("tests") or []:
+        for case in test.get("alert_rule_test") or []:
+            name = case.get("alertname")
+            if name not in alerts:
+                problems.append(f"alerts.test.yml: test {test.get('name', '?')!r} names {name}, which alerts.yml does not define")
+            (fires if case.get("exp_alerts") else quiet).add(name)
+    for name in alerts:
+        if name not in fires:
+            problems.append(f"alerts.test.yml: {name} has no test where it fires")
+        if name not in quiet:
+            problems.append(f"alerts.test.yml: {name} has no test where it must not fire")
+    if not problems:
+        print(f"note: {len(alerts)} alerts, each with a severity, its annotations and tests both ways")
+    return problems
+
+
+def check_names(directory):
+    metrics = load_metrics(directory)
+    doc = load_rules(directory)
+    recorded = recorded_names(doc)
+    problems, count = [], 0
+    for group, rule in rules_of(doc):
+        where = f"alerts.yml: {rule.get('alert') or rule.get('record')}"
+        problems += check_expr(where, str(rule.get("expr", "")), metrics, recorded)
+        count += 1
+    tests = yaml.safe_load((directory / "alerts.test.yml").read_text())
+    for test in tests.get("tests") or []:
+        where = f"alerts.test.yml: {test.get('name', '?')!r}"
+        for series in test.get("input_series") or []:
+            problems += check_expr(f"{where}: series", series.get("series", ""), metrics, recorded)
+            count += 1
+        for case in test.get("promql_expr_test") or []:
+            problems += check_expr(f"{where}: expr", case.get("expr", ""), metrics, recorded)
+            count += 1
+    dashboard = load_dashboard(directory)
+    for where, expr in dashboard_queries(dashboard):
+        problems += check_expr(f"grafana-dashboard.json: {where}", grafana_durations(expr), metrics, recorded)
+        count += 1
+    for variable in (dashboard.get("templating") or {}).get("list", []):
+        query = variable.get("query")
+        query = query.get("query") if isinstance(query, dict) else query
+        match = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\)\s*", str(query or ""))
+        if variable.get("type") == "query" and match:
+            where = f"grafana-dashboard.json: variable {variable.get('name')}"
+            problems += check_expr(where, grafana_to_promql(match.group(1)), metrics, recorded)
+            selectors, _, _ = references(grafana_to_promql(match.group(1)))
+            for name, _ in selectors:
+                if name in metrics and match.group(2) not in metrics[name]:
+                    problems.append(f"{where}: {name} has no label {match.group(2)}")
+    if not problems:
+        print(f"note: {count} queries and series, {len(metrics)} series names in metrics.txt")
+    return problems
+
+
+# ------------------------------------------------------------------- dashboard
+
+def load_dashboard(directory):
+    path = directory / "grafana-dashboard.json"
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        fail_on([f"grafana-dashboard.json is not valid JSON: {error}"])
+
+
+def all_panels(dashboard):
+    for panel in dashboard.get("panels") or []:
+        yield panel
+        yield from panel.get("panels") or []  # a collapsed row keeps its panels
+
+
+def dashboard_queries(dashboard):
+    for panel in all_panels(dashboard):
+        for target in panel.get("targets") or []:
+            yield f"panel {panel.get('id')} {panel.get('title')!r} {target.get('refId')}", target.get("expr", "")
+
+
+def grafana_durations(expr):
+    """$__rate_interval and the like as a duration; the other variables,
+    inside strings, are left for check_expr to recognise."""
+    return re.sub(r"\$\{?__(rate_interval|interval|range)\}?", "5m", expr)
+
+
+def grafana_to_promql(expr):
+    """A Grafana query as Prometheus would get it: every other variable `.*`."""
+    return re.sub(r"\$\{?(\w+)(:\w+)?\}?", ".*", grafana_durations(expr))
+
+
+def check_dashboard(directory):
+    dashboard = load_dashboard(directory)
+    problems = []
+    if not isinstance(dashboard.get("schemaVersion"), int) or dashboard["schemaVersion"] < 36:
+        problems.append(f"schemaVersion {dashboard.get('schemaVersion')!r}: want 36 or newer (Grafana 9+)")
+    for key in ("uid", "title"):
+        if not dashboard.get(key):
+            problems.append(f"no {key}")
+    variables = {v.get("name"): v for v in (dashboard.get("templating") or {}).get("list", [])}
+    source = variables.get("datasource") or {}
+    if source.get("type") != "datasource" or source.get("query") != "prometheus":
+        problems.append("no `datasource` variable of type datasource over prometheus")
+    service = variables.get("service") or {}
+    if service.get("type") != "query" or (service.get("datasource") or {}).get("uid") not in DATASOURCE_UIDS:
+        problems.append("no `service` query variable on ${datasource}")
+
+    ids, cells = set(), {}
+    for panel in all_panels(dashboard):
+        where = f"panel {panel.get('id')} {panel.get('title')!r}"
+        if panel.get("id") in ids or not isinstance(panel.get("id"), int):
+            problems.append(f"{where}: id missing or not unique")
+        ids.add(panel.get("id"))
+        if not panel.get("title"):
+            problems.append(f"{where}: no title")
+        grid = panel.get("gridPos") or {}
+        if not all(isinstance(grid.get(k), int) for k in "hwxy") or grid["x"] + grid["w"] > 24:
+            problems.append(f"{where}: gridPos {grid} is not within 24 columns")
+        elif panel.get("type") != "row" or not panel.get("collapsed"):
+            for x in range(grid["x"], grid["x"] + grid["w"]):
+                for y in range(grid["y"], grid["y"] + grid["h"]):
+                    if (x, y) in cells:
+                        problems.append(f"{where}: overlaps panel {cells[(x, y)]}")
+                        break
+                    cells[(x, y)] = panel.get("id")
+                else:
+                    continue
+                break
+        if panel.get("type") == "row":
+            continue
+        if (panel.get("datasource") or {}).get("uid") not in DATASOURCE_UIDS:
+            problems.append(f"{where}: datasource is not ${{datasource}}")
+        targets = panel.get("targets") or []
+        if not targets:
+            problems.append(f"{where}: no query")
+        ref_ids = [t.get("refId") for t in targets]
+        if len(set(ref_ids)) != len(ref_ids) or None in ref_ids:
+            problems.append(f"{where}: refIds missing or repeated: {ref_ids}")
+        for target in targets:
+            if not str(target.get("expr", "")).strip():
+                problems.append(f"{where} {target.get('refId')}: empty expr")
+            if "datasource" in target and target["datasource"].get("uid") not in DATASOURCE_UIDS:
+                problems.append(f"{where} {target.get('refId')}: datasource is not ${{datasource}}")
+    metrics = load_metrics(directory)
+    for where, expr in dashboard_queries(dashboard):
+        # Only the service filter here; names and labels are check_names's.
+        problems += [p for p in check_expr(where, grafana_durations(expr), metrics, require_service_filter=True)
+                     if "service variable" in p]
+    if not problems:
+        count = sum(1 for p in all_panels(dashboard) if p.get("type") != "row")
+        print(f"note: {count} panels, {sum(1 for _ in dashboard_queries(dashboard))} queries, schemaVersion {dashboard['schemaVersion']}")
+    return problems
+
+
+def dashboard_rules(directory):
+    rules = []
+    for panel in all_panels(load_dashboard(directory)):
+        for target in panel.get("targets") or []:
+            # Named after the panel and query, which promtool's error names.
+            rules.append({"record": f"dashboard:panel_{panel.get('id')}_{target.get('refId')}",
+                          "expr": grafana_to_promql(target.get("expr", ""))})
+    print(yaml.safe_dump({"groups": [{"name": "grafana-dashboard.json", "rules": rules}]}, sort_keys=False))
+
+
+if __name__ == "__main__":
+    command, directory = sys.argv[1], Path(sys.argv[2])
+    if command == "alerts":
+        fail_on(check_alerts(directory, Path(sys.argv[3])))
+    elif command == "names":
+        fail_on(check_names(directory))
+    elif command == "dashboard":
+        fail_on(check_dashboard(directory))
+    elif command == "dashboard-rules":
+        dashboard_rules(directory)
+    else:
+        sys.exit(f"unknown command {command}")

@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Offline checks of the monitoring files in deploy/monitoring/:
+#
+#   rules      `promtool check rules` on alerts.yml (duplicates fatal)
+#   alerts     every alert has a severity (critical, warning, info), a
+#              summary, a description and a runbook that is a heading of
+#              README.md, and a unit test where it fires and one where it
+#              must not (deploy/monitoring/check.py)
+#   tests      `promtool test rules` on alerts.test.yml
+#   config     `promtool check config` on prometheus.yml and
+#              prometheus-kubernetes.yml (both load alerts.yml)
+#   names      every metric, label and listed label value used by the rules,
+#              their tests and the dashboard is in metrics.txt, the list of
+#              what the services expose
+#   dashboard  grafana-dashboard.json is JSON, has the `datasource` and
+#              `service` variables, every panel on ${datasource} and every
+#              query filtered by the service; each query parses (`promtool
+#              check rules` on them as recording rules)
+#
+# Installs promtool once if missing: Debian's `prometheus` package (which
+# also brings the Prometheus server; promtool is /usr/bin/promtool), and
+# python3-yaml for check.py. Exits non-zero, naming each failed check.
+#
+#   bash scripts/check-monitoring.sh               all checks
+#   bash scripts/check-monitoring.sh --self-test   also breaks each rule on
+#       purpose, in a copy of the files, and expects its check to fail
+#   MONITORING_DIR=DIR bash scripts/check-monitoring.sh   checks the copy in
+#       DIR (what --self-test runs)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+source scripts/lib/infra.sh
+SRC=$(cd "${MONITORING_DIR:-$ROOT/deploy/monitoring}" && pwd)
+CHECK_PY="$ROOT/deploy/monitoring/check.py"
+SELF_TEST=""
+case "${1:-}" in
+  "") ;;
+  --self-test) SELF_TEST=1 ;;
+  *) fail "usage: $0 [--self-test]" ;;
+esac
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$LOG_DIR"
+
+# ---------------------------------------------------------------- tools
+
+install_tools() {
+  if ! command -v promtool >/dev/null && [ ! -x /usr/bin/promtool ]; then
+    apt_install prometheus
+  fi
+  PROMTOOL=$(command -v promtool || echo /usr/bin/promtool)
+  note "$("$PROMTOOL" --version 2>&1 | head -n 1) at $PROMTOOL"
+  PYTHON=$(command -v python3 || true)
+  if [ -z "$PYTHON" ] || ! "$PYTHON" -c 'import yaml' 2>/dev/null; then
+    apt_install python3 python3-yaml
+    PYTHON=/usr/bin/python3 # Debian's, which python3-yaml is for
+  fi
+  note "$("$PYTHON" --version) with PyYAML $("$PYTHON" -c 'import yaml; print(yaml.__version__)')"
+}
+
+# ---------------------------------------------------------------- helpers
+
+CHECKS=0
+FAILED=()
+
+# run_check NAME FUNCTION: runs it with errexit, its output kept; prints ok,
+# or FAIL and the output's last lines.
+run_check() {
+  local name=$1 fn=$2 log status
+  CHECKS=$((CHECKS + 1))
+  log="$WORK/check-$CHECKS.log"
+  set +e
+  (set -e; "$fn") >"$log" 2>&1
+  status=$?
+  set -e
+  if [ "$status" -eq 0 ]; then
+    printf '    \033[32mok\033[0m    %s\n' "$name"
+    grep '^note: ' "$log" | sed 's/^note: /          /' || true
+  else
+    printf '    \033[31mFAIL\033[0m  %s\n' "$name"
+    tail -n 40 "$log" | sed 's/^/          | /'
+    FAILED+=("$name")
+  fi
+}
+
+# ---------------------------------------------------------------- checks
+
+check_rules() {
+  "$PROMTOOL" check rules --lint=all --lint-fatal "$SRC/alerts.yml"
+}
+
+check_alerts() {
+  "$PYTHON" "$CHECK_PY" alerts "$SRC" "$ROOT/README.md"
+}
+
+check_tests() {
+  "$PROMTOOL" test rules "$SRC/alerts.test.yml"
+}
+
+check_config() {
+  "$PROMTOOL" check config "$SRC/prometheus.yml"
+}
+
+# Debian builds Prometheus without Kubernetes service discovery, so its
+# promtool does not know kubernetes_sd_configs: then the rest of the file
+# (relabelling included) is checked with each of those blocks replaced by
+# an empty static_configs.
+check_kubernetes_config() {
+  local out
+  if out=$("$PROMTOOL" check config "$SRC/prometheus-kubernetes.yml" 2>&1); then
+    echo "$out"
+    return
+  fi
+  grep -q 'field kubernetes_sd_configs not found' <<<"$out" || { echo "$out"; return 1; }
+  cp "$SRC/alerts.yml" "$WORK/alerts.yml"
+  "$PYTHON" - "$SRC/prometheus-kubernetes.yml" "$WORK/prometheus-kubernetes.yml" <<'PY'
+import sys, yaml
+config = yaml.safe_load(open(sys.argv[1]))
+for job in config.get("scrape_configs") or []:
+    if job.pop("kubernetes_sd_configs", None) is not None:
+        job.setdefault("static_configs", [{"targets": []}])
+yaml.safe_dump(config, open(sys.argv[2], "w"))
+PY
+  "$PROMTOOL" check config "$WORK/prometheus-kubernetes.yml"
+  echo "note: this promtool has no kubernetes_sd_configs (Debian's build): checked the rest of the file"
+}
+
+check_names() {
+  "$PYTHON" "$CHECK_PY" names "$SRC"
+}
+
+check_dashboard() {
+  "$PYTHON" "$CHECK_PY" dashboard "$SRC"
+}
+
+check_dashboard_queries() {
+  "$PYTHON" "$CHECK_PY" dashboard-rules "$SRC" >"$WORK/dashboard-rules.yml"
+  "$PROMTOOL" check rules "$WORK/dashboard-rules.yml"
+}
+
+# ---------------------------------------------------------------- self-test
+
+# Each case: "CHECK|FILE|TEXT|BREAKAGE|MESSAGE": in a copy of the files,
+# TEXT in FILE (\n for a newline) becomes BREAKAGE; then the check whose
+# name contains CHECK must fail, saying MESSAGE.
+SELF_TESTS=(
+  "promtool check rules|alerts.yml|        for: 2m|        for: 2 minutes|not a valid duration"
+  "severity, annotations|alerts.yml|          severity: critical|          severity: page|severity 'page' is not one of"
+  "severity, annotations|alerts.yml|          runbook: README.md#alerts|          runbook: README.md#alert-list|README.md has no heading with that anchor"
+  "severity, annotations|alerts.test.yml|        alertname: OrdersFailingAtDeadline\n        exp_alerts: []|        alertname: OrdersFailingAtDeadlin\n        exp_alerts: []|OrdersFailingAtDeadline has no test where it must not fire"
+  "promtool test rules|alerts.yml|(shop_saga_oldest_unfinished_age_seconds) > 180|(shop_saga_oldest_unfinished_age_seconds) > 1800|alertname: SagaStuck"
+  "promtool test rules|alerts.yml|(shop_dead_letters_total unless shop_dead_letters_total offset 10m)|(shop_dead_letters_total unless shop_dead_letters_total offset 1m)|alertname: DeadLettersArriving"
+  "prometheus.yml|prometheus.yml|  - alerts.yml|  - alert.yml|alert.yml"
+  "prometheus-kubernetes.yml|prometheus-kubernetes.yml|        action: keep\n      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]|        action: keep-if\n      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]|unknown relabel action"
+  "metrics.txt|alerts.yml|max by (service) (shop_outbox_oldest_age_seconds) > 30|max by (service) (shop_outbox_oldest_age) > 30|unknown metric shop_outbox_oldest_age"
+  "metrics.txt|alerts.yml|shop_consumer_connected{role=\"work\"}|shop_consumer_connected{role=\"worker\"}|'worker' is not one of role's values"
+  "metrics.txt|alerts.test.yml|shop_queue_messages{service=\"notification-service\", queue=|shop_queue_messages{svc=\"notification-service\", queue=|shop_queue_messages has no label svc"
+  "metrics.txt|grafana-dashboard.json|sum by (outcome) (rate(shop_emails_total{|sum by (outcome) (rate(shop_email_total{|unknown metric shop_email_total"
+  "metrics.txt|grafana-dashboard.json|status_class=\\\"5xx\\\"|status=\\\"5xx\\\"|has no label status"
+  "metrics.txt|grafana-dashboard.json|outcome=\\\"accepted\\\"|outcome=\\\"accept\\\"|'accept' is not one of outcome's values"
+  "metrics.txt|grafana-dashboard.json|sum by (service, status_class) (rate(|sum by (service, status) (rate(|by/on (status): no metric of this query has label status"
+  "variables, panels|grafana-dashboard.json|\n}|\n|not valid JSON"
+  "variables, panels|grafana-dashboard.json|\"uid\": \"\${datasource}\"|\"uid\": \"prometheus\"|datasource is not \${datasource}"
+  "variables, panels|grafana-dashboard.json|sum(rate(shop_orders_total{service=~\\\"\$service\\\", |sum(rate(shop_orders_total{|not filtered by the service variable"
+  "every query parses|grafana-dashboard.json|histogram_quantile(0.5, sum by (service, method, route, le)|histogram_quantile(0.5 sum by (service, method, route, le)|\"dashboard:panel_11_A\": could not parse expression"
+)
+
+self_test() {
+  local case want file from to message copy out status passed=0 failed=0
+  for case in "${SELF_TESTS[@]}"; do
+    IFS='|' read -r want file from to message <<<"$case"
+    copy="$WORK/self-test"
+    rm -rf "$copy"
+    cp -r "$SRC" "$copy"
+    if ! "$PYTHON" - "$copy/$file" "$from" "$to" <<'PY'; then
+import sys
+path, old, new = sys.argv[1], sys.argv[2].replace("\\n", "\n"), sys.argv[3].replace("\\n", "\n")
+text = open(path).read()
+if old not in text:
+    sys.exit(f"self-test case is stale: {old!r} is not in {path}")
+open(path, "w").write(text.replace(old, new, 1))
+PY
+      failed=$((failed + 1))
+      continue
+    fi
+    set +e
+    out=$(MONITORING_DIR="$copy" bash "$ROOT/scripts/check-monitoring.sh" 2>&1)
+    status=$?
+    set -e
+    if [ "$status" -ne 0 ] && grep -F "FAIL" <<<"$out" | grep -qF "$want" && grep -qF -- "$message" <<<"$out"; then
+      printf '    \033[32mcaught\033[0m  %s: %s\n' "$file" "$message"
+      passed=$((passed + 1))
+    else
+      printf '    \033[31mMISSED\033[0m  %s: %s -> %s: no failing "%s" saying "%s" (exit %s)\n' \
+        "$file" "$from" "$to" "$want" "$message" "$status"
+      tail -n 40 <<<"$out" | sed 's/^/          | /'
+      failed=$((failed + 1))
+    fi
+  done
+  CHECKS=$((CHECKS + 1))
+  if [ "$failed" -eq 0 ]; then
+    note "self-test: all $passed breakages caught"
+  else
+    FAILED+=("self-test: $failed of ${#SELF_TESTS[@]} breakages not caught")
+  fi
+}
+
+# ---------------------------------------------------------------- main
+
+step "Tools for the monitoring checks"
+install_tools
+
+step "Checking the monitoring files in ${SRC#"$ROOT"/}"
+run_check "alerts.yml: promtool check rules" check_rules
+run_check "alerts.yml: severity, annotations, runbook, a test each way" check_alerts
+run_check "alerts.test.yml: promtool test rules" check_tests
+run_check "prometheus.yml: promtool check config" check_config
+run_check "prometheus-kubernetes.yml: promtool check config" check_kubernetes_config
+run_check "metrics.txt lists every metric, label and value the rules, tests and dashboard use" check_names
+run_check "grafana-dashboard.json: JSON, variables, panels on \${datasource}, service filter" check_dashboard
+run_check "grafana-dashboard.json: every query parses (promtool)" check_dashboard_queries
+
+if [ -n "$SELF_TEST" ]; then
+  step "Self-test: each rule broken on purpose in a copy must fail its check"
+  self_test
+fi
+
+if [ "${#FAILED[@]}" -gt 0 ]; then
+  printf '\n'
+  for name in "${FAILED[@]}"; do printf '  failed: %s\n' "$name" >&2; done
+  fail "${#FAILED[@]} of $CHECKS monitoring checks failed"
+fi
+step "All $CHECKS monitoring checks passed"
