@@ -332,8 +332,9 @@ for name, s in apps.items():
         err(f"{name}: TRUSTED_PROXIES {sorted(trusted)} should be nginx's fixed address {sorted(nginx_ips)}")
     if not env.get("PORT"):
         err(f"{name}: no PORT")
-if "INVENTORY_URL" not in ((apps.get("order-service") or {}).get("environment") or {}):
-    err("order-service: no INVENTORY_URL")
+for var in ("INVENTORY_URL", "NOTIFICATION_URL"):
+    if var not in ((apps.get("order-service") or {}).get("environment") or {}):
+        err(f"order-service: no {var}")
 
 # ---- credentials
 for path in (raw_path, env_example_path, resolved_path):

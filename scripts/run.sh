@@ -42,8 +42,14 @@ REPLICAS="${REPLICAS:-1}"
 INSTANCE_PORT_BASE="${INSTANCE_PORT_BASE:-13000}"
 [[ $REPLICAS =~ ^[1-9]$ ]] || fail "REPLICAS must be a number from 1 to 9, not '$REPLICAS'"
 [[ $INSTANCE_PORT_BASE =~ ^[0-9]+$ ]] || fail "INSTANCE_PORT_BASE must be a number, not '$INSTANCE_PORT_BASE'"
-# The order service asks this script's inventory service, wherever it listens.
+# The order service asks this script's inventory service, wherever it listens,
+# and its admin console reaches the inventory and notification services there
+# and links to their Swagger UIs and to MailDev.
 export INVENTORY_URL="http://127.0.0.1:$INVENTORY_PORT"
+export NOTIFICATION_URL="http://127.0.0.1:$NOTIFICATION_PORT"
+export INVENTORY_DOCS_URL="${INVENTORY_DOCS_URL:-$INVENTORY_URL/docs}"
+export NOTIFICATION_DOCS_URL="${NOTIFICATION_DOCS_URL:-$NOTIFICATION_URL/docs}"
+export MAILDEV_UI_URL="${MAILDEV_UI_URL:-http://127.0.0.1:$MAILDEV_WEB_PORT}"
 SERVICES=("order:$ORDER_PORT" "inventory:$INVENTORY_PORT" "notification:$NOTIFICATION_PORT")
 # A service that crashes this often within the window stays stopped.
 RESTART_LIMIT=5
@@ -282,6 +288,7 @@ fi
 
 cat <<INFO
 
+  Admin console         http://127.0.0.1:$ORDER_PORT/admin/   (asks for the admin token)
   Order service         http://127.0.0.1:$ORDER_PORT/docs   (Swagger UI)
   Inventory service     http://127.0.0.1:$INVENTORY_PORT/docs
   Notification service  http://127.0.0.1:$NOTIFICATION_PORT/docs

@@ -36,6 +36,25 @@ step "Installing the Python test tools"
 pip_install schemathesis "$SCHEMATHESIS_VERSION"
 pip_install aiosmtpd "$AIOSMTPD_VERSION"
 export SCHEMATHESIS="$VENV/bin/schemathesis" SMTP_TEST_PYTHON="$VENV/bin/python"
+# The admin console's browser test (tests/e2e/tests/admin_console.rs):
+# Debian's Chromium, driven by playwright-core (pinned in
+# tests/browser/package-lock.json) under Node.js 20 or newer. npm ci runs
+# again only when the lock file differs from the one last installed.
+step "Installing the browser test's tools"
+[ -x /usr/bin/chromium ] || apt_install chromium
+command -v npm >/dev/null || apt_install nodejs npm
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+((node_major >= 20)) || fail "Node.js $(node --version 2>/dev/null) is too old for playwright-core: install Node.js 20 or newer"
+BROWSER_TEST_DIR="$PWD/tests/browser"
+if ! cmp -s "$BROWSER_TEST_DIR/package-lock.json" "$BROWSER_TEST_DIR/node_modules/.installed-lock.json"; then
+  note "npm ci in tests/browser (log: $LOG_DIR/npm-browser-test.log)"
+  (cd "$BROWSER_TEST_DIR" && npm ci --no-audit --no-fund) >"$LOG_DIR/npm-browser-test.log" 2>&1 \
+    || fail "npm ci in tests/browser failed (see $LOG_DIR/npm-browser-test.log)"
+  cp "$BROWSER_TEST_DIR/package-lock.json" "$BROWSER_TEST_DIR/node_modules/.installed-lock.json"
+else
+  note "playwright-core already installed in tests/browser"
+fi
+export CONSOLE_TEST_DIR="$BROWSER_TEST_DIR" CHROMIUM=/usr/bin/chromium
 # The smtp_tls test makes its server's certificate with the openssl CLI.
 command -v openssl >/dev/null || apt_install openssl
 # The run.sh test with REPLICAS=2 puts nginx in front of the instances.
@@ -45,5 +64,7 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
 fi
 step "Checking the deployment files offline (compose, nginx, Kubernetes)"
 bash scripts/check-deploy.sh
+step "Checking the monitoring files offline (alert rules and their tests, dashboard)"
+bash scripts/check-monitoring.sh
 step "Running the test suite"
 cargo test --workspace --locked "$@"
