@@ -619,7 +619,7 @@ async fn settle<H: Handler>(
     let took = received.elapsed();
     settings.metrics.record(&event_type, outcome, took);
     span.in_scope(|| {
-        tracing::info!(
+        tracing::debug!(
             outcome = ?outcome,
             duration_ms = took.as_secs_f64() * 1000.0,
             "event settled"
