@@ -158,18 +158,16 @@ impl Stack {
     }
 
     async fn wait_for_queues(&self) {
-        let connection = connect_to_broker().await;
         for queue in [
             "order-service.events",
             "inventory-service.events",
             "notification-service.events",
         ] {
             eventually(&format!("queue {queue} declared"), || {
-                self.existing_queue(&connection, queue)
+                self.existing_queue(queue)
             })
             .await;
         }
-        let _ = connection.close(200, "done".into()).await;
     }
 
     /// This stack's name for an exchange or queue.
@@ -177,25 +175,34 @@ impl Stack {
         format!("t-{}.{base}", self.id)
     }
 
-    /// The queue, if it exists. A passive declare of a missing queue closes
-    /// its channel, so each try gets a channel of its own.
-    async fn existing_queue(
-        &self,
-        connection: &lapin::Connection,
-        queue: &str,
-    ) -> Option<lapin::Queue> {
-        let channel = connection.create_channel().await.ok()?;
-        channel
-            .queue_declare(
-                self.name(queue).as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
+    /// Whether the queue exists. A passive declare of a missing queue
+    /// closes its channel, so each try has a connection of its own, and a
+    /// time limit: a broker call once went unanswered here for over ten
+    /// minutes, hanging the suite (the next try gets a new connection).
+    async fn existing_queue(&self, queue: &str) -> Option<()> {
+        let name = self.name(queue);
+        let probe = async {
+            let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
+                .await
+                .ok()?;
+            let channel = connection.create_channel().await.ok()?;
+            let declared = channel
+                .queue_declare(
+                    name.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await;
+            let _ = connection.close(200, "done".into()).await;
+            declared.ok().map(|_| ())
+        };
+        tokio::time::timeout(Duration::from_secs(5), probe)
             .await
             .ok()
+            .flatten()
     }
 
     /// Declares one of this stack's queues again with the given arguments.
