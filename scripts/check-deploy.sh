@@ -74,6 +74,7 @@ distro==1.9.0"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$LOG_DIR"
+source scripts/lib/checks.sh
 
 # ---------------------------------------------------------------- tools
 
@@ -112,29 +113,6 @@ install_nginx() {
 }
 
 # ---------------------------------------------------------------- helpers
-
-CHECKS=0
-FAILED=()
-
-# run_check NAME FUNCTION: runs it with errexit, its output kept; prints ok,
-# or FAIL and the output's last lines.
-run_check() {
-  local name=$1 fn=$2 log status
-  CHECKS=$((CHECKS + 1))
-  log="$WORK/check-$CHECKS.log"
-  set +e
-  (set -e; "$fn") >"$log" 2>&1
-  status=$?
-  set -e
-  if [ "$status" -eq 0 ]; then
-    printf '    \033[32mok\033[0m    %s\n' "$name"
-    grep '^note: ' "$log" | sed 's/^note: /          /' || true
-  else
-    printf '    \033[31mFAIL\033[0m  %s\n' "$name"
-    tail -n 25 "$log" | sed 's/^/          | /'
-    FAILED+=("$name")
-  fi
-}
 
 # compose ARGS...: docker-compose in a clean environment (only the variables
 # in COMPOSE_ENV, no .env file), so that what it resolves depends on the
@@ -515,47 +493,13 @@ SELF_TESTS=(
   "nginx/prod.conf as docker-compose.prod.yml mounts it|docker-compose.prod.yml|      - ./nginx/prod.conf:/etc/nginx/nginx.conf:ro|      - ./nginx/prod.conf:/etc/nginx/prod.conf:ro|nothing mounted at /etc/nginx/nginx.conf"
 )
 
-self_test() {
-  local case want file from to message copy out status passed=0 failed=0
-  for case in "${SELF_TESTS[@]}"; do
-    IFS='|' read -r want file from to message <<<"$case"
-    copy="$WORK/self-test"
-    rm -rf "$copy"
-    mkdir -p "$copy"
-    cp -r "$SRC/docker-compose.yml" "$SRC/docker-compose.prod.yml" "$SRC/.env.example" "$SRC/nginx" \
-      "$SRC/Dockerfile" "$SRC/.dockerignore" "$SRC/Cargo.toml" "$copy/"
-    if ! "$VENV/bin/python" - "$copy/$file" "$from" "$to" <<'PY'; then
-import sys
-path, old, new = sys.argv[1], sys.argv[2].replace("\\n", "\n"), sys.argv[3].replace("\\n", "\n")
-text = open(path).read()
-if old not in text:
-    sys.exit(f"self-test case is stale: {old!r} is not in {path}")
-open(path, "w").write(text.replace(old, new, 1))
-PY
-      failed=$((failed + 1))
-      continue
-    fi
-    set +e
-    out=$(DEPLOY_ROOT="$copy" bash "$ROOT/scripts/check-deploy.sh" 2>&1)
-    status=$?
-    set -e
-    if [ "$status" -ne 0 ] && grep -qF "FAIL" <<<"$out" \
-      && grep -F "FAIL" <<<"$out" | grep -qF "$want" && grep -qF "$message" <<<"$out"; then
-      printf '    \033[32mcaught\033[0m  %s: %s\n' "$file" "$message"
-      passed=$((passed + 1))
-    else
-      printf '    \033[31mMISSED\033[0m  %s: %s -> %s: no failing "%s" saying "%s" (exit %s)\n' \
-        "$file" "$from" "$to" "$want" "$message" "$status"
-      tail -n 40 <<<"$out" | sed 's/^/          | /'
-      failed=$((failed + 1))
-    fi
-  done
-  CHECKS=$((CHECKS + 1))
-  if [ "$failed" -eq 0 ]; then
-    note "self-test: all $passed breakages caught"
-  else
-    FAILED+=("self-test: $failed of ${#SELF_TESTS[@]} breakages not caught")
-  fi
+copy_deploy_files() {
+  cp -r "$SRC/docker-compose.yml" "$SRC/docker-compose.prod.yml" "$SRC/.env.example" "$SRC/nginx" \
+    "$SRC/Dockerfile" "$SRC/.dockerignore" "$SRC/Cargo.toml" "$1/"
+}
+
+check_copy() {
+  DEPLOY_ROOT="$1" bash "$ROOT/scripts/check-deploy.sh"
 }
 
 # ---------------------------------------------------------------- main
@@ -590,12 +534,7 @@ fi
 
 if [ -n "$SELF_TEST" ]; then
   step "Self-test: each rule broken on purpose in a copy must fail its check"
-  self_test
+  self_test "$VENV/bin/python" copy_deploy_files check_copy "${SELF_TESTS[@]}"
 fi
 
-if [ "${#FAILED[@]}" -gt 0 ]; then
-  printf '\n'
-  for name in "${FAILED[@]}"; do printf '  failed: %s\n' "$name" >&2; done
-  fail "${#FAILED[@]} of $CHECKS deployment checks failed"
-fi
-step "All $CHECKS deployment checks passed"
+finish_checks deployment

@@ -43,6 +43,7 @@ esac
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$LOG_DIR"
+source scripts/lib/checks.sh
 
 # ---------------------------------------------------------------- tools
 
@@ -58,31 +59,6 @@ install_tools() {
     PYTHON=/usr/bin/python3 # Debian's, which python3-yaml is for
   fi
   note "$("$PYTHON" --version) with PyYAML $("$PYTHON" -c 'import yaml; print(yaml.__version__)')"
-}
-
-# ---------------------------------------------------------------- helpers
-
-CHECKS=0
-FAILED=()
-
-# run_check NAME FUNCTION: runs it with errexit, its output kept; prints ok,
-# or FAIL and the output's last lines.
-run_check() {
-  local name=$1 fn=$2 log status
-  CHECKS=$((CHECKS + 1))
-  log="$WORK/check-$CHECKS.log"
-  set +e
-  (set -e; "$fn") >"$log" 2>&1
-  status=$?
-  set -e
-  if [ "$status" -eq 0 ]; then
-    printf '    \033[32mok\033[0m    %s\n' "$name"
-    grep '^note: ' "$log" | sed 's/^note: /          /' || true
-  else
-    printf '    \033[31mFAIL\033[0m  %s\n' "$name"
-    tail -n 40 "$log" | sed 's/^/          | /'
-    FAILED+=("$name")
-  fi
 }
 
 # ---------------------------------------------------------------- checks
@@ -167,44 +143,12 @@ SELF_TESTS=(
   "every query parses|grafana-dashboard.json|histogram_quantile(0.5, sum by (service, method, route, le)|histogram_quantile(0.5 sum by (service, method, route, le)|\"dashboard:panel_11_A\": could not parse expression"
 )
 
-self_test() {
-  local case want file from to message copy out status passed=0 failed=0
-  for case in "${SELF_TESTS[@]}"; do
-    IFS='|' read -r want file from to message <<<"$case"
-    copy="$WORK/self-test"
-    rm -rf "$copy"
-    cp -r "$SRC" "$copy"
-    if ! "$PYTHON" - "$copy/$file" "$from" "$to" <<'PY'; then
-import sys
-path, old, new = sys.argv[1], sys.argv[2].replace("\\n", "\n"), sys.argv[3].replace("\\n", "\n")
-text = open(path).read()
-if old not in text:
-    sys.exit(f"self-test case is stale: {old!r} is not in {path}")
-open(path, "w").write(text.replace(old, new, 1))
-PY
-      failed=$((failed + 1))
-      continue
-    fi
-    set +e
-    out=$(MONITORING_DIR="$copy" bash "$ROOT/scripts/check-monitoring.sh" 2>&1)
-    status=$?
-    set -e
-    if [ "$status" -ne 0 ] && grep -F "FAIL" <<<"$out" | grep -qF "$want" && grep -qF -- "$message" <<<"$out"; then
-      printf '    \033[32mcaught\033[0m  %s: %s\n' "$file" "$message"
-      passed=$((passed + 1))
-    else
-      printf '    \033[31mMISSED\033[0m  %s: %s -> %s: no failing "%s" saying "%s" (exit %s)\n' \
-        "$file" "$from" "$to" "$want" "$message" "$status"
-      tail -n 40 <<<"$out" | sed 's/^/          | /'
-      failed=$((failed + 1))
-    fi
-  done
-  CHECKS=$((CHECKS + 1))
-  if [ "$failed" -eq 0 ]; then
-    note "self-test: all $passed breakages caught"
-  else
-    FAILED+=("self-test: $failed of ${#SELF_TESTS[@]} breakages not caught")
-  fi
+copy_monitoring_files() {
+  cp -r "$SRC/." "$1"
+}
+
+check_copy() {
+  MONITORING_DIR="$1" bash "$ROOT/scripts/check-monitoring.sh"
 }
 
 # ---------------------------------------------------------------- main
@@ -224,12 +168,7 @@ run_check "grafana-dashboard.json: every query parses (promtool)" check_dashboar
 
 if [ -n "$SELF_TEST" ]; then
   step "Self-test: each rule broken on purpose in a copy must fail its check"
-  self_test
+  self_test "$PYTHON" copy_monitoring_files check_copy "${SELF_TESTS[@]}"
 fi
 
-if [ "${#FAILED[@]}" -gt 0 ]; then
-  printf '\n'
-  for name in "${FAILED[@]}"; do printf '  failed: %s\n' "$name" >&2; done
-  fail "${#FAILED[@]} of $CHECKS monitoring checks failed"
-fi
-step "All $CHECKS monitoring checks passed"
+finish_checks monitoring

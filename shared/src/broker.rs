@@ -39,6 +39,26 @@ pub fn with_heartbeat(url: &str, seconds: u16) -> Result<String, String> {
     Ok(format!("{base}{separator}heartbeat={seconds}{fragment}"))
 }
 
+/// The queue as the broker has it now (its ready messages and consumers),
+/// without declaring it: an error if it does not exist, and then the
+/// broker closes `channel`, so a caller that asks after a queue that may be
+/// missing gives it a channel of its own.
+pub async fn passive_declare(
+    channel: &lapin::Channel,
+    queue: &str,
+) -> Result<lapin::Queue, lapin::Error> {
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// Properties every connection of ours announces, so the RabbitMQ UI shows
 /// which service and role holds it.
 pub(crate) fn connection_properties(name: &str) -> lapin::ConnectionProperties {

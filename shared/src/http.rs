@@ -14,7 +14,7 @@ pub mod page;
 pub mod ratelimit;
 pub mod server;
 
-pub use auth::{AdminAuth, Authenticator, Caller, CustomerAuth, JwtSettings};
+pub use auth::{AdminAuth, Authenticator, Caller, CustomerAuth, JwtSettings, require_admin};
 pub use body::{EmailAddress, ValidJson};
 pub use client::{ClientAddress, TrustedProxies};
 pub use error::{ApiError, ErrorBody, FieldError, Refused, validate};

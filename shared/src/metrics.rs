@@ -29,10 +29,6 @@ use prometheus_client::{
 
 /// Every metric's name starts with this.
 pub const PREFIX: &str = "shop";
-/// What `/metrics` answers a scraper that asks for OpenMetrics with.
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The classic text format, for everything else (curl, `promtool`).
-pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Whether an `Accept` header asks for OpenMetrics, as Prometheus does.
 pub fn wants_openmetrics(accept: Option<&str>) -> bool {
@@ -151,10 +147,6 @@ impl Metrics {
         metrics
     }
 
-    pub fn service(&self) -> &'static str {
-        self.service
-    }
-
     /// Adds `metric` (a clone shares its values) as `shop_<name>`.
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
         self.lock().register(name, help, metric);
@@ -204,10 +196,6 @@ impl Snapshot {
     /// Registers `metric` once it holds this scrape's values.
     pub fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
         self.0.register(name, help, metric);
-    }
-
-    pub fn add_seconds(&mut self, name: &str, help: &str, metric: impl Metric) {
-        self.0.register_with_unit(name, help, Unit::Seconds, metric);
     }
 
     /// An unlabelled gauge of `value`.
@@ -371,8 +359,8 @@ impl EventMetrics {
         );
     }
 
-    /// One settled delivery. `event_type` is the routing key when the
-    /// body could not be read.
+    /// One settled delivery. `event_type` is `unreadable` for a body that
+    /// is not an event.
     pub fn record(&self, event_type: &str, outcome: EventOutcome, elapsed: Duration) {
         let labels = EventLabels {
             event_type: event_type.to_string(),

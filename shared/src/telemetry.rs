@@ -25,7 +25,7 @@ use opentelemetry_sdk::{
 };
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, filter::filter_fn, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn, fmt, prelude::*};
 
 /// The header, in HTTP and in AMQP, that carries the trace context.
 pub const TRACEPARENT: &str = "traceparent";
@@ -53,11 +53,7 @@ pub fn init(service: &str) -> Telemetry {
         ))
     });
     let (provider, exporting) = tracer_provider(service);
-    // Spans only: a log line stays a log line (it carries the span's ids)
-    // rather than also becoming an event stored on the span.
-    let traces = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer(service.to_string()))
-        .with_filter(filter_fn(|metadata| metadata.is_span()));
+    let traces = traces_layer(&provider, service);
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter).with(traces);
     // try_init: tests start several apps in one process.
@@ -79,6 +75,18 @@ pub fn init(service: &str) -> Telemetry {
         tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
     }
     Telemetry { provider }
+}
+
+/// The spans of `service`, through `provider`. Spans only: a log line stays
+/// a log line (it carries the span's ids) rather than also becoming an
+/// event stored on the span.
+fn traces_layer<S>(provider: &SdkTracerProvider, service: &str) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service.to_string()))
+        .with_filter(filter_fn(|metadata| metadata.is_span()))
 }
 
 /// A provider that exports to `OTEL_EXPORTER_OTLP_ENDPOINT` if it is set.
@@ -162,11 +170,15 @@ mod tests {
 
     const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    fn with_tracing(test: impl FnOnce()) {
-        let provider = SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    /// Runs `test` with the services' tracing layer over `provider`.
+    fn traced(provider: SdkTracerProvider, test: impl FnOnce()) {
+        let subscriber = tracing_subscriber::registry().with(traces_layer(&provider, "test"));
         tracing::subscriber::with_default(subscriber, test);
+    }
+
+    /// As with an exporter: every span sampled.
+    fn with_tracing(test: impl FnOnce()) {
+        traced(SdkTracerProvider::builder().build(), test);
     }
 
     fn span() -> Span {
@@ -215,12 +227,7 @@ mod tests {
         let provider = SdkTracerProvider::builder()
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
             .build();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("test"))
-                .with_filter(filter_fn(|metadata| metadata.is_span())),
-        );
-        tracing::subscriber::with_default(subscriber, || {
+        traced(provider, || {
             let root = span();
             continue_trace(&root, None);
             let ours = traceparent_of(&root).unwrap();

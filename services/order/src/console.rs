@@ -19,7 +19,7 @@ use reqwest::Url;
 use serde::Serialize;
 use shared::{
     config::{ConfigError, Env},
-    http::{ApiError, Authenticator, Caller, CorrelationId},
+    http::{ApiError, CorrelationId, require_admin},
 };
 
 const INDEX_HTML: &str = include_str!("../console/index.html");
@@ -49,28 +49,15 @@ pub struct ConsoleLinks {
 
 impl ConsoleLinks {
     pub fn from_lookup<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
-        let link = |value: String| (value != "none").then_some(value);
+        let link = |name, default| {
+            let value = env.checked(name, default, link_or_none)?;
+            Ok((value != "none").then_some(value))
+        };
         Ok(ConsoleLinks {
-            inventory_docs: link(env.checked(
-                "INVENTORY_DOCS_URL",
-                "http://127.0.0.1:3002/docs",
-                link_or_none,
-            )?),
-            notification_docs: link(env.checked(
-                "NOTIFICATION_DOCS_URL",
-                "http://127.0.0.1:3003/docs",
-                link_or_none,
-            )?),
-            rabbitmq_ui: link(env.checked(
-                "RABBITMQ_UI_URL",
-                "http://127.0.0.1:15672",
-                link_or_none,
-            )?),
-            maildev_ui: link(env.checked(
-                "MAILDEV_UI_URL",
-                "http://127.0.0.1:1080",
-                link_or_none,
-            )?),
+            inventory_docs: link("INVENTORY_DOCS_URL", "http://127.0.0.1:3002/docs")?,
+            notification_docs: link("NOTIFICATION_DOCS_URL", "http://127.0.0.1:3003/docs")?,
+            rabbitmq_ui: link("RABBITMQ_UI_URL", "http://127.0.0.1:15672")?,
+            maildev_ui: link("MAILDEV_UI_URL", "http://127.0.0.1:1080")?,
         })
     }
 }
@@ -309,7 +296,7 @@ async fn forward(
     body: Body,
     Data(forwarder): Data<&Arc<Forwarder>>,
 ) -> poem::Result<Response> {
-    admin_only(req)?;
+    require_admin(req)?;
     if ![Method::GET, Method::HEAD, Method::POST, Method::PUT].contains(req.method()) {
         let mut response = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -370,33 +357,10 @@ async fn forward(
     Ok(response.body(body))
 }
 
-/// 401 unless the request carries an admin token of this service.
-fn admin_only(req: &Request) -> Result<(), ApiError> {
-    let unauthorized =
-        |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .ok_or_else(|| {
-            unauthorized("the console's forwarded routes take the admin token as a bearer token")
-        })?;
-    let authenticator = req
-        .data::<Authenticator>()
-        .ok_or_else(|| ApiError::internal(&"no Authenticator in the app's data"))?;
-    match authenticator.caller(token)? {
-        Caller::Admin => Ok(()),
-        Caller::Customer(_) => Err(unauthorized("this route takes an admin token")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use poem::Endpoint;
-    use shared::config::Secret;
+    use shared::{config::Secret, http::Authenticator};
 
     use super::*;
     use crate::Config;

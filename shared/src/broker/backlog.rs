@@ -20,10 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
+use lapin::{Channel, Connection};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::connection_properties;
+use super::{connection_properties, passive_declare};
 
 /// How often the queues are sampled: the backlog can overshoot by about this
 /// long of admissions.
@@ -231,16 +231,7 @@ async fn count(
     };
     let mut waiting = 0;
     for queue in queues {
-        let declared = channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let declared = passive_declare(&channel, queue).await?;
         waiting += u64::from(declared.message_count());
     }
     Ok(waiting)

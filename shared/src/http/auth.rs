@@ -203,7 +203,26 @@ impl Caller {
 pub struct AdminAuth(());
 
 async fn check_admin(req: &Request, bearer: Bearer) -> poem::Result<()> {
-    match authenticator(req)?.caller(&bearer.token)? {
+    admin(req, &bearer.token)
+}
+
+/// What [`AdminAuth`] checks, for a route outside the OpenAPI spec (the
+/// admin console's forwarder): 401 unless `Authorization` carries an admin
+/// token as a bearer token.
+pub fn require_admin(req: &Request) -> poem::Result<()> {
+    let token = req
+        .headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or_else(|| unauthorized("this route takes the admin token as a bearer token"))?;
+    admin(req, token)
+}
+
+fn admin(req: &Request, token: &str) -> poem::Result<()> {
+    match authenticator(req)?.caller(token)? {
         Caller::Admin => Ok(()),
         Caller::Customer(_) => Err(unauthorized("this route takes an admin token").into()),
     }

@@ -186,16 +186,7 @@ impl Stack {
                 .await
                 .ok()?;
             let channel = connection.create_channel().await.ok()?;
-            let declared = channel
-                .queue_declare(
-                    name.as_str().into(),
-                    lapin::options::QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    Default::default(),
-                )
-                .await;
+            let declared = shared::broker::passive_declare(&channel, &name).await;
             let _ = connection.close(200, "done".into()).await;
             declared.ok().map(|_| ())
         };

@@ -98,13 +98,18 @@ fn future_version_cancel(order_id: &str) -> Vec<u8> {
     serde_json::to_vec(&event).unwrap()
 }
 
+/// Where the named screenshot goes: `CONSOLE_SCREENSHOT` (the README's
+/// picture, when test.sh is asked for it), else the scratch directory.
 fn screenshot_path(name: &str) -> String {
-    std::env::var("CONSOLE_SCREENSHOT").unwrap_or_else(|_| {
-        Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("admin-console-{name}.png"))
-            .display()
-            .to_string()
-    })
+    std::env::var("CONSOLE_SCREENSHOT").unwrap_or_else(|_| scratch_screenshot(name))
+}
+
+/// Under the test's scratch directory, whatever `CONSOLE_SCREENSHOT` says.
+fn scratch_screenshot(name: &str) -> String {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("admin-console-{name}.png"))
+        .display()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,13 +223,7 @@ async fn the_admin_console_names_the_service_it_cannot_reach() {
             vec![
                 ("CONSOLE_URL", format!("{}/admin/", stack.order)),
                 ("CONSOLE_TEST_MODE", "outage".into()),
-                (
-                    "CONSOLE_SCREENSHOT",
-                    Path::new(env!("CARGO_TARGET_TMPDIR"))
-                        .join("admin-console-outage.png")
-                        .display()
-                        .to_string(),
-                ),
+                ("CONSOLE_SCREENSHOT", scratch_screenshot("outage")),
             ],
         )
         .await;

@@ -507,15 +507,7 @@ impl Chaos {
                 let queue = format!("c-{}.{service}-service.events{suffix}", self.id);
                 // A passive declare of a missing queue closes its channel.
                 let channel = connection.create_channel().await.ok()?;
-                let consumers = channel
-                    .queue_declare(
-                        queue.as_str().into(),
-                        lapin::options::QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        Default::default(),
-                    )
+                let consumers = shared::broker::passive_declare(&channel, &queue)
                     .await
                     .map_or(0, |q| q.consumer_count());
                 if consumers == 0 {
