@@ -21,7 +21,6 @@ use futures::TryStreamExt;
 use lapin::{
     Channel,
     message::Delivery,
-    options::BasicNackOptions,
     types::{AMQPValue, FieldTable},
 };
 use mongodb::{
@@ -36,10 +35,9 @@ use crate::{
     broker::{
         Outgoing, PublishOutcome, Publisher, Subscription, Topology,
         consumer::{
-            ATTEMPT_HEADER, ConsumerError, FAILURE_CLASS_HEADER, FIRST_FAILURE_HEADER,
+            ATTEMPT_HEADER, Acks, ConsumerError, FAILURE_CLASS_HEADER, FIRST_FAILURE_HEADER,
             LAST_ERROR_HEADER, LAST_FAILURE_HEADER, ORIGINAL_QUEUE_HEADER,
-            ORIGINAL_ROUTING_KEY_HEADER, QueueWorker, REASON_HEADER, REDRIVES_HEADER, STEP_LIMIT,
-            Settled, Step, ack, within,
+            ORIGINAL_ROUTING_KEY_HEADER, QueueWorker, REASON_HEADER, REDRIVES_HEADER, Settled,
         },
         header_string, header_u32, set_header, text,
     },
@@ -520,7 +518,12 @@ impl QueueWorker for DeadLetterArchiver {
         Ok(self.topology.dead_letter_queue(&self.subscription))
     }
 
-    async fn settle(&self, delivery: Delivery, _: &Publisher) -> Result<Settled, ConsumerError> {
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        _: &Publisher,
+        acks: &Acks,
+    ) -> Result<Settled, ConsumerError> {
         let letter = dead_letter_from(
             &delivery,
             &self.topology.dead_letter_queue(&self.subscription),
@@ -543,21 +546,12 @@ impl QueueWorker for DeadLetterArchiver {
                     reason = %letter.reason,
                     "dead letter archived"
                 );
-                ack(&delivery).await
+                Ok(acks.ack(&delivery))
             }
             Err(error) => {
                 // Still in the DLQ: it is archived on a later delivery.
                 tracing::error!(%error, "could not archive a dead letter; leaving it in the DLQ");
-                within(
-                    Step::Ack,
-                    STEP_LIMIT,
-                    delivery.nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    }),
-                )
-                .await?;
-                Ok(Settled::Requeued)
+                acks.requeue(&delivery).await
             }
         }
     }

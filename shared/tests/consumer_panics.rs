@@ -21,24 +21,19 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 use shared::{
-    CancellationToken,
     broker::{
-        HandleError, Handler, Outgoing, PublishOutcome, Publisher, Topology,
-        consumer::{
-            ConsumerRole, ConsumerSettings, ConsumerState, FAILURE_CLASS_HEADER, REASON_HEADER,
-        },
-        run_consumer,
+        HandleError, Handler,
+        consumer::{FAILURE_CLASS_HEADER, REASON_HEADER},
         topology::{ORDER_SERVICE, QueueType},
     },
     events::RawEnvelope,
-    metrics::{DeadLetterLabels, EventLabels, EventMetrics, EventOutcome, EventType},
+    metrics::{DeadLetterLabels, EventLabels, EventOutcome, EventType},
     retry::RetryPolicy,
 };
 use uuid::Uuid;
 
-fn rabbitmq_url() -> String {
-    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+mod common;
+use common::{Running, rabbitmq_url, wait_for};
 
 /// Handles every event but one, on which it panics.
 struct PanicsOn {
@@ -55,39 +50,6 @@ impl Handler for PanicsOn {
         }
         self.handled.lock().unwrap().insert(event.event_id);
         Ok(())
-    }
-}
-
-fn event(id: Uuid) -> Outgoing {
-    let body = serde_json::json!({
-        "eventId": id,
-        "eventType": "inventory.reserved",
-        "eventVersion": 1,
-        "occurredAt": chrono::Utc::now(),
-        "correlationId": format!("corr-{id}"),
-        "causationId": null,
-        "source": "consumer-panics-test",
-        "data": {},
-    });
-    Outgoing {
-        exchange: String::new(),
-        routing_key: String::new(),
-        payload: serde_json::to_vec(&body).unwrap(),
-        headers: FieldTable::default(),
-        message_id: Some(id.to_string()),
-        correlation_id: Some(format!("corr-{id}")),
-        mandatory: true,
-    }
-}
-
-async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -109,56 +71,25 @@ async fn on_quorum_queues_a_handler_panic_is_retried_then_dead_lettered_too() {
 }
 
 async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
-    let namespace = format!("t-{}.", &Uuid::new_v4().simple().to_string()[..12]);
-    let topology = Topology::new(&namespace)
-        .with_queue_expiry(Some(Duration::from_secs(900)))
-        .with_queue_type(queue_type);
     let handler = Arc::new(PanicsOn {
         poison: Uuid::now_v7(),
         handled: Default::default(),
         panics: AtomicU32::new(0),
     });
-    let queue = topology.work_queue(&ORDER_SERVICE);
-    let state = Arc::new(ConsumerState::new(queue.clone(), ConsumerRole::Work));
-    let shutdown = CancellationToken::new();
-    let metrics = EventMetrics::default();
-    let consumer = tokio::spawn(run_consumer(
-        ConsumerSettings {
-            url: rabbitmq_url(),
-            name: format!("{namespace}consumer-panics-test"),
-            topology: topology.clone(),
-            subscription: ORDER_SERVICE,
-            // Retried for a second after its first failure, then dead.
-            policy: RetryPolicy {
-                budget: Duration::from_secs(1),
-                base: Duration::from_millis(100),
-                cap: Duration::from_millis(200),
-            },
-            prefetch: 4,
-            metrics: metrics.clone(),
+    let running = Running::start(
+        "consumer-panics-test",
+        queue_type,
+        // Retried for a second after its first failure, then dead.
+        RetryPolicy {
+            budget: Duration::from_secs(1),
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(200),
         },
+        4,
         handler.clone(),
-        state.clone(),
-        shutdown.clone(),
-    ));
-    wait_for("the consumer connected", || {
-        state.snapshot(Instant::now()).connected.then_some(())
-    })
+    )
     .await;
-
-    let publisher = Publisher::new(&rabbitmq_url(), "consumer-panics-test", topology.clone());
-    let publish = |id: Uuid| {
-        let publisher = publisher.clone();
-        let queue = queue.clone();
-        async move {
-            let mut message = event(id);
-            message.routing_key = queue;
-            assert_eq!(
-                publisher.publish(message).await.unwrap(),
-                PublishOutcome::Confirmed
-            );
-        }
-    };
+    let publish = |id| running.publish(id);
     let before = Uuid::now_v7();
     publish(before).await;
     publish(handler.poison).await;
@@ -180,7 +111,7 @@ async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let dlq = topology.dead_letter_queue(&ORDER_SERVICE);
+    let dlq = running.topology.dead_letter_queue(&ORDER_SERVICE);
     let mut dead = None;
     let deadline = Instant::now() + Duration::from_secs(20);
     while dead.is_none() {
@@ -216,7 +147,8 @@ async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
         event_type: "inventory.reserved".into(),
     };
     let count = |outcome| {
-        metrics
+        running
+            .metrics
             .duration
             .get(&EventLabels {
                 event_type: "inventory.reserved".into(),
@@ -231,7 +163,7 @@ async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
     assert_eq!(count(EventOutcome::done), 2);
     assert_eq!(count(EventOutcome::retry), u64::from(panics) - 1);
     assert_eq!(
-        metrics.retries.get(&event_type()).map(|c| c.get()),
+        running.metrics.retries.get(&event_type()).map(|c| c.get()),
         Some(u64::from(panics) - 1)
     );
     let transient = DeadLetterLabels {
@@ -239,23 +171,23 @@ async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
         class: "transient",
     };
     assert_eq!(
-        metrics.dead_letters.get(&transient).map(|c| c.get()),
+        running.metrics.dead_letters.get(&transient).map(|c| c.get()),
         Some(1)
     );
 
     // Nothing left in hand, nothing lost, and the consumer never restarted.
-    let snapshot = state.snapshot(Instant::now());
+    let snapshot = running.state.snapshot(Instant::now());
     assert!(snapshot.connected);
     assert_eq!(snapshot.in_flight, 0);
     assert!(snapshot.last_ack_age.is_some());
-    assert!(!consumer.is_finished());
+    assert!(!running.task.is_finished());
     // Dead means dead: no more attempts once it is in the DLQ.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(handler.panics.load(Ordering::SeqCst), panics);
 
-    shutdown.cancel();
-    consumer.await.unwrap();
-    publisher.close().await;
+    running.shutdown.cancel();
+    running.task.await.unwrap();
+    running.publisher.close().await;
     let _ = connection.close(200, "done".into()).await;
     declared_as(&dlq, queue_type)
         .await

@@ -7,8 +7,11 @@
 //! moves on it cannot wedge the consumer; each consumer reports its state
 //! (for `/ready` and `/metrics`) and survives its handler's panics.
 
+mod acks;
 mod state;
 mod supervisor;
+
+pub(crate) use acks::Acks;
 
 pub use state::{ConsumerRole, ConsumerSnapshot, ConsumerState, Consumers, consumers_ready};
 pub use supervisor::{panic_message, supervise};
@@ -21,7 +24,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::{
     Channel, Connection,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
 };
 use tokio_util::sync::CancellationToken;
@@ -145,13 +148,14 @@ pub(crate) trait QueueWorker: Send + Sync {
         &self,
         channel: &Channel,
     ) -> impl Future<Output = Result<String, lapin::Error>> + Send;
-    /// Settles one delivery (ack, or nack with requeue) once its outcome is
-    /// durable, publishing a next hop through `publisher` if need be. An
-    /// error means the consumer must reconnect.
+    /// Settles one delivery through `acks` (an ack, or a nack with
+    /// requeue) once its outcome is durable, publishing a next hop through
+    /// `publisher` if need be. An error means the consumer must reconnect.
     fn settle(
         &self,
         delivery: Delivery,
         publisher: &Publisher,
+        acks: &Acks,
     ) -> impl Future<Output = Result<Settled, ConsumerError>> + Send;
 }
 
@@ -182,8 +186,9 @@ impl<H: Handler> QueueWorker for HandlerWorker<H> {
         &self,
         delivery: Delivery,
         publisher: &Publisher,
+        acks: &Acks,
     ) -> Result<Settled, ConsumerError> {
-        settle(delivery, &self.settings, &self.handler, publisher).await
+        settle(delivery, &self.settings, &self.handler, publisher, acks).await
     }
 }
 
@@ -439,7 +444,8 @@ async fn consume<W: QueueWorker>(
             } => fail(error.into()),
         }
     };
-    consumer
+    let acks = Acks::new(channel.clone());
+    let deliveries = consumer
         .take_until(stop_taking)
         .take_while(|delivery| {
             let ok = delivery.is_ok();
@@ -447,6 +453,13 @@ async fn consume<W: QueueWorker>(
                 fail(error.clone().into());
             }
             futures::future::ready(ok)
+        })
+        // In arrival order, before any is handled: an ack may cover only
+        // the deliveries it knows are done.
+        .inspect(|delivery| {
+            if let Ok(delivery) = delivery {
+                acks.received(delivery);
+            }
         })
         .for_each_concurrent(prefetch as usize, |delivery| async {
             let Ok(delivery) = delivery else { return };
@@ -457,7 +470,7 @@ async fn consume<W: QueueWorker>(
             match within(
                 Step::Settle,
                 SETTLE_LIMIT,
-                worker.settle(delivery, next_hops),
+                worker.settle(delivery, next_hops, &acks),
             )
             .await
             {
@@ -465,8 +478,23 @@ async fn consume<W: QueueWorker>(
                 Ok(Settled::Requeued) => {}
                 Err(error) => fail(error),
             }
-        })
-        .await;
+        });
+    // The acks go out from beside the deliveries; one that fails breaks
+    // the channel, which stops the intake.
+    let sending = async {
+        if let Err(error) = acks.send().await {
+            fail(error);
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = deliveries => {}
+        _ = sending => {}
+    }
+    // What the deliveries left done (the last batch before a shutdown).
+    if let Err(error) = acks.flush().await {
+        tracing::warn!(%error, "could not send the last acks; the broker redelivers those deliveries");
+    }
 
     match failure.lock().expect("poisoned").take() {
         _ if shutdown.is_cancelled() => Ok(()),
@@ -484,6 +512,7 @@ async fn settle<H: Handler>(
     settings: &ConsumerSettings,
     handler: &Arc<H>,
     next_hops: &Publisher,
+    acks: &Acks,
 ) -> Result<Settled, ConsumerError> {
     let received = std::time::Instant::now();
     let headers = delivery.properties.headers().clone().unwrap_or_default();
@@ -589,21 +618,12 @@ async fn settle<H: Handler>(
             outcome => {
                 // Not stored anywhere else yet: hand it back to the queue.
                 tracing::error!(?outcome, "could not park a failed delivery; requeueing");
-                within(
-                    Step::Ack,
-                    STEP_LIMIT,
-                    delivery.nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    }),
-                )
-                .await?;
-                return Ok(Settled::Requeued);
+                return acks.requeue(&delivery).await;
             }
         }
     }
     crate::crash_point!("consumer.before_ack");
-    let settled = ack(&delivery).await?;
+    let settled = acks.ack(&delivery);
     // Counted once settled: a delivery whose next hop failed comes back.
     let outcome = match counted {
         Counted::Done => EventOutcome::done,
@@ -634,17 +654,6 @@ enum Counted {
     Retry,
     /// With its class, `permanent` or `transient`.
     DeadLetter(&'static str),
-}
-
-/// Acks `delivery` once what it caused is durable, within the step limit.
-pub(crate) async fn ack(delivery: &Delivery) -> Result<Settled, ConsumerError> {
-    within(
-        Step::Ack,
-        STEP_LIMIT,
-        delivery.ack(BasicAckOptions::default()),
-    )
-    .await?;
-    Ok(Settled::Acked)
 }
 
 fn failure_headers(

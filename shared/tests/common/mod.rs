@@ -1,0 +1,134 @@
+//! What the broker tests share: where RabbitMQ is, an event to publish,
+//! and a bounded wait.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lapin::types::FieldTable;
+use shared::{
+    CancellationToken,
+    broker::{
+        Handler, Outgoing, PublishOutcome, Publisher, Topology,
+        consumer::{ConsumerRole, ConsumerSettings, ConsumerState},
+        run_consumer,
+        topology::{ORDER_SERVICE, QueueType},
+    },
+    metrics::EventMetrics,
+    retry::RetryPolicy,
+};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub fn rabbitmq_url() -> String {
+    std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// An `inventory.reserved` event with `id`, for the default exchange: the
+/// caller sets the routing key to the queue.
+pub fn event(id: Uuid) -> Outgoing {
+    let body = serde_json::json!({
+        "eventId": id,
+        "eventType": "inventory.reserved",
+        "eventVersion": 1,
+        "occurredAt": chrono::Utc::now(),
+        "correlationId": format!("corr-{id}"),
+        "causationId": null,
+        "source": "shared-broker-test",
+        "data": {},
+    });
+    Outgoing {
+        exchange: String::new(),
+        routing_key: String::new(),
+        payload: serde_json::to_vec(&body).unwrap(),
+        headers: FieldTable::default(),
+        message_id: Some(id.to_string()),
+        correlation_id: Some(format!("corr-{id}")),
+        mandatory: true,
+    }
+}
+
+pub async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+
+/// The order service's consumer, on a namespace of its own, running
+/// `handler`; and a publisher straight to its work queue.
+pub struct Running {
+    pub topology: Topology,
+    pub queue: String,
+    pub state: Arc<ConsumerState>,
+    pub metrics: EventMetrics,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+    pub publisher: Arc<Publisher>,
+}
+
+impl Running {
+    /// Starts the consumer and waits until it consumes.
+    pub async fn start<H: Handler>(
+        test: &str,
+        queue_type: QueueType,
+        policy: RetryPolicy,
+        prefetch: u16,
+        handler: Arc<H>,
+    ) -> Running {
+        let namespace = format!("t-{}.", &Uuid::new_v4().simple().to_string()[..12]);
+        let topology = Topology::new(&namespace)
+            .with_queue_expiry(Some(Duration::from_secs(900)))
+            .with_queue_type(queue_type);
+        let queue = topology.work_queue(&ORDER_SERVICE);
+        let state = Arc::new(ConsumerState::new(queue.clone(), ConsumerRole::Work));
+        let shutdown = CancellationToken::new();
+        let metrics = EventMetrics::default();
+        let task = tokio::spawn(run_consumer(
+            ConsumerSettings {
+                url: rabbitmq_url(),
+                name: format!("{namespace}{test}"),
+                topology: topology.clone(),
+                subscription: ORDER_SERVICE,
+                policy,
+                prefetch,
+                metrics: metrics.clone(),
+            },
+            handler,
+            state.clone(),
+            shutdown.clone(),
+        ));
+        wait_for("the consumer connected", || {
+            state.snapshot(Instant::now()).connected.then_some(())
+        })
+        .await;
+        let publisher = Publisher::new(&rabbitmq_url(), test, topology.clone());
+        Running {
+            topology,
+            queue,
+            state,
+            metrics,
+            shutdown,
+            task,
+            publisher,
+        }
+    }
+
+    /// Publishes the event `id` to the work queue, confirmed.
+    pub async fn publish(&self, id: Uuid) {
+        let mut message = event(id);
+        message.routing_key = self.queue.clone();
+        assert_eq!(
+            self.publisher.publish(message).await.unwrap(),
+            PublishOutcome::Confirmed
+        );
+    }
+}
