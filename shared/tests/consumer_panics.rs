@@ -171,7 +171,11 @@ async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
         class: "transient",
     };
     assert_eq!(
-        running.metrics.dead_letters.get(&transient).map(|c| c.get()),
+        running
+            .metrics
+            .dead_letters
+            .get(&transient)
+            .map(|c| c.get()),
         Some(1)
     );
 

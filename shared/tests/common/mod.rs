@@ -62,7 +62,6 @@ pub async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T 
     }
 }
 
-
 /// The order service's consumer, on a namespace of its own, running
 /// `handler`; and a publisher straight to its work queue.
 pub struct Running {
