@@ -144,10 +144,39 @@ async fn a_slow_delivery_stalls_no_ack_but_its_own_and_is_never_acked_by_another
 
 /// Takes what is left in `queue` (no consumer on it) and returns the ids.
 async fn left_in_queue(queue: &str) -> Vec<Uuid> {
+    let (connection, channel) = open_channel().await;
+    let ids = take_all(&channel, queue).await;
+    let _ = connection.close(200, "done".into()).await;
+    ids
+}
+
+/// Waits until `expected` is back in `queue` (the broker requeues a dead
+/// consumer's unacked deliveries together), then takes everything there.
+async fn wait_for_requeued(queue: &str, expected: Uuid) -> Vec<Uuid> {
+    let (connection, channel) = open_channel().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut back = Vec::new();
+    while !back.contains(&expected) {
+        assert!(Instant::now() < deadline, "{expected} never came back");
+        back.extend(take_all(&channel, queue).await);
+        if !back.contains(&expected) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    back
+}
+
+async fn open_channel() -> (Connection, lapin::Channel) {
     let connection = Connection::connect(&rabbitmq_url(), Default::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
+    (connection, channel)
+}
+
+/// Gets and acks every message waiting in `queue`; returns their ids.
+async fn take_all(channel: &lapin::Channel, queue: &str) -> Vec<Uuid> {
     let mut ids = Vec::new();
     while let Some(message) = channel
         .basic_get(queue.into(), BasicGetOptions::default())
@@ -157,23 +186,7 @@ async fn left_in_queue(queue: &str) -> Vec<Uuid> {
         message.ack(BasicAckOptions::default()).await.unwrap();
         ids.push(message_id(&message));
     }
-    let _ = connection.close(200, "done".into()).await;
     ids
-}
-
-/// Waits until `expected` is back in `queue` (the broker requeues a dead
-/// consumer's unacked deliveries together), then takes everything there.
-async fn wait_for_requeued(queue: &str, expected: Uuid) -> Vec<Uuid> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut back = Vec::new();
-    while !back.contains(&expected) {
-        assert!(Instant::now() < deadline, "{expected} never came back");
-        back.extend(left_in_queue(queue).await);
-        if !back.contains(&expected) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    back
 }
 
 fn message_id(message: &lapin::message::BasicGetMessage) -> Uuid {
