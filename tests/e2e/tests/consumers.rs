@@ -16,16 +16,24 @@ fn management_url() -> String {
 }
 
 /// The broker's view of every open connection that announced `name`.
+/// Every caller polls, so a listing the management API could not give
+/// (it has answered with an empty body while a connection it was listing
+/// closed) counts as none found this time.
 async fn broker_connections(http: &reqwest::Client, name: &str) -> Vec<Value> {
-    let all: Vec<Value> = http
+    let response = http
         .get(format!("{}/api/connections", management_url()))
         .basic_auth("guest", Some("guest"))
         .send()
         .await
-        .expect("the RabbitMQ management API answers")
-        .json()
-        .await
-        .unwrap();
+        .expect("the RabbitMQ management API answers");
+    let status = response.status();
+    let all: Vec<Value> = match response.json().await {
+        Ok(all) if status.is_success() => all,
+        outcome => {
+            eprintln!("listing connections failed ({status}): {outcome:?}; polling again");
+            return Vec::new();
+        }
+    };
     all.into_iter()
         .filter(|c| c["client_properties"]["connection_name"] == name)
         .collect()
