@@ -1,12 +1,10 @@
 //! RabbitMQ: the topology, a publisher with confirms, and the consumer loop
 //! with delay-queue retries and dead letters.
 
-pub mod backlog;
 pub mod consumer;
 pub mod publisher;
 pub mod topology;
 
-pub use backlog::{Admission, Backlog, Throttled};
 pub use consumer::{HandleError, Handler, outcome, run_consumer};
 pub use publisher::{Outgoing, PublishOutcome, Publisher};
 pub use topology::{Subscription, Topology};

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use shared::{
-    broker::{Backlog, HandleError, Handler, outcome},
+    broker::{HandleError, Handler, outcome},
     events::{RawEnvelope, ToOrderService},
 };
 
-use crate::store::OrderStore;
+use crate::{backlog::Backlog, store::OrderStore};
 
 pub struct InventoryAnswers {
     pub store: Arc<OrderStore>,

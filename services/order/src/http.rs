@@ -12,7 +12,6 @@ use poem_openapi::{
     types::{ParseFromParameter, ParseResult, Type},
 };
 use shared::{
-    broker::Backlog,
     events::Cause,
     http::{
         AdminAuth, ApiError, CorrelationId, Cursor, CustomerAuth, EmailAddress, FieldError, Page,
@@ -28,6 +27,7 @@ use shared::{
 use validator::Validate;
 
 use crate::{
+    backlog::Backlog,
     domain::{self, Order, OrderStatus},
     error::Error,
     inventory::{InventoryClient, ProductCheck},
@@ -300,7 +300,7 @@ impl OrderApi {
     /// Place an order. Answers 202 at once; poll the order (or its Location)
     /// for the outcome. With `Idempotency-Key`, a retried request returns
     /// the same order and a different body under the same key gets 409.
-    /// While the saga is too far behind (`MAX_SAGA_BACKLOG` messages waiting)
+    /// While the saga is too far behind (`MAX_SAGA_BACKLOG` orders open)
     /// a new order gets 503 `overloaded` with `Retry-After`. A customer
     /// orders for itself: `customerId` must be the token's `sub`.
     #[oai(path = "/api/orders", method = "post")]
@@ -369,9 +369,9 @@ impl OrderApi {
         {
             self.saga.refused();
             return Err(ApiError::overloaded(format!(
-                "the saga is behind: {} messages wait (limit {}), so new orders are admitted \
+                "the saga is behind: {} orders are open (limit {}), so new orders are admitted \
                  at {:.0}/s; retry in 1 s",
-                throttled.waiting, throttled.limit, throttled.rate
+                throttled.open, throttled.limit, throttled.rate
             ))
             .into());
         }

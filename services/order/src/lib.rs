@@ -1,6 +1,7 @@
 //! The order service: takes orders over HTTP and keeps each order's state as
 //! the saga moves it.
 
+pub mod backlog;
 pub mod console;
 pub mod deadline;
 pub mod domain;
@@ -12,13 +13,12 @@ pub mod limit;
 pub mod metrics;
 pub mod store;
 
+use backlog::Backlog;
+
 use std::{sync::Arc, time::Duration};
 
 use shared::{
-    broker::{
-        Backlog,
-        topology::{INVENTORY_SERVICE, ORDER_SERVICE},
-    },
+    broker::topology::ORDER_SERVICE,
     config::{CommonConfig, ConfigError, Env},
     service::{RunningService, ServiceCore},
 };
@@ -34,9 +34,9 @@ pub struct Config {
     pub notification_url: String,
     /// The admin console's links (see [`console::ConsoleLinks`]).
     pub console: console::ConsoleLinks,
-    /// `MAX_SAGA_BACKLOG` (default 500): messages waiting in the saga's work
-    /// queues at which no new order is admitted; past a quarter of it they
-    /// are admitted at the rate the saga finishes them (`broker::Admission`),
+    /// `MAX_SAGA_BACKLOG` (default 500): sagas open (orders PENDING) at
+    /// which no new order is admitted; past a quarter of it they are
+    /// admitted at the rate the saga finishes them ([`backlog::Admission`]),
     /// the rest get 503 with Retry-After. 0 turns it off.
     pub max_saga_backlog: Option<u64>,
     /// `SAGA_TIMEOUT_SECONDS` (default 60): an order still PENDING this long
@@ -101,19 +101,9 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
         config.saga_timeout,
         core.shutdown.clone(),
     ));
-    let topology = core.publisher.topology();
-    let backlog = config.max_saga_backlog.map(|limit| {
-        Backlog::spawn(
-            core.config.rabbitmq_url.expose(),
-            vec![
-                topology.work_queue(&INVENTORY_SERVICE),
-                topology.work_queue(&ORDER_SERVICE),
-            ],
-            limit,
-            core.shutdown.clone(),
-            &core.tasks,
-        )
-    });
+    let backlog = config
+        .max_saga_backlog
+        .map(|limit| Backlog::spawn(store.clone(), limit, core.shutdown.clone(), &core.tasks));
     core.spawn_consumer(
         ORDER_SERVICE,
         Arc::new(handler::InventoryAnswers {

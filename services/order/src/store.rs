@@ -357,6 +357,16 @@ impl OrderStore {
             .await?)
     }
 
+    /// How many sagas are open: orders accepted and not yet confirmed,
+    /// rejected or failed, wherever in the saga they are. An index count
+    /// (`status`, `_id`), so it costs the number of open orders, not of all.
+    pub async fn open_sagas(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .orders
+            .count_documents(doc! { "status": OrderStatus::Pending.as_str() })
+            .await?)
+    }
+
     /// When the oldest saga that has not ended began, if one has not.
     pub async fn oldest_unfinished(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let oldest = self.unfinished(std::time::Duration::ZERO, 1).await?;

@@ -171,7 +171,7 @@ impl Stack {
     }
 
     /// This stack's name for an exchange or queue.
-    fn name(&self, base: &str) -> String {
+    pub fn name(&self, base: &str) -> String {
         format!("t-{}.{base}", self.id)
     }
 

@@ -1,7 +1,13 @@
 //! The order service's HTTP contract: bad input is a 4xx with a JSON body
 //! naming the problem, and writes nothing.
 
-use e2e_tests::{ADMIN_TOKEN, Stack, customer_token, eventually};
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use e2e_tests::{ADMIN_TOKEN, Stack, customer_token, eventually, rabbitmq_url};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 async fn post(stack: &Stack, body: &str) -> (u16, Value) {
@@ -285,21 +291,22 @@ async fn readiness_is_503_naming_rabbitmq_when_the_broker_is_unreachable() {
     shutdown.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_orders_get_503_with_retry_after_while_the_saga_is_too_far_behind() {
-    let stack = Stack::start_with(&[("MAX_SAGA_BACKLOG", "3")]).await;
-    let product = stack.create_product(100, 0, 1.0).await;
-    // Nobody takes order.created now: every accepted order waits in the queue.
-    stack.stop_inventory();
-    let body = json!({ "customerId": "c-backlog", "customerEmail": stack.email("backlog"),
+/// Posts `customer`'s order of one `product` until one is refused; the
+/// refusal and how many were accepted before it.
+async fn order_until_refused(
+    stack: &Stack,
+    customer: &str,
+    product: &str,
+) -> (reqwest::Response, usize) {
+    let body = json!({ "customerId": customer, "customerEmail": stack.email(customer),
                        "items": [{ "productId": product, "quantity": 1 }] })
     .to_string();
     let accepted = std::sync::atomic::AtomicUsize::new(0);
-    let refusal = eventually("a 503 once the backlog passes 3", || async {
+    let refusal = eventually("an order refused", || async {
         let response = stack
             .http
             .post(format!("{}/api/orders", stack.order))
-            .bearer_auth(customer_token("c-backlog"))
+            .bearer_auth(customer_token(customer))
             .header("content-type", "application/json")
             .body(body.clone())
             .send()
@@ -312,20 +319,85 @@ async fn new_orders_get_503_with_retry_after_while_the_saga_is_too_far_behind() 
         Some(response)
     })
     .await;
+    (refusal, accepted.into_inner())
+}
+
+/// A 503 `overloaded` from the saga's back-pressure, checked.
+async fn assert_overloaded(refusal: reqwest::Response, limit: u64) {
     assert_eq!(refusal.status(), 503);
     assert_eq!(refusal.headers()["retry-after"], "1");
     let error: Value = refusal.json().await.unwrap();
     assert_eq!(error["error"], "overloaded", "{error}");
     let message = error["message"].as_str().unwrap();
     assert!(
-        message.contains("limit 3") && message.contains("admitted at 0/s"),
+        message.contains(&format!("(limit {limit})")) && message.contains("admitted at 0/s"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_orders_get_503_with_retry_after_while_the_saga_is_too_far_behind() {
+    let stack = Stack::start_with(&[("MAX_SAGA_BACKLOG", "3")]).await;
+    let product = stack.create_product(100, 0, 1.0).await;
+    // Nobody takes order.created now: every accepted order waits in the queue.
+    stack.stop_inventory();
+    let (refusal, accepted) = order_until_refused(&stack, "c-backlog", &product).await;
+    assert_overloaded(refusal, 3).await;
     // Nothing finishes, so nothing more is admitted once the backlog passes
     // a quarter of the limit (the sampler may lag a few admissions).
-    let accepted = accepted.into_inner();
     assert!((1..40).contains(&accepted), "accepted {accepted}");
     assert_eq!(customer_orders(&stack, "c-backlog").await, accepted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_a_consumer_holds_unacked_count_against_the_saga_backlog() {
+    // What a deep prefetch does under load: the inventory's deliveries sit
+    // in a consumer's hands, not in its queue. A gate counting the queue's
+    // ready messages would see none waiting and admit every order.
+    let stack = Stack::start_with(&[("MAX_SAGA_BACKLOG", "8")]).await;
+    let product = stack.create_product(100, 0, 1.0).await;
+    stack.stop_inventory();
+    let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = stack.name("inventory-service.events");
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "holds-without-acking".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let held = Arc::new(AtomicUsize::new(0));
+    let holder = tokio::spawn({
+        let held = held.clone();
+        async move {
+            let mut in_hand = Vec::new();
+            while let Some(Ok(delivery)) = deliveries.next().await {
+                in_hand.push(delivery);
+                held.store(in_hand.len(), Ordering::Relaxed);
+            }
+        }
+    });
+
+    let (refusal, accepted) = order_until_refused(&stack, "c-held", &product).await;
+    assert_overloaded(refusal, 8).await;
+    assert!((3..40).contains(&accepted), "accepted {accepted}");
+    // Every accepted order's event is in the holder's hands (or on its
+    // way), none ready in the queue: only the open sagas were counted.
+    eventually("every accepted order's event held", || async {
+        (held.load(Ordering::Relaxed) == accepted).then_some(())
+    })
+    .await;
+    let declared = shared::broker::passive_declare(&channel, &queue)
+        .await
+        .unwrap();
+    assert_eq!(declared.message_count(), 0);
+    holder.abort();
+    let _ = connection.close(200, "done".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
