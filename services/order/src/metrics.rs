@@ -44,7 +44,7 @@ impl SagaMetrics {
         );
         registry.register(
             "saga_admission_refused",
-            "Orders refused with 503 because the saga's queues were too far behind.",
+            "Orders refused with 503 because too many sagas were open (MAX_SAGA_BACKLOG).",
             saga.refused.clone(),
         );
         saga
