@@ -89,6 +89,12 @@ where
         .with_filter(filter_fn(|metadata| metadata.is_span()))
 }
 
+/// Without an exporter: a span is recorded only when its caller's
+/// `traceparent` is sampled; its own root spans are not.
+fn unsampled_unless_asked() -> Sampler {
+    Sampler::ParentBased(Box::new(Sampler::AlwaysOff))
+}
+
 /// A provider that exports to `OTEL_EXPORTER_OTLP_ENDPOINT` if it is set.
 /// Without it, spans still get trace and span ids (for the logs and the
 /// headers) but are not recorded unless a caller's `traceparent` asks for
@@ -102,8 +108,7 @@ fn tracer_provider(service: &str) -> (SdkTracerProvider, Option<String>) {
         .ok()
         .filter(|endpoint| !endpoint.is_empty());
     let Some(endpoint) = endpoint else {
-        let unrecorded = Sampler::ParentBased(Box::new(Sampler::AlwaysOff));
-        return (builder.with_sampler(unrecorded).build(), None);
+        return (builder.with_sampler(unsampled_unless_asked()).build(), None);
     };
     match opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -190,12 +195,17 @@ mod tests {
         )
     }
 
+    /// The `traceparent` of a new span that continued [`CALLER`]'s trace.
+    fn continued_from_caller() -> String {
+        let span = span();
+        continue_trace(&span, Some(CALLER));
+        traceparent_of(&span).unwrap()
+    }
+
     #[test]
     fn a_span_continues_the_callers_trace_as_its_child() {
         with_tracing(|| {
-            let span = span();
-            continue_trace(&span, Some(CALLER));
-            let ours = traceparent_of(&span).unwrap();
+            let ours = continued_from_caller();
             assert!(
                 ours.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
                 "{ours}"
@@ -225,7 +235,7 @@ mod tests {
     #[test]
     fn without_an_exporter_spans_get_ids_for_the_logs_and_the_headers_but_are_not_sampled() {
         let provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+            .with_sampler(unsampled_unless_asked())
             .build();
         traced(provider, || {
             let root = span();
@@ -233,9 +243,7 @@ mod tests {
             let ours = traceparent_of(&root).unwrap();
             assert!(ours.ends_with("-00"), "{ours}");
             // A caller that samples is still followed, and sampled.
-            let child = span();
-            continue_trace(&child, Some(CALLER));
-            let ours = traceparent_of(&child).unwrap();
+            let ours = continued_from_caller();
             assert!(
                 ours.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
                 "{ours}"

@@ -365,7 +365,8 @@ impl Drop for Stack {
     }
 }
 
-async fn connect_to_broker() -> lapin::Connection {
+/// A connection to the tests' RabbitMQ; panics if it is not reachable.
+pub async fn connect_to_broker() -> lapin::Connection {
     lapin::Connection::connect(&rabbitmq_url(), Default::default())
         .await
         .expect("RabbitMQ is reachable")

@@ -6,7 +6,7 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use e2e_tests::{ADMIN_TOKEN, Stack, customer_token, eventually, rabbitmq_url};
+use e2e_tests::{ADMIN_TOKEN, Stack, connect_to_broker, customer_token, eventually};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -301,7 +301,7 @@ async fn order_until_refused(
     let body = json!({ "customerId": customer, "customerEmail": stack.email(customer),
                        "items": [{ "productId": product, "quantity": 1 }] })
     .to_string();
-    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    let accepted = AtomicUsize::new(0);
     let refusal = eventually("an order refused", || async {
         let response = stack
             .http
@@ -313,7 +313,7 @@ async fn order_until_refused(
             .await
             .unwrap();
         if response.status() == 202 {
-            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            accepted.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         Some(response)
@@ -357,9 +357,7 @@ async fn orders_a_consumer_holds_unacked_count_against_the_saga_backlog() {
     let stack = Stack::start_with(&[("MAX_SAGA_BACKLOG", "8")]).await;
     let product = stack.create_product(100, 0, 1.0).await;
     stack.stop_inventory();
-    let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
-        .await
-        .unwrap();
+    let connection = connect_to_broker().await;
     let channel = connection.create_channel().await.unwrap();
     let queue = stack.name("inventory-service.events");
     let mut deliveries = channel

@@ -173,13 +173,7 @@ impl Acks {
         let Some(upto) = self.lock().ackable() else {
             return Ok(());
         };
-        within(
-            Step::Ack,
-            STEP_LIMIT,
-            self.channel
-                .basic_ack(upto, BasicAckOptions { multiple: true }),
-        )
-        .await?;
+        self.basic_ack(upto, true).await?;
         self.lock().acked(upto, Instant::now());
         Ok(())
     }
@@ -189,14 +183,20 @@ impl Acks {
     async fn ack_each_done(&self) -> Result<(), ConsumerError> {
         let held_back = self.lock().take_done();
         for tag in held_back {
-            within(
-                Step::Ack,
-                STEP_LIMIT,
-                self.channel
-                    .basic_ack(tag, BasicAckOptions { multiple: false }),
-            )
-            .await?;
+            self.basic_ack(tag, false).await?;
         }
+        Ok(())
+    }
+
+    /// One `basic.ack` frame for `tag` (and every tag before it with
+    /// `multiple`), within the step limit.
+    async fn basic_ack(&self, tag: u64, multiple: bool) -> Result<(), ConsumerError> {
+        within(
+            Step::Ack,
+            STEP_LIMIT,
+            self.channel.basic_ack(tag, BasicAckOptions { multiple }),
+        )
+        .await?;
         Ok(())
     }
 
