@@ -14,7 +14,7 @@ use std::time::Duration;
 use mongodb::{Client, Collection, Database, bson::doc, options::ClientOptions};
 use serde::Serialize;
 
-pub use batch::{Batcher, WriteBatch};
+pub use batch::{Batcher, ReadBatch, WriteBatch};
 pub use error::{MayConflict, StoreError, is_duplicate_key, is_transient, retry_on_conflict};
 pub use outbox::{Outbox, OutboxRecord, OutboxRelay};
 pub use page::{ListOrder, PageRequest, find_page, find_page_in};

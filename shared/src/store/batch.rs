@@ -10,6 +10,9 @@
 //! If a batch fails as a whole, each item is written again on its own, so
 //! that one item's trouble (an event handled before, a broken rule, a lost
 //! race) stays its own and the rest of the batch still goes through.
+//!
+//! Reads on the hot path batch the same way ([`ReadBatch`]): one query
+//! answers everyone who asked while the last one ran.
 
 use std::future::Future;
 
@@ -25,13 +28,24 @@ pub trait WriteBatch: Send + Sync + 'static {
     fn write(&self, batch: &[Self::Item]) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-type Queued<T> = (T, oneshot::Sender<Result<(), StoreError>>);
+/// Answers a batch of questions with one read: one answer per item, in order.
+pub trait ReadBatch: Send + Sync + 'static {
+    type Item: Send + Sync + 'static;
+    type Answer: Send + 'static;
 
-/// The handle callers write through. Its task ends once every handle is
-/// dropped and the last batch is written, so a service that waits for its
-/// task tracker never stops with a write half done.
-pub struct Batcher<T> {
-    queue: mpsc::Sender<Queued<T>>,
+    fn read(
+        &self,
+        batch: &[Self::Item],
+    ) -> impl Future<Output = Result<Vec<Self::Answer>, StoreError>> + Send;
+}
+
+type Queued<T, A> = (T, oneshot::Sender<Result<A, StoreError>>);
+
+/// The handle callers write (or ask) through. Its task ends once every
+/// handle is dropped and the last batch is done, so a service that waits for
+/// its task tracker never stops with a write half done.
+pub struct Batcher<T, A = ()> {
+    queue: mpsc::Sender<Queued<T, A>>,
 }
 
 impl<T: Send + Sync + 'static> Batcher<T> {
@@ -41,12 +55,44 @@ impl<T: Send + Sync + 'static> Batcher<T> {
         max_batch: usize,
         writer: W,
     ) -> Self {
-        let (queue, mut queued) = mpsc::channel::<Queued<T>>(max_batch * 4);
+        Self::serve(tasks, max_batch, Writes(writer))
+    }
+
+    /// Queues `item` for the next batch and waits for its write.
+    pub async fn write(&self, item: T) -> Result<(), StoreError> {
+        self.ask(item).await
+    }
+}
+
+impl<T: Send + Sync + 'static, A: Send + 'static> Batcher<T, A> {
+    /// Starts the reader on `tasks`; batches hold at most `max_batch` items.
+    /// A failed read fails every question in its batch.
+    pub fn start_reads<R: ReadBatch<Item = T, Answer = A>>(
+        tasks: &TaskTracker,
+        max_batch: usize,
+        reader: R,
+    ) -> Self {
+        Self::serve(tasks, max_batch, Reads(reader))
+    }
+
+    /// Queues `item` for the next batch and waits for its answer.
+    pub async fn ask(&self, item: T) -> Result<A, StoreError> {
+        let (reply, result) = oneshot::channel();
+        self.queue
+            .send((item, reply))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        result.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// The task: takes everything queued, has `handle` answer it, replies.
+    fn serve(tasks: &TaskTracker, max_batch: usize, handler: impl Handle<T, A>) -> Self {
+        let (queue, mut queued) = mpsc::channel::<Queued<T, A>>(max_batch * 4);
         tasks.spawn(async move {
             let mut batch = Vec::with_capacity(max_batch);
             while queued.recv_many(&mut batch, max_batch).await > 0 {
                 let (items, replies): (Vec<T>, Vec<_>) = batch.drain(..).unzip();
-                let results = write_or_one_by_one(&writer, &items).await;
+                let results = handler.handle(&items).await;
                 // A caller that gave up waiting is simply not answered.
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
@@ -55,15 +101,36 @@ impl<T: Send + Sync + 'static> Batcher<T> {
         });
         Batcher { queue }
     }
+}
 
-    /// Queues `item` for the next batch and waits for its write.
-    pub async fn write(&self, item: T) -> Result<(), StoreError> {
-        let (reply, result) = oneshot::channel();
-        self.queue
-            .send((item, reply))
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        result.await.map_err(|_| StoreError::WriterGone)?
+/// What the task does with a batch: one result per item, in order.
+trait Handle<T, A>: Send + Sync + 'static {
+    fn handle(&self, items: &[T]) -> impl Future<Output = Vec<Result<A, StoreError>>> + Send;
+}
+
+struct Writes<W>(W);
+
+impl<W: WriteBatch> Handle<W::Item, ()> for Writes<W> {
+    async fn handle(&self, items: &[W::Item]) -> Vec<Result<(), StoreError>> {
+        write_or_one_by_one(&self.0, items).await
+    }
+}
+
+struct Reads<R>(R);
+
+impl<R: ReadBatch> Handle<R::Item, R::Answer> for Reads<R> {
+    async fn handle(&self, items: &[R::Item]) -> Vec<Result<R::Answer, StoreError>> {
+        match self.0.read(items).await {
+            Ok(answers) if answers.len() == items.len() => answers.into_iter().map(Ok).collect(),
+            Ok(answers) => {
+                let bug = format!("{} answers to {} questions", answers.len(), items.len());
+                items
+                    .iter()
+                    .map(|_| Err(StoreError::Rule(bug.clone())))
+                    .collect()
+            }
+            Err(error) => items.iter().map(|_| Err(error.clone())).collect(),
+        }
     }
 }
 
@@ -196,6 +263,38 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait())
             .await
             .expect("the writer ended");
+    }
+
+    /// Answers ten times each number; refuses a batch holding a 2.
+    struct Tens;
+
+    impl ReadBatch for Tens {
+        type Item = u32;
+        type Answer = u32;
+
+        async fn read(&self, batch: &[u32]) -> Result<Vec<u32>, StoreError> {
+            if batch.contains(&2) {
+                return Err(StoreError::Rule("2 is bad".into()));
+            }
+            Ok(batch.iter().map(|n| n * 10).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn each_asker_gets_its_own_answer_and_a_failed_read_fails_its_batch() {
+        let batcher = Arc::new(Batcher::start_reads(&TaskTracker::new(), 8, Tens));
+        let askers: Vec<_> = [1, 3, 4, 5]
+            .into_iter()
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { (i, batcher.ask(i).await) })
+            })
+            .collect();
+        for asker in askers {
+            let (i, answer) = asker.await.unwrap();
+            assert_eq!(answer.unwrap(), i * 10);
+        }
+        assert!(matches!(batcher.ask(2).await, Err(StoreError::Rule(m)) if m == "2 is bad"));
     }
 
     struct Panics;

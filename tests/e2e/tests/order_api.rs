@@ -429,4 +429,26 @@ async fn a_customer_past_its_orders_per_minute_gets_429_and_nothing_is_stored() 
     assert_eq!(customer_orders(&stack, "c-busy").await, 3);
     // Another customer is not held back by this one.
     assert_eq!(order_as("c-calm").await.unwrap().status(), 202);
+
+    // Limit checks arriving together share one read: in a burst mixing
+    // customers, each is still judged on its own orders. Each calm customer
+    // has one order already (so this one is read, not waved through as its
+    // first in the minute) and orders once; the busy one is at its limit.
+    let calm: Vec<String> = (0..5).map(|i| format!("c-calm-{i}")).collect();
+    for customer in &calm {
+        assert_eq!(order_as(customer).await.unwrap().status(), 202);
+    }
+    let burst = calm
+        .iter()
+        .map(String::as_str)
+        .chain(["c-busy"; 4])
+        .map(|customer| async move { (customer, order_as(customer).await.unwrap().status()) });
+    for (customer, status) in futures::future::join_all(burst).await {
+        let expected = if customer == "c-busy" { 429 } else { 202 };
+        assert_eq!(status, expected, "{customer}");
+    }
+    assert_eq!(customer_orders(&stack, "c-busy").await, 3);
+    for customer in &calm {
+        assert_eq!(customer_orders(&stack, customer).await, 2, "{customer}");
+    }
 }
