@@ -16,7 +16,7 @@ use serde::Serialize;
 
 pub use batch::{Batcher, ReadBatch, WriteBatch};
 pub use error::{MayConflict, StoreError, is_duplicate_key, is_transient, retry_on_conflict};
-pub use outbox::{Outbox, OutboxRecord, OutboxRelay};
+pub use outbox::{Outbox, OutboxRecord, OutboxRelay, StagedEvent};
 pub use page::{ListOrder, PageRequest, find_page, find_page_in};
 pub use transact::{OnDuplicate, Store, UnitOfWork};
 

@@ -1,15 +1,21 @@
 //! The transactional outbox. A state change stages its events in the same
-//! transaction; the relay publishes them with confirms and deletes each one
-//! only after the broker confirmed it. Several relays may run against one
+//! transaction; the relay publishes them with confirms and deletes them only
+//! after the broker confirmed them. Several relays may run against one
 //! database: each publishes only what it holds a lease on, and a lease left
 //! by a crashed relay expires.
 //!
-//! An event is born leased to its own process's relay, and the unit of work
-//! hands it over in memory after the commit ([`Outbox::committed`]), so the usual
-//! path costs the insert and one delete per batch: no read, no claim. The
-//! relay's poll takes what is left in the database: events whose process
-//! died before publishing them (after the lease), events handed back after a
-//! failed publish, and events that did not fit the hand-over queue.
+//! A commit's events travel as one outbox document ([`OutboxRecord`]), not
+//! one each: the database charges per document written (an index entry per
+//! index, a page write), so a batched commit of 64 orders costs one insert
+//! and one delete where it cost 64 of each.
+//!
+//! A record is born leased to its own process's relay, and the unit of work
+//! hands it over in memory after the commit ([`Outbox::committed`]), so the
+//! usual path costs the insert and one delete per relay batch: no read, no
+//! claim. The relay's poll takes what is left in the database: records whose
+//! process died before publishing them (after the lease), records handed
+//! back after a failed publish, and records that did not fit the hand-over
+//! queue.
 
 use std::{sync::Arc, time::Duration};
 
@@ -38,17 +44,29 @@ pub const OUTBOX: &str = "outbox";
 /// How long a claimed batch belongs to one relay: publishing a batch takes
 /// milliseconds, so a lease still held after this was left by a crash.
 const LEASE: Duration = Duration::from_secs(10);
-/// Committed batches waiting in memory for the relay. Past this, events wait
-/// out their lease in the database instead (load shedding keeps us far below).
-const HANDOVER_BATCHES: usize = 4096;
+/// Committed records waiting in memory for the relay. Past this, records
+/// wait out their lease in the database instead (load shedding keeps us far
+/// below).
+const HANDOVER_RECORDS: usize = 4096;
 /// How soon to look again at an event no queue took, or after a failure.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Events written but not yet confirmed by the broker (`/metrics`).
 pub async fn pending_count(db: &Database) -> Result<u64, Error> {
-    db.collection::<bson::Document>(OUTBOX)
-        .count_documents(doc! {})
-        .await
+    let total = db
+        .collection::<bson::Document>(OUTBOX)
+        .aggregate([doc! {
+            // A record from before records held several events holds one.
+            "$group": { "_id": null, "events": { "$sum": { "$size": { "$ifNull": ["$events", [0]] } } } }
+        }])
+        .await?
+        .try_next()
+        .await?;
+    Ok(total.map_or(0, |total| match total.get("events") {
+        Some(bson::Bson::Int32(n)) => *n as u64,
+        Some(bson::Bson::Int64(n)) => *n as u64,
+        _ => 0,
+    }))
 }
 
 /// How long the oldest event not yet confirmed has waited (`/metrics`);
@@ -66,12 +84,26 @@ pub async fn oldest_age(db: &Database) -> Result<Option<Duration>, Error> {
     }))
 }
 
-/// An event waiting to be published.
+/// The events of one commit, waiting to be published.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", from = "Stored")]
+pub struct OutboxRecord {
+    /// UUIDv7, so ids sort in creation order.
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// In the order they were emitted; published in that order.
+    pub events: Vec<StagedEvent>,
+    pub created_at: bson::DateTime,
+    /// Not before this time (a lease, or a back-off after a failure).
+    pub not_before: Option<bson::DateTime>,
+    pub claimed_by: Option<String>,
+}
+
+/// An event as it will be published.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct OutboxRecord {
-    /// The event id; UUIDv7, so ids sort in creation order.
-    #[serde(rename = "_id")]
+pub struct StagedEvent {
+    /// The event id, published as the message id.
     pub id: String,
     pub routing_key: String,
     /// The envelope exactly as it will be published.
@@ -81,40 +113,109 @@ pub struct OutboxRecord {
     /// `traceparent` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
-    pub created_at: bson::DateTime,
-    /// Not before this time (a lease, or a back-off after a failure).
-    pub not_before: Option<bson::DateTime>,
-    pub claimed_by: Option<String>,
+}
+
+/// A record as read: this version's, or one written by a version from
+/// before records held several events, so an upgrade loses none of those.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Commit(Commit),
+    Event(SingleEvent),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Commit {
+    #[serde(rename = "_id")]
+    id: String,
+    events: Vec<StagedEvent>,
+    created_at: bson::DateTime,
+    not_before: Option<bson::DateTime>,
+    claimed_by: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SingleEvent {
+    /// The event id.
+    #[serde(rename = "_id")]
+    id: String,
+    routing_key: String,
+    payload: String,
+    correlation_id: String,
+    #[serde(default)]
+    traceparent: Option<String>,
+    created_at: bson::DateTime,
+    not_before: Option<bson::DateTime>,
+    claimed_by: Option<String>,
+}
+
+impl From<Stored> for OutboxRecord {
+    fn from(stored: Stored) -> Self {
+        match stored {
+            Stored::Commit(c) => OutboxRecord {
+                id: c.id,
+                events: c.events,
+                created_at: c.created_at,
+                not_before: c.not_before,
+                claimed_by: c.claimed_by,
+            },
+            Stored::Event(e) => OutboxRecord {
+                events: vec![StagedEvent {
+                    id: e.id.clone(),
+                    routing_key: e.routing_key,
+                    payload: e.payload,
+                    correlation_id: e.correlation_id,
+                    traceparent: e.traceparent,
+                }],
+                id: e.id,
+                created_at: e.created_at,
+                not_before: e.not_before,
+                claimed_by: e.claimed_by,
+            },
+        }
+    }
 }
 
 /// How a writer stages events for this process's relay. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
     relay: String,
-    handover: mpsc::Sender<Vec<OutboxRecord>>,
+    handover: mpsc::Sender<OutboxRecord>,
 }
 
 impl Outbox {
-    /// `event` as it waits in the outbox: leased to this process's relay.
-    pub(crate) fn record<T: Serialize>(&self, event: &Envelope<T>) -> OutboxRecord {
+    /// `events` as they wait in the outbox: one record, leased to this
+    /// process's relay. `None` for no events.
+    pub(crate) fn record<T: Serialize>(&self, events: &[Envelope<T>]) -> Option<OutboxRecord> {
+        if events.is_empty() {
+            return None;
+        }
         let now = bson::DateTime::now();
-        OutboxRecord {
-            id: event.event_id.to_string(),
-            routing_key: event.event_type.clone(),
-            payload: serde_json::to_string(event).expect("events serialize"),
-            correlation_id: event.correlation_id.clone(),
-            traceparent: event.traceparent.clone(),
+        Some(OutboxRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            events: events
+                .iter()
+                .map(|event| StagedEvent {
+                    id: event.event_id.to_string(),
+                    routing_key: event.event_type.clone(),
+                    payload: serde_json::to_string(event).expect("events serialize"),
+                    correlation_id: event.correlation_id.clone(),
+                    traceparent: event.traceparent.clone(),
+                })
+                .collect(),
             created_at: now,
             not_before: Some(lease_from(now)),
             claimed_by: Some(self.relay.clone()),
-        }
+        })
     }
 
-    /// Hands records whose transaction committed to the relay. If the relay
-    /// is far behind, they stay in the database and its poll takes them
-    /// once their lease runs out.
-    pub(crate) fn committed(&self, records: Vec<OutboxRecord>) {
-        if !records.is_empty() && self.handover.try_send(records).is_err() {
+    /// Hands a record whose transaction committed to the relay. If the
+    /// relay is far behind, it stays in the database and the relay's poll
+    /// takes it once its lease runs out.
+    pub(crate) fn committed(&self, record: OutboxRecord) {
+        if self.handover.try_send(record).is_err() {
             tracing::debug!("outbox hand-over full; the relay's poll will take these");
         }
     }
@@ -139,9 +240,12 @@ pub struct OutboxRelay {
     /// Opens when the broker keeps failing, so the relay stops reconnecting
     /// on every commit; events wait in the outbox until a trial succeeds.
     breaker: Breaker,
-    handover: mpsc::Receiver<Vec<OutboxRecord>>,
+    handover: mpsc::Receiver<OutboxRecord>,
     instance: String,
+    /// Events per publish, at most (a record's events are never split).
     batch_size: usize,
+    /// Records per poll of the database.
+    poll_records: usize,
     poll_interval: Duration,
 }
 
@@ -149,7 +253,7 @@ impl OutboxRelay {
     /// The relay, and the [`Outbox`] through which writers feed it.
     pub fn new(db: &Database, publisher: Arc<Publisher>, breaker: Breaker) -> (Self, Outbox) {
         let instance = uuid::Uuid::new_v4().to_string();
-        let (handover, received) = mpsc::channel(HANDOVER_BATCHES);
+        let (handover, received) = mpsc::channel(HANDOVER_RECORDS);
         let outbox = Outbox {
             relay: format!("{instance}:handover"),
             handover,
@@ -161,6 +265,7 @@ impl OutboxRelay {
             handover: received,
             instance,
             batch_size: 256,
+            poll_records: 64,
             poll_interval: Duration::from_millis(500),
         };
         (relay, outbox)
@@ -176,11 +281,14 @@ impl OutboxRelay {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(mut batch) = self.handover.recv() => {
-                    while batch.len() < self.batch_size
+                Some(first) = self.handover.recv() => {
+                    let mut events = first.events.len();
+                    let mut batch = vec![first];
+                    while events < self.batch_size
                         && let Ok(more) = self.handover.try_recv()
                     {
-                        batch.extend(more);
+                        events += more.events.len();
+                        batch.push(more);
                     }
                     match self.publish(batch).await {
                         Ok(()) => {}
@@ -191,7 +299,7 @@ impl OutboxRelay {
                 }
                 _ = &mut next_poll => {
                     let pause = match self.relay_batch().await {
-                        Ok(count) if count == self.batch_size => Duration::ZERO,
+                        Ok(count) if count == self.poll_records => Duration::ZERO,
                         Ok(_) => self.poll_interval,
                         Err(RelayError::BreakerOpen) => RETRY_AFTER,
                         Err(error) => {
@@ -205,8 +313,8 @@ impl OutboxRelay {
         }
         self.handover.close();
         let mut left = Vec::new();
-        while let Ok(batch) = self.handover.try_recv() {
-            left.extend(batch);
+        while let Ok(record) = self.handover.try_recv() {
+            left.push(record);
         }
         if !left.is_empty() {
             self.release(&left).await;
@@ -215,7 +323,7 @@ impl OutboxRelay {
     }
 
     /// Claims, publishes and removes one batch of what is due in the
-    /// database; returns how many it handled.
+    /// database; returns how many records it handled.
     pub async fn relay_batch(&self) -> Result<usize, RelayError> {
         if !failsafe::CircuitBreaker::is_call_permitted(&self.breaker) {
             return Err(RelayError::BreakerOpen);
@@ -226,7 +334,7 @@ impl OutboxRelay {
             .outbox
             .find(due.clone())
             .sort(doc! { "_id": 1 })
-            .limit(self.batch_size as i64)
+            .limit(self.poll_records as i64)
             .await?
             .try_collect()
             .await?;
@@ -263,7 +371,11 @@ impl OutboxRelay {
     /// Publishes a batch this relay holds, then deletes what the broker
     /// confirmed and puts the rest back for later.
     async fn publish(&self, batch: Vec<OutboxRecord>) -> Result<(), RelayError> {
-        let messages: Vec<Outgoing> = batch.iter().map(|r| self.message(r)).collect();
+        let messages: Vec<Outgoing> = batch
+            .iter()
+            .flat_map(|r| &r.events)
+            .map(|e| self.message(e))
+            .collect();
         crate::crash_point!("relay.before_publish");
         let outcomes = match self
             .breaker
@@ -281,20 +393,22 @@ impl OutboxRelay {
         };
         crate::crash_point!("relay.after_publish");
 
+        let mut outcomes = outcomes.into_iter();
         let mut done = Vec::new();
         let mut retry = Vec::new();
-        for (record, outcome) in batch.iter().zip(outcomes) {
-            match outcome {
-                PublishOutcome::Confirmed => done.push(record.id.as_str()),
-                PublishOutcome::Unroutable => {
-                    tracing::error!(
-                        routing_key = %record.routing_key,
-                        event_id = %record.id,
-                        "event returned unroutable: no queue is bound for it; keeping it in the outbox"
-                    );
-                    retry.push(record.id.as_str());
+        for record in &batch {
+            let mut unconfirmed = Vec::new();
+            for event in &record.events {
+                // One outcome per message, in order; a missing one is no confirm.
+                let outcome = outcomes.next().unwrap_or(PublishOutcome::Nacked);
+                if !confirmed(event, &outcome) {
+                    unconfirmed.push(event);
                 }
-                PublishOutcome::Nacked => retry.push(record.id.as_str()),
+            }
+            if unconfirmed.is_empty() {
+                done.push(record.id.as_str());
+            } else {
+                retry.push((record.id.as_str(), unconfirmed));
             }
         }
         if !done.is_empty() {
@@ -302,39 +416,44 @@ impl OutboxRelay {
                 .delete_many(doc! { "_id": { "$in": &done } })
                 .await?;
         }
-        if !retry.is_empty() {
-            let later = bson::DateTime::from_millis(
-                bson::DateTime::now().timestamp_millis() + RETRY_AFTER.as_millis() as i64,
-            );
+        // Rare (a nack, no queue bound): only what was not confirmed stays.
+        let later = bson::DateTime::from_millis(
+            bson::DateTime::now().timestamp_millis() + RETRY_AFTER.as_millis() as i64,
+        );
+        for (id, events) in retry {
             self.outbox
-                .update_many(
-                    doc! { "_id": { "$in": &retry } },
-                    doc! { "$set": { "notBefore": later, "claimedBy": null } },
+                .update_one(
+                    doc! { "_id": id },
+                    doc! { "$set": {
+                        "events": bson::to_bson(&events).map_err(mongodb::error::Error::from)?,
+                        "notBefore": later,
+                        "claimedBy": null,
+                    } },
                 )
                 .await?;
         }
         Ok(())
     }
 
-    fn message(&self, record: &OutboxRecord) -> Outgoing {
+    fn message(&self, event: &StagedEvent) -> Outgoing {
         let mut headers = FieldTable::default();
-        if let Some(traceparent) = &record.traceparent {
+        if let Some(traceparent) = &event.traceparent {
             set_header(&mut headers, TRACEPARENT, text(traceparent.as_str()));
         }
         Outgoing {
             exchange: self.publisher.topology().events_exchange(),
-            routing_key: record.routing_key.clone(),
-            payload: record.payload.clone().into_bytes(),
+            routing_key: event.routing_key.clone(),
+            payload: event.payload.clone().into_bytes(),
             headers,
-            message_id: Some(record.id.clone()),
-            correlation_id: Some(record.correlation_id.clone()),
+            message_id: Some(event.id.clone()),
+            correlation_id: Some(event.correlation_id.clone()),
             // Events a service depends on must reach a queue; the others are
             // for whoever listens.
-            mandatory: has_subscriber(&record.routing_key),
+            mandatory: has_subscriber(&event.routing_key),
         }
     }
 
-    /// Gives a batch back (a failed publish, a shutdown) so the next poll,
+    /// Gives records back (a failed publish, a shutdown) so the next poll,
     /// here or in another instance, takes it at once.
     async fn release(&self, batch: &[OutboxRecord]) {
         let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
@@ -345,6 +464,22 @@ impl OutboxRelay {
                 doc! { "$set": { "notBefore": null, "claimedBy": null } },
             )
             .await;
+    }
+}
+
+/// Whether the broker took `event` for good; logs why not if it did not.
+fn confirmed(event: &StagedEvent, outcome: &PublishOutcome) -> bool {
+    match outcome {
+        PublishOutcome::Confirmed => true,
+        PublishOutcome::Unroutable => {
+            tracing::error!(
+                routing_key = %event.routing_key,
+                event_id = %event.id,
+                "event returned unroutable: no queue is bound for it; keeping it in the outbox"
+            );
+            false
+        }
+        PublishOutcome::Nacked => false,
     }
 }
 

@@ -139,7 +139,8 @@ impl UnitOfWork {
         ))
     }
 
-    /// Emits `events` once the unit commits (through the outbox).
+    /// Emits `events` once the unit commits (through the outbox, in one record
+    /// with the unit's other events).
     pub fn emit(&mut self, events: impl IntoIterator<Item = RawEnvelope>) -> &mut Self {
         self.events.extend(events);
         self
@@ -179,15 +180,14 @@ impl Store {
         if unit.is_empty() {
             return Ok(());
         }
-        let records: Vec<OutboxRecord> =
-            unit.events.iter().map(|e| self.outbox.record(e)).collect();
+        let record = self.outbox.record(&unit.events);
         let mut session = self.db.client().start_session().await?;
         let started = Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
             session.start_transaction().await?;
-            let written = self.write_all(&mut session, &unit, &records).await;
+            let written = self.write_all(&mut session, &unit, record.as_ref()).await;
             let outcome = match written {
                 Ok(()) => commit_with_retry(&mut session).await,
                 Err(error) => {
@@ -206,19 +206,21 @@ impl Store {
                 }
             }
         }
-        self.outbox.committed(records);
+        if let Some(record) = record {
+            self.outbox.committed(record);
+        }
         Ok(())
     }
 
     /// The unit's writes inside the session's transaction: the inbox first,
     /// so that a duplicate aborts before any other work, then each write in
-    /// the order it was added, then the events. One round trip per step,
-    /// however many documents.
+    /// the order it was added, then the events (one outbox record). One round
+    /// trip per step, however many documents.
     async fn write_all(
         &self,
         session: &mut ClientSession,
         unit: &UnitOfWork,
-        records: &[OutboxRecord],
+        record: Option<&OutboxRecord>,
     ) -> Result<(), Failure> {
         if !unit.handled.is_empty() {
             self.db
@@ -254,10 +256,10 @@ impl Store {
                 }
             }
         }
-        if !records.is_empty() {
+        if let Some(record) = record {
             self.db
                 .collection::<OutboxRecord>(OUTBOX)
-                .insert_many(records)
+                .insert_one(record)
                 .session(&mut *session)
                 .await
                 .map_err(Failure::from)?;
