@@ -400,7 +400,8 @@ impl WriteBatch for RecordNotifications {
     }
 }
 
-/// Marks sent emails SENT, each with its `notification.sent`, in one unit.
+/// Marks sent emails SENT, with their `notification.sent` events, in one
+/// unit: one statement for the whole batch.
 struct MarkSent {
     store: Store,
 }
@@ -410,16 +411,14 @@ impl WriteBatch for MarkSent {
 
     async fn write(&self, batch: &[Notification]) -> Result<(), StoreError> {
         let mut unit = UnitOfWork::new();
-        for notification in batch {
-            unit.update(
-                NOTIFICATIONS,
-                "notification",
-                doc! { "_id": &notification.id },
-                doc! { "$set": { "status": NotificationStatus::Sent.as_str(), "sentAt": bson::DateTime::now(), "claimedBy": null },
-                       "$inc": { "attempts": 1 } },
-            )
-            .emit([notification.sent_event()]);
-        }
+        unit.update_all(
+            NOTIFICATIONS,
+            "notification",
+            batch.iter().map(|n| n.id.as_str()),
+            doc! { "$set": { "status": NotificationStatus::Sent.as_str(), "sentAt": bson::DateTime::now(), "claimedBy": null },
+                   "$inc": { "attempts": 1 } },
+        )
+        .emit(batch.iter().map(Notification::sent_event));
         self.store.commit(unit).await
     }
 }
