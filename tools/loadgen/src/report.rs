@@ -404,9 +404,13 @@ impl Report {
                 let _ = writeln!(
                     md,
                     "\nDatabase operations per finished order (the server's `top` counters): \
-                     {:.1} operations, {:.2} transaction commits, {:.3} aborts.\n\n\
+                     {:.1} operations, {:.2} transaction commits, {:.3} aborts, \
+                     {:.1} documents written.\n\n\
                      | collection | operation | per order | server µs/op | share of server time |\n|---|---|---|---|---|",
-                    db.operations_per_order, db.commits_per_order, db.aborts_per_order
+                    db.operations_per_order,
+                    db.commits_per_order,
+                    db.aborts_per_order,
+                    db.documents_written_per_order
                 );
                 for row in &db.rows {
                     let _ = writeln!(
