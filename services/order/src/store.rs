@@ -425,8 +425,8 @@ struct NthNewest {
 /// The customer limit's questions that arrived together, in one query: the
 /// ids of those customers' orders since the earliest `since` asked, an
 /// indexed walk (`customerId`, `_id`) per customer, since order ids sort by
-/// time. Alone it costs the database about as much as one question, so
-/// under load each question costs a tenth of one asked alone.
+/// time. Measured on an idle server, a question alone costs 167 µs of its
+/// CPU, one of 8 asked together 108 µs, one of 64 37 µs.
 struct RecentOrders {
     orders: Collection<Order>,
 }
