@@ -35,6 +35,16 @@ pub async fn connect(
     Ok(client.database(database))
 }
 
+/// A count in a server's reply (`n` of a write, a `$sum`), which the server
+/// sends as a 32- or 64-bit integer depending on its size; 0 if absent.
+pub(crate) fn count_in(value: Option<&mongodb::bson::Bson>) -> u64 {
+    match value {
+        Some(mongodb::bson::Bson::Int32(n)) => (*n).max(0) as u64,
+        Some(mongodb::bson::Bson::Int64(n)) => (*n).max(0) as u64,
+        _ => 0,
+    }
+}
+
 /// Round trip to the server, for readiness.
 pub async fn ping(db: &Database) -> Result<(), mongodb::error::Error> {
     db.run_command(doc! { "ping": 1 }).await.map(|_| ())

@@ -13,10 +13,9 @@ pub mod limit;
 pub mod metrics;
 pub mod store;
 
-use backlog::Backlog;
-
 use std::{sync::Arc, time::Duration};
 
+use backlog::Backlog;
 use shared::{
     broker::topology::ORDER_SERVICE,
     config::{CommonConfig, ConfigError, Env},

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use failsafe::futures::CircuitBreaker as _;
 
+use super::count_in;
 use crate::{
     broker::{Outgoing, PublishOutcome, Publisher, set_header, text, topology::has_subscriber},
     events::Envelope,
@@ -62,31 +63,33 @@ pub async fn pending_count(db: &Database) -> Result<u64, Error> {
         .await?
         .try_next()
         .await?;
-    Ok(total.map_or(0, |total| match total.get("events") {
-        Some(bson::Bson::Int32(n)) => *n as u64,
-        Some(bson::Bson::Int64(n)) => *n as u64,
-        _ => 0,
-    }))
+    Ok(total.map_or(0, |total| count_in(total.get("events"))))
 }
 
 /// How long the oldest event not yet confirmed has waited (`/metrics`);
 /// None when there is none. Ids are UUIDv7, so the smallest is the oldest.
 pub async fn oldest_age(db: &Database) -> Result<Option<Duration>, Error> {
+    #[derive(Deserialize)]
+    struct Created {
+        #[serde(rename = "createdAt")]
+        at: bson::DateTime,
+    }
+    // Only its time: the record itself holds a whole commit's payloads.
     let oldest = db
-        .collection::<OutboxRecord>(OUTBOX)
+        .collection::<Created>(OUTBOX)
         .find_one(doc! {})
         .sort(doc! { "_id": 1 })
+        .projection(doc! { "createdAt": 1 })
         .await?;
-    Ok(oldest.map(|record| {
-        let waited =
-            bson::DateTime::now().timestamp_millis() - record.created_at.timestamp_millis();
+    Ok(oldest.map(|created| {
+        let waited = bson::DateTime::now().timestamp_millis() - created.at.timestamp_millis();
         Duration::from_millis(waited.max(0) as u64)
     }))
 }
 
 /// The events of one commit, waiting to be published.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", from = "Stored")]
+#[serde(rename_all = "camelCase")]
 pub struct OutboxRecord {
     /// UUIDv7, so ids sort in creation order.
     #[serde(rename = "_id")]
@@ -115,24 +118,14 @@ pub struct StagedEvent {
     pub traceparent: Option<String>,
 }
 
-/// A record as read: this version's, or one written by a version from
-/// before records held several events, so an upgrade loses none of those.
+/// A record as the relay reads it: this version's, or one written by a
+/// version from before records held several events, so an upgrade loses
+/// none of those.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Stored {
-    Commit(Commit),
+    Commit(OutboxRecord),
     Event(SingleEvent),
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Commit {
-    #[serde(rename = "_id")]
-    id: String,
-    events: Vec<StagedEvent>,
-    created_at: bson::DateTime,
-    not_before: Option<bson::DateTime>,
-    claimed_by: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -154,13 +147,7 @@ struct SingleEvent {
 impl From<Stored> for OutboxRecord {
     fn from(stored: Stored) -> Self {
         match stored {
-            Stored::Commit(c) => OutboxRecord {
-                id: c.id,
-                events: c.events,
-                created_at: c.created_at,
-                not_before: c.not_before,
-                claimed_by: c.claimed_by,
-            },
+            Stored::Commit(record) => record,
             Stored::Event(e) => OutboxRecord {
                 events: vec![StagedEvent {
                     id: e.id.clone(),
@@ -235,7 +222,8 @@ pub async fn ensure_outbox_indexes(db: &Database) -> Result<(), Error> {
 /// Publishes staged events: those handed over by this process's writers at
 /// once, and on a slow poll whatever other instances or a crash left behind.
 pub struct OutboxRelay {
-    outbox: Collection<OutboxRecord>,
+    /// Read as [`Stored`], so that records of either shape are published.
+    outbox: Collection<Stored>,
     publisher: Arc<Publisher>,
     /// Opens when the broker keeps failing, so the relay stops reconnecting
     /// on every commit; events wait in the outbox until a trial succeeds.
@@ -330,14 +318,7 @@ impl OutboxRelay {
         }
         let now = bson::DateTime::now();
         let due = doc! { "$or": [ { "notBefore": null }, { "notBefore": { "$lte": now } } ] };
-        let candidates: Vec<OutboxRecord> = self
-            .outbox
-            .find(due.clone())
-            .sort(doc! { "_id": 1 })
-            .limit(self.poll_records as i64)
-            .await?
-            .try_collect()
-            .await?;
+        let candidates = self.read(due.clone(), Some(self.poll_records)).await?;
         if candidates.is_empty() {
             return Ok(0);
         }
@@ -356,16 +337,25 @@ impl OutboxRelay {
         let batch = if claimed.modified_count as usize == candidates.len() {
             candidates
         } else {
-            self.outbox
-                .find(doc! { "_id": { "$in": &ids }, "claimedBy": &token })
-                .sort(doc! { "_id": 1 })
-                .await?
-                .try_collect()
+            self.read(doc! { "_id": { "$in": &ids }, "claimedBy": &token }, None)
                 .await?
         };
         let count = batch.len();
         self.publish(batch).await?;
         Ok(count)
+    }
+
+    /// The records `filter` matches, oldest first, at most `limit`.
+    async fn read(
+        &self,
+        filter: bson::Document,
+        limit: Option<usize>,
+    ) -> Result<Vec<OutboxRecord>, Error> {
+        let mut find = self.outbox.find(filter).sort(doc! { "_id": 1 });
+        if let Some(limit) = limit {
+            find = find.limit(limit as i64);
+        }
+        find.await?.map_ok(OutboxRecord::from).try_collect().await
     }
 
     /// Publishes a batch this relay holds, then deletes what the broker

@@ -19,6 +19,7 @@ use mongodb::{
 use serde::Serialize;
 
 use super::{
+    count_in,
     error::{StoreError, is_duplicate_key},
     inbox::{INBOX, inbox_record},
     outbox::{OUTBOX, Outbox, OutboxRecord},
@@ -380,11 +381,7 @@ async fn update_each(
             StoreError::Rule(message)
         }));
     }
-    Ok(match reply.get("n") {
-        Some(Bson::Int32(n)) => *n as u64,
-        Some(Bson::Int64(n)) => *n as u64,
-        _ => 0,
-    })
+    Ok(count_in(reply.get("n")))
 }
 
 /// A short jittered pause so colliding transactions do not collide again.
