@@ -8,8 +8,13 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
 /// Every message on the bus. `eventType` is also the routing key.
+///
+/// Read tolerantly: a field this build does not know is ignored, so a
+/// producer may add one before every consumer is upgraded. That cannot hide
+/// a mistake: every field a consumer relies on is still required, and one
+/// that changes meaning gets a new `eventVersion` instead (see [`Event`]).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Envelope<T> {
     pub event_id: Uuid,
     pub event_type: String,
@@ -27,15 +32,46 @@ pub struct Envelope<T> {
     /// header, where tracing tools look for it.
     #[serde(skip)]
     pub traceparent: Option<String>,
+    /// How this copy reached its consumer (attempt, earlier failures). Not
+    /// part of the body: the consumer fills it from the AMQP headers.
+    #[serde(skip)]
+    pub delivery: DeliveryInfo,
+}
+
+/// What the broker's headers say about one delivery of an event.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeliveryInfo {
+    /// 1 for the first attempt; more after transient failures.
+    pub attempt: u32,
+    /// When handling it first failed, if it did.
+    pub first_failure_at: Option<DateTime<Utc>>,
+    /// The last failure's error, if it failed before.
+    pub last_error: Option<String>,
 }
 
 /// An envelope whose payload has not been interpreted yet.
 pub type RawEnvelope = Envelope<serde_json::Value>;
 
 /// A payload type and the routing key it travels under.
+///
+/// How an event evolves: a field added that old readers may ignore keeps
+/// the version (payloads are read tolerantly; give the field a default for
+/// the events already on the bus). A change old readers would misread bumps
+/// `VERSION`, and [`Event::upcast`] brings the previous version's payload up
+/// to date, so every consumer takes the current and the previous version.
+/// A version newer than a consumer knows is a transient failure
+/// ([`ContractError::NewerVersion`]): it is retried until an upgraded
+/// instance takes it, so producers and consumers upgrade in any order.
 pub trait Event: Serialize + DeserializeOwned {
     const TYPE: &'static str;
     const VERSION: u32 = 1;
+
+    /// The payload of version `VERSION - 1`, rewritten as this version
+    /// reads it. Only events past version 1 have one.
+    fn upcast(previous: serde_json::Value) -> Result<serde_json::Value, String> {
+        let _ = previous;
+        Err(format!("{} has no version before {}", Self::TYPE, Self::VERSION))
+    }
 }
 
 impl<T: Event> Envelope<T> {
@@ -51,6 +87,7 @@ impl<T: Event> Envelope<T> {
             source: source.to_string(),
             data,
             traceparent: None,
+            delivery: DeliveryInfo::default(),
         }
     }
 }
@@ -69,6 +106,7 @@ impl<T: Event> Envelope<T> {
             source: self.source,
             data: serde_json::to_value(self.data).expect("events serialize"),
             traceparent: self.traceparent,
+            delivery: self.delivery,
         }
     }
 }
@@ -136,11 +174,21 @@ impl Cause {
 pub enum ContractError {
     #[error("message body is not an event envelope: {0}")]
     NotAnEnvelope(serde_json::Error),
-    #[error("{event_type} version {version} is not supported (expected {expected})")]
+    /// Older than the previous version, which is all a consumer upcasts.
+    #[error("{event_type} version {version} is too old (this consumer reads {oldest} to {current})")]
     UnknownVersion {
         event_type: String,
         version: u32,
-        expected: u32,
+        oldest: u32,
+        current: u32,
+    },
+    /// Made by a newer producer than this consumer: another instance, or
+    /// this one once upgraded, will read it. Transient, not permanent.
+    #[error("{event_type} version {version} is newer than this consumer reads ({current})")]
+    NewerVersion {
+        event_type: String,
+        version: u32,
+        current: u32,
     },
     #[error("{event_type} payload does not match the contract: {source}")]
     BadPayload {
@@ -159,19 +207,37 @@ impl RawEnvelope {
         serde_json::from_slice(body).map_err(ContractError::NotAnEnvelope)
     }
 
-    /// Interprets the payload as `T`, checking the version first.
+    /// Interprets the payload as `T`, checking the version first: the
+    /// current one as it is, the previous one through [`Event::upcast`].
     pub fn decode<T: Event>(&self) -> Result<T, ContractError> {
-        if self.event_version != T::VERSION {
-            return Err(ContractError::UnknownVersion {
-                event_type: self.event_type.clone(),
-                version: self.event_version,
-                expected: T::VERSION,
-            });
-        }
-        T::deserialize(&self.data).map_err(|source| ContractError::BadPayload {
+        let bad_payload = |source| ContractError::BadPayload {
             event_type: self.event_type.clone(),
             source,
-        })
+        };
+        match self.event_version {
+            v if v == T::VERSION => T::deserialize(&self.data).map_err(bad_payload),
+            v if v > T::VERSION => Err(ContractError::NewerVersion {
+                event_type: self.event_type.clone(),
+                version: v,
+                current: T::VERSION,
+            }),
+            v if v + 1 == T::VERSION && v >= 1 => {
+                let upcast = T::upcast(self.data.clone())
+                    .map_err(|reason| bad_payload(serde::de::Error::custom(reason)))?;
+                T::deserialize(upcast).map_err(bad_payload)
+            }
+            v => Err(ContractError::UnknownVersion {
+                event_type: self.event_type.clone(),
+                version: v,
+                oldest: T::VERSION.saturating_sub(1).max(1),
+                current: T::VERSION,
+            }),
+        }
+    }
+
+    /// The order this event is about, if its payload names one.
+    pub fn order_id(&self) -> Option<&str> {
+        self.data.get("orderId").and_then(|id| id.as_str())
     }
 }
 
@@ -389,10 +455,18 @@ pub struct NotificationFailed {
 
 /// The contract's table: every event type and its routing key, in one place.
 /// Bindings, dispatch and `mandatory` publishing all derive from it.
+/// An event past version 1 names its version and the function that
+/// upcasts its previous version: `Type = "key", version N upcast function;`.
 macro_rules! contract {
-    ($($ty:ident = $key:literal;)+) => {
+    ($($ty:ident = $key:literal $(, version $version:literal upcast $upcast:path)?;)+) => {
         $(impl Event for $ty {
             const TYPE: &'static str = $key;
+            $(
+                const VERSION: u32 = $version;
+                fn upcast(previous: serde_json::Value) -> Result<serde_json::Value, String> {
+                    $upcast(previous)
+                }
+            )?
         })+
 
         /// Every routing key of the contract.
@@ -551,12 +625,95 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_version_is_refused_before_the_payload_is_read() {
+    fn a_newer_version_is_not_read_and_is_worth_retrying() {
         let mut raw = RawEnvelope::parse(&serde_json::to_vec(&created()).unwrap()).unwrap();
-        raw.event_version = 2;
+        raw.event_version = OrderCreated::VERSION + 1;
+        raw.data = serde_json::json!({"reshaped": true});
+        let refused = raw.decode::<OrderCreated>().unwrap_err();
+        assert!(
+            matches!(refused, ContractError::NewerVersion { .. }),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            crate::broker::HandleError::from(refused),
+            crate::broker::HandleError::Transient(_)
+        ));
+    }
+
+    #[test]
+    fn a_version_older_than_the_previous_one_is_refused_for_good() {
+        let mut raw = RawEnvelope::parse(&serde_json::to_vec(&created()).unwrap()).unwrap();
+        raw.event_version = 0;
+        let refused = raw.decode::<OrderCreated>().unwrap_err();
+        assert!(
+            matches!(refused, ContractError::UnknownVersion { version: 0, .. }),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            crate::broker::HandleError::from(refused),
+            crate::broker::HandleError::Permanent(_)
+        ));
+    }
+
+    /// An event at version 2 whose version 1 called its field `name`.
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(rename_all = "camelCase")]
+    struct Renamed {
+        title: String,
+        pages: u32,
+    }
+
+    fn renamed_from_v1(mut previous: serde_json::Value) -> Result<serde_json::Value, String> {
+        let fields = previous.as_object_mut().ok_or("not an object")?;
+        let name = fields.remove("name").ok_or("no name")?;
+        fields.insert("title".into(), name);
+        Ok(previous)
+    }
+
+    contract! {
+        Renamed = "test.renamed", version 2 upcast renamed_from_v1;
+    }
+
+    #[test]
+    fn the_previous_version_is_upcast_and_the_current_one_read_as_it_is() {
+        let mut raw = Cause::request("test", "corr").emit(Renamed {
+            title: "t".into(),
+            pages: 3,
+        });
+        assert_eq!(raw.event_version, 2);
+        assert_eq!(EVENT_TYPES, ["test.renamed"]);
+        assert_eq!(raw.decode::<Renamed>().unwrap().title, "t");
+
+        raw.event_version = 1;
+        raw.data = serde_json::json!({"name": "old", "pages": 4});
+        assert_eq!(
+            raw.decode::<Renamed>().unwrap(),
+            Renamed {
+                title: "old".into(),
+                pages: 4
+            }
+        );
+        // A previous version the upcast cannot read is a bad payload.
+        raw.data = serde_json::json!({"pages": 4});
+        assert!(matches!(
+            raw.decode::<Renamed>(),
+            Err(ContractError::BadPayload { .. })
+        ));
+    }
+
+    #[test]
+    fn fields_this_build_does_not_know_are_ignored_in_the_envelope_and_the_payload() {
+        let mut json = serde_json::to_value(created()).unwrap();
+        json["addedLater"] = serde_json::json!({"by": "a newer producer"});
+        json["data"]["giftWrap"] = serde_json::json!(true);
+        let raw = RawEnvelope::parse(json.to_string().as_bytes()).unwrap();
+        assert_eq!(raw.decode::<OrderCreated>().unwrap(), created().data);
+        // A field the consumer needs is still required.
+        json["data"].as_object_mut().unwrap().remove("customerId");
+        let raw = RawEnvelope::parse(json.to_string().as_bytes()).unwrap();
         assert!(matches!(
             raw.decode::<OrderCreated>(),
-            Err(ContractError::UnknownVersion { version: 2, .. })
+            Err(ContractError::BadPayload { .. })
         ));
     }
 

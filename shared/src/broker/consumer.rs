@@ -35,7 +35,7 @@ use super::{
     header_string, header_u32, set_header, text,
 };
 use crate::{
-    events::{ContractError, RawEnvelope},
+    events::{ContractError, DeliveryInfo, RawEnvelope},
     metrics::{EventMetrics, EventOutcome},
     retry::{RetryDecision, RetryPolicy},
     store::StoreError,
@@ -82,10 +82,15 @@ pub enum HandleError {
     Transient(String),
 }
 
-/// An event that breaks the contract never becomes handleable.
+/// An event that breaks the contract never becomes handleable; one made by
+/// a newer producer is handled once an upgraded instance of this consumer
+/// takes it, so it is retried meanwhile.
 impl From<ContractError> for HandleError {
     fn from(error: ContractError) -> Self {
-        HandleError::Permanent(error.to_string())
+        match error {
+            ContractError::NewerVersion { .. } => HandleError::Transient(error.to_string()),
+            _ => HandleError::Permanent(error.to_string()),
+        }
     }
 }
 
@@ -517,6 +522,9 @@ async fn settle<H: Handler>(
     let received = std::time::Instant::now();
     let headers = delivery.properties.headers().clone().unwrap_or_default();
     let attempt = header_u32(&headers, ATTEMPT_HEADER).unwrap_or(1).max(1);
+    let first_failure_at = header_string(&headers, FIRST_FAILURE_HEADER)
+        .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
+        .map(|at| at.with_timezone(&Utc));
     let parsed = RawEnvelope::parse(&delivery.data);
     // What the metrics call it; a fixed word for a body that could not be
     // read, whose routing key may be anything a stray publisher chose.
@@ -551,6 +559,11 @@ async fn settle<H: Handler>(
         Err(error) => Err(HandleError::Permanent(error.to_string())),
         Ok(mut event) => {
             event.traceparent = telemetry::traceparent_of(&span);
+            event.delivery = DeliveryInfo {
+                attempt,
+                first_failure_at,
+                last_error: header_string(&headers, LAST_ERROR_HEADER),
+            };
             async {
                 match AssertUnwindSafe(handler.handle(event)).catch_unwind().await {
                     Ok(outcome) => outcome,
@@ -580,9 +593,8 @@ async fn settle<H: Handler>(
             Counted::DeadLetter("permanent"),
         ),
         Err(HandleError::Transient(reason)) => {
-            let failing_for = header_string(&headers, FIRST_FAILURE_HEADER)
-                .and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok())
-                .and_then(|at| (Utc::now() - at.with_timezone(&Utc)).to_std().ok())
+            let failing_for = first_failure_at
+                .and_then(|at| (Utc::now() - at).to_std().ok())
                 .unwrap_or_default();
             match settings.policy.decide_now(attempt, failing_for) {
                 RetryDecision::RetryAfter(delay) => {
