@@ -269,6 +269,9 @@ pub struct CommonConfig {
     /// record is kept. A redelivery older than that is no longer recognised
     /// by its id (the effects' own guards still hold).
     pub inbox_retention: Duration,
+    /// `HISTORY_RETENTION_DAYS` (default 30): how long what a service
+    /// recorded in an order's history is kept (a TTL index expires it).
+    pub history_retention: Duration,
     /// `CONSUMER_READY_GRACE_SECONDS` (default 30): `/ready` answers 503
     /// while a consumer has been disconnected for longer than this, so a
     /// reconnect after a broker restart does not flap readiness.
@@ -378,6 +381,13 @@ impl CommonConfig {
             inbox_retention: Duration::from_secs(
                 24 * 3600
                     * env.parse_checked("INBOX_RETENTION_DAYS", 7u64, |days| match days {
+                        0 => Err("must be at least 1"),
+                        _ => Ok(()),
+                    })?,
+            ),
+            history_retention: Duration::from_secs(
+                24 * 3600
+                    * env.parse_checked("HISTORY_RETENTION_DAYS", 30u64, |days| match days {
                         0 => Err("must be at least 1"),
                         _ => Ok(()),
                     })?,

@@ -232,6 +232,17 @@ impl DeadLetterStore {
             .await
     }
 
+    /// The dead letters of one order, oldest first, at most `limit`.
+    pub async fn of_order(&self, order_id: &str, limit: i64) -> Result<Vec<DeadLetter>, Error> {
+        self.collection
+            .find(doc! { "orderId": order_id })
+            .sort(doc! { "_id": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await
+    }
+
     pub async fn page(
         &self,
         filter: &DeadLetterFilter,

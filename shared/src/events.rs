@@ -70,7 +70,11 @@ pub trait Event: Serialize + DeserializeOwned {
     /// reads it. Only events past version 1 have one.
     fn upcast(previous: serde_json::Value) -> Result<serde_json::Value, String> {
         let _ = previous;
-        Err(format!("{} has no version before {}", Self::TYPE, Self::VERSION))
+        Err(format!(
+            "{} has no version before {}",
+            Self::TYPE,
+            Self::VERSION
+        ))
     }
 }
 
@@ -175,7 +179,9 @@ pub enum ContractError {
     #[error("message body is not an event envelope: {0}")]
     NotAnEnvelope(serde_json::Error),
     /// Older than the previous version, which is all a consumer upcasts.
-    #[error("{event_type} version {version} is too old (this consumer reads {oldest} to {current})")]
+    #[error(
+        "{event_type} version {version} is too old (this consumer reads {oldest} to {current})"
+    )]
     UnknownVersion {
         event_type: String,
         version: u32,
@@ -336,6 +342,9 @@ pub struct ShortLine {
     pub available: Option<i64>,
 }
 
+/// Starts a run of an order's saga. Version 2 added `attempt`: a version 1
+/// reader would take a retried saga's `order.created` for a duplicate of
+/// the first and never answer it, so the change needed a new version.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderCreated {
@@ -343,6 +352,22 @@ pub struct OrderCreated {
     pub customer_id: String,
     pub customer_email: String,
     pub items: Vec<OrderLine>,
+    /// Which run of the order's saga this starts: 1, then one more for each
+    /// retry of the FAILED order.
+    pub attempt: u32,
+}
+
+/// Version 1 of `order.created` always started the first run.
+fn order_created_from_v1(mut v1: serde_json::Value) -> Result<serde_json::Value, String> {
+    v1.as_object_mut()
+        .ok_or("the payload is not an object")?
+        .insert("attempt".into(), 1.into());
+    Ok(v1)
+}
+
+/// The run of the saga of events written before runs were counted.
+fn first_attempt() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -372,6 +397,9 @@ pub struct OrderCancelled {
     pub customer_email: String,
     /// `PENDING` or `CONFIRMED`.
     pub previous_status: OrderStatus,
+    /// The run of the saga whose hold to release.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
 }
 
 /// The saga ran out of time: the order is FAILED, and whatever stock the
@@ -383,6 +411,9 @@ pub struct OrderFailed {
     pub customer_id: String,
     pub customer_email: String,
     pub reason: String,
+    /// The run of the saga that failed, whose hold to release.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -399,6 +430,9 @@ pub struct OrderStatusChanged {
 pub struct InventoryReserved {
     pub order_id: String,
     pub lines: Vec<PricedLine>,
+    /// The run of the saga this answers (its `order.created`'s).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -407,6 +441,9 @@ pub struct InventoryReservationFailed {
     pub order_id: String,
     pub reason: String,
     pub short_lines: Vec<ShortLine>,
+    /// The run of the saga this answers (its `order.created`'s).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -414,6 +451,9 @@ pub struct InventoryReservationFailed {
 pub struct InventoryReleased {
     pub order_id: String,
     pub lines: Vec<OrderLine>,
+    /// The run of the saga whose hold was released.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -475,7 +515,7 @@ macro_rules! contract {
 }
 
 contract! {
-    OrderCreated = "order.created";
+    OrderCreated = "order.created", version 2 upcast order_created_from_v1;
     OrderConfirmed = "order.confirmed";
     OrderRejected = "order.rejected";
     OrderCancelled = "order.cancelled";
@@ -562,6 +602,7 @@ mod tests {
                     product_id: "p1".into(),
                     quantity: 2,
                 }],
+                attempt: 1,
             },
         )
     }
@@ -655,27 +696,33 @@ mod tests {
         ));
     }
 
-    /// An event at version 2 whose version 1 called its field `name`.
-    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-    #[serde(rename_all = "camelCase")]
-    struct Renamed {
-        title: String,
-        pages: u32,
-    }
+    /// A contract of its own, so its table does not hide the real one.
+    mod versioned {
+        use super::*;
 
-    fn renamed_from_v1(mut previous: serde_json::Value) -> Result<serde_json::Value, String> {
-        let fields = previous.as_object_mut().ok_or("not an object")?;
-        let name = fields.remove("name").ok_or("no name")?;
-        fields.insert("title".into(), name);
-        Ok(previous)
-    }
+        /// An event at version 2 whose version 1 called its field `name`.
+        #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+        #[serde(rename_all = "camelCase")]
+        pub struct Renamed {
+            pub title: String,
+            pub pages: u32,
+        }
 
-    contract! {
-        Renamed = "test.renamed", version 2 upcast renamed_from_v1;
+        fn renamed_from_v1(mut previous: serde_json::Value) -> Result<serde_json::Value, String> {
+            let fields = previous.as_object_mut().ok_or("not an object")?;
+            let name = fields.remove("name").ok_or("no name")?;
+            fields.insert("title".into(), name);
+            Ok(previous)
+        }
+
+        contract! {
+            Renamed = "test.renamed", version 2 upcast renamed_from_v1;
+        }
     }
 
     #[test]
     fn the_previous_version_is_upcast_and_the_current_one_read_as_it_is() {
+        use versioned::{EVENT_TYPES, Renamed};
         let mut raw = Cause::request("test", "corr").emit(Renamed {
             title: "t".into(),
             pages: 3,
@@ -699,6 +746,28 @@ mod tests {
             raw.decode::<Renamed>(),
             Err(ContractError::BadPayload { .. })
         ));
+    }
+
+    #[test]
+    fn order_created_version_1_is_read_as_the_first_attempt() {
+        let mut raw = created().into_raw();
+        assert_eq!(raw.event_version, 2);
+        raw.event_version = 1;
+        raw.data.as_object_mut().unwrap().remove("attempt");
+        assert_eq!(raw.decode::<OrderCreated>().unwrap(), created().data);
+        // Version 2 needs it.
+        raw.event_version = 2;
+        assert!(matches!(
+            raw.decode::<OrderCreated>(),
+            Err(ContractError::BadPayload { .. })
+        ));
+    }
+
+    #[test]
+    fn answers_written_before_attempts_were_counted_belong_to_the_first() {
+        let reserved: InventoryReserved =
+            serde_json::from_value(serde_json::json!({"orderId": "o1", "lines": []})).unwrap();
+        assert_eq!(reserved.attempt, 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod contract;
 pub mod deadletters;
 pub mod error;
 pub mod health;
+pub mod history;
 pub mod loadshed;
 pub mod page;
 pub mod ratelimit;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod deadletter;
 pub mod events;
 pub mod fault;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod money;

@@ -18,8 +18,12 @@ use crate::{
     },
     config::{CommonConfig, redacted},
     deadletter::{DeadLetterArchiver, DeadLetterStore, redrive_until},
+    history::HistoryStore,
     http::{
-        self, GaugeSource, HealthApi, deadletters::DeadLetterApi, loadshed::LoadShedder,
+        self, GaugeSource, HealthApi,
+        deadletters::DeadLetterApi,
+        history::{HistoryApi, HistorySource, LocalHistory},
+        loadshed::LoadShedder,
         ratelimit::RateLimiter,
     },
     metrics::Metrics,
@@ -50,6 +54,9 @@ pub struct ServiceCore {
     gauges: Option<Arc<dyn GaugeSource>>,
     /// Pages served beside the API ([`Self::with_routes`]).
     routes: Option<poem::Route>,
+    /// History lines kept outside the history records
+    /// ([`Self::with_history_source`]).
+    history_source: Option<Arc<dyn HistorySource>>,
 }
 
 impl ServiceCore {
@@ -70,6 +77,10 @@ impl ServiceCore {
         ensure_inbox_indexes(&db, config.inbox_retention)
             .await
             .context("creating inbox indexes")?;
+        HistoryStore::new(&db)
+            .ensure_indexes(config.history_retention)
+            .await
+            .context("creating history indexes")?;
         let dead_letters = DeadLetterStore::new(&db);
         dead_letters
             .ensure_indexes()
@@ -102,6 +113,7 @@ impl ServiceCore {
             tasks: TaskTracker::new(),
             gauges: None,
             routes: None,
+            history_source: None,
             config,
         };
         core.tasks.spawn(relay.run(core.shutdown.clone()));
@@ -178,6 +190,23 @@ impl ServiceCore {
         self
     }
 
+    /// Adds the lines of an order's history that `source` keeps (the
+    /// notification service's emails) to this service's part.
+    pub fn with_history_source(mut self, source: Arc<dyn HistorySource>) -> Self {
+        self.history_source = Some(source);
+        self
+    }
+
+    /// What this service knows of an order's history.
+    pub fn local_history(&self) -> LocalHistory {
+        LocalHistory {
+            service: self.config.service,
+            records: self.store.history(),
+            dead_letters: self.dead_letters.clone(),
+            extra: self.history_source.clone(),
+        }
+    }
+
     /// Serves `routes` (at their own paths, outside the OpenAPI spec)
     /// beside the API: the order service's admin console.
     pub fn with_routes(mut self, routes: poem::Route) -> Self {
@@ -249,11 +278,15 @@ impl ServiceCore {
             store: self.dead_letters.clone(),
             publisher: self.publisher.clone(),
         };
+        let history = HistoryApi {
+            local: self.local_history(),
+        };
         let app = http::build_app(
             (
                 api,
                 self.health_api(rate_limiter.clone(), load_shedder.clone()),
                 dead_letters,
+                history,
             ),
             self.routes.take().unwrap_or_default(),
             title,

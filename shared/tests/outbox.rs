@@ -151,6 +151,7 @@ fn reserved(order: &str) -> RawEnvelope {
     cause().emit(InventoryReserved {
         order_id: order.into(),
         lines: Vec::new(),
+        attempt: 1,
     })
 }
 
@@ -160,6 +161,7 @@ fn cancelled(order: &str) -> RawEnvelope {
         customer_id: "c".into(),
         customer_email: "c@example.com".into(),
         previous_status: OrderStatus::Pending,
+        attempt: 1,
     })
 }
 

@@ -66,6 +66,76 @@ pub struct Reservation {
     pub lines: Vec<PricedLine>,
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub updated_at: DateTime<Utc>,
+    /// The run of the order's saga it belongs to. A retried saga's
+    /// `order.created` replaces the reservation of the run before, which
+    /// holds nothing by then.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+/// What an `order.created` meets in the reservation stored for its order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prior {
+    /// Nothing: the order is decided now.
+    Nothing,
+    /// A reservation of an earlier run that holds nothing any more: this
+    /// run's decision replaces it.
+    EarlierRun { attempt: u32 },
+    /// This run (or a later one) was decided or ended already: a duplicate.
+    Decided,
+}
+
+/// What `order.created` for run `attempt` meets, given the stored
+/// reservation's run and status. An earlier run that still holds stock is a
+/// broken saga (a retry goes out only after the release): refused, so an
+/// operator sees it instead of stock taken twice.
+pub fn prior(stored: Option<(u32, ReservationStatus)>, attempt: u32) -> Result<Prior, String> {
+    match stored {
+        None => Ok(Prior::Nothing),
+        Some((stored, _)) if stored >= attempt => Ok(Prior::Decided),
+        Some((stored, ReservationStatus::Reserved)) => Err(format!(
+            "run {stored} of this order still holds stock; run {attempt} cannot start before it is released"
+        )),
+        Some((stored, _)) => Ok(Prior::EarlierRun { attempt: stored }),
+    }
+}
+
+/// What releasing run `attempt` of an order finds to give back.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReleaseTarget {
+    /// That run holds stock: give it back.
+    Held(Reservation),
+    /// That run holds nothing (refused, released before, or a later run
+    /// was decided since).
+    NothingHeld,
+    /// That run was not decided yet: the end overtook the order. A
+    /// tombstone for the run makes sure nothing is held later; it replaces
+    /// the reservation of an earlier run, if one is stored.
+    EndedFirst { replaces: Option<u32> },
+}
+
+/// What releasing run `attempt` finds in the stored reservation. An earlier
+/// run that still holds stock is a broken saga, refused as in [`prior`].
+pub fn release_target(stored: Option<Reservation>, attempt: u32) -> Result<ReleaseTarget, String> {
+    let held = |r: &Reservation| r.status == ReservationStatus::Reserved;
+    Ok(match stored {
+        None => ReleaseTarget::EndedFirst { replaces: None },
+        Some(r) if r.attempt < attempt && held(&r) => {
+            return Err(format!(
+                "run {} of this order still holds stock; run {attempt} cannot end before it is released",
+                r.attempt
+            ));
+        }
+        Some(r) if r.attempt < attempt => ReleaseTarget::EndedFirst {
+            replaces: Some(r.attempt),
+        },
+        Some(r) if r.attempt == attempt && held(&r) => ReleaseTarget::Held(r),
+        Some(_) => ReleaseTarget::NothingHeld,
+    })
 }
 
 /// All lines or none: the priced lines to hold, or every line that falls short.
@@ -241,6 +311,7 @@ pub fn reservation_outcome(
                 order_id: order.order_id.clone(),
                 reason: shortage_reason(&short).into(),
                 short_lines: short,
+                attempt: order.attempt,
             });
             (ReservationStatus::Rejected, Vec::new(), vec![failed])
         }
@@ -250,6 +321,7 @@ pub fn reservation_outcome(
             events.push(cause.emit(InventoryReserved {
                 order_id: order.order_id.clone(),
                 lines: lines.clone(),
+                attempt: order.attempt,
             }));
             (ReservationStatus::Reserved, lines, events)
         }
@@ -259,26 +331,29 @@ pub fn reservation_outcome(
         status,
         lines,
         updated_at: now,
+        attempt: order.attempt,
     };
     (reservation, events)
 }
 
-/// The end of an order that overtook the order itself: nothing may be
-/// reserved for it later.
-pub fn ended_before_reservation(order_id: &str, now: DateTime<Utc>) -> Reservation {
+/// The end of run `attempt` of an order that overtook the run itself:
+/// nothing may be reserved for that run later.
+pub fn ended_before_reservation(order_id: &str, attempt: u32, now: DateTime<Utc>) -> Reservation {
     Reservation {
         order_id: order_id.to_string(),
         status: ReservationStatus::CancelledBeforeReservation,
         lines: Vec::new(),
         updated_at: now,
+        attempt,
     }
 }
 
-/// `inventory.released` for an order that held nothing.
-pub fn nothing_held(order_id: &str, cause: &Cause) -> RawEnvelope {
+/// `inventory.released` for a run of an order that held nothing.
+pub fn nothing_held(order_id: &str, attempt: u32, cause: &Cause) -> RawEnvelope {
     cause.emit(InventoryReleased {
         order_id: order_id.to_string(),
         lines: Vec::new(),
+        attempt,
     })
 }
 
@@ -310,6 +385,7 @@ pub fn release(
                 quantity: l.quantity,
             })
             .collect(),
+        attempt: reservation.attempt,
     });
     let reservation = Reservation {
         status: ReservationStatus::Released,
@@ -494,6 +570,7 @@ mod tests {
             customer_id: "c".into(),
             customer_email: "c@example.com".into(),
             items: vec![line("a", 2)],
+            attempt: 1,
         };
         let decision = decide_reservations(&[&order.items], &mut products, Utc::now()).remove(0);
         let (reservation, events) = reservation_outcome(&order, decision, &cause(), Utc::now());
@@ -510,6 +587,7 @@ mod tests {
             customer_id: "c".into(),
             customer_email: "c@example.com".into(),
             items: vec![line("zz", 1)],
+            attempt: 1,
         };
         let decision = decide_reservations(&[&order.items], &mut [], Utc::now()).remove(0);
         let (reservation, events) = reservation_outcome(&order, decision, &cause(), Utc::now());
@@ -535,6 +613,7 @@ mod tests {
                 unit_price_cents: 250,
             }],
             updated_at: Utc::now(),
+            attempt: 1,
         };
         let (released, event) = release(&reservation, &mut products, &cause(), Utc::now());
         assert_eq!(released.status, ReservationStatus::Released);
@@ -542,6 +621,55 @@ mod tests {
         assert!(!products[0].low_stock_alerted, "above the threshold again");
         assert_eq!(event.event_type, "inventory.released");
         assert_eq!(event.data["lines"][0]["quantity"], 3);
+    }
+
+    #[test]
+    fn a_retried_run_replaces_an_earlier_run_that_holds_nothing_and_only_that() {
+        use ReservationStatus::*;
+        assert_eq!(prior(None, 1), Ok(Prior::Nothing));
+        assert_eq!(prior(Some((1, Reserved)), 1), Ok(Prior::Decided));
+        assert_eq!(prior(Some((2, Rejected)), 1), Ok(Prior::Decided));
+        for nothing_held in [Rejected, Released, CancelledBeforeReservation] {
+            assert_eq!(
+                prior(Some((1, nothing_held)), 2),
+                Ok(Prior::EarlierRun { attempt: 1 })
+            );
+        }
+        assert!(prior(Some((1, Reserved)), 2).is_err(), "stock taken twice");
+    }
+
+    #[test]
+    fn a_release_gives_back_only_what_its_own_run_holds() {
+        let held = |attempt, status| Reservation {
+            order_id: "o1".into(),
+            status,
+            lines: Vec::new(),
+            updated_at: Utc::now(),
+            attempt,
+        };
+        let reserved = held(2, ReservationStatus::Reserved);
+        assert_eq!(
+            release_target(Some(reserved.clone()), 2),
+            Ok(ReleaseTarget::Held(reserved.clone()))
+        );
+        assert_eq!(
+            release_target(Some(reserved.clone()), 1),
+            Ok(ReleaseTarget::NothingHeld),
+            "a late release of run 1 leaves run 2's stock alone"
+        );
+        assert_eq!(
+            release_target(Some(held(2, ReservationStatus::Released)), 2),
+            Ok(ReleaseTarget::NothingHeld)
+        );
+        assert_eq!(
+            release_target(Some(held(2, ReservationStatus::Released)), 3),
+            Ok(ReleaseTarget::EndedFirst { replaces: Some(2) })
+        );
+        assert!(release_target(Some(reserved), 3).is_err(), "stock lost");
+        assert_eq!(
+            release_target(None, 1),
+            Ok(ReleaseTarget::EndedFirst { replaces: None })
+        );
     }
 
     #[test]

@@ -19,10 +19,12 @@ impl Handler for OrderEvents {
             ToInventoryService::OrderCreated(order) => self.store.reserve(event, order).await,
             // Cancelled, or failed by the saga deadline: the same compensation.
             ToInventoryService::OrderCancelled(cancelled) => {
-                self.store.release(&event, &cancelled.order_id).await
+                let (order_id, attempt) = (cancelled.order_id, cancelled.attempt);
+                self.store.release(&event, &order_id, attempt).await
             }
             ToInventoryService::OrderFailed(failed) => {
-                self.store.release(&event, &failed.order_id).await
+                let (order_id, attempt) = (failed.order_id, failed.attempt);
+                self.store.release(&event, &order_id, attempt).await
             }
         };
         outcome(result)

@@ -4,7 +4,7 @@
 //! `order.created`, the reservation that is its own).
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap},
     sync::Arc,
 };
 
@@ -12,12 +12,13 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use mongodb::{
     Collection, IndexModel,
-    bson::{self, Document, doc},
+    bson::{self, doc},
     options::IndexOptions,
 };
 use shared::{
     TaskTracker,
     events::{Cause, OrderCreated, OrderLine, RawEnvelope},
+    history::History,
     store::{
         Batcher, OnDuplicate, PageRequest, Store, StoreError, UnitOfWork, WriteBatch, find_page,
         retry_on_conflict,
@@ -25,7 +26,7 @@ use shared::{
 };
 
 use crate::{
-    domain::{self, Product, Reservation, ReservationStatus, SOURCE},
+    domain::{self, Prior, Product, ReleaseTarget, Reservation, ReservationStatus, SOURCE},
     error::Error,
     locks::ProductLocks,
 };
@@ -190,10 +191,15 @@ impl InventoryStore {
         self.reservations_in.write((event, order)).await
     }
 
-    /// `order.cancelled` or `order.failed`: gives back exactly what was held
-    /// for `order_id`, once, and says so with `inventory.released` (its lines
-    /// empty when nothing was held).
-    pub async fn release(&self, event: &RawEnvelope, order_id: &str) -> Result<(), StoreError> {
+    /// `order.cancelled` or `order.failed`: gives back exactly what run
+    /// `attempt` of the order held, once, and says so with
+    /// `inventory.released` (its lines empty when nothing was held).
+    pub async fn release(
+        &self,
+        event: &RawEnvelope,
+        order_id: &str,
+        attempt: u32,
+    ) -> Result<(), StoreError> {
         let inventory = &self.inventory;
         let cause = &Cause::event(SOURCE, event);
         retry_on_conflict(move || async move {
@@ -204,41 +210,88 @@ impl InventoryStore {
                 .reservations
                 .find_one(doc! { "_id": order_id })
                 .await?;
-            let reservation = match found {
-                Some(r) if r.status == ReservationStatus::Reserved => r,
-                // Rejected, or released before: nothing is held.
-                Some(_) => {
-                    unit.emit([domain::nothing_held(order_id, cause)]);
-                    return inventory.store.commit(unit).await;
-                }
-                None => {
-                    // The end of the order overtook the order itself: make
-                    // sure nothing is held later. If the order is decided
-                    // meanwhile, the insert conflicts and we read again.
-                    let tombstone = domain::ended_before_reservation(order_id, now);
-                    unit.insert(RESERVATIONS, [&tombstone], OnDuplicate::Conflict("reservation"))?
-                        .emit([domain::nothing_held(order_id, cause)]);
-                    return inventory.store.commit(unit).await;
-                }
-            };
-            let ids: Vec<&str> = reservation.lines.iter().map(|l| l.product_id.as_str()).collect();
+            let reservation =
+                match domain::release_target(found, attempt).map_err(StoreError::Rule)? {
+                    ReleaseTarget::Held(reservation) => reservation,
+                    ReleaseTarget::NothingHeld => {
+                        let released = domain::nothing_held(order_id, attempt, cause);
+                        unit.record(history(order_id, event, &released))?
+                            .emit([released]);
+                        return inventory.store.commit(unit).await;
+                    }
+                    ReleaseTarget::EndedFirst { replaces } => {
+                        // The end of the run overtook the run itself: make sure
+                        // nothing is held for it later. If the run is decided
+                        // meanwhile, the write conflicts and we read again.
+                        let tombstone = domain::ended_before_reservation(order_id, attempt, now);
+                        let released = domain::nothing_held(order_id, attempt, cause);
+                        match replaces {
+                            None => unit.insert(
+                                RESERVATIONS,
+                                [&tombstone],
+                                OnDuplicate::Conflict("reservation"),
+                            )?,
+                            Some(earlier) => unit.update(
+                                RESERVATIONS,
+                                "reservation",
+                                doc! { "_id": order_id, "attempt": earlier },
+                                bson::to_document(&tombstone)?,
+                            ),
+                        }
+                        .record(history(order_id, event, &released))?
+                        .emit([released]);
+                        return inventory.store.commit(unit).await;
+                    }
+                };
+            let ids: Vec<&str> = reservation
+                .lines
+                .iter()
+                .map(|l| l.product_id.as_str())
+                .collect();
             let _held = inventory.locks.lock(&ids).await;
             let mut products = inventory.products(&ids).await?;
             let read: HashMap<String, i64> =
                 products.iter().map(|p| (p.id.clone(), p.version)).collect();
+            let handled = event;
             let (released, event) = domain::release(&reservation, &mut products, cause, now);
             Inventory::write_changed(&mut unit, &read, &products)?;
             unit.update(
                 RESERVATIONS,
                 "reservation",
-                doc! { "_id": &reservation.order_id, "status": bson::to_bson(&ReservationStatus::Reserved)? },
+                doc! {
+                    "_id": &reservation.order_id,
+                    "status": bson::to_bson(&ReservationStatus::Reserved)?,
+                    "attempt": reservation.attempt,
+                },
                 bson::to_document(&released)?,
             )
+            .record(history(order_id, handled, &event))?
             .emit([event]);
             inventory.store.commit(unit).await
         })
         .await
     }
+}
+
+/// A stored reservation's run and status: what an `order.created` meets.
+#[derive(serde::Deserialize)]
+struct StoredRun {
+    #[serde(rename = "_id")]
+    order_id: String,
+    #[serde(default = "first_attempt")]
+    attempt: u32,
+    status: ReservationStatus,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+/// What handling `event` for `order_id` did here: it published `released`.
+fn history(order_id: &str, event: &RawEnvelope, released: &RawEnvelope) -> History {
+    History::of(SOURCE, order_id)
+        .handled(event)
+        .published(std::slice::from_ref(released))
 }
 
 /// `order.created` events that arrived together: decided as if one by one,
@@ -261,21 +314,28 @@ impl WriteBatch for ReserveStock {
         // redelivery finds it below and has no effect; two copies in one
         // batch meet its unique key and go again one by one.
         let mut unit = UnitOfWork::new();
-        // Already decided, or ended (cancelled, failed) before it arrived: no effect.
+        // Already decided, or ended (cancelled, failed) before it arrived: no
+        // effect. A run of a retried saga replaces its order's earlier run.
         let order_ids: Vec<&str> = batch.iter().map(|(_, o)| o.order_id.as_str()).collect();
-        let decided: HashSet<String> = inventory
+        let stored: HashMap<String, (u32, ReservationStatus)> = inventory
             .reservations
-            .clone_with_type::<Document>()
+            .clone_with_type::<StoredRun>()
             .find(doc! { "_id": { "$in": &order_ids } })
-            .projection(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1, "attempt": 1, "status": 1 })
             .await?
-            .try_filter_map(|d| async move { Ok(d.get_str("_id").ok().map(str::to_string)) })
+            .map_ok(|run| (run.order_id, (run.attempt, run.status)))
             .try_collect()
             .await?;
-        let open: Vec<&(RawEnvelope, OrderCreated)> = batch
-            .iter()
-            .filter(|(_, order)| !decided.contains(&order.order_id))
-            .collect();
+        let mut open = Vec::with_capacity(batch.len());
+        for item @ (_, order) in batch {
+            match domain::prior(stored.get(&order.order_id).copied(), order.attempt)
+                .map_err(StoreError::Rule)?
+            {
+                Prior::Decided => {}
+                Prior::Nothing => open.push((item, None)),
+                Prior::EarlierRun { attempt } => open.push((item, Some(attempt))),
+            }
+        }
         if open.is_empty() {
             return inventory.store.commit(unit).await;
         }
@@ -284,20 +344,38 @@ impl WriteBatch for ReserveStock {
         let mut products = inventory.products(&ids).await?;
         let read: HashMap<String, i64> =
             products.iter().map(|p| (p.id.clone(), p.version)).collect();
-        let lines: Vec<&[OrderLine]> = open.iter().map(|(_, o)| o.items.as_slice()).collect();
+        let lines: Vec<&[OrderLine]> = open.iter().map(|((_, o), _)| o.items.as_slice()).collect();
         let now = Utc::now();
         let decisions = domain::decide_reservations(&lines, &mut products, now);
         let mut reservations = Vec::with_capacity(open.len());
-        for ((event, order), decision) in open.into_iter().zip(decisions) {
+        let mut histories = Vec::with_capacity(open.len());
+        for (((event, order), replaces), decision) in open.into_iter().zip(decisions) {
             let cause = Cause::event(SOURCE, event);
             let (reservation, events) = domain::reservation_outcome(order, decision, &cause, now);
-            reservations.push(reservation);
+            histories.push(
+                History::of(SOURCE, &order.order_id)
+                    .handled(event)
+                    .published(&events),
+            );
             unit.emit(events);
+            match replaces {
+                None => reservations.push(reservation),
+                // Guarded by the earlier run: a concurrent decision conflicts.
+                Some(earlier) => {
+                    unit.update(
+                        RESERVATIONS,
+                        "reservation",
+                        doc! { "_id": &reservation.order_id, "attempt": earlier },
+                        bson::to_document(&reservation)?,
+                    );
+                }
+            }
         }
         // The version guards fail if another instance changed a product
         // since the read; the batch then goes again one by one.
         Inventory::write_changed(&mut unit, &read, &products)?;
-        unit.insert(RESERVATIONS, &reservations, OnDuplicate::AlreadyHandled)?;
+        unit.insert(RESERVATIONS, &reservations, OnDuplicate::AlreadyHandled)?
+            .record_all(histories)?;
         inventory.store.commit(unit).await
     }
 }

@@ -4,9 +4,12 @@ use chrono::{DateTime, Utc};
 use poem_openapi::Enum;
 use serde::{Deserialize, Serialize};
 pub use shared::events::NotificationKind;
-use shared::events::{
-    Cause, InventoryLow, NotificationFailed, NotificationSent, OrderCancelled, OrderConfirmed,
-    OrderFailed, OrderRejected, RawEnvelope,
+use shared::{
+    events::{
+        Cause, Event, InventoryLow, NotificationFailed, NotificationSent, OrderCancelled,
+        OrderConfirmed, OrderFailed, OrderRejected, RawEnvelope,
+    },
+    history::{HistoryItem, HistoryKind},
 };
 
 /// The `source` of every event this service emits.
@@ -77,6 +80,11 @@ pub struct Notification {
         with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
     )]
     pub retried_at: Option<DateTime<Utc>>,
+    /// The order history's lines of the event that made it (handled, with
+    /// the failed attempts before), kept with it instead of in a record of
+    /// their own: the order's history costs this service no extra write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryItem>,
 }
 
 /// What a notification will say, before it is stored.
@@ -121,6 +129,7 @@ impl Draft {
             traceparent,
             created_at: now,
             retried_at: None,
+            history: Vec::new(),
         }
     }
 }
@@ -231,14 +240,61 @@ impl Notification {
         Cause::request(SOURCE, &self.correlation_id).in_trace(self.traceparent.clone())
     }
 
-    /// `notification.sent`, once the SMTP server took the email.
+    /// `notification.sent`, once the SMTP server took the email. Its id is
+    /// fixed by the notification ([`Self::sent_event_id`]).
     pub fn sent_event(&self) -> RawEnvelope {
-        self.cause().emit(NotificationSent {
-            notification_id: self.id.clone(),
-            kind: self.kind,
-            recipient: self.recipient.clone(),
-            order_id: self.order_id.clone(),
-        })
+        RawEnvelope {
+            event_id: self.sent_event_id(),
+            ..self.cause().emit(NotificationSent {
+                notification_id: self.id.clone(),
+                kind: self.kind,
+                recipient: self.recipient.clone(),
+                order_id: self.order_id.clone(),
+            })
+        }
+    }
+
+    /// The id of the `notification.sent` that reports this notification: a
+    /// notification is sent once, so its report has one id, known without
+    /// being stored (the SENT mark is one statement for a whole batch).
+    /// The notification's own UUIDv7 bytes as a UUIDv8, which no UUIDv7
+    /// event id can equal.
+    pub fn sent_event_id(&self) -> uuid::Uuid {
+        let notification = uuid::Uuid::parse_str(&self.id).unwrap_or_default();
+        uuid::Uuid::new_v8(*notification.as_bytes())
+    }
+
+    /// The email's Message-ID header: the notification's id, so a resend
+    /// after a crash carries the same one and mail systems drop the copy.
+    pub fn message_id(&self) -> String {
+        format!("<{}@e-commerce.local>", self.id)
+    }
+
+    /// This notification's lines of its order's history: the event it was
+    /// made for, and the email with its outcome, Message-ID and report.
+    pub fn history_items(&self) -> Vec<HistoryItem> {
+        let mut items = self.history.clone();
+        let at = match self.status {
+            NotificationStatus::Sent => self.sent_at.unwrap_or(self.created_at),
+            _ => self.waiting_since(),
+        };
+        items.push(HistoryItem {
+            status: Some(self.status.as_str().to_string()),
+            message_id: Some(self.message_id()),
+            recipient: Some(self.recipient.clone()),
+            detail: self.last_error.clone(),
+            attempt: Some(self.attempts),
+            event_type: Some(self.kind.as_str().to_string()),
+            ..HistoryItem::new(SOURCE, HistoryKind::Email, at)
+        });
+        if self.status == NotificationStatus::Sent {
+            items.push(HistoryItem {
+                event_type: Some(NotificationSent::TYPE.to_string()),
+                event_id: Some(self.sent_event_id().to_string()),
+                ..HistoryItem::new(SOURCE, HistoryKind::EventPublished, at)
+            });
+        }
+        items
     }
 
     /// Since when it has waited to go out: since it was recorded, or since an
@@ -364,6 +420,7 @@ mod tests {
             customer_id: "c".into(),
             customer_email: "c@example.com".into(),
             previous_status: shared::events::OrderStatus::Confirmed,
+            attempt: 1,
         });
         let rejected = order_rejected(&OrderRejected {
             order_id: "o1".into(),
@@ -382,12 +439,46 @@ mod tests {
             customer_id: "c".into(),
             customer_email: "c@example.com".into(),
             reason: "the order was not processed within 60 s".into(),
+            attempt: 1,
         });
         assert_eq!(draft.kind, NotificationKind::OrderFailed);
         assert_eq!(draft.recipient, "c@example.com");
         assert_eq!(draft.dedupe_key, "ORDER_FAILED:o1");
         assert!(draft.subject.contains("could not be processed"));
         assert!(draft.body.contains("within 60 s"), "{}", draft.body);
+    }
+
+    #[test]
+    fn a_sent_notification_tells_its_orders_history_the_email_and_its_report() {
+        let mut notification = order_rejected(&OrderRejected {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            customer_email: "c@example.com".into(),
+            reason: "insufficient stock".into(),
+        })
+        .into_notification("corr", None, Utc::now());
+        let pending = notification.history_items();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].status.as_deref(), Some("PENDING"));
+
+        notification.status = NotificationStatus::Sent;
+        notification.sent_at = Some(Utc::now());
+        let sent = notification.history_items();
+        let [email, report] = sent.as_slice() else {
+            panic!("{sent:?}")
+        };
+        assert_eq!(email.kind, HistoryKind::Email);
+        assert_eq!(email.status.as_deref(), Some("SENT"));
+        assert_eq!(
+            email.message_id.as_deref(),
+            Some(format!("<{}@e-commerce.local>", notification.id).as_str())
+        );
+        assert_eq!(email.recipient.as_deref(), Some("c@example.com"));
+        assert_eq!(report.kind, HistoryKind::EventPublished);
+        assert_eq!(
+            report.event_id,
+            Some(notification.sent_event().event_id.to_string())
+        );
     }
 
     #[test]
@@ -422,6 +513,11 @@ mod tests {
         assert_eq!(sent.correlation_id, "corr");
         let failed = notification.failed_event("550 no such user");
         assert_eq!(failed.data["kind"], "ORDER_REJECTED");
+        // The report of a send has one id, whoever sends it.
+        assert_eq!(sent.event_id, notification.sent_event().event_id);
+        assert_eq!(sent.event_id, notification.sent_event_id());
+        assert_ne!(sent.event_id.to_string(), notification.id);
+        assert_eq!(sent.event_id.get_version_num(), 8);
         assert_eq!(failed.data["lastError"], "550 no such user");
     }
 

@@ -6,6 +6,7 @@ use chrono::Utc;
 use shared::{
     broker::{HandleError, Handler, outcome},
     events::{RawEnvelope, ToNotificationService as Outcome},
+    history::History,
 };
 
 use crate::{domain, store::NotificationStore};
@@ -26,8 +27,13 @@ impl Handler for SagaOutcomes {
                 domain::low_stock(&data, &self.admin_email, &event.event_id.to_string())
             }
         };
-        let notification =
+        let mut notification =
             draft.into_notification(&event.correlation_id, event.traceparent.clone(), Utc::now());
+        if let Some(order_id) = &notification.order_id {
+            notification.history = History::of(domain::SOURCE, order_id)
+                .handled(&event)
+                .into_items();
+        }
         outcome(self.store.record_for_event(notification).await)
     }
 }

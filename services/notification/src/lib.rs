@@ -122,7 +122,8 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             admin_email: config.admin_email,
         }),
     );
-    core.serve(http::NotificationApi { store }, "Notification service")
+    core.with_history_source(Arc::new(store::EmailHistory(store.clone())))
+        .serve(http::NotificationApi { store }, "Notification service")
         .await
 }
 

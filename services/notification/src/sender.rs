@@ -434,7 +434,7 @@ impl Sender {
             .from(self.from.clone())
             .to(to)
             .subject(&notification.subject)
-            .message_id(Some(format!("<{}@e-commerce.local>", notification.id)))
+            .message_id(Some(notification.message_id()))
             .header(ContentType::TEXT_PLAIN)
             .body(notification.body.clone())
             .map_err(|e| e.to_string())

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use futures::TryStreamExt;
+use futures::{TryStreamExt, future::BoxFuture};
 use mongodb::{
     Collection, IndexModel,
     bson::{self, Document, doc},
@@ -12,6 +12,8 @@ use mongodb::{
 };
 use shared::{
     TaskTracker,
+    history::{History, HistoryItem},
+    http::history::HistorySource,
     store::{
         Batcher, PageRequest, Store, StoreError, UnitOfWork, WriteBatch, find_page, insert_new,
         retry_on_conflict,
@@ -20,7 +22,7 @@ use shared::{
 use tokio::sync::{Notify, mpsc};
 
 use crate::{
-    domain::{self, Notification, NotificationKind, NotificationStatus},
+    domain::{self, Notification, NotificationKind, NotificationStatus, SOURCE},
     error::Error,
 };
 
@@ -151,10 +153,8 @@ impl NotificationStore {
         Ok(find_page(&self.notifications, filter, page, |n| n.id.clone()).await?)
     }
 
-    /// The notifications about one order, newest first, and the next page's
-    /// cursor.
-    /// The notifications about an order; with `customer`, only if the order
-    /// is theirs.
+    /// The notifications about an order, newest first, and the next page's
+    /// cursor; with `customer`, only if the order is theirs.
     pub async fn notifications_of_order(
         &self,
         order_id: &str,
@@ -317,6 +317,7 @@ impl NotificationStore {
         notification: &Notification,
         error: &str,
     ) -> Result<(), StoreError> {
+        let failed = notification.failed_event(error);
         let mut unit = UnitOfWork::new();
         unit.update(
             NOTIFICATIONS,
@@ -324,9 +325,41 @@ impl NotificationStore {
             doc! { "_id": &notification.id },
             doc! { "$set": { "status": NotificationStatus::Failed.as_str(), "lastError": error, "claimedBy": null },
                    "$inc": { "attempts": 1 } },
-        )
-        .emit([notification.failed_event(error)]);
+        );
+        // Rare (every attempt failed), so it takes a history record of its own.
+        if let Some(order_id) = &notification.order_id {
+            unit.record(History::of(SOURCE, order_id).published(std::slice::from_ref(&failed)))?;
+        }
+        unit.emit([failed]);
         self.store.commit(unit).await
+    }
+
+    /// This service's lines of an order's history: each of its
+    /// notifications' ([`Notification::history_items`]).
+    pub async fn history_of_order(&self, order_id: &str) -> Result<Vec<HistoryItem>, StoreError> {
+        let notifications: Vec<Notification> = self
+            .notifications
+            .find(doc! { "orderId": order_id })
+            .limit(shared::history::MAX_RECORDS)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(notifications
+            .iter()
+            .flat_map(Notification::history_items)
+            .collect())
+    }
+}
+
+/// The notification service's lines of an order's history: its emails.
+pub struct EmailHistory(pub Arc<NotificationStore>);
+
+impl HistorySource for EmailHistory {
+    fn items<'a>(
+        &'a self,
+        order_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<HistoryItem>, StoreError>> {
+        Box::pin(self.0.history_of_order(order_id))
     }
 }
 

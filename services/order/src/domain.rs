@@ -11,7 +11,10 @@ use shared::events::{
 };
 #[cfg(test)]
 use shared::events::{InventoryReservationFailed, InventoryReserved};
-pub use shared::events::{OrderStatus, ToOrderService as InventoryAnswer};
+pub use shared::events::{OrderStatus, ToOrderService as SagaAnswer};
+
+pub mod saga;
+pub use saga::{AwaitedStep, awaited_step};
 
 /// The `source` of every event this service emits.
 pub const SOURCE: &str = "order-service";
@@ -48,6 +51,24 @@ pub struct Order {
     /// that it gave back what it held: flagged for an operator until then.
     #[serde(default)]
     pub awaiting_release: bool,
+    /// Which run of the saga this is: 1, and one more each time an
+    /// operator retries the FAILED order. Every saga event carries it, so an
+    /// answer to an earlier run moves nothing.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// When the current run of the saga began (its deadline counts from
+    /// here): the order's creation, or its last retry. Absent on orders
+    /// written before retries existed, whose saga began at `created_at`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub saga_started_at: Option<DateTime<Utc>>,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// Why a change is refused.
@@ -64,6 +85,13 @@ pub enum RuleViolation {
     LinesMismatch(String),
     #[error("the order total overflows")]
     TotalOverflow,
+    #[error("only a FAILED order's saga can be retried; this order is {0}")]
+    NotRetryable(&'static str),
+    #[error(
+        "the inventory has not yet confirmed that it released what it held for this order's \
+         last attempt; retry once it has (GET /admin/sagas/stuck shows what the saga waits for)"
+    )]
+    CompensationPending,
 }
 
 /// An order as it stands after a change, and the events the change emits.
@@ -123,8 +151,19 @@ pub fn place(
         updated_at: now,
         correlation_id: cause.correlation_id().to_string(),
         awaiting_release: false,
+        attempt: 1,
+        saga_started_at: Some(now),
     };
-    let created = cause.emit(OrderCreated {
+    let created = created_event(&order, cause);
+    Change {
+        order,
+        events: vec![created],
+    }
+}
+
+/// The `order.created` that starts a run of the order's saga.
+fn created_event(order: &Order, cause: &Cause) -> RawEnvelope {
+    cause.emit(OrderCreated {
         order_id: order.id.clone(),
         customer_id: order.customer_id.clone(),
         customer_email: order.customer_email.clone(),
@@ -136,11 +175,34 @@ pub fn place(
                 quantity: i.quantity,
             })
             .collect(),
-    });
-    Change {
-        order,
-        events: vec![created],
+        attempt: order.attempt,
+    })
+}
+
+/// An operator runs a FAILED order's saga again: PENDING, one attempt on,
+/// with a new deadline from `now`, and the `order.created` of the new
+/// attempt. Only once the last attempt's compensation is done (the
+/// inventory confirmed its release): then nothing is held for the order,
+/// so the new attempt takes stock at most once.
+pub fn retry(order: &Order, cause: &Cause, now: DateTime<Utc>) -> Result<Change, RuleViolation> {
+    if order.status != OrderStatus::Failed {
+        return Err(RuleViolation::NotRetryable(order.status.as_str()));
     }
+    if order.awaiting_release {
+        return Err(RuleViolation::CompensationPending);
+    }
+    let next = order.moved(OrderStatus::Pending, now, |o| {
+        o.attempt += 1;
+        o.saga_started_at = Some(now);
+        o.reason = None;
+        o.items.iter_mut().for_each(|i| i.unit_price_cents = None);
+        o.total_cents = None;
+    });
+    let created = created_event(&next, cause);
+    Ok(Change {
+        order: next,
+        events: vec![created],
+    })
 }
 
 /// The customer cancels: `order.cancelled`, which releases held stock.
@@ -151,6 +213,7 @@ pub fn cancel(order: &Order, cause: &Cause, now: DateTime<Utc>) -> Result<Change
         customer_id: order.customer_id.clone(),
         customer_email: order.customer_email.clone(),
         previous_status: order.status,
+        attempt: order.attempt,
     });
     Ok(Change {
         order: order.moved(OrderStatus::Cancelled, now, |_| {}),
@@ -179,28 +242,19 @@ pub fn advance(
     })
 }
 
-/// The order an inventory answer is about.
-pub fn answered_order(answer: &InventoryAnswer) -> &str {
-    match answer {
-        InventoryAnswer::InventoryReserved(data) => &data.order_id,
-        InventoryAnswer::InventoryReservationFailed(data) => &data.order_id,
-        InventoryAnswer::InventoryReleased(data) => &data.order_id,
-    }
-}
-
-/// The saga deadline: an order still PENDING `timeout` after it was
-/// accepted becomes FAILED with `order.failed`, which makes the inventory
-/// give back whatever it holds for it (or hold nothing if its answer is still
-/// to come) and the customer hear about it. Until the inventory confirms the
-/// release, the order stays flagged (`awaiting_release`). `None` if the order
-/// has moved on or still has time.
+/// The saga deadline: an order still waiting for the inventory's answer
+/// `timeout` after its saga began becomes FAILED with `order.failed`, which
+/// makes the inventory give back whatever it holds for it (or hold nothing
+/// if its answer is still to come) and the customer hear about it. Until the
+/// inventory confirms the release, the order stays flagged
+/// (`awaiting_release`). `None` if the order has moved on or still has time.
 pub fn expire(
     order: &Order,
     timeout: chrono::Duration,
     cause: &Cause,
     now: DateTime<Utc>,
 ) -> Option<Change> {
-    if order.status != OrderStatus::Pending || now - order.created_at < timeout {
+    if !saga::awaits_answer(order.status) || now - saga::started_at(order) < timeout {
         return None;
     }
     let reason = format!(
@@ -212,6 +266,7 @@ pub fn expire(
         customer_id: order.customer_id.clone(),
         customer_email: order.customer_email.clone(),
         reason: reason.clone(),
+        attempt: order.attempt,
     });
     Some(Change {
         order: order.moved(OrderStatus::Failed, now, |o| {
@@ -222,69 +277,33 @@ pub fn expire(
     })
 }
 
-/// The step a saga that has not ended waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AwaitedStep {
-    /// PENDING: the inventory has not answered `order.created` yet.
-    InventoryAnswer,
-    /// FAILED by the saga deadline: the inventory has not yet confirmed that
-    /// it gave back what it held.
-    InventoryRelease,
-}
-
-impl AwaitedStep {
-    /// The step in an operator's words, naming the event that ends the wait.
-    pub fn describe(self) -> &'static str {
-        match self {
-            AwaitedStep::InventoryAnswer => {
-                "the inventory's answer (inventory.reserved or inventory.reservation_failed)"
-            }
-            AwaitedStep::InventoryRelease => {
-                "the inventory to release its hold (inventory.released)"
-            }
-        }
-    }
-}
-
-/// What the order's saga waits for; `None` once the saga has ended (the
-/// order was decided, cancelled, or failed and released).
-pub fn awaited_step(order: &Order) -> Option<AwaitedStep> {
-    match order.status {
-        OrderStatus::Pending => Some(AwaitedStep::InventoryAnswer),
-        _ if order.awaiting_release => Some(AwaitedStep::InventoryRelease),
-        _ => None,
-    }
-}
-
-/// A saga's age: whole seconds since its order was accepted (0 for a clock
-/// that went back).
-pub fn age_seconds(accepted_at: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
-    u64::try_from((now - accepted_at).num_seconds()).unwrap_or(0)
-}
-
 /// What the inventory's answer does to the order: CONFIRMED with
 /// `order.confirmed`, REJECTED with `order.rejected`, or nothing (`None`)
 /// if the order has moved on.
 pub fn on_inventory_answer(
     order: &Order,
-    answer: &InventoryAnswer,
+    answer: &SagaAnswer,
     cause: &Cause,
     now: DateTime<Utc>,
 ) -> Result<Option<Change>, RuleViolation> {
+    // An answer to an earlier attempt of a retried saga moves nothing.
+    if saga::attempt_of(answer) != order.attempt {
+        return Ok(None);
+    }
     let step = match answer {
-        InventoryAnswer::InventoryReserved(data) => on_reserved(order, &data.lines)?,
-        InventoryAnswer::InventoryReservationFailed(data) => {
+        SagaAnswer::InventoryReserved(data) => on_reserved(order, &data.lines)?,
+        SagaAnswer::InventoryReservationFailed(data) => {
             on_reservation_failed(order, &data.reason, &data.short_lines)
         }
         // The compensation of a FAILED order is done: clear its flag.
-        InventoryAnswer::InventoryReleased(_) if order.awaiting_release => {
+        SagaAnswer::InventoryReleased(_) if order.awaiting_release => {
             return Ok(Some(Change {
                 order: order.moved(order.status, now, |o| o.awaiting_release = false),
                 events: Vec::new(),
             }));
         }
         // A cancel's release needs no answer.
-        InventoryAnswer::InventoryReleased(_) => SagaStep::Ignore,
+        SagaAnswer::InventoryReleased(_) => SagaStep::Ignore,
     };
     Ok(match step {
         SagaStep::Ignore => None,
@@ -439,7 +458,6 @@ pub fn request_fingerprint(
     hex::encode(hasher.finalize())
 }
 
-/// Indexes of lines that repeat an earlier line's product.
 /// The customer order limit's window: `ORDERS_PER_CUSTOMER_PER_MINUTE`
 /// counts the orders placed within it.
 pub const ORDER_LIMIT_WINDOW: chrono::Duration = chrono::Duration::minutes(1);
@@ -473,6 +491,7 @@ pub fn placed_at(order_id: &str) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(seconds as i64, nanos)
 }
 
+/// Indexes of lines that repeat an earlier line's product.
 pub fn duplicate_products(product_ids: &[&str]) -> Vec<usize> {
     let mut seen = std::collections::HashSet::new();
     product_ids
@@ -513,6 +532,8 @@ mod tests {
             updated_at: Utc::now(),
             correlation_id: "corr".into(),
             awaiting_release: false,
+            attempt: 1,
+            saga_started_at: None,
         }
     }
 
@@ -600,10 +621,11 @@ mod tests {
         );
     }
 
-    fn reserved(lines: Vec<PricedLine>) -> InventoryAnswer {
-        InventoryAnswer::InventoryReserved(InventoryReserved {
+    fn reserved(lines: Vec<PricedLine>) -> SagaAnswer {
+        SagaAnswer::InventoryReserved(InventoryReserved {
             order_id: "o1".into(),
             lines,
+            attempt: 1,
         })
     }
 
@@ -634,6 +656,7 @@ mod tests {
         let answer_event = Cause::request("inventory-service", "corr").emit(InventoryReserved {
             order_id: "o1".into(),
             lines: vec![],
+            attempt: 1,
         });
         let cause = Cause::event(SOURCE, &answer_event);
         let answer = reserved(vec![priced("a", 2, 100), priced("b", 1, 50)]);
@@ -653,10 +676,11 @@ mod tests {
 
     #[test]
     fn a_failed_reservation_rejects_with_order_rejected() {
-        let answer = InventoryAnswer::InventoryReservationFailed(InventoryReservationFailed {
+        let answer = SagaAnswer::InventoryReservationFailed(InventoryReservationFailed {
             order_id: "o1".into(),
             reason: "insufficient stock".into(),
             short_lines: vec![],
+            attempt: 1,
         });
         let cause = Cause::request(SOURCE, "corr");
         let change = on_inventory_answer(&order(OrderStatus::Pending), &answer, &cause, Utc::now())
@@ -703,9 +727,10 @@ mod tests {
             on_inventory_answer(&failed.order, &late, &cause, now),
             Ok(None)
         );
-        let released = InventoryAnswer::InventoryReleased(shared::events::InventoryReleased {
+        let released = SagaAnswer::InventoryReleased(shared::events::InventoryReleased {
             order_id: "o1".into(),
             lines: vec![],
+            attempt: 1,
         });
         let cleared = on_inventory_answer(&failed.order, &released, &cause, now)
             .unwrap()
@@ -738,9 +763,10 @@ mod tests {
             "{step}"
         );
 
-        let released = InventoryAnswer::InventoryReleased(shared::events::InventoryReleased {
+        let released = SagaAnswer::InventoryReleased(shared::events::InventoryReleased {
             order_id: "o1".into(),
             lines: vec![],
+            attempt: 1,
         });
         let cleared = on_inventory_answer(&failed, &released, &cause, Utc::now())
             .unwrap()
@@ -758,12 +784,122 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_order_whose_release_is_done_runs_its_saga_again_with_a_new_deadline() {
+        let cause = Cause::request(SOURCE, "corr");
+        let timeout = chrono::Duration::seconds(60);
+        let mut pending = order(OrderStatus::Pending);
+        pending.created_at = Utc::now() - chrono::Duration::hours(2);
+        let failed = expire(&pending, timeout, &cause, Utc::now()).unwrap().order;
+        assert_eq!(
+            retry(&failed, &cause, Utc::now()),
+            Err(RuleViolation::CompensationPending),
+            "not before the release"
+        );
+        let released = SagaAnswer::InventoryReleased(shared::events::InventoryReleased {
+            order_id: "o1".into(),
+            lines: vec![],
+            attempt: 1,
+        });
+        let failed = on_inventory_answer(&failed, &released, &cause, Utc::now())
+            .unwrap()
+            .unwrap()
+            .order;
+
+        let now = Utc::now();
+        let retried = retry(&failed, &cause, now).expect("a released FAILED order retries");
+        assert_eq!(retried.order.status, OrderStatus::Pending);
+        assert_eq!(retried.order.attempt, 2);
+        assert_eq!(retried.order.version, failed.version + 1);
+        assert_eq!(retried.order.reason, None);
+        assert_eq!(saga::started_at(&retried.order), now);
+        let [created] = retried.events.as_slice() else {
+            panic!("{:?}", retried.events)
+        };
+        assert_eq!(created.event_type, "order.created");
+        assert_eq!(created.data["attempt"], 2);
+        assert_eq!(
+            expire(
+                &retried.order,
+                timeout,
+                &cause,
+                now + chrono::Duration::seconds(30)
+            ),
+            None,
+            "the deadline counts from the retry, not from the order's creation"
+        );
+        assert!(expire(&retried.order, timeout, &cause, now + timeout).is_some());
+
+        for status in [
+            OrderStatus::Pending,
+            OrderStatus::Confirmed,
+            OrderStatus::Rejected,
+            OrderStatus::Cancelled,
+        ] {
+            assert_eq!(
+                retry(&order(status), &cause, now),
+                Err(RuleViolation::NotRetryable(status.as_str()))
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_to_an_earlier_attempt_moves_nothing() {
+        let cause = Cause::request(SOURCE, "corr");
+        let mut retried = order(OrderStatus::Pending);
+        retried.attempt = 2;
+        let stale = reserved(vec![priced("a", 2, 1), priced("b", 1, 1)]);
+        assert_eq!(saga::attempt_of(&stale), 1);
+        assert_eq!(
+            on_inventory_answer(&retried, &stale, &cause, Utc::now()),
+            Ok(None)
+        );
+        let SagaAnswer::InventoryReserved(mut current) = stale else {
+            unreachable!()
+        };
+        current.attempt = 2;
+        let confirmed = on_inventory_answer(
+            &retried,
+            &SagaAnswer::InventoryReserved(current),
+            &cause,
+            Utc::now(),
+        )
+        .unwrap()
+        .expect("its own attempt's answer moves it");
+        assert_eq!(confirmed.order.status, OrderStatus::Confirmed);
+    }
+
+    #[test]
+    fn the_saga_waits_for_an_answer_only_while_pending_and_ends_once() {
+        use saga::SagaEnd;
+        assert!(saga::awaits_answer(OrderStatus::Pending));
+        let pending = order(OrderStatus::Pending);
+        for (to, end) in [
+            (OrderStatus::Confirmed, Some(SagaEnd::Confirmed)),
+            (OrderStatus::Rejected, Some(SagaEnd::Rejected)),
+            (OrderStatus::Failed, Some(SagaEnd::Failed)),
+            (OrderStatus::Cancelled, Some(SagaEnd::Cancelled)),
+            (OrderStatus::Pending, None),
+        ] {
+            assert!(!saga::awaits_answer(to) || to == OrderStatus::Pending);
+            assert_eq!(saga::ended_by(&pending, &order(to)), end, "{to:?}");
+        }
+        assert_eq!(
+            saga::ended_by(
+                &order(OrderStatus::Confirmed),
+                &order(OrderStatus::Cancelled)
+            ),
+            None,
+            "a cancel after the saga ended ends nothing"
+        );
+    }
+
+    #[test]
     fn a_sagas_age_is_whole_seconds_since_it_was_accepted() {
         let accepted = Utc::now();
         let later = accepted + chrono::Duration::milliseconds(2_900);
-        assert_eq!(age_seconds(accepted, later), 2);
+        assert_eq!(saga::age_seconds(accepted, later), 2);
         let earlier = accepted - chrono::Duration::seconds(5);
-        assert_eq!(age_seconds(accepted, earlier), 0);
+        assert_eq!(saga::age_seconds(accepted, earlier), 0);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The order service's reaction to the inventory's answers: event → domain
-//! (inside the store's batch writer) → store.
+//! The order service's reaction to the saga participants' answers: event →
+//! domain (inside the store's batch writer) → store.
 
 use std::sync::Arc;
 
@@ -10,14 +10,14 @@ use shared::{
 
 use crate::{backlog::Backlog, store::OrderStore};
 
-pub struct InventoryAnswers {
+pub struct SagaAnswers {
     pub store: Arc<OrderStore>,
     /// Told of every answer applied: the saga's finishing rate, which new
     /// orders are admitted at when it falls behind.
     pub backlog: Option<Arc<Backlog>>,
 }
 
-impl Handler for InventoryAnswers {
+impl Handler for SagaAnswers {
     async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
         let answer = ToOrderService::decode(&event)?;
         let applied = outcome(self.store.apply_inventory_answer(event, answer).await);

@@ -13,6 +13,7 @@ use poem_openapi::{
 };
 use shared::{
     events::Cause,
+    history::in_time_order,
     http::{
         AdminAuth, ApiError, CorrelationId, Cursor, CustomerAuth, EmailAddress, FieldError, Page,
         PageSize, Refused, ValidJson,
@@ -20,6 +21,7 @@ use shared::{
             BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unprocessable,
             UnsupportedMediaType,
         },
+        history::{LocalHistory, OrderHistory},
         page,
     },
     money::major_units,
@@ -28,11 +30,12 @@ use validator::Validate;
 
 use crate::{
     backlog::Backlog,
-    domain::{self, Order, OrderStatus},
+    domain::{self, Order, OrderStatus, saga},
     error::Error,
     inventory::{InventoryClient, ProductCheck},
     limit::CustomerLimit,
     metrics::SagaMetrics,
+    participants::Participants,
     store::{Created, OrderStore},
 };
 
@@ -53,6 +56,10 @@ pub struct OrderApi {
     pub saga: SagaMetrics,
     /// Refuses a customer's orders past its limit a minute (`None`: off).
     pub customer_limit: Option<CustomerLimit>,
+    /// This service's part of an order's history.
+    pub history: LocalHistory,
+    /// The other services, asked for their parts.
+    pub participants: Participants,
 }
 
 /// A new order.
@@ -182,6 +189,9 @@ pub struct OrderView {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// Which run of its saga this is: 1, and one more each time an operator
+    /// retried the FAILED order (`POST /admin/orders/{orderId}/retry`).
+    pub attempt: u32,
 }
 
 impl From<Order> for OrderView {
@@ -205,6 +215,7 @@ impl From<Order> for OrderView {
             version: order.version,
             created_at: order.created_at,
             updated_at: order.updated_at,
+            attempt: order.attempt,
         }
     }
 }
@@ -219,7 +230,8 @@ pub struct StuckSagaView {
     pub customer_id: String,
     /// PENDING, or FAILED while the inventory's release is awaited.
     pub status: OrderStatus,
-    /// Whole seconds since the order was accepted.
+    /// Whole seconds since its saga began (the order was accepted, or last
+    /// retried).
     pub age_seconds: u64,
     /// When the order was accepted.
     pub created_at: DateTime<Utc>,
@@ -233,7 +245,7 @@ impl StuckSagaView {
     fn of(order: Order, now: DateTime<Utc>) -> Option<Self> {
         let step = domain::awaited_step(&order)?;
         Some(StuckSagaView {
-            age_seconds: domain::age_seconds(order.created_at, now),
+            age_seconds: saga::age_seconds(saga::started_at(&order), now),
             waiting_for: step.describe().to_string(),
             order_id: order.id,
             customer_id: order.customer_id,
@@ -286,6 +298,13 @@ impl OrderApi {
             .filter(|order| auth.0.acts_for(&order.customer_id))
             .ok_or_else(|| Error::NotFound(order_id.to_string()))
     }
+}
+
+#[derive(ApiResponse)]
+pub enum HistoryResponse {
+    /// The order's life in every service, oldest first.
+    #[oai(status = 200)]
+    Ok(Json<OrderHistory>),
 }
 
 #[derive(ApiResponse)]
@@ -452,6 +471,55 @@ impl OrderApi {
     ) -> Result<OrderResponse, Refused<(Unauthorized, NotFound, Conflict)>> {
         self.own_order(&auth, &order_id).await?;
         let order = self.store.cancel(&order_id, &correlation.0.0).await?;
+        Ok(OrderResponse::Ok(Json(order.into())))
+    }
+
+    /// One of the caller's orders' history, assembled from every service:
+    /// each event the saga published or handled (with retries before),
+    /// each status change with its reason, each dead letter with its replay
+    /// or discard, each email with its Message-ID and outcome, oldest
+    /// first. Another customer's order is 404. A service that does not
+    /// answer is listed in `incomplete` instead of failing the request.
+    /// Kept `HISTORY_RETENTION_DAYS` (30).
+    #[oai(path = "/api/orders/:order_id/history", method = "get")]
+    async fn order_history(
+        &self,
+        auth: CustomerAuth,
+        order_id: Path<String>,
+    ) -> Result<HistoryResponse, Refused<(Unauthorized, NotFound)>> {
+        self.own_order(&auth, &order_id).await?;
+        let (own, (theirs, incomplete)) = tokio::join!(
+            self.history.items(&order_id),
+            self.participants.history(&order_id)
+        );
+        let mut items = own.map_err(Error::from)?;
+        items.extend(theirs);
+        Ok(HistoryResponse::Ok(Json(OrderHistory {
+            order_id: order_id.0,
+            items: in_time_order(items),
+            incomplete,
+        })))
+    }
+
+    /// Run a FAILED order's saga again (admin): PENDING, one attempt on,
+    /// with a new deadline; it ends CONFIRMED or REJECTED like any order.
+    /// Only once the inventory has confirmed it released what the last
+    /// attempt held, so stock is taken at most once; the customer's
+    /// confirmation email goes out at most once. Any other status, or a
+    /// release still awaited, is 409 with the reason.
+    #[oai(
+        path = "/admin/orders/:order_id/retry",
+        method = "post",
+        tag = "Tag::Sagas"
+    )]
+    async fn retry_saga(
+        &self,
+        _admin: AdminAuth,
+        order_id: Path<String>,
+        correlation: Data<&CorrelationId>,
+    ) -> Result<OrderResponse, Refused<(Unauthorized, NotFound, Conflict)>> {
+        let order = self.store.retry(&order_id, &correlation.0.0).await?;
+        tracing::info!(order_id = %order.id, attempt = order.attempt, "saga retried by an operator");
         Ok(OrderResponse::Ok(Json(order.into())))
     }
 

@@ -97,7 +97,7 @@ impl InventoryClient {
     }
 }
 
-fn urlencode(segment: &str) -> String {
+pub(crate) fn urlencode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {

@@ -11,6 +11,7 @@ pub mod http;
 pub mod inventory;
 pub mod limit;
 pub mod metrics;
+pub mod participants;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -105,7 +106,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
         .map(|limit| Backlog::spawn(store.clone(), limit, core.shutdown.clone(), &core.tasks));
     core.spawn_consumer(
         ORDER_SERVICE,
-        Arc::new(handler::InventoryAnswers {
+        Arc::new(handler::SagaAnswers {
             store: store.clone(),
             backlog: backlog.clone(),
         }),
@@ -124,6 +125,14 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             &config.inventory_url,
             &core.breakers,
         )),
+        history: core.local_history(),
+        participants: participants::Participants::new(
+            vec![
+                ("inventory-service", config.inventory_url.clone()),
+                ("notification-service", config.notification_url.clone()),
+            ],
+            core.config.admin_tokens.first().cloned(),
+        ),
     };
     core.with_gauges(gauges)
         .with_routes(console::routes(

@@ -12,7 +12,10 @@ use shared::{
 };
 
 use crate::{
-    domain::{self, Order, OrderStatus},
+    domain::{
+        Order, OrderStatus,
+        saga::{self, SagaEnd},
+    },
     store::OrderStore,
 };
 
@@ -58,24 +61,20 @@ impl SagaMetrics {
         self.refused.inc();
     }
 
-    /// `before` became `after` in a committed change: counts a saga that
-    /// ended there (once, as it leaves PENDING) or a cancellation.
+    /// `before` became `after` in a committed change: counts the end of a
+    /// saga's wait ([`saga::ended_by`]), timed from when its run began, and
+    /// every cancellation (of a CONFIRMED order too).
     pub fn changed(&self, before: &Order, after: &Order) {
-        if before.status == after.status {
-            return;
+        let ended = saga::ended_by(before, after);
+        if after.status == OrderStatus::Cancelled && before.status != OrderStatus::Cancelled {
+            self.count(SagaEnd::Cancelled.as_str(), 1);
         }
-        let outcome = match after.status {
-            OrderStatus::Cancelled => return self.count("cancelled", 1),
-            OrderStatus::Confirmed => "confirmed",
-            OrderStatus::Rejected => "rejected",
-            OrderStatus::Failed => "failed",
-            _ => return,
+        let Some(end) = ended.filter(|end| *end != SagaEnd::Cancelled) else {
+            return;
         };
-        if before.status != OrderStatus::Pending {
-            return;
-        }
+        let outcome = end.as_str();
         self.count(outcome, 1);
-        if let Ok(took) = (after.updated_at - after.created_at).to_std() {
+        if let Ok(took) = (after.updated_at - saga::started_at(after)).to_std() {
             metrics::observe(&self.duration.get_or_create(&Outcome { outcome }), took);
         }
     }
@@ -103,7 +102,7 @@ impl GaugeSource for SagaGauges {
                     return Vec::new();
                 }
             };
-            let age = oldest.map_or(0, |accepted| domain::age_seconds(accepted, Utc::now()));
+            let age = oldest.map_or(0, |began| saga::age_seconds(began, Utc::now()));
             vec![Gauge {
                 name: "saga_oldest_unfinished_age_seconds",
                 help: "Seconds since the oldest saga that has not ended began (PENDING, or \

@@ -14,6 +14,7 @@ use serde::Serialize;
 use shared::{
     TaskTracker,
     events::{Cause, RawEnvelope},
+    history::{History, HistoryItem, HistoryStore},
     store::{
         Batcher, ListOrder, OnDuplicate, PageRequest, ReadBatch, Store, StoreError, UnitOfWork,
         WriteBatch, find_page, find_page_in, retry_on_conflict,
@@ -21,7 +22,7 @@ use shared::{
 };
 
 use crate::{
-    domain::{self, Change, InventoryAnswer, Order, OrderStatus, RuleViolation, SOURCE},
+    domain::{self, Change, Order, OrderStatus, RuleViolation, SOURCE, SagaAnswer, saga},
     error::Error,
     metrics::SagaMetrics,
 };
@@ -76,10 +77,11 @@ struct NewOrder {
 
 pub struct OrderStore {
     store: Store,
+    history: HistoryStore,
     orders: Collection<Order>,
     keys: Collection<Document>,
     creates: Batcher<NewOrder>,
-    answers: Batcher<(RawEnvelope, InventoryAnswer)>,
+    answers: Batcher<(RawEnvelope, SagaAnswer)>,
     recent: Batcher<NthNewest, Option<String>>,
     /// Told of every change that commits.
     saga: SagaMetrics,
@@ -115,6 +117,7 @@ impl OrderStore {
                     orders: store.collection(ORDERS),
                 },
             ),
+            history: store.history(),
             store,
             saga,
         }
@@ -134,6 +137,7 @@ impl OrderStore {
             doc! { "status": 1, "_id": -1 },
             // The saga deadline and the stuck-saga finder: oldest first.
             doc! { "status": 1, "createdAt": 1 },
+            doc! { "status": 1, "sagaStartedAt": 1 },
             doc! { "awaitingRelease": 1, "createdAt": 1 },
         ] {
             self.orders
@@ -241,6 +245,20 @@ impl OrderStore {
         .await
     }
 
+    /// Runs a FAILED order's saga again ([`domain::retry`]).
+    pub async fn retry(&self, order_id: &str, correlation_id: &str) -> Result<Order, Error> {
+        let cause = Cause::request(SOURCE, correlation_id);
+        self.change(order_id, None, |order| {
+            domain::retry(order, &cause, Utc::now())
+        })
+        .await
+    }
+
+    /// What this service recorded for the order's history, oldest first.
+    pub async fn history(&self, order_id: &str) -> Result<Vec<HistoryItem>, StoreError> {
+        Ok(self.history.of_order(order_id).await?)
+    }
+
     /// An admin move along CONFIRMED→SHIPPED→DELIVERED.
     pub async fn set_status(
         &self,
@@ -281,6 +299,7 @@ impl OrderStore {
             let change = decide(&order)?;
             let mut unit = UnitOfWork::new();
             unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
+                .record(history_of(Some(&order), &change, None))?
                 .emit(change.events);
             self.store.commit(unit).await?;
             self.saga.changed(&order, &change.order);
@@ -293,9 +312,10 @@ impl OrderStore {
         })
     }
 
-    /// Fails the orders still PENDING `timeout` after they were accepted,
-    /// oldest first, up to a batch per call; returns how many it failed. An
-    /// order decided meanwhile loses nothing: its version guard refuses.
+    /// Fails the orders still waiting for an answer `timeout` after their
+    /// saga began, oldest first, up to a batch per call; returns how many it
+    /// failed. An order decided meanwhile loses nothing: its version guard
+    /// refuses.
     pub async fn fail_overdue(&self, timeout: std::time::Duration) -> Result<usize, StoreError> {
         let now = Utc::now();
         let timeout = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
@@ -303,10 +323,11 @@ impl OrderStore {
         let Some(cutoff) = now.checked_sub_signed(timeout) else {
             return Ok(0);
         };
-        let cutoff = bson::DateTime::from_chrono(cutoff);
+        let mut overdue = awaiting_answer();
+        overdue.extend(began_by(cutoff));
         let overdue: Vec<Order> = self
             .orders
-            .find(doc! { "status": OrderStatus::Pending.as_str(), "createdAt": { "$lte": cutoff } })
+            .find(overdue)
             .sort(doc! { "createdAt": 1 })
             .limit(OVERDUE_BATCH)
             .await?
@@ -320,6 +341,7 @@ impl OrderStore {
             };
             let mut unit = UnitOfWork::new();
             unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
+                .record(history_of(Some(order), &change, None))?
                 .emit(change.events);
             match self.store.commit(unit).await {
                 Ok(()) => {
@@ -334,9 +356,9 @@ impl OrderStore {
         Ok(failed)
     }
 
-    /// Sagas that have not ended, oldest first: orders still PENDING, and
-    /// FAILED ones whose stock the inventory has not confirmed released,
-    /// accepted at least `older_than` ago.
+    /// Sagas that have not ended, oldest first: orders waiting for an
+    /// answer, and FAILED ones whose stock the inventory has not confirmed
+    /// released, whose saga began at least `older_than` ago.
     pub async fn unfinished(
         &self,
         older_than: std::time::Duration,
@@ -355,20 +377,17 @@ impl OrderStore {
             .await?)
     }
 
-    /// How many sagas are open: orders accepted and not yet confirmed,
-    /// rejected or failed, wherever in the saga they are. An index count
-    /// (`status`, `_id`), so it costs the number of open orders, not of all.
+    /// How many sagas wait for an answer: what admission counts. An index
+    /// count (`status`, `_id`), so it costs the number of open orders, not
+    /// of all.
     pub async fn open_sagas(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .orders
-            .count_documents(doc! { "status": OrderStatus::Pending.as_str() })
-            .await?)
+        Ok(self.orders.count_documents(awaiting_answer()).await?)
     }
 
     /// When the oldest saga that has not ended began, if one has not.
     pub async fn oldest_unfinished(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let oldest = self.unfinished(std::time::Duration::ZERO, 1).await?;
-        Ok(oldest.first().map(|order| order.created_at))
+        Ok(oldest.first().map(saga::started_at))
     }
 
     /// [`Self::unfinished`] a page at a time, and the next page's cursor.
@@ -398,21 +417,65 @@ impl OrderStore {
     pub async fn apply_inventory_answer(
         &self,
         event: RawEnvelope,
-        answer: InventoryAnswer,
+        answer: SagaAnswer,
     ) -> Result<(), StoreError> {
         self.answers.write((event, answer)).await
     }
 }
 
-/// The orders whose saga has not ended, accepted at least `older_than` ago;
+/// The orders whose saga has not ended, begun at least `older_than` ago;
 /// `None` if that is before the calendar goes back (nothing is that old).
 fn unfinished_filter(older_than: std::time::Duration) -> Option<Document> {
     let older_than = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
     let cutoff = Utc::now().checked_sub_signed(older_than)?;
     Some(doc! {
-        "$or": [ { "status": OrderStatus::Pending.as_str() }, { "awaitingRelease": true } ],
-        "createdAt": { "$lte": bson::DateTime::from_chrono(cutoff) },
+        "$and": [
+            { "$or": [ awaiting_answer(), { "awaitingRelease": true } ] },
+            began_by(cutoff),
+        ]
     })
+}
+
+/// The orders whose saga waits for an answer ([`saga::AWAITING_ANSWER`]).
+fn awaiting_answer() -> Document {
+    let statuses: Vec<&str> = saga::AWAITING_ANSWER.iter().map(|s| s.as_str()).collect();
+    doc! { "status": { "$in": statuses } }
+}
+
+/// The orders whose current saga run began at `cutoff` or earlier: since
+/// their last retry, or since they were created for orders stored before
+/// retries existed ([`saga::started_at`]).
+fn began_by(cutoff: DateTime<Utc>) -> Document {
+    let cutoff = bson::DateTime::from_chrono(cutoff);
+    doc! {
+        "$or": [
+            { "sagaStartedAt": { "$lte": cutoff } },
+            { "sagaStartedAt": null, "createdAt": { "$lte": cutoff } },
+        ]
+    }
+}
+
+/// What a change of an order recorded in its history: the event it handled
+/// (if any), the status change (if the status moved) and the events it
+/// published.
+fn history_of(before: Option<&Order>, change: &Change, handled: Option<&RawEnvelope>) -> History {
+    let mut history = History::of(SOURCE, &change.order.id);
+    if let Some(event) = handled {
+        history = history.handled(event);
+    }
+    let from = before.map(|order| order.status);
+    let to = change.order.status;
+    if from != Some(to) {
+        let reason = match (from, to) {
+            (Some(OrderStatus::Failed), OrderStatus::Pending) => Some(format!(
+                "saga retried by an operator (attempt {})",
+                change.order.attempt
+            )),
+            _ => change.order.reason.clone(),
+        };
+        history = history.status(from, to, reason, change.order.updated_at);
+    }
+    history.published(&change.events)
 }
 
 /// A question for [`RecentOrders`].
@@ -517,6 +580,7 @@ impl WriteBatch for CreateOrders {
             batch.iter().map(|n| &n.change.order),
             OnDuplicate::Taken("order id"),
         )?
+        .record_all(batch.iter().map(|n| history_of(None, &n.change, None)))?
         .emit(batch.iter().flat_map(|n| n.change.events.iter().cloned()));
         self.store.commit(unit).await?;
         self.saga.accepted(batch.len() as u64);
@@ -533,13 +597,10 @@ struct ApplyAnswers {
 }
 
 impl WriteBatch for ApplyAnswers {
-    type Item = (RawEnvelope, InventoryAnswer);
+    type Item = (RawEnvelope, SagaAnswer);
 
-    async fn write(&self, batch: &[(RawEnvelope, InventoryAnswer)]) -> Result<(), StoreError> {
-        let ids: Vec<&str> = batch
-            .iter()
-            .map(|(_, a)| domain::answered_order(a))
-            .collect();
+    async fn write(&self, batch: &[(RawEnvelope, SagaAnswer)]) -> Result<(), StoreError> {
+        let ids: Vec<&str> = batch.iter().map(|(_, a)| saga::answered_order(a)).collect();
         let orders: HashMap<String, Order> = self
             .orders
             .find(doc! { "_id": { "$in": &ids } })
@@ -557,20 +618,41 @@ impl WriteBatch for ApplyAnswers {
         for (event, answer) in batch {
             let order =
                 orders
-                    .get(domain::answered_order(answer))
+                    .get(saga::answered_order(answer))
                     .ok_or_else(|| StoreError::NotFound {
                         what: "order",
-                        id: domain::answered_order(answer).to_string(),
+                        id: saga::answered_order(answer).to_string(),
                     })?;
             let cause = Cause::event(SOURCE, event);
             let change = domain::on_inventory_answer(order, answer, &cause, now)
                 .map_err(|rule| StoreError::Rule(rule.to_string()))?;
             // Two answers for one order in a batch meet the same version:
             // the second conflicts, and on its own finds the order decided.
-            if let Some(change) = change {
-                unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
+            match change {
+                Some(change) => {
+                    unit.replace_versioned(
+                        ORDERS,
+                        "order",
+                        &order.id,
+                        order.version,
+                        &change.order,
+                    )?
+                    .record(history_of(Some(order), &change, Some(event)))?
                     .emit(change.events);
-                changed.push((order, change.order));
+                    changed.push((order, change.order));
+                }
+                // Late, stale or repeated: said in the history, since an
+                // operator asking why an order did not move wants to see it.
+                None => {
+                    unit.record(History::of(SOURCE, &order.id).handled_without_effect(
+                        event,
+                        format!(
+                            "no effect: the order is {} at attempt {}",
+                            order.status.as_str(),
+                            order.attempt
+                        ),
+                    ))?;
+                }
             }
         }
         self.store.commit(unit).await?;

@@ -24,7 +24,10 @@ use super::{
     inbox::{INBOX, inbox_record},
     outbox::{OUTBOX, Outbox, OutboxRecord},
 };
-use crate::events::RawEnvelope;
+use crate::{
+    events::RawEnvelope,
+    history::{HISTORY, History, HistoryRecord, HistoryStore},
+};
 
 /// What an insert that meets a unique index means.
 #[derive(Clone, Copy, Debug)]
@@ -175,6 +178,21 @@ impl UnitOfWork {
         ))
     }
 
+    /// Records what the unit does for an order in the order's history
+    /// ([`crate::history`]), in the same transaction.
+    pub fn record(&mut self, history: History) -> Result<&mut Self, StoreError> {
+        self.record_all([history])
+    }
+
+    /// [`Self::record`] for several orders, as one insert.
+    pub fn record_all(
+        &mut self,
+        histories: impl IntoIterator<Item = History>,
+    ) -> Result<&mut Self, StoreError> {
+        let records: Vec<HistoryRecord> = histories.into_iter().map(History::into_record).collect();
+        self.insert(HISTORY, &records, OnDuplicate::Conflict("history record"))
+    }
+
     /// Emits `events` once the unit commits (through the outbox, in one record
     /// with the unit's other events).
     pub fn emit(&mut self, events: impl IntoIterator<Item = RawEnvelope>) -> &mut Self {
@@ -204,6 +222,11 @@ pub struct Store {
 impl Store {
     pub fn new(db: Database, outbox: Outbox) -> Self {
         Store { db, outbox }
+    }
+
+    /// Where the service's part of the orders' histories is read.
+    pub fn history(&self) -> HistoryStore {
+        HistoryStore::new(&self.db)
     }
 
     /// A collection, for reads and for plain single writes that emit nothing.

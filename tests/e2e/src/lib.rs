@@ -38,6 +38,8 @@ pub struct Stack {
     pub notification: String,
     pub http: reqwest::Client,
     shutdown: Vec<CancellationToken>,
+    /// The test's settings for every service, for a restart.
+    extra: Vec<(&'static str, String)>,
 }
 
 impl Stack {
@@ -84,14 +86,15 @@ impl Stack {
 
     /// With extra settings for every service (e.g. `PREFETCH=1` to make
     /// delivery order observable).
-    pub async fn start_with(extra: &[(&str, &str)]) -> Stack {
+    pub async fn start_with(extra: &[(&'static str, &str)]) -> Stack {
         // The services log to stdout, which the test harness does not
         // capture: only when asked.
         if std::env::var_os("TEST_LOG").is_some() {
             // Kept for the whole test process.
             std::mem::forget(shared::telemetry::init("e2e"));
         }
-        let extra: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let extra: Vec<(&'static str, String)> =
+            extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let mut shutdown = Vec::new();
 
@@ -144,6 +147,7 @@ impl Stack {
             notification: notification_url,
             http: reqwest::Client::new(),
             shutdown,
+            extra,
         };
         // Consumers declare their queues on connect; wait until they have, so
         // no event is published before its queue exists.
@@ -155,6 +159,23 @@ impl Stack {
     /// it had gone away; its queue stays and fills.
     pub fn stop_inventory(&self) {
         self.shutdown[0].cancel();
+    }
+
+    /// Starts the inventory service again after [`Self::stop_inventory`],
+    /// on the same port and database: it takes what waited in its queue.
+    pub async fn restart_inventory(&mut self) {
+        let port = self.inventory.rsplit(':').next().unwrap().to_string();
+        let env = Self::env(&self.id, "inventory", &[("PORT", port)], &self.extra);
+        let config =
+            inventory_service::Config::from_lookup(&env).expect("valid inventory settings");
+        // The stopped one may still be letting go of the port.
+        let inventory = eventually("the inventory to start again", || {
+            let config = config.clone();
+            async move { inventory_service::build(config).await.ok() }
+        })
+        .await;
+        self.shutdown[0] = inventory.shutdown_token();
+        tokio::spawn(inventory.run_until_stopped());
     }
 
     async fn wait_for_queues(&self) {

@@ -81,7 +81,7 @@ impl BrowserTest {
 
 /// An `order.cancelled` event in a version nobody speaks: the inventory
 /// dead-letters it at once.
-fn future_version_cancel(order_id: &str) -> Vec<u8> {
+fn retired_version_cancel(order_id: &str) -> Vec<u8> {
     let mut event = serde_json::to_value(Envelope::new(
         "test",
         "corr-console",
@@ -91,10 +91,11 @@ fn future_version_cancel(order_id: &str) -> Vec<u8> {
             customer_id: "c".into(),
             customer_email: "console@example.com".into(),
             previous_status: OrderStatus::Pending,
+            attempt: 1,
         },
     ))
     .unwrap();
-    event["eventVersion"] = json!(99);
+    event["eventVersion"] = json!(0);
     serde_json::to_vec(&event).unwrap()
 }
 
@@ -118,7 +119,7 @@ async fn the_admin_console_shows_a_dead_letter_and_replays_it_in_the_browser() {
     let stack = Stack::start().await;
     let low = stack.create_product(2, 5, 3.5).await;
     stack
-        .publish_raw("order.cancelled", &future_version_cancel("o-console"))
+        .publish_raw("order.cancelled", &retired_version_cancel("o-console"))
         .await;
     let dead = stack.dead_letters(&stack.inventory, "DEAD", 1).await;
     let id = dead[0]["deadLetterId"].as_str().unwrap().to_string();
@@ -162,7 +163,7 @@ async fn the_admin_console_shows_a_dead_letter_and_replays_it_in_the_browser() {
                 ("CONSOLE_TEST_MODE", "replay".into()),
                 ("DEAD_LETTER_ID", id.clone()),
                 ("LOW_STOCK_PRODUCT_ID", low),
-                ("EXPECT_IN_PAYLOAD", "\"eventVersion\": 99".into()),
+                ("EXPECT_IN_PAYLOAD", "\"eventVersion\": 0".into()),
                 ("CONSOLE_SCREENSHOT", screenshot_path("replay")),
             ],
         )

@@ -122,6 +122,7 @@ async fn the_stuck_saga_finder_lists_orders_nobody_answered_oldest_first_with_th
             quantity: 1,
             unit_price_cents: 500,
         }],
+        attempt: 1,
     });
     stack.publish_raw(InventoryReserved::TYPE, &reserved).await;
     assert_eq!(stack.final_order(&older).await["status"], "CONFIRMED");
@@ -153,6 +154,7 @@ async fn an_order_failed_by_the_deadline_is_listed_until_the_inventory_releases_
             product_id: product,
             quantity: 1,
         }],
+        attempt: 1,
     });
     stack.publish_raw(InventoryReleased::TYPE, &released).await;
     eventually("the released order to leave the list", || async {

@@ -6,8 +6,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use shared::events::{Envelope, OrderCancelled};
 
-/// An `order.cancelled` event in a version nobody speaks: a permanent failure.
-fn future_version_cancel(order_id: &str) -> Vec<u8> {
+/// An `order.cancelled` event in a version no consumer reads any more (older
+/// than the previous one): a permanent failure. (A newer version than a
+/// consumer knows would be retried, waiting for an upgraded instance.)
+fn retired_version_cancel(order_id: &str) -> Vec<u8> {
     let mut event = serde_json::to_value(Envelope::new(
         "test",
         "corr-dlq",
@@ -17,10 +19,11 @@ fn future_version_cancel(order_id: &str) -> Vec<u8> {
             customer_id: "c".into(),
             customer_email: "dlq@example.com".into(),
             previous_status: shared::events::OrderStatus::Pending,
+            attempt: 1,
         },
     ))
     .unwrap();
-    event["eventVersion"] = json!(99);
+    event["eventVersion"] = json!(0);
     serde_json::to_vec(&event).unwrap()
 }
 
@@ -29,7 +32,7 @@ async fn dead_letters_are_listed_replayed_through_the_handler_and_discarded_on_r
     let stack = Stack::start().await;
     let base = format!("{}/admin/dead-letters", stack.inventory);
     stack
-        .publish_raw("order.cancelled", &future_version_cancel("o-1"))
+        .publish_raw("order.cancelled", &retired_version_cancel("o-1"))
         .await;
 
     let dead = stack.dead_letters(&stack.inventory, "DEAD", 1).await;
@@ -47,7 +50,7 @@ async fn dead_letters_are_listed_replayed_through_the_handler_and_discarded_on_r
         first["reason"]
             .as_str()
             .unwrap()
-            .contains("version 99 is not supported"),
+            .contains("version 0 is too old"),
         "{first}"
     );
     assert!(first["firstFailureAt"].is_string() && first["lastFailureAt"].is_string());
@@ -93,12 +96,12 @@ async fn dead_letters_are_listed_replayed_through_the_handler_and_discarded_on_r
         .admin_call(
             Method::POST,
             &format!("{base}/{second_id}/discard"),
-            Some(json!({ "note": "version 99 was never released" })),
+            Some(json!({ "note": "version 0 was retired long ago" })),
         )
         .await;
     assert_eq!(status, 200, "{discarded}");
     assert_eq!(discarded["status"], "DISCARDED");
-    assert_eq!(discarded["discardNote"], "version 99 was never released");
+    assert_eq!(discarded["discardNote"], "version 0 was retired long ago");
     assert!(discarded["discardedAt"].is_string());
     stack.dead_letters(&stack.inventory, "DISCARDED", 1).await;
     let (status, _) = stack
@@ -113,7 +116,7 @@ async fn dead_letters_are_listed_replayed_through_the_handler_and_discarded_on_r
     // Replay by filter takes only the matching ones.
     for order in ["o-2", "o-3"] {
         stack
-            .publish_raw("order.cancelled", &future_version_cancel(order))
+            .publish_raw("order.cancelled", &retired_version_cancel(order))
             .await;
     }
     stack.publish_raw("order.created", b"not json").await;

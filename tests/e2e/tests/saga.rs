@@ -163,6 +163,7 @@ async fn the_same_event_delivered_twice_has_one_effect() {
                     product_id: product.clone(),
                     quantity,
                 }],
+                attempt: 1,
             },
         ))
         .unwrap()

@@ -20,6 +20,7 @@ fn created(order_id: &str, product: &str, quantity: u32) -> Vec<u8> {
             product_id: product.into(),
             quantity,
         }],
+        attempt: 1,
     })
 }
 
@@ -29,6 +30,7 @@ fn failed(order_id: &str) -> Vec<u8> {
         customer_id: "c-1".into(),
         customer_email: "nobody@example.com".into(),
         reason: "the order was not processed within 1 s".into(),
+        attempt: 1,
     })
 }
 
