@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use shared::{
     CancellationToken,
-    deadletter::{DEAD_LETTERS, DeadLetterStore, ReasonClass},
+    deadletter::{DEAD_LETTERS, DeadLetterFilter, DeadLetterStore, ReasonClass},
     events::{Envelope, OrderCreated, OrderLine},
 };
 
@@ -387,9 +387,16 @@ async fn a_filtered_discard_or_replay_that_is_malformed_is_refused_with_a_400_na
 }
 
 /// A dead letter as the archiver stored it before orders and reason
-/// classes were recorded.
-fn archived_before_classes(order_id: &str, reason: &str, transient: bool) -> Document {
-    let payload = String::from_utf8(bad_payload(order_id, "corr-legacy")).unwrap();
+/// classes were recorded: a bad payload of `order_id`'s, or with none, a
+/// body that is not an event.
+fn archived_before_classes(order_id: Option<&str>, reason: &str, transient: bool) -> Document {
+    let (payload, event_type) = match order_id {
+        Some(order_id) => (
+            String::from_utf8(bad_payload(order_id, "corr-legacy")).unwrap(),
+            Some("order.created"),
+        ),
+        None => ("garbage".to_string(), None),
+    };
     doc! {
         "_id": uuid::Uuid::now_v7().to_string(),
         "dedupeKey": uuid::Uuid::new_v4().to_string(),
@@ -397,7 +404,7 @@ fn archived_before_classes(order_id: &str, reason: &str, transient: bool) -> Doc
         "routingKey": "order.created",
         "messageId": null,
         "correlationId": null,
-        "eventType": "order.created",
+        "eventType": event_type,
         "reason": reason,
         "attempts": 1,
         "firstFailureAt": null,
@@ -431,28 +438,57 @@ async fn dead_letters_archived_before_classes_group_as_other_until_the_backfill_
     db.collection::<Document>(DEAD_LETTERS)
         .insert_many([
             archived_before_classes(
-                order,
+                Some(order),
                 "order.created payload does not match the contract: invalid type",
                 false,
             ),
-            archived_before_classes("o-outage", "gave up after 9 attempts in 181 s", true),
+            archived_before_classes(Some("o-outage"), "gave up after 9 attempts in 181 s", true),
+            archived_before_classes(
+                None,
+                "message body is not an event envelope: expected value",
+                false,
+            ),
         ])
         .await
         .unwrap();
 
-    let before = store.dead_groups().await.unwrap();
-    assert_eq!(before.len(), 1, "{before:?}");
+    let mut before: Vec<(ReasonClass, Option<String>, u64)> = store
+        .dead_groups()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.reason_class, g.event_type, g.count))
+        .collect();
+    before.sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
     assert_eq!(
-        (before[0].reason_class, before[0].count),
-        (ReasonClass::Other, 2)
+        before,
+        [
+            (ReasonClass::Other, None, 1),
+            (ReasonClass::Other, Some("order.created".into()), 2)
+        ]
     );
     assert!(store.of_order(order, 10).await.unwrap().is_empty());
+    // The group of bodies that are not events is selected apart from the
+    // events of the same class.
+    let not_events = DeadLetterFilter {
+        reason_class: Some(ReasonClass::Other),
+        has_event_type: Some(false),
+        queue: Some("legacy.inventory-service.events".into()),
+        ..DeadLetterFilter::default()
+    };
+    let discarded = store
+        .discard_matching(&not_events, "garbage")
+        .await
+        .unwrap();
+    assert_eq!(discarded.len(), 1);
+    assert_eq!(discarded[0].payload, "garbage");
 
+    // Every record without a class gets one, whatever its status.
     let backfilled = store
         .backfill_causes(&CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(backfilled, 2);
+    assert_eq!(backfilled, 3);
     let history = store.of_order(order, 10).await.unwrap();
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(history[0].reason_class, ReasonClass::BadPayload);
