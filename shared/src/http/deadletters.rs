@@ -53,8 +53,8 @@ pub struct DeadLetterView {
     #[oai(nullable)]
     pub correlation_id: Option<String>,
     /// The order the body names (`data.orderId`, else a top-level
-    /// `orderId`), even when it did not parse as an event; null if none,
-    /// or if it was archived before orders were recorded.
+    /// `orderId`), even when it did not parse as an event; null if none (or
+    /// archived before orders were recorded, until the startup backfill).
     #[oai(nullable)]
     pub order_id: Option<String>,
     /// Why the consumer gave up (e.g. `rejected`, `expired`).
@@ -387,8 +387,7 @@ impl DeadLetterApi {
         /// Only this event id.
         #[oai(name = "messageId")]
         message_id: Query<Option<String>>,
-        /// Only the dead letters of this order (recorded since dead letters
-        /// carry it).
+        /// Only the dead letters of this order.
         #[oai(name = "orderId")]
         order_id: Query<Option<String>>,
         /// Only those of this correlation id.
