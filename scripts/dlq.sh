@@ -13,16 +13,27 @@ usage: scripts/dlq.sh <service> <command> [args]
 
   service: order | inventory | notification
 
-  list [DEAD|REPLAYED|DISCARDED]   dead letters, newest first (default: DEAD)
+  list [--order ID] [DEAD|REPLAYED|DISCARDED|ALL]
+                                   dead letters, newest first (default: DEAD),
+                                   only that order's with --order
   show <id>                        one dead letter with its payload
   replay <id>                      send one back to its work queue
   replay-all [eventType]           replay every DEAD one (of that event type)
   discard <id> <note...>           give up on one; it stays on record
+  groups                           the DEAD ones by cause: count, reason class,
+                                   event type (- for bodies that are not events)
+  replay-group <class> <eventType|->
+                                   replay every DEAD one of that group
+  discard-group <class> <eventType|-> <note...>
+                                   give up on every DEAD one of that group
 
 examples:
   scripts/dlq.sh inventory list
+  scripts/dlq.sh inventory list --order 0193... ALL
   scripts/dlq.sh order replay-all inventory.reserved
   scripts/dlq.sh notification discard 0193... "customer address bounced"
+  scripts/dlq.sh inventory groups
+  scripts/dlq.sh inventory discard-group not_an_envelope - "a stray publisher's test messages"
 USAGE
   exit 2
 }
@@ -58,21 +69,47 @@ call() {
 
 json_string() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
 pretty() { python3 -m json.tool; }
+# The filter of one group: its class and event type ("-": not an event),
+# plus any further "key": value pairs given as JSON text.
+group_filter() {
+  python3 - "$@" <<'PY'
+import json, sys
+cls, event_type, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
+body = {"reasonClass": cls}
+if event_type == "-":
+    body["hasEventType"] = False
+else:
+    body["eventType"] = event_type
+for pair in extra:
+    body.update(json.loads(pair))
+print(json.dumps(body))
+PY
+}
 
 case $command in
   list)
+    order=""
+    if [ "${1:-}" = --order ]; then
+      [ $# -ge 2 ] || usage
+      order=$2
+      shift 2
+    fi
     status=${1:-DEAD}
+    [ "$status" = ALL ] && status=""
+    query="limit=100${status:+&status=$status}"
+    [ -n "$order" ] && query+="&orderId=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$order")"
     cursor=""
     # Walks every page, so a long backlog is listed in full.
     while :; do
       # One parse per page: the next cursor on the first line, then the rows.
-      rows=$(call GET "$url?status=$status&limit=100${cursor:+&cursor=$cursor}" | python3 -c '
+      rows=$(call GET "$url?$query${cursor:+&cursor=$cursor}" | python3 -c '
 import json, sys
 page = json.load(sys.stdin)
 print(page.get("nextCursor") or "")
 for d in page["items"]:
-    print("{}  {:<9}  {:<26}  attempts={}  {}  {}".format(d["deadLetterId"], d["status"],
-          d.get("eventType") or "?", d["attempts"], d["deadAt"][:19], d["reason"][:80]))')
+    print("{}  {:<9}  {:<17}  {:<26}  attempts={}  {}  {}".format(d["deadLetterId"], d["status"],
+          d.get("reasonClass") or "other", d.get("eventType") or "?", d["attempts"],
+          d["deadAt"][:19], d["reason"][:80]))')
       cursor=$(head -n 1 <<<"$rows")
       tail -n +2 <<<"$rows"
       [ -n "$cursor" ] || break
@@ -96,6 +133,26 @@ for d in page["items"]:
     id=$1
     shift
     call POST "$url/$id/discard" "{\"note\": $(json_string "$*")}" | pretty
+    ;;
+  groups)
+    call GET "$url/groups" | python3 -c '
+import json, sys
+groups = json.load(sys.stdin)["groups"]
+if groups:
+    print("{:>6}  {:<17}  {:<26}  {:<19}  {:<19}  {}".format("count", "class", "event type", "oldest", "newest", "sample reason"))
+for g in groups:
+    print("{:>6}  {:<17}  {:<26}  {}  {}  {}".format(g["count"], g["reasonClass"], g.get("eventType") or "-",
+          g["oldestDeadAt"][:19], g["newestDeadAt"][:19], g["sampleReason"][:80]))'
+    ;;
+  replay-group)
+    [ $# -eq 2 ] || usage
+    call POST "$url/replay" "$(group_filter "$1" "$2")" | pretty
+    ;;
+  discard-group)
+    [ $# -ge 3 ] || usage
+    cls=$1 event_type=$2
+    shift 2
+    call POST "$url/discard" "$(group_filter "$cls" "$event_type" "{\"note\": $(json_string "$*")}")" | pretty
     ;;
   *) usage ;;
 esac

@@ -30,6 +30,7 @@ use mongodb::{
     options::{IndexOptions, ReturnDocument},
 };
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{
@@ -46,6 +47,11 @@ use crate::{
     retry::RetryPolicy,
     store::{self, PageRequest, find_page},
 };
+
+mod cause;
+
+use cause::{BROKER_REASON_PREFIX, UNKNOWN_REASON};
+pub use cause::{OrderReference, ReasonClass, order_reference};
 
 pub const DEAD_LETTERS: &str = "dead_letters";
 /// Header on a replayed copy naming the dead letter it came from.
@@ -89,10 +95,19 @@ pub struct DeadLetter {
     pub queue: String,
     pub routing_key: String,
     pub message_id: Option<String>,
+    /// The AMQP property, else the `correlationId` the body's JSON names.
     pub correlation_id: Option<String>,
+    /// The order the body's JSON names (see [`order_reference`]); absent on
+    /// dead letters archived before it was recorded, until backfilled.
+    #[serde(default)]
+    pub order_id: Option<String>,
     /// Read from the body when it parses as an event.
     pub event_type: Option<String>,
     pub reason: String,
+    /// The class of `reason`, to group by; `other` on records archived
+    /// before classes were, until backfilled.
+    #[serde(default)]
+    pub reason_class: ReasonClass,
     pub attempts: u32,
     pub first_failure_at: Option<String>,
     pub last_failure_at: Option<String>,
@@ -114,13 +129,22 @@ pub struct DeadLetter {
     pub redrives: u32,
 }
 
-/// Which dead letters a list or a filtered replay applies to.
+/// Which dead letters a list, a filtered replay or a filtered discard
+/// applies to: every given field must match.
 #[derive(Clone, Debug, Default)]
 pub struct DeadLetterFilter {
     pub status: Option<DeadLetterStatus>,
     pub event_type: Option<String>,
     pub routing_key: Option<String>,
     pub message_id: Option<String>,
+    pub order_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// `other` also matches records archived before classes were.
+    pub reason_class: Option<ReasonClass>,
+    pub queue: Option<String>,
+    /// `Some(false)`: only bodies that did not parse as an event (no event
+    /// type), the one group [`Self::event_type`] cannot name.
+    pub has_event_type: Option<bool>,
 }
 
 impl DeadLetterFilter {
@@ -129,18 +153,64 @@ impl DeadLetterFilter {
         if let Some(status) = self.status {
             filter.insert("status", status.as_str());
         }
-        if let Some(event_type) = &self.event_type {
-            filter.insert("eventType", event_type);
+        match (&self.event_type, self.has_event_type) {
+            // Asked for a type and for none: nothing can match.
+            (Some(_), Some(false)) => {
+                filter.insert("eventType", doc! { "$in": [] });
+            }
+            (Some(event_type), _) => {
+                filter.insert("eventType", event_type);
+            }
+            (None, Some(true)) => {
+                filter.insert("eventType", doc! { "$ne": null });
+            }
+            (None, Some(false)) => {
+                filter.insert("eventType", bson::Bson::Null);
+            }
+            (None, None) => {}
         }
-        if let Some(routing_key) = &self.routing_key {
-            filter.insert("routingKey", routing_key);
+        let fields = [
+            ("routingKey", &self.routing_key),
+            ("messageId", &self.message_id),
+            ("orderId", &self.order_id),
+            ("correlationId", &self.correlation_id),
+            ("queue", &self.queue),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                filter.insert(field, value);
+            }
         }
-        if let Some(message_id) = &self.message_id {
-            filter.insert("messageId", message_id);
+        match self.reason_class {
+            // `null` also matches a missing field.
+            Some(ReasonClass::Other) => {
+                filter.insert("reasonClass", doc! { "$in": ["other", null] });
+            }
+            Some(class) => {
+                filter.insert("reasonClass", class.as_str());
+            }
+            None => {}
         }
         filter
     }
 }
+
+/// DEAD letters of one cause: one reason class, event type and queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetterGroup {
+    pub reason_class: ReasonClass,
+    /// None for bodies that did not parse as an event.
+    pub event_type: Option<String>,
+    pub queue: String,
+    pub count: u64,
+    pub oldest_dead_at: bson::DateTime,
+    pub newest_dead_at: bson::DateTime,
+    /// The reason of the newest one.
+    pub sample_reason: String,
+}
+
+/// At most this many groups are listed, the largest first.
+pub const MAX_GROUPS: i64 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
@@ -185,6 +255,13 @@ impl DeadLetterStore {
                     .build(),
                 IndexModel::builder()
                     .keys(doc! { "status": 1, "transient": 1, "deadAt": 1 })
+                    .build(),
+                // An order's or a request's dead letters, paged by `_id`.
+                IndexModel::builder()
+                    .keys(doc! { "orderId": 1, "_id": -1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "correlationId": 1, "_id": -1 })
                     .build(),
                 // Settled letters are kept a while as a record, then expire;
                 // DEAD ones have neither field and stay until settled.
@@ -232,17 +309,6 @@ impl DeadLetterStore {
             .await
     }
 
-    /// The dead letters of one order, oldest first, at most `limit`.
-    pub async fn of_order(&self, order_id: &str, limit: i64) -> Result<Vec<DeadLetter>, Error> {
-        self.collection
-            .find(doc! { "orderId": order_id })
-            .sort(doc! { "_id": 1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await
-    }
-
     pub async fn page(
         &self,
         filter: &DeadLetterFilter,
@@ -252,6 +318,83 @@ impl DeadLetterStore {
             d.id.clone()
         })
         .await
+    }
+
+    /// The dead letters of one order, whatever their status, oldest first,
+    /// at most `limit` (none if it is not positive). For an order's history.
+    pub async fn of_order(&self, order_id: &str, limit: i64) -> Result<Vec<DeadLetter>, Error> {
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
+        self.collection
+            .find(doc! { "orderId": order_id })
+            .sort(doc! { "_id": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// The DEAD letters grouped by cause (reason class, event type, queue),
+    /// the largest groups first, at most [`MAX_GROUPS`]. A record without a
+    /// class (archived before they were) counts as `other`.
+    pub async fn dead_groups(&self) -> Result<Vec<DeadLetterGroup>, Error> {
+        #[derive(Deserialize)]
+        struct Key {
+            #[serde(rename = "reasonClass")]
+            reason_class: ReasonClass,
+            #[serde(rename = "eventType")]
+            event_type: Option<String>,
+            queue: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Row {
+            #[serde(rename = "_id")]
+            key: Key,
+            count: i64,
+            oldest_dead_at: bson::DateTime,
+            newest_dead_at: bson::DateTime,
+            sample_reason: String,
+        }
+        let pipeline = [
+            doc! { "$match": { "status": DeadLetterStatus::Dead.as_str() } },
+            // Newest first, so each group's `$first` reason is its newest.
+            doc! { "$sort": { "_id": -1 } },
+            doc! { "$group": {
+                "_id": {
+                    "reasonClass": { "$ifNull": ["$reasonClass", ReasonClass::Other.as_str()] },
+                    "eventType": { "$ifNull": ["$eventType", null] },
+                    "queue": "$queue",
+                },
+                "count": { "$sum": 1 },
+                "oldestDeadAt": { "$min": "$deadAt" },
+                "newestDeadAt": { "$max": "$deadAt" },
+                "sampleReason": { "$first": "$reason" },
+            } },
+            doc! { "$sort": { "count": -1, "newestDeadAt": -1 } },
+            doc! { "$limit": MAX_GROUPS },
+        ];
+        let rows: Vec<Document> = self
+            .collection
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let row: Row = bson::from_document(row).map_err(Error::from)?;
+                Ok(DeadLetterGroup {
+                    reason_class: row.key.reason_class,
+                    event_type: row.key.event_type,
+                    queue: row.key.queue,
+                    count: row.count.max(0) as u64,
+                    oldest_dead_at: row.oldest_dead_at,
+                    newest_dead_at: row.newest_dead_at,
+                    sample_reason: row.sample_reason,
+                })
+            })
+            .collect()
     }
 
     /// Publishes one DEAD letter back to its work queue, then marks it.
@@ -277,16 +420,7 @@ impl DeadLetterStore {
         filter: &DeadLetterFilter,
         publisher: &Publisher,
     ) -> Result<Vec<DeadLetter>, DeadLetterError> {
-        let mut query = filter.to_document();
-        query.insert("status", DeadLetterStatus::Dead.as_str());
-        let letters: Vec<DeadLetter> = self
-            .collection
-            .find(query)
-            .sort(doc! { "_id": 1 })
-            .limit(MAX_REPLAY_BATCH as i64)
-            .await?
-            .try_collect()
-            .await?;
+        let letters = self.dead_matching(filter).await?;
         let mut replayed = Vec::with_capacity(letters.len());
         for letter in letters {
             replayed.push(self.replay_letter(letter, publisher).await?);
@@ -420,6 +554,104 @@ impl DeadLetterStore {
             }
         }
     }
+
+    /// The DEAD letters matching `filter`, oldest first, at most
+    /// [`MAX_REPLAY_BATCH`]: what a filtered replay or discard acts on.
+    async fn dead_matching(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetter>, Error> {
+        let mut query = filter.to_document();
+        query.insert("status", DeadLetterStatus::Dead.as_str());
+        self.collection
+            .find(query)
+            .sort(doc! { "_id": 1 })
+            .limit(MAX_REPLAY_BATCH as i64)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// Discards every DEAD letter matching `filter` with `note` (oldest
+    /// first, at most [`MAX_REPLAY_BATCH`]); returns the ones discarded. One
+    /// replayed or discarded meanwhile by someone else is left out.
+    pub async fn discard_matching(
+        &self,
+        filter: &DeadLetterFilter,
+        note: &str,
+    ) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        let letters = self.dead_matching(filter).await?;
+        let mut discarded = Vec::with_capacity(letters.len());
+        for letter in letters {
+            // One conditional write each, so the answer is exactly what
+            // this call changed.
+            match self.discard(&letter.id, note).await {
+                Ok(letter) => discarded.push(letter),
+                Err(DeadLetterError::NotDead { .. } | DeadLetterError::NotFound(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(discarded)
+    }
+
+    /// Gives the dead letters archived before orders and reason classes
+    /// were recorded both, from the payload and reason they kept (the same
+    /// functions as at archive time); returns how many. Safe beside the
+    /// archiver and another instance doing the same: each write only sets
+    /// these fields, and only on a record still without a class.
+    pub async fn backfill_causes(&self, shutdown: &CancellationToken) -> Result<u64, Error> {
+        const BATCH: i64 = 200;
+        let mut done = 0;
+        while !shutdown.is_cancelled() {
+            let older: Vec<DeadLetter> = self
+                .collection
+                .find(doc! { "reasonClass": { "$exists": false } })
+                .limit(BATCH)
+                .await?
+                .try_collect()
+                .await?;
+            if older.is_empty() {
+                break;
+            }
+            let mut written = 0;
+            for letter in older {
+                let named = order_reference(letter.payload.as_bytes());
+                let mut set = doc! {
+                    "reasonClass": ReasonClass::of(&letter.reason, letter.transient).as_str(),
+                    "orderId": named.order_id,
+                };
+                if letter.correlation_id.is_none() {
+                    set.insert("correlationId", named.correlation_id);
+                }
+                written += self
+                    .collection
+                    .update_one(
+                        doc! { "_id": &letter.id, "reasonClass": { "$exists": false } },
+                        doc! { "$set": set },
+                    )
+                    .await?
+                    .modified_count;
+            }
+            done += written;
+            // Another instance took this batch: it goes on with the rest.
+            if written == 0 {
+                break;
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Backfills once at startup ([`DeadLetterStore::backfill_causes`]); a
+/// failure leaves the rest for the next start.
+pub async fn backfill_causes_once(store: DeadLetterStore, shutdown: CancellationToken) {
+    match store.backfill_causes(&shutdown).await {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(
+            count,
+            "older dead letters given their order and reason class"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "could not backfill older dead letters; the next start tries again")
+        }
+    }
 }
 
 /// Sends transient dead letters back as they come due, until `shutdown`.
@@ -463,6 +695,11 @@ pub fn dead_letter_from(delivery: &Delivery, dlq: &str) -> DeadLetter {
         _ => uuid::Uuid::new_v4().to_string(),
     };
     let payload = String::from_utf8_lossy(&delivery.data).into_owned();
+    let named = order_reference(&delivery.data);
+    let reason = header_string(&headers, REASON_HEADER)
+        .or_else(|| broker_reason(&headers))
+        .unwrap_or_else(|| UNKNOWN_REASON.into());
+    let transient = header_string(&headers, FAILURE_CLASS_HEADER).as_deref() == Some("transient");
     DeadLetter {
         id: uuid::Uuid::now_v7().to_string(),
         dedupe_key,
@@ -470,13 +707,13 @@ pub fn dead_letter_from(delivery: &Delivery, dlq: &str) -> DeadLetter {
             .unwrap_or_else(|| delivery.routing_key.to_string()),
         queue,
         message_id,
-        correlation_id: property(delivery.properties.correlation_id()),
+        correlation_id: property(delivery.properties.correlation_id()).or(named.correlation_id),
+        order_id: named.order_id,
         event_type: RawEnvelope::parse(&delivery.data)
             .ok()
             .map(|event| event.event_type),
-        reason: header_string(&headers, REASON_HEADER)
-            .or_else(|| broker_reason(&headers))
-            .unwrap_or_else(|| "unknown".into()),
+        reason_class: ReasonClass::of(&reason, transient),
+        reason,
         attempts: header_u32(&headers, ATTEMPT_HEADER).unwrap_or(1),
         first_failure_at: header_string(&headers, FIRST_FAILURE_HEADER),
         last_failure_at,
@@ -488,7 +725,7 @@ pub fn dead_letter_from(delivery: &Delivery, dlq: &str) -> DeadLetter {
         replayed_at: None,
         discarded_at: None,
         discard_note: None,
-        transient: header_string(&headers, FAILURE_CLASS_HEADER).as_deref() == Some("transient"),
+        transient,
         redrives: header_u32(&headers, REDRIVES_HEADER).unwrap_or(0),
     }
 }
@@ -502,7 +739,7 @@ fn broker_reason(headers: &FieldTable) -> Option<String> {
     let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
         return None;
     };
-    header_string(first, "reason").map(|reason| format!("broker: {reason}"))
+    header_string(first, "reason").map(|reason| format!("{BROKER_REASON_PREFIX}{reason}"))
 }
 
 /// Consumes one service's DLQ into its `dead_letters` collection.
@@ -565,5 +802,67 @@ impl QueueWorker for DeadLetterArchiver {
                 acks.requeue(&delivery).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_by_order_and_request_matches_those_fields_only() {
+        let filter = DeadLetterFilter {
+            status: Some(DeadLetterStatus::Dead),
+            order_id: Some("o-1".into()),
+            correlation_id: Some("corr-1".into()),
+            ..DeadLetterFilter::default()
+        };
+        assert_eq!(
+            filter.to_document(),
+            doc! { "status": "DEAD", "orderId": "o-1", "correlationId": "corr-1" }
+        );
+    }
+
+    #[test]
+    fn the_class_other_also_matches_records_archived_before_classes_were() {
+        let other = DeadLetterFilter {
+            reason_class: Some(ReasonClass::Other),
+            ..DeadLetterFilter::default()
+        };
+        assert_eq!(
+            other.to_document(),
+            doc! { "reasonClass": { "$in": ["other", null] } }
+        );
+        let rule = DeadLetterFilter {
+            reason_class: Some(ReasonClass::Rule),
+            ..DeadLetterFilter::default()
+        };
+        assert_eq!(rule.to_document(), doc! { "reasonClass": "rule" });
+    }
+
+    #[test]
+    fn a_group_without_an_event_type_is_selected_by_has_event_type_false() {
+        let filter = |event_type: Option<&str>, has_event_type| DeadLetterFilter {
+            event_type: event_type.map(str::to_string),
+            has_event_type,
+            ..DeadLetterFilter::default()
+        };
+        assert_eq!(
+            filter(None, Some(false)).to_document(),
+            doc! { "eventType": null }
+        );
+        assert_eq!(
+            filter(None, Some(true)).to_document(),
+            doc! { "eventType": { "$ne": null } }
+        );
+        assert_eq!(
+            filter(Some("order.created"), Some(true)).to_document(),
+            doc! { "eventType": "order.created" }
+        );
+        // A type and no type at once: every field must match, so none does.
+        assert_eq!(
+            filter(Some("order.created"), Some(false)).to_document(),
+            doc! { "eventType": { "$in": [] } }
+        );
     }
 }

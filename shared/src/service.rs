@@ -17,7 +17,7 @@ use crate::{
         run_consumer,
     },
     config::{CommonConfig, redacted},
-    deadletter::{DeadLetterArchiver, DeadLetterStore, redrive_until},
+    deadletter::{DeadLetterArchiver, DeadLetterStore, backfill_causes_once, redrive_until},
     history::HistoryStore,
     http::{
         self, GaugeSource, HealthApi,
@@ -117,6 +117,11 @@ impl ServiceCore {
             config,
         };
         core.tasks.spawn(relay.run(core.shutdown.clone()));
+        // Off the startup path: older dead letters get their order and class.
+        core.tasks.spawn(backfill_causes_once(
+            core.dead_letters.clone(),
+            core.shutdown.clone(),
+        ));
         if let Some(redrive) = core.config.redrive {
             core.tasks.spawn(redrive_until(
                 core.dead_letters.clone(),

@@ -467,11 +467,13 @@
 
   function loadDeadLetters(service) {
     if (!service) return Promise.all(state.settings.services.map((s) => loadDeadLetters(s.name)));
+    if (deadLettersGrouped()) return loadDeadLetterGroups(service);
     const key = `dead-${service}`;
     return guarded(key, async () => {
       const status = $('dead-letter-status').value;
+      const orderId = deadLetterOrder();
       const letters = await call('GET', withQuery(`${api(service)}/admin/dead-letters`, {
-        status, limit: PAGE_SIZE, cursor: cursor(key),
+        status, orderId, limit: PAGE_SIZE, cursor: cursor(key),
       }));
       const box = deadLetterBox(service);
       // Not while a note is being typed in it: the input would be rebuilt.
@@ -481,9 +483,12 @@
         type: 'button',
         'data-testid': `replay-all-${service}`,
         onclick: (event) => {
-          if (!window.confirm(`Replay every DEAD letter of the ${service} service (up to 1000)?`)) return;
+          const of = orderId ? ` of order ${orderId}` : '';
+          if (!window.confirm(`Replay every DEAD letter${of} of the ${service} service (up to 1000)?`)) return;
           act(`replay-all:${service}`, event.currentTarget, async () => {
-            const result = await call('POST', `${api(service)}/admin/dead-letters/replay`, { body: {} });
+            const result = await call('POST', `${api(service)}/admin/dead-letters/replay`, {
+              body: orderId ? { orderId } : {},
+            });
             notice(`${result.replayed} dead letter(s) of the ${service} service sent back.`);
             await loadDeadLetters(service);
           });
@@ -496,6 +501,7 @@
           ['event', (d) => el('span', {}, d.eventType || d.routingKey, el('br'),
             el('small', { class: 'muted' }, queueName(d.queue)))],
           ['reason', (d) => el('span', { class: 'reason', 'data-testid': `reason-${d.deadLetterId}` }, d.reason)],
+          ['order', (d) => deadLetterOrderCell(d)],
           ['attempts', (d) => d.attempts],
           ['last error', (d) => d.lastError || ''],
           ['replays', (d) => d.replayCount],
@@ -519,6 +525,163 @@
         pager(key, letters.nextCursor, () => loadDeadLetters(service)));
     }, (failed) => replace(deadLetterBox(service), el('h3', {}, `${service} service`), failed));
   }
+
+  // ---- dead letters by order and by cause ----------------------------------
+  // The order filter, the view grouped by cause, and the hook that opens one
+  // order's dead letters: `#dead-letters?orderId=<id>` (a link from anywhere)
+  // or `window.adminConsole.showDeadLettersOfOrder(id)`.
+
+  const DEAD_LETTERS_HASH = '#dead-letters';
+
+  function deadLetterOrder() {
+    return $('dead-letter-order').value.trim();
+  }
+
+  function deadLettersGrouped() {
+    return $('dead-letter-grouped').checked;
+  }
+
+  function deadLetterOrderCell(d) {
+    if (!d.orderId) return '';
+    return el('a', {
+      href: `${DEAD_LETTERS_HASH}?orderId=${encodeURIComponent(d.orderId)}`,
+      'data-testid': `order-of-${d.deadLetterId}`,
+      title: 'every dead letter of this order',
+    }, d.orderId);
+  }
+
+  function reloadDeadLetters() {
+    for (const s of state.settings.services) resetPage(`dead-${s.name}`);
+    return loadDeadLetters();
+  }
+
+  // Shows the dead letters of `orderId` (every status) in every service, or
+  // all of them again for an empty id, and keeps the address in step.
+  // `load: false` only sets the filter (the first refresh loads).
+  function showDeadLettersOfOrder(orderId, { load = true } = {}) {
+    const id = String(orderId || '').trim();
+    $('dead-letter-order').value = id;
+    $('dead-letter-grouped').checked = false;
+    if (id) $('dead-letter-status').value = '';
+    const hash = id ? `${DEAD_LETTERS_HASH}?orderId=${encodeURIComponent(id)}` : DEAD_LETTERS_HASH;
+    if (window.location.hash !== hash) window.history.replaceState(null, '', hash);
+    $('dead-letters').scrollIntoView();
+    return load && state.settings && token() ? reloadDeadLetters() : Promise.resolve();
+  }
+
+  // `#dead-letters?orderId=…` in the address, when the page opens or the
+  // hash changes (a link followed while the console is open).
+  function followDeadLettersHash(options) {
+    const hash = window.location.hash;
+    if (hash !== DEAD_LETTERS_HASH && !hash.startsWith(`${DEAD_LETTERS_HASH}?`)) return;
+    const params = new URLSearchParams(hash.slice(DEAD_LETTERS_HASH.length + 1));
+    showDeadLettersOfOrder(params.get('orderId') || '', options);
+  }
+
+  // The body of a filtered replay or discard that selects exactly `g`.
+  function groupFilter(g) {
+    const filter = { reasonClass: g.reasonClass, queue: g.queue };
+    if (g.eventType) filter.eventType = g.eventType;
+    else filter.hasEventType = false;
+    return filter;
+  }
+
+  function groupKey(service, g) {
+    return `${service}-${g.reasonClass}-${g.eventType || 'none'}`;
+  }
+
+  function groupActions(service, g) {
+    const key = groupKey(service, g);
+    return el('span', { class: 'actions' },
+      el('button', {
+        type: 'button',
+        'data-testid': `replay-group-${key}`,
+        onclick: (event) => {
+          if (!window.confirm(`Replay the ${g.count} DEAD letter(s) of this group (up to 1000)?`)) return;
+          act(`replay-group:${key}`, event.currentTarget, async () => {
+            const result = await call('POST', `${api(service)}/admin/dead-letters/replay`, { body: groupFilter(g) });
+            notice(`${result.replayed} dead letter(s) of the ${service} service (${g.reasonClass}) sent back.`);
+            await loadDeadLetters(service);
+          });
+        },
+      }, 'Replay group'),
+      el('button', {
+        type: 'button',
+        'data-testid': `discard-group-${key}`,
+        onclick: () => {
+          state.discarding.set(`group:${key}`, state.discarding.get(`group:${key}`) || '');
+          loadDeadLetters(service);
+        },
+      }, 'Discard group…'));
+  }
+
+  function groupDiscardForm(service, g, span) {
+    const key = groupKey(service, g);
+    const id = `group:${key}`;
+    if (!state.discarding.has(id)) return null;
+    const input = el('input', {
+      type: 'text',
+      'data-testid': `discard-group-note-${key}`,
+      placeholder: 'why this group is given up on (kept on each record)',
+      maxlength: 1000,
+      value: state.discarding.get(id),
+      oninput: (event) => state.discarding.set(id, event.currentTarget.value),
+    });
+    const form = el('form', {
+      class: 'discard-form',
+      onsubmit: (event) => {
+        event.preventDefault();
+        act(`discard-group:${key}`, form.querySelector('button[type=submit]'), async () => {
+          const result = await call('POST', `${api(service)}/admin/dead-letters/discard`, {
+            body: { ...groupFilter(g), note: input.value },
+          });
+          state.discarding.delete(id);
+          notice(`${result.discarded} dead letter(s) of the ${service} service (${g.reasonClass}) discarded.`);
+          await loadDeadLetters(service);
+        });
+      },
+    },
+    input,
+    el('button', { type: 'submit', 'data-testid': `discard-group-confirm-${key}` }, 'Discard group'),
+    el('button', {
+      type: 'button',
+      onclick: () => { state.discarding.delete(id); loadDeadLetters(service); },
+    }, 'Cancel'));
+    return el('tr', { class: 'discard-row' }, el('td', { colspan: span }, form));
+  }
+
+  // The DEAD letters of `service` by cause, each group with its actions.
+  function loadDeadLetterGroups(service) {
+    return guarded(`dead-${service}`, async () => {
+      const { groups } = await call('GET', `${api(service)}/admin/dead-letters/groups`);
+      const box = deadLetterBox(service);
+      if (document.activeElement && box.contains(document.activeElement)
+          && document.activeElement.matches('.discard-form input')) return;
+      replace(box,
+        el('h3', {}, `${service} service: DEAD letters by cause`),
+        table([
+          ['cause', (g) => el('span', { class: 'reason' }, g.reasonClass)],
+          ['event', (g) => el('span', {}, g.eventType || '(not an event)', el('br'),
+            el('small', { class: 'muted' }, queueName(g.queue)))],
+          ['count', (g) => el('strong', { 'data-testid': `group-count-${groupKey(service, g)}` }, g.count)],
+          ['oldest', (g) => when(g.oldestDeadAt)],
+          ['newest', (g) => when(g.newestDeadAt)],
+          ['sample reason', (g) => el('span', { class: 'reason' }, g.sampleReason)],
+          ['', (g) => groupActions(service, g)],
+        ], groups,
+        (g) => ({ 'data-testid': `group-${groupKey(service, g)}` }),
+        (g, span) => groupDiscardForm(service, g, span)));
+    }, (failed) => replace(deadLetterBox(service), el('h3', {}, `${service} service`), failed));
+  }
+
+  function startDeadLetterFilters() {
+    $('dead-letter-order').addEventListener('change', () => showDeadLettersOfOrder(deadLetterOrder()));
+    $('dead-letter-grouped').addEventListener('change', reloadDeadLetters);
+    window.addEventListener('hashchange', () => followDeadLettersHash());
+    window.adminConsole = Object.assign(window.adminConsole || {}, { showDeadLettersOfOrder });
+  }
+
+  // ---- end of dead letters by order and by cause ---------------------------
 
   function healthBox(service) {
     let box = document.querySelector(`[data-health="${service}"]`);
@@ -608,6 +771,7 @@
       loadDeadLetters();
     });
     $('retry-all-notifications').addEventListener('click', retryAllNotifications);
+    startDeadLetterFilters();
 
     try {
       const response = await fetch('/admin/console/config.json');
@@ -625,6 +789,7 @@
       healthBox(s.name);
     }
     schedule();
+    followDeadLettersHash({ load: false });
     if (token()) refresh();
     else askForToken('');
   }
