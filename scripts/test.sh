@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh
+source scripts/lib/previous-build.sh
 trap infra_down EXIT
 
 # Python tools the tests drive, pinned, in one venv: schemathesis (the
@@ -66,5 +67,7 @@ step "Checking the deployment files offline (compose, nginx, Kubernetes)"
 bash scripts/check-deploy.sh
 step "Checking the monitoring files offline (alert rules and their tests, dashboard)"
 bash scripts/check-monitoring.sh
+step "Building an earlier inventory service for the rolling-upgrade test"
+previous_build
 step "Running the test suite"
 cargo test --workspace --locked "$@"

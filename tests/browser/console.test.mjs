@@ -11,6 +11,9 @@
 //                         Replay takes it off the list, and no call failed.
 //                         outage: the inventory is down; the banner names the
 //                         failed call, its 502 and the service.
+//                         retry: the FAILED order ORDER_ID opens from the
+//                         address, its timeline shows its failure, Retry saga
+//                         starts attempt 2, and its dead letters are a click away.
 //   CONSOLE_SCREENSHOT    where to save a screenshot once the data shows (optional)
 //   FAILURE_SCREENSHOT    where to save one if a step fails (optional)
 //   CHROMIUM              the browser [/usr/bin/chromium]
@@ -151,6 +154,34 @@ async function outageScenario(page) {
   }
 }
 
+async function retryScenario(page) {
+  const orderId = env('ORDER_ID');
+  log('with the admin token the dialog closes');
+  await enterToken(page, adminToken);
+  await byTestId(page, 'token-dialog').waitFor({ state: 'hidden' });
+
+  log('the order opened from the address shows its timeline and its failure');
+  await byTestId(page, 'order-timeline').locator('[data-testid="timeline-status_changed"]', { hasText: 'FAILED' }).waitFor();
+  const summary = await byTestId(page, 'order-summary').textContent();
+  assert(summary.includes(orderId) && summary.includes('FAILED'), `the summary shows: ${summary}`);
+  assert(summary.includes('attempt 1'), `the summary shows no attempt: ${summary}`);
+
+  log('Retry saga runs it again as attempt 2');
+  await byTestId(page, 'retry-saga').click();
+  await byTestId(page, 'notice').filter({ hasText: 'attempt 2' }).waitFor({ state: 'visible' });
+  await byTestId(page, 'order-summary').filter({ hasText: 'attempt 2' }).waitFor();
+  await byTestId(page, 'order-timeline').locator('[data-testid="timeline-status_changed"]', { hasText: 'FAILED → PENDING' }).waitFor();
+  if (process.env.CONSOLE_SCREENSHOT) {
+    await page.screenshot({ path: process.env.CONSOLE_SCREENSHOT, fullPage: true });
+  }
+
+  log('the order\'s dead letters are a click away');
+  await byTestId(page, 'order-dead-letters').click();
+  await page.waitForFunction((id) => document.querySelector('[data-testid="dead-letter-order"]').value === id, orderId);
+  assert((await byTestId(page, 'error-banner').isHidden()),
+    `the error banner shows: ${await byTestId(page, 'error-banner').textContent()}`);
+}
+
 const profile = mkdtempSync(join(tmpdir(), 'console-test-chromium-'));
 let context;
 let failed = false;
@@ -180,6 +211,7 @@ try {
 
   if (mode === 'replay') await replayScenario(page);
   else if (mode === 'outage') await outageScenario(page);
+  else if (mode === 'retry') await retryScenario(page);
   else throw new Error(`unknown CONSOLE_TEST_MODE ${mode}`);
 
   assert(pageErrors.length === 0, `the page threw: ${pageErrors.join('; ')}`);

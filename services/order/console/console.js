@@ -14,6 +14,8 @@
     settings: null,
     refreshing: false,
     timer: null,
+    // The order whose timeline is open ('' for none).
+    openOrder: '',
     // Failed calls by what they were for; a later success clears its entry.
     errors: new Map(),
     // Dead letters whose payload is open, and discard notes being typed,
@@ -286,7 +288,7 @@
       }));
       replace($('stuck-sagas'),
         table([
-          ['order', (s) => s.orderId],
+          ['order', (s) => orderLink(s.orderId)],
           ['customer', (s) => s.customerId],
           ['status', (s) => el('span', { class: `status ${s.status}` }, s.status)],
           ['age', (s) => age(s.ageSeconds)],
@@ -305,7 +307,7 @@
       }));
       replace($('orders-table'),
         table([
-          ['order', (o) => o.orderId],
+          ['order', (o) => orderLink(o.orderId)],
           ['customer', (o) => `${o.customerId} <${o.customerEmail}>`],
           ['items', (o) => o.items.map((i) => `${i.quantity} × ${i.productId}`).join(', ')],
           ['total', (o) => (typeof o.totalAmount === 'number' ? o.totalAmount.toFixed(2) : '')],
@@ -533,6 +535,117 @@
 
   const DEAD_LETTERS_HASH = '#dead-letters';
 
+  // ---- one order: its timeline across the services, and its retry --------
+
+  const ORDER_HASH = '#order';
+
+  // A link that opens the order's timeline.
+  function orderLink(orderId) {
+    return el('a', {
+      href: `${ORDER_HASH}?orderId=${encodeURIComponent(orderId)}`,
+      'data-testid': `open-${orderId}`,
+      title: 'its life in every service',
+    }, orderId);
+  }
+
+  // What a line of the history is about, in a few words.
+  function historySubject(item) {
+    switch (item.kind) {
+      case 'status_changed':
+        return `${item.from ? `${item.from} → ` : ''}${item.to}`;
+      case 'email':
+        return `${item.eventType} to ${item.recipient}: ${item.status}`;
+      case 'retried':
+        return `${item.eventType}: ${item.attempt} failed attempt(s) before`;
+      default:
+        return item.eventType || '';
+    }
+  }
+
+  function historyDetail(item) {
+    const parts = [];
+    if (item.detail) parts.push(item.detail);
+    if (item.messageId) parts.push(`Message-ID ${item.messageId}`);
+    if (item.eventId) parts.push(`event ${item.eventId}`);
+    if (item.causationId) parts.push(`caused by ${item.causationId}`);
+    if (item.kind === 'event_handled' && item.attempt > 1) parts.push(`attempt ${item.attempt}`);
+    const text = parts.join(' · ');
+    if (!item.deadLetterId) return text;
+    return el('span', {}, `${text} `, el('a', {
+      href: '#', 'data-testid': `timeline-dead-letter-${item.deadLetterId}`,
+      onclick: (event) => { event.preventDefault(); showDeadLettersOfOrder(state.openOrder); },
+    }, 'dead letters of this order'));
+  }
+
+  function retryButton(order) {
+    if (order.status !== 'FAILED') return null;
+    const button = el('button', { type: 'button', 'data-testid': 'retry-saga' }, 'Retry saga');
+    button.addEventListener('click', () => act(`retry-${order.orderId}`, button, async () => {
+      const retried = await call('POST', `/admin/orders/${encodeURIComponent(order.orderId)}/retry`);
+      notice(`Order ${retried.orderId} runs its saga again (attempt ${retried.attempt}).`);
+      await loadOpenOrder();
+    }));
+    return button;
+  }
+
+  // The open order's summary and timeline (nothing when none is open).
+  function loadOpenOrder() {
+    const id = state.openOrder;
+    if (!id) return Promise.resolve();
+    const path = `/api/orders/${encodeURIComponent(id)}`;
+    return guarded('order', async () => {
+      const [order, history] = await Promise.all([call('GET', path), call('GET', `${path}/history`)]);
+      const deadLetters = history.items.filter((i) => i.kind === 'dead_lettered').length;
+      replace($('order-summary'),
+        el('p', {},
+          `${order.orderId}: `, el('span', { class: `status ${order.status}` }, order.status),
+          ` · attempt ${order.attempt} · ${order.customerId} <${order.customerEmail}> · `,
+          order.items.map((i) => `${i.quantity} × ${i.productId}`).join(', '),
+          order.reason ? ` · ${order.reason}` : '', ' ',
+          retryButton(order), ' ',
+          el('a', {
+            href: `${DEAD_LETTERS_HASH}?orderId=${encodeURIComponent(order.orderId)}`,
+            'data-testid': 'order-dead-letters',
+          }, `dead letters of this order (${deadLetters})`)),
+        history.incomplete.length
+          ? el('p', { class: 'error', 'data-testid': 'timeline-incomplete' },
+            `Missing: ${history.incomplete.map((m) => `${m.service} (${m.reason})`).join('; ')}`)
+          : null);
+      replace($('order-timeline'), table([
+        ['at', (i) => when(i.at)],
+        ['service', (i) => i.service],
+        ['what', (i) => el('span', { class: `kind ${i.kind}` }, i.kind.replace(/_/g, ' '))],
+        ['', historySubject],
+        ['details', historyDetail],
+      ], history.items, (i) => ({ 'data-testid': `timeline-${i.kind}` })));
+    }, $('order-summary'));
+  }
+
+  // Opens `orderId`'s timeline and keeps the address in step.
+  function openOrder(orderId) {
+    const id = String(orderId || '').trim();
+    state.openOrder = id;
+    $('order-id').value = id;
+    const hash = id ? `${ORDER_HASH}?orderId=${encodeURIComponent(id)}` : '';
+    if (hash && window.location.hash !== hash) window.history.replaceState(null, '', hash);
+    $('order').scrollIntoView();
+    return state.settings && token() ? loadOpenOrder() : Promise.resolve();
+  }
+
+  function followOrderHash() {
+    const hash = window.location.hash;
+    if (!hash.startsWith(`${ORDER_HASH}?`)) return;
+    openOrder(new URLSearchParams(hash.slice(ORDER_HASH.length + 1)).get('orderId'));
+  }
+
+  function startOrderView() {
+    $('order-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      openOrder($('order-id').value);
+    });
+    window.addEventListener('hashchange', followOrderHash);
+  }
+
   function deadLetterOrder() {
     return $('dead-letter-order').value.trim();
   }
@@ -741,7 +854,7 @@
     if (state.refreshing || !token() || !state.settings) return;
     state.refreshing = true;
     try {
-      await Promise.all([loadSagas(), loadOrders(), loadLowStock(), loadNotifications(), loadDeadLetters(), loadHealth()]);
+      await Promise.all([loadSagas(), loadOrders(), loadOpenOrder(), loadLowStock(), loadNotifications(), loadDeadLetters(), loadHealth()]);
       if (token()) $('last-refresh').textContent = `updated ${new Date().toLocaleTimeString()}`;
     } finally {
       state.refreshing = false;
@@ -772,6 +885,7 @@
     });
     $('retry-all-notifications').addEventListener('click', retryAllNotifications);
     startDeadLetterFilters();
+    startOrderView();
 
     try {
       const response = await fetch('/admin/console/config.json');
@@ -790,6 +904,7 @@
     }
     schedule();
     followDeadLettersHash({ load: false });
+    followOrderHash();
     if (token()) refresh();
     else askForToken('');
   }

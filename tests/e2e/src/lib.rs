@@ -52,6 +52,17 @@ impl Stack {
         own: &[(&str, String)],
         extra: &[(&str, String)],
     ) -> Env<impl Fn(&str) -> Option<String> + use<>> {
+        let map = Self::settings(id, service, own, extra);
+        Env::from_lookup(move |k| map.get(k).cloned())
+    }
+
+    /// The settings [`Self::env`] reads, as a map.
+    fn settings(
+        id: &str,
+        service: &str,
+        own: &[(&str, String)],
+        extra: &[(&str, String)],
+    ) -> HashMap<String, String> {
         let mut map: HashMap<String, String> = HashMap::from([
             ("PORT".into(), "0".into()),
             ("MONGODB_URI".into(), mongodb_uri()),
@@ -77,7 +88,14 @@ impl Stack {
         for (k, v) in own.iter().chain(extra) {
             map.insert(k.to_string(), v.clone());
         }
-        Env::from_lookup(move |k| map.get(k).cloned())
+        map
+    }
+
+    /// The settings of this stack's inventory service, for another instance
+    /// of it started as a process (another build, say): same database, same
+    /// queues, its own port.
+    pub fn inventory_settings(&self) -> HashMap<String, String> {
+        Self::settings(&self.id, "inventory", &[], &self.extra)
     }
 
     pub async fn start() -> Stack {

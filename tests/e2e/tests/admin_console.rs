@@ -229,3 +229,58 @@ async fn the_admin_console_names_the_service_it_cannot_reach() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_console_shows_an_orders_timeline_and_retries_its_failed_saga() {
+    let browser = BrowserTest::installed();
+    let mut stack = Stack::start_with(&[("SAGA_TIMEOUT_SECONDS", "2")]).await;
+    let product = stack.create_product(5, 0, 2.0).await;
+    stack.stop_inventory();
+    let response = stack
+        .place_order(&stack.email("console-retry"), &product, 1)
+        .await;
+    assert_eq!(response.status(), 202);
+    let order_id = response.json::<Value>().await.unwrap()["orderId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(stack.final_order(&order_id).await["status"], "FAILED");
+    // Back, the inventory releases the first attempt's hold: the saga may
+    // be retried once the stuck-saga finder no longer lists the order.
+    stack.restart_inventory().await;
+    eventually("the release to be confirmed", || async {
+        let stuck = stack
+            .admin_get_json(&format!(
+                "{}/admin/sagas/stuck?olderThanSeconds=0",
+                stack.order
+            ))
+            .await;
+        (!stuck["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["orderId"] == order_id.as_str()))
+        .then_some(())
+    })
+    .await;
+
+    browser
+        .run(
+            "retry",
+            vec![
+                (
+                    "CONSOLE_URL",
+                    format!("{}/admin/#order?orderId={order_id}", stack.order),
+                ),
+                ("CONSOLE_TEST_MODE", "retry".into()),
+                ("ORDER_ID", order_id.clone()),
+                ("CONSOLE_SCREENSHOT", scratch_screenshot("retry")),
+            ],
+        )
+        .await;
+
+    // The click really retried it: attempt 2 ends CONFIRMED.
+    let order = stack.final_order(&order_id).await;
+    assert_eq!(order["attempt"], 2, "{order}");
+    assert_eq!(order["status"], "CONFIRMED", "{order}");
+}
