@@ -12,8 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh
+source scripts/lib/previous-build.sh
 trap infra_down EXIT
 
 infra_up
+step "Building an earlier inventory service for the rolling-upgrade row"
+previous_build
 step "Running the fault-injection suite (logs under target/tmp/chaos-<id>/)"
 cargo test --locked -p e2e-tests --test chaos "$@"

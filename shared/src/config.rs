@@ -271,7 +271,8 @@ pub struct CommonConfig {
     pub inbox_retention: Duration,
     /// `HISTORY_RETENTION_DAYS` (default 30): how long what a service
     /// recorded in an order's history is kept (a TTL index expires it).
-    pub history_retention: Duration,
+    /// 0 records none (the benchmark measures the history's cost so).
+    pub history_retention: Option<Duration>,
     /// `CONSUMER_READY_GRACE_SECONDS` (default 30): `/ready` answers 503
     /// while a consumer has been disconnected for longer than this, so a
     /// reconnect after a broker restart does not flap readiness.
@@ -385,13 +386,10 @@ impl CommonConfig {
                         _ => Ok(()),
                     })?,
             ),
-            history_retention: Duration::from_secs(
-                24 * 3600
-                    * env.parse_checked("HISTORY_RETENTION_DAYS", 30u64, |days| match days {
-                        0 => Err("must be at least 1"),
-                        _ => Ok(()),
-                    })?,
-            ),
+            history_retention: match env.parse("HISTORY_RETENTION_DAYS", 30u64)? {
+                0 => None,
+                days => Some(Duration::from_secs(24 * 3600 * days)),
+            },
             consumer_ready_grace: Duration::from_secs(
                 env.parse("CONSUMER_READY_GRACE_SECONDS", 30)?,
             ),

@@ -77,10 +77,12 @@ impl ServiceCore {
         ensure_inbox_indexes(&db, config.inbox_retention)
             .await
             .context("creating inbox indexes")?;
-        HistoryStore::new(&db)
-            .ensure_indexes(config.history_retention)
-            .await
-            .context("creating history indexes")?;
+        if let Some(retention) = config.history_retention {
+            HistoryStore::new(&db)
+                .ensure_indexes(retention)
+                .await
+                .context("creating history indexes")?;
+        }
         let dead_letters = DeadLetterStore::new(&db);
         dead_letters
             .ensure_indexes()
@@ -102,7 +104,8 @@ impl ServiceCore {
             breakers.breaker("rabbitmq-publish", 3, Duration::from_secs(5)),
         );
         let core = ServiceCore {
-            store: Store::new(db.clone(), outbox),
+            store: Store::new(db.clone(), outbox)
+                .recording_history(config.history_retention.is_some()),
             db,
             publisher,
             breakers,

@@ -56,6 +56,14 @@ enum Write {
     },
 }
 
+impl Write {
+    fn collection(&self) -> &'static str {
+        match self {
+            Write::Insert { collection, .. } | Write::Update { collection, .. } => collection,
+        }
+    }
+}
+
 /// One atomic change: what to record, write and emit.
 #[derive(Default)]
 pub struct UnitOfWork {
@@ -217,11 +225,23 @@ const MAX_TRANSACTION_TIME: Duration = Duration::from_secs(4);
 pub struct Store {
     db: Database,
     outbox: Outbox,
+    /// Whether units write what they [`UnitOfWork::record`].
+    history: bool,
 }
 
 impl Store {
     pub fn new(db: Database, outbox: Outbox) -> Self {
-        Store { db, outbox }
+        Store {
+            db,
+            outbox,
+            history: true,
+        }
+    }
+
+    /// With `false`, commits leave out the units' history records
+    /// (`HISTORY_RETENTION_DAYS=0`).
+    pub fn recording_history(self, history: bool) -> Self {
+        Store { history, ..self }
     }
 
     /// Where the service's part of the orders' histories is read.
@@ -290,6 +310,9 @@ impl Store {
                 .map_err(|e| Failure::on_insert(e, OnDuplicate::AlreadyHandled))?;
         }
         for write in &unit.writes {
+            if !self.history && write.collection() == HISTORY {
+                continue;
+            }
             match write {
                 Write::Insert {
                     collection,

@@ -203,6 +203,14 @@ async fn suite() -> ExitCode {
             })
             .await,
     );
+    rows.push(
+        chaos
+            .phase(
+                "10. rolling upgrade: an earlier inventory build beside the current one",
+                |c| Box::pin(c.rolling_upgrade()),
+            )
+            .await,
+    );
     rows.push(chaos.unroutable().await);
     rows.push(chaos.oversell().await);
 
@@ -365,15 +373,44 @@ impl Chaos {
 
     /// Starts (or restarts) one service process; `failpoints` arms crashes.
     async fn spawn(&mut self, service: &'static str, failpoints: Option<&str>) {
+        let mut command = self.command(
+            service,
+            std::env::current_exe().unwrap(),
+            &format!("{service}.log"),
+        );
+        command
+            .env("CHAOS_SERVICE", service)
+            .env("PORT", self.ports[service].to_string());
+        if let Some(failpoints) = failpoints {
+            command.env("FAILPOINTS", failpoints);
+        }
+        let child = command.spawn().expect("the service process starts");
+        self.children.insert(service, child);
+        let url = format!("{}/ready", self.url(service));
+        let http = self.http.clone();
+        wait_until(
+            &format!("{service} ready"),
+            Duration::from_secs(60),
+            || async {
+                http.get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
+    }
+
+    /// `program` run as `service` of this stack (without its port), its
+    /// output appended to `log` in the suite's directory.
+    fn command(&self, service: &str, program: impl AsRef<std::ffi::OsStr>, log: &str) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(format!("{service}.log")))
+            .open(self.dir.join(log))
             .unwrap();
-        let mut command = Command::new(std::env::current_exe().unwrap());
+        let mut command = Command::new(program);
         command
-            .env("CHAOS_SERVICE", service)
-            .env("PORT", self.ports[service].to_string())
             .env(
                 "MONGODB_URI",
                 format!("mongodb://127.0.0.1:{}", self.mongo_port),
@@ -403,24 +440,71 @@ impl Chaos {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null());
-        if let Some(failpoints) = failpoints {
-            command.env("FAILPOINTS", failpoints);
-        }
-        let child = command.spawn().expect("the service process starts");
-        self.children.insert(service, child);
-        let url = format!("{}/ready", self.url(service));
-        let http = self.http.clone();
+        command
+    }
+
+    /// A rolling upgrade of the inventory under load: an instance built from
+    /// an earlier commit (`PREVIOUS_INVENTORY_BIN`, whose consumer does not
+    /// read `order.created` version 2) joins the current one on its queue;
+    /// the current one is stopped for 10 s, so only the earlier build
+    /// consumes and must hand back every version 2 it meets (transient, not
+    /// dead-lettered); then the current one (the upgraded instance) starts
+    /// again and takes them, and the earlier one is stopped.
+    async fn rolling_upgrade(&mut self) -> String {
+        let Ok(bin) = std::env::var("PREVIOUS_INVENTORY_BIN") else {
+            self.violation(
+                "PREVIOUS_INVENTORY_BIN is not set: ./scripts/test.sh and ./scripts/chaos.sh build the \
+                 earlier inventory (scripts/lib/previous-build.sh)"
+                    .into(),
+            );
+            return "not run".into();
+        };
+        let started = mongodb::bson::DateTime::now();
+        let log = self.dir.join("inventory-previous.log");
+        let mut previous = self
+            .command("inventory", &bin, "inventory-previous.log")
+            .env("PORT", free_port().to_string())
+            .spawn()
+            .expect("the earlier inventory starts");
         wait_until(
-            &format!("{service} ready"),
+            "the earlier inventory consuming",
             Duration::from_secs(60),
-            || async {
-                http.get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
+            || {
+                let log = log.clone();
+                async move { std::fs::read_to_string(log).is_ok_and(|l| l.contains("consuming")) }
             },
         )
         .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut current = self.children.remove("inventory").unwrap();
+        terminate(&mut current).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        self.spawn("inventory", None).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        terminate(&mut previous).await;
+        let handed_back = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("is newer than this consumer reads")
+            .count();
+        if handed_back == 0 {
+            self.violation("the earlier inventory met no order.created version 2".into());
+        }
+        let dead = self
+            .count(
+                "inventory",
+                "dead_letters",
+                doc! { "eventType": "order.created", "deadAt": { "$gte": started } },
+            )
+            .await;
+        if dead > 0 {
+            self.violation(format!(
+                "{dead} order.created dead-lettered during the rolling upgrade"
+            ));
+        }
+        format!(
+            "the earlier build alone for 10 s; it handed back {handed_back} version 2 deliveries, \
+             {dead} dead-lettered"
+        )
     }
 
     fn kill(&mut self, service: &str) {

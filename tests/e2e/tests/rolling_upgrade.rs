@@ -70,7 +70,9 @@ async fn an_earlier_build_beside_the_current_one_on_one_queue_loses_and_dead_let
 
     let mut orders = Vec::new();
     for _ in 0..30 {
-        let response = stack.place_order(&stack.email("upgrade"), &product, 2).await;
+        let response = stack
+            .place_order(&stack.email("upgrade"), &product, 2)
+            .await;
         assert_eq!(response.status(), 202);
         let order: Value = response.json().await.unwrap();
         orders.push(order["orderId"].as_str().unwrap().to_string());
