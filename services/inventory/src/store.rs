@@ -327,16 +327,28 @@ impl WriteBatch for ReserveStock {
             .try_collect()
             .await?;
         let mut open = Vec::with_capacity(batch.len());
-        for item @ (_, order) in batch {
+        let mut histories = Vec::with_capacity(batch.len());
+        for item @ (event, order) in batch {
             match domain::prior(stored.get(&order.order_id).copied(), order.attempt)
                 .map_err(StoreError::Rule)?
             {
-                Prior::Decided => {}
+                // Rare (a redelivery, or a run that ended first): said in
+                // the order's history, which otherwise would not show it.
+                Prior::Decided => {
+                    histories.push(History::of(SOURCE, &order.order_id).handled_without_effect(
+                        event,
+                        format!(
+                            "no effect: run {} of this order was decided or ended before",
+                            order.attempt
+                        ),
+                    ))
+                }
                 Prior::Nothing => open.push((item, None)),
                 Prior::EarlierRun { attempt } => open.push((item, Some(attempt))),
             }
         }
         if open.is_empty() {
+            unit.record_all(histories)?;
             return inventory.store.commit(unit).await;
         }
 
@@ -348,7 +360,6 @@ impl WriteBatch for ReserveStock {
         let now = Utc::now();
         let decisions = domain::decide_reservations(&lines, &mut products, now);
         let mut reservations = Vec::with_capacity(open.len());
-        let mut histories = Vec::with_capacity(open.len());
         for (((event, order), replaces), decision) in open.into_iter().zip(decisions) {
             let cause = Cause::event(SOURCE, event);
             let (reservation, events) = domain::reservation_outcome(order, decision, &cause, now);
