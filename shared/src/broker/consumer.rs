@@ -5,7 +5,10 @@
 //! jittered backoff and declares the topology again. Every step with the
 //! broker has a time limit, so a connection that looks alive while nothing
 //! moves on it cannot wedge the consumer; each consumer reports its state
-//! (for `/ready` and `/metrics`) and survives its handler's panics.
+//! (for `/ready` and `/metrics`) and survives its handler's panics. An
+//! operator's pause (see `crate::pauses`) stops the intake like a shutdown
+//! does, settles what is in hand, cancels the AMQP consumer and waits,
+//! without a connection, until it is resumed.
 
 mod acks;
 mod state;
@@ -13,7 +16,9 @@ mod supervisor;
 
 pub(crate) use acks::Acks;
 
-pub use state::{ConsumerRole, ConsumerSnapshot, ConsumerState, Consumers, consumers_ready};
+pub use state::{
+    ConsumerRole, ConsumerSnapshot, ConsumerState, ConsumerStatus, Consumers, consumers_ready,
+};
 pub use supervisor::{panic_message, supervise};
 
 use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
@@ -24,7 +29,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::{
     Channel, Connection,
     message::Delivery,
-    options::{BasicConsumeOptions, BasicQosOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
 };
 use tokio_util::sync::CancellationToken;
@@ -200,6 +205,8 @@ pub enum Step {
     Declare,
     Qos,
     Consume,
+    /// The basic.cancel of a pause.
+    Cancel,
     PublishConfirm,
     Ack,
     /// One delivery from receipt to ack, handler included.
@@ -214,6 +221,7 @@ impl Step {
             Step::Declare => "declare",
             Step::Qos => "qos",
             Step::Consume => "consume",
+            Step::Cancel => "cancel",
             Step::PublishConfirm => "publish confirm",
             Step::Ack => "ack",
             Step::Settle => "settle",
@@ -264,7 +272,8 @@ pub(crate) async fn within<T, E: Into<ConsumerError>>(
 
 /// Runs until `shutdown`, reconnecting whenever the broker goes away, and
 /// reports how it is doing in `state`. On shutdown it stops taking
-/// deliveries and finishes the ones in hand.
+/// deliveries and finishes the ones in hand; on a pause asked for in
+/// `state`, too, and then waits until it is resumed.
 pub async fn run_consumer<H: Handler>(
     settings: ConsumerSettings,
     handler: Arc<H>,
@@ -295,6 +304,22 @@ pub(crate) async fn run_worker<W: QueueWorker>(
     let next_hops = Publisher::new(url, &format!("{name}-next-hop"), worker.topology().clone());
     let mut backoff = reconnect_backoff();
     while !shutdown.is_cancelled() {
+        if state.pause_requested() {
+            // Nothing is held here: the session before settled what it had,
+            // and closing its connection gave back what it had not taken.
+            state.paused();
+            // Its next-hop connection too: a paused consumer holds none.
+            next_hops.close().await;
+            tracing::info!(queue = worker.label(), "consumer paused");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = state.until_resume_requested() => {}
+            }
+            state.resumed();
+            tracing::info!(queue = worker.label(), "consumer resumed");
+            backoff = reconnect_backoff();
+            continue;
+        }
         let consumed =
             consume_until_broken(url, name, prefetch, worker, &next_hops, state, &shutdown)
                 .instrument(span.clone())
@@ -324,8 +349,10 @@ pub(crate) async fn run_worker<W: QueueWorker>(
                     retry_in_ms = delay.as_millis() as u64,
                     "consumer lost RabbitMQ; reconnecting"
                 );
+                // A pause during an outage applies at once.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
+                    _ = state.until_pause_requested() => {}
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -403,7 +430,7 @@ async fn consume<W: QueueWorker>(
         channel.basic_qos(prefetch, BasicQosOptions::default()),
     )
     .await?;
-    let consumer = within(
+    let mut consumer = within(
         Step::Consume,
         STEP_LIMIT,
         channel.basic_consume(
@@ -430,10 +457,14 @@ async fn consume<W: QueueWorker>(
     // dead connection did not always end while deliveries were in flight,
     // which once left a consumer waiting forever after a broker restart.
     let mut events = connection.events_listener();
+    let paused_by_operator = std::sync::atomic::AtomicBool::new(false);
     let stop_taking = async {
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = broken.cancelled() => {}
+            _ = state.until_pause_requested() => {
+                paused_by_operator.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             Some(error) = async {
                 while let Some(event) = events.next().await {
                     if let lapin::Event::Error(error) = event {
@@ -445,7 +476,8 @@ async fn consume<W: QueueWorker>(
         }
     };
     let acks = Acks::new(channel.clone());
-    let deliveries = consumer
+    // Borrowed, so that a pause can cancel it once the intake is done.
+    let deliveries = (&mut consumer)
         .take_until(stop_taking)
         .take_while(|delivery| {
             let ok = delivery.is_ok();
@@ -496,9 +528,23 @@ async fn consume<W: QueueWorker>(
         tracing::warn!(%error, "could not send the last acks; the broker redelivers those deliveries");
     }
 
-    match failure.lock().expect("poisoned").take() {
+    let failure = failure.lock().expect("poisoned").take();
+    match failure {
         _ if shutdown.is_cancelled() => Ok(()),
         Some(error) => Err(error),
+        None if paused_by_operator.into_inner() => {
+            // What is in hand is settled and acked: the broker stops
+            // sending, and closing the connection gives back what arrived
+            // but was not taken. Nothing stays unacked while paused.
+            within(
+                Step::Cancel,
+                STEP_LIMIT,
+                channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+            )
+            .await?;
+            tracing::info!(%queue, "consumer cancelled for a pause");
+            Ok(())
+        }
         None => Err(ConsumerError::Cancelled),
     }
 }
