@@ -25,8 +25,8 @@ pub struct ConsumerApi {
 #[derive(Object)]
 #[oai(rename_all = "camelCase")]
 pub struct ConsumerList {
-    /// Each consumer of the service's queues on this instance: the work
-    /// queue's, then the dead-letter archiver's (as `/ready` lists them).
+    /// Each consumer of the service's queues on this instance, the work
+    /// queue's and the dead-letter archiver's, as `/ready` lists them.
     pub consumers: Vec<ConsumerReadiness>,
 }
 

@@ -38,6 +38,20 @@ pub struct Stack {
     pub notification: String,
     pub http: reqwest::Client,
     shutdown: Vec<CancellationToken>,
+    /// The test's settings for every service, for instances started later.
+    extra: Vec<(&'static str, String)>,
+}
+
+/// One more instance of a service of a stack; it stops when dropped.
+pub struct Instance {
+    pub url: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 impl Stack {
@@ -84,14 +98,15 @@ impl Stack {
 
     /// With extra settings for every service (e.g. `PREFETCH=1` to make
     /// delivery order observable).
-    pub async fn start_with(extra: &[(&str, &str)]) -> Stack {
+    pub async fn start_with(extra: &[(&'static str, &str)]) -> Stack {
         // The services log to stdout, which the test harness does not
         // capture: only when asked.
         if std::env::var_os("TEST_LOG").is_some() {
             // Kept for the whole test process.
             std::mem::forget(shared::telemetry::init("e2e"));
         }
-        let extra: Vec<(&str, String)> = extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let extra: Vec<(&'static str, String)> =
+            extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let mut shutdown = Vec::new();
 
@@ -144,6 +159,7 @@ impl Stack {
             notification: notification_url,
             http: reqwest::Client::new(),
             shutdown,
+            extra,
         };
         // Consumers declare their queues on connect; wait until they have, so
         // no event is published before its queue exists.
@@ -155,6 +171,24 @@ impl Stack {
     /// it had gone away; its queue stays and fills.
     pub fn stop_inventory(&self) {
         self.shutdown[0].cancel();
+    }
+
+    /// Another instance of this stack's inventory service: the same
+    /// database, queues and settings, on a port of its own. Beside the
+    /// first it is a replica; after [`Self::stop_inventory`], a restart.
+    pub async fn start_inventory_instance(&self) -> Instance {
+        let env = Self::env(&self.id, "inventory", &[], &self.extra);
+        let inventory = inventory_service::build(
+            inventory_service::Config::from_lookup(&env).expect("valid inventory settings"),
+        )
+        .await
+        .expect("inventory starts");
+        let instance = Instance {
+            url: format!("http://127.0.0.1:{}", inventory.port()),
+            shutdown: inventory.shutdown_token(),
+        };
+        tokio::spawn(inventory.run_until_stopped());
+        instance
     }
 
     async fn wait_for_queues(&self) {
