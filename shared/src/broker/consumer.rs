@@ -307,6 +307,7 @@ pub(crate) async fn run_worker<W: QueueWorker>(
         if state.pause_requested() {
             // Nothing is held here: the session before settled what it had,
             // and closing its connection gave back what it had not taken.
+            // (Asked for while disconnected, or at start, it pauses here.)
             state.paused();
             // Its next-hop connection too: a paused consumer holds none.
             next_hops.close().await;
@@ -315,11 +316,13 @@ pub(crate) async fn run_worker<W: QueueWorker>(
                 _ = shutdown.cancelled() => break,
                 _ = state.until_resume_requested() => {}
             }
-            state.resumed();
             tracing::info!(queue = worker.label(), "consumer resumed");
             backoff = reconnect_backoff();
             continue;
         }
+        // Out of a pause, this loop's or the one the last session ended
+        // with: disconnected from now until the broker takes the consumer.
+        state.resumed();
         let consumed =
             consume_until_broken(url, name, prefetch, worker, &next_hops, state, &shutdown)
                 .instrument(span.clone())
@@ -542,6 +545,9 @@ async fn consume<W: QueueWorker>(
                 channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
             )
             .await?;
+            // Paused from here: the broker sends nothing more. The answer
+            // to the operator does not wait for the connection's close.
+            state.paused();
             tracing::info!(%queue, "consumer cancelled for a pause");
             Ok(())
         }

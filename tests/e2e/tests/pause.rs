@@ -187,7 +187,7 @@ async fn a_paused_inventory_queue_holds_the_orders_through_a_restart_until_a_res
     // ...and on the other instance within about 2 s (it reads once a second).
     eventually_within(
         "the restarted instance consuming again",
-        Duration::from_secs(4),
+        Duration::from_secs(3),
         || async {
             let consumer = listed(&stack, &restarted.url, &queue).await;
             (consumer["state"] == "consuming").then_some(())
