@@ -1,10 +1,12 @@
 //! HTTP plumbing shared by the three APIs: JSON errors, request limits,
 //! rate limits, correlation ids, admin auth, health, readiness and metrics,
-//! dead-letter admin routes, paging, and serving with graceful shutdown.
+//! dead-letter and consumer admin routes, paging, and serving with graceful
+//! shutdown.
 
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod consumers;
 pub mod contract;
 pub mod deadletters;
 pub mod error;

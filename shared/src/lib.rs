@@ -2,8 +2,9 @@
 //! each service is mostly its domain: configuration, telemetry, the event
 //! envelope, the RabbitMQ machinery (topology, confirmed publishing, consumers
 //! with retries and dead letters), MongoDB helpers (outbox, inbox,
-//! transactions, dead letters), circuit breakers and the HTTP plumbing
-//! (errors, health, metrics, rate limits, admin auth, paging).
+//! transactions, dead letters), operators' pauses of consumers, circuit
+//! breakers and the HTTP plumbing (errors, health, metrics, rate limits,
+//! admin auth, paging).
 
 pub mod broker;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod money;
+pub mod pauses;
 pub mod resilience;
 pub mod retry;
 pub mod service;

@@ -1,6 +1,7 @@
 //! What starting a service means, once for all three: connect to MongoDB
 //! (waiting a little, then failing with a clear message), run the outbox
-//! relay and the consumers, serve HTTP, and stop every task on one signal.
+//! relay, the consumers and the watch on their pauses, serve HTTP, and stop
+//! every task on one signal.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,12 +22,14 @@ use crate::{
     history::HistoryStore,
     http::{
         self, GaugeSource, HealthApi,
+        consumers::ConsumerApi,
         deadletters::DeadLetterApi,
         history::{HistoryApi, HistorySource, LocalHistory},
         loadshed::LoadShedder,
         ratelimit::RateLimiter,
     },
     metrics::Metrics,
+    pauses::ConsumerPauses,
     resilience::Breakers,
     store::{self, OutboxRelay, Store, inbox::ensure_inbox_indexes, outbox::ensure_outbox_indexes},
 };
@@ -46,6 +49,8 @@ pub struct ServiceCore {
     pub dead_letters: DeadLetterStore,
     /// Every consumer of the service, reported by `/ready` and `/metrics`.
     pub consumers: Consumers,
+    /// The operators' pauses of those consumers, read from the database.
+    pub pauses: ConsumerPauses,
     /// The service's Prometheus registry, where its own code counts too.
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
@@ -89,6 +94,12 @@ impl ServiceCore {
             .await
             .context("creating dead-letter indexes")?;
 
+        let consumers = Consumers::default();
+        let pauses = ConsumerPauses::new(&db, consumers.clone());
+        // Before any consumer starts: a restarted instance of a paused
+        // queue must not take a single delivery.
+        pauses.load().await.context("reading the consumer pauses")?;
+
         let breakers = Breakers::default();
         let topology = Topology::new(&config.amqp_namespace)
             .with_queue_expiry(config.queue_expiry)
@@ -110,7 +121,8 @@ impl ServiceCore {
             publisher,
             breakers,
             dead_letters,
-            consumers: Consumers::default(),
+            consumers,
+            pauses,
             metrics: Metrics::new(config.service),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -125,6 +137,8 @@ impl ServiceCore {
             core.dead_letters.clone(),
             core.shutdown.clone(),
         ));
+        core.tasks
+            .spawn(core.pauses.clone().poll_until(core.shutdown.clone()));
         if let Some(redrive) = core.config.redrive {
             core.tasks.spawn(redrive_until(
                 core.dead_letters.clone(),
@@ -151,6 +165,7 @@ impl ServiceCore {
             topology.dead_letter_queue(&subscription),
             ConsumerRole::DeadLetters,
         );
+        self.pauses.apply_known(&state);
         let url = self.config.rabbitmq_url.expose().to_string();
         let name = connection_name(&self.config, "dead-letters");
         let shutdown = self.shutdown.clone();
@@ -180,6 +195,7 @@ impl ServiceCore {
         let state = self
             .consumers
             .register(topology.work_queue(&subscription), ConsumerRole::Work);
+        self.pauses.apply_known(&state);
         let shutdown = self.shutdown.clone();
         self.tasks
             .spawn(supervise(state.clone(), shutdown.clone(), move || {
@@ -268,7 +284,7 @@ impl ServiceCore {
     }
 
     /// Binds the port and serves `api` (with health, metrics, dead-letter
-    /// admin routes, docs and spec).
+    /// and consumer admin routes, docs and spec).
     pub async fn serve<T: OpenApi + 'static>(
         mut self,
         api: T,
@@ -289,12 +305,17 @@ impl ServiceCore {
         let history = HistoryApi {
             local: self.local_history(),
         };
+        let consumers = ConsumerApi {
+            consumers: self.consumers.clone(),
+            pauses: self.pauses.clone(),
+        };
         let app = http::build_app(
             (
                 api,
                 self.health_api(rate_limiter.clone(), load_shedder.clone()),
                 dead_letters,
                 history,
+                consumers,
             ),
             self.routes.take().unwrap_or_default(),
             title,

@@ -826,9 +826,12 @@
         el('h4', {}, 'Consumers'),
         table([
           ['queue', (c) => el('span', {}, queueName(c.queue), el('br'), el('small', { class: 'muted' }, c.role))],
-          ['connected', (c) => (c.connected
-            ? el('span', { class: 'ok' }, 'yes')
-            : el('span', { class: 'bad' }, `no, for ${age(c.disconnectedSeconds)}`))],
+          ['connected', (c) => {
+            if (c.connected) return el('span', { class: 'ok' }, 'yes');
+            // Paused by an operator: no channel, on purpose (see Consumers).
+            if (c.state === 'paused') return el('span', { class: 'consumer-state paused' }, 'no, paused');
+            return el('span', { class: 'bad' }, `no, for ${age(c.disconnectedSeconds)}`);
+          }],
           ['in flight', (c) => c.inFlight],
           ['last ack', (c) => (c.lastAckAgeSeconds === null ? 'never' : `${age(c.lastAckAgeSeconds)} ago`)],
           ['restarts / timeouts', (c) => `${c.restarts} / ${c.timeouts}`],
@@ -836,6 +839,72 @@
     }, (failed) => replace(healthBox(s.name),
       el('h3', {}, `${s.name} `, el('span', { class: 'bad', 'data-testid': `ready-${s.name}` }, 'no answer')),
       failed))));
+  }
+
+  // ---- consumers: pause and resume ---------------------------------------
+  // The Consumers panel: each service's consumers (GET /admin/consumers)
+  // with a Pause or Resume button. A pause is stored by the service and
+  // applies to all its instances; the state shown is the instance's that
+  // answered.
+
+  function consumersBox(service) {
+    let box = document.querySelector(`[data-consumers="${service}"]`);
+    if (!box) {
+      box = el('div', { class: 'card', 'data-consumers': service, 'data-testid': `consumers-${service}` });
+      $('consumer-services').append(box);
+    }
+    return box;
+  }
+
+  function consumerState(c) {
+    // Asked for and not yet in effect: its deliveries in hand are settling.
+    const pending = c.pauseRequested !== (c.state === 'paused');
+    const label = pending ? `${c.state} (${c.pauseRequested ? 'pausing' : 'resuming'})` : c.state;
+    return el('span', {
+      class: `consumer-state ${c.state}`,
+      'data-testid': `consumer-state-${c.queue}`,
+      title: c.pausedSince ? `paused since ${c.pausedSince}` : null,
+    }, label);
+  }
+
+  function consumerAction(service, c) {
+    const action = c.pauseRequested ? 'resume' : 'pause';
+    return el('button', {
+      type: 'button',
+      'data-testid': `${action}-consumer-${c.queue}`,
+      onclick: (event) => {
+        if (action === 'pause' && !window.confirm(
+          `Pause the consumer of ${c.queue} on every instance of the ${service} service? `
+          + 'Its messages wait in the queue until it is resumed.')) return;
+        act(`${action}:${c.queue}`, event.currentTarget, async () => {
+          const after = await call('POST',
+            `${api(service)}/admin/consumers/${encodeURIComponent(c.queue)}/${action}`);
+          const pending = after.pauseRequested && after.state !== 'paused';
+          notice(`${c.queue} (${service}): ${after.state}${pending ? ', pausing once its deliveries in hand are settled' : ''}.`);
+          await loadConsumers(service);
+        });
+      },
+    }, action === 'pause' ? 'Pause' : 'Resume');
+  }
+
+  function loadConsumers(service) {
+    if (!service) {
+      // The boxes in the services' order, whichever answers first.
+      for (const s of state.settings.services) consumersBox(s.name);
+      return Promise.all(state.settings.services.map((s) => loadConsumers(s.name)));
+    }
+    return guarded(`consumers-${service}`, async () => {
+      const list = await call('GET', `${api(service)}/admin/consumers`);
+      replace(consumersBox(service),
+        el('h3', {}, `${service} service`),
+        table([
+          ['queue', (c) => el('span', {}, queueName(c.queue), el('br'), el('small', { class: 'muted' }, c.role))],
+          ['state', (c) => consumerState(c)],
+          ['in flight', (c) => c.inFlight],
+          ['last ack', (c) => (c.lastAckAt ? when(c.lastAckAt) : 'never')],
+          ['', (c) => consumerAction(service, c)],
+        ], list.consumers, (c) => ({ 'data-testid': `consumer-row-${c.queue}` })));
+    }, (failed) => replace(consumersBox(service), el('h3', {}, `${service} service`), failed));
   }
 
   function renderLinks() {
@@ -854,7 +923,8 @@
     if (state.refreshing || !token() || !state.settings) return;
     state.refreshing = true;
     try {
-      await Promise.all([loadSagas(), loadOrders(), loadOpenOrder(), loadLowStock(), loadNotifications(), loadDeadLetters(), loadHealth()]);
+      await Promise.all([loadSagas(), loadOrders(), loadOpenOrder(), loadLowStock(), loadNotifications(),
+        loadDeadLetters(), loadHealth(), loadConsumers()]);
       if (token()) $('last-refresh').textContent = `updated ${new Date().toLocaleTimeString()}`;
     } finally {
       state.refreshing = false;

@@ -5,7 +5,10 @@
 //! jittered backoff and declares the topology again. Every step with the
 //! broker has a time limit, so a connection that looks alive while nothing
 //! moves on it cannot wedge the consumer; each consumer reports its state
-//! (for `/ready` and `/metrics`) and survives its handler's panics.
+//! (for `/ready` and `/metrics`) and survives its handler's panics. An
+//! operator's pause (see `crate::pauses`) stops the intake like a shutdown
+//! does, settles what is in hand, cancels the AMQP consumer and waits,
+//! without a connection, until it is resumed.
 
 mod acks;
 mod state;
@@ -13,7 +16,9 @@ mod supervisor;
 
 pub(crate) use acks::Acks;
 
-pub use state::{ConsumerRole, ConsumerSnapshot, ConsumerState, Consumers, consumers_ready};
+pub use state::{
+    ConsumerRole, ConsumerSnapshot, ConsumerState, ConsumerStatus, Consumers, consumers_ready,
+};
 pub use supervisor::{panic_message, supervise};
 
 use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
@@ -24,7 +29,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::{
     Channel, Connection,
     message::Delivery,
-    options::{BasicConsumeOptions, BasicQosOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
 };
 use tokio_util::sync::CancellationToken;
@@ -205,6 +210,8 @@ pub enum Step {
     Declare,
     Qos,
     Consume,
+    /// The basic.cancel of a pause.
+    Cancel,
     PublishConfirm,
     Ack,
     /// One delivery from receipt to ack, handler included.
@@ -219,6 +226,7 @@ impl Step {
             Step::Declare => "declare",
             Step::Qos => "qos",
             Step::Consume => "consume",
+            Step::Cancel => "cancel",
             Step::PublishConfirm => "publish confirm",
             Step::Ack => "ack",
             Step::Settle => "settle",
@@ -269,7 +277,8 @@ pub(crate) async fn within<T, E: Into<ConsumerError>>(
 
 /// Runs until `shutdown`, reconnecting whenever the broker goes away, and
 /// reports how it is doing in `state`. On shutdown it stops taking
-/// deliveries and finishes the ones in hand.
+/// deliveries and finishes the ones in hand; on a pause asked for in
+/// `state`, too, and then waits until it is resumed.
 pub async fn run_consumer<H: Handler>(
     settings: ConsumerSettings,
     handler: Arc<H>,
@@ -300,6 +309,25 @@ pub(crate) async fn run_worker<W: QueueWorker>(
     let next_hops = Publisher::new(url, &format!("{name}-next-hop"), worker.topology().clone());
     let mut backoff = reconnect_backoff();
     while !shutdown.is_cancelled() {
+        if state.pause_requested() {
+            // Nothing is held here: the session before settled what it had,
+            // and closing its connection gave back what it had not taken.
+            // (Asked for while disconnected, or at start, it pauses here.)
+            state.paused();
+            // Its next-hop connection too: a paused consumer holds none.
+            next_hops.close().await;
+            tracing::info!(queue = worker.label(), "consumer paused");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = state.until_resume_requested() => {}
+            }
+            tracing::info!(queue = worker.label(), "consumer resumed");
+            backoff = reconnect_backoff();
+            continue;
+        }
+        // Out of a pause, this loop's or the one the last session ended
+        // with: disconnected from now until the broker takes the consumer.
+        state.resumed();
         let consumed =
             consume_until_broken(url, name, prefetch, worker, &next_hops, state, &shutdown)
                 .instrument(span.clone())
@@ -329,8 +357,10 @@ pub(crate) async fn run_worker<W: QueueWorker>(
                     retry_in_ms = delay.as_millis() as u64,
                     "consumer lost RabbitMQ; reconnecting"
                 );
+                // A pause during an outage applies at once.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
+                    _ = state.until_pause_requested() => {}
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -408,7 +438,7 @@ async fn consume<W: QueueWorker>(
         channel.basic_qos(prefetch, BasicQosOptions::default()),
     )
     .await?;
-    let consumer = within(
+    let mut consumer = within(
         Step::Consume,
         STEP_LIMIT,
         channel.basic_consume(
@@ -435,10 +465,14 @@ async fn consume<W: QueueWorker>(
     // dead connection did not always end while deliveries were in flight,
     // which once left a consumer waiting forever after a broker restart.
     let mut events = connection.events_listener();
+    let paused_by_operator = std::sync::atomic::AtomicBool::new(false);
     let stop_taking = async {
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = broken.cancelled() => {}
+            _ = state.until_pause_requested() => {
+                paused_by_operator.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             Some(error) = async {
                 while let Some(event) = events.next().await {
                     if let lapin::Event::Error(error) = event {
@@ -450,7 +484,8 @@ async fn consume<W: QueueWorker>(
         }
     };
     let acks = Acks::new(channel.clone());
-    let deliveries = consumer
+    // Borrowed, so that a pause can cancel it once the intake is done.
+    let deliveries = (&mut consumer)
         .take_until(stop_taking)
         .take_while(|delivery| {
             let ok = delivery.is_ok();
@@ -501,9 +536,26 @@ async fn consume<W: QueueWorker>(
         tracing::warn!(%error, "could not send the last acks; the broker redelivers those deliveries");
     }
 
-    match failure.lock().expect("poisoned").take() {
+    let failure = failure.lock().expect("poisoned").take();
+    match failure {
         _ if shutdown.is_cancelled() => Ok(()),
         Some(error) => Err(error),
+        None if paused_by_operator.into_inner() => {
+            // What is in hand is settled and acked: the broker stops
+            // sending, and closing the connection gives back what arrived
+            // but was not taken. Nothing stays unacked while paused.
+            within(
+                Step::Cancel,
+                STEP_LIMIT,
+                channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+            )
+            .await?;
+            // Paused from here: the broker sends nothing more. The answer
+            // to the operator does not wait for the connection's close.
+            state.paused();
+            tracing::info!(%queue, "consumer cancelled for a pause");
+            Ok(())
+        }
         None => Err(ConsumerError::Cancelled),
     }
 }

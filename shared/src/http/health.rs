@@ -27,7 +27,7 @@ use super::{loadshed::LoadShedder, ratelimit::RateLimiter};
 use crate::{
     broker::{
         Publisher,
-        consumer::{ConsumerRole, ConsumerSnapshot, Consumers, consumers_ready},
+        consumer::{ConsumerRole, ConsumerSnapshot, ConsumerStatus, Consumers, consumers_ready},
     },
     deadletter::DeadLetterStore,
     metrics::{self, GaugeFamily, Metrics, Snapshot},
@@ -106,7 +106,7 @@ pub struct Readiness {
     /// Each consumer of the service's queues. One that has been
     /// disconnected for longer than `CONSUMER_READY_GRACE_SECONDS` makes
     /// the service unready; a shorter reconnect (after a broker restart)
-    /// does not.
+    /// does not, nor does an operator's pause.
     pub consumers: Vec<ConsumerReadiness>,
 }
 
@@ -119,17 +119,30 @@ pub struct ConsumerReadiness {
     /// `work` (the service's events) or `dead_letters` (the archiver of
     /// its dead-letter queue).
     pub role: ConsumerRole,
+    /// `consuming`, `paused` (by an operator: its messages wait in the
+    /// queue) or `disconnected` (connecting or reconnecting).
+    pub state: ConsumerStatus,
     /// Whether it is consuming on a live channel right now.
     pub connected: bool,
+    /// Whether a pause is asked for; `state` says when it has taken effect
+    /// (once the deliveries in hand are settled).
+    pub pause_requested: bool,
+    /// When it paused, RFC 3339; null unless paused.
+    #[oai(nullable)]
+    pub paused_since: Option<DateTime<Utc>>,
     /// When it lost its channel (or started without one), RFC 3339; null
-    /// while connected.
+    /// while connected or paused.
     #[oai(nullable)]
     pub disconnected_since: Option<DateTime<Utc>>,
-    /// Seconds it has been disconnected; null while connected.
+    /// Seconds it has been disconnected; null while connected or paused.
     #[oai(nullable)]
     pub disconnected_seconds: Option<f64>,
     /// Deliveries received and not yet settled.
     pub in_flight: u64,
+    /// When it last acked a delivery, RFC 3339; null if it has acked none
+    /// since the service started.
+    #[oai(nullable)]
+    pub last_ack_at: Option<DateTime<Utc>>,
     /// Seconds since it last acked a delivery; null if it has acked none
     /// since the service started.
     #[oai(nullable)]
@@ -143,13 +156,21 @@ pub struct ConsumerReadiness {
 
 impl From<ConsumerSnapshot> for ConsumerReadiness {
     fn from(consumer: ConsumerSnapshot) -> Self {
+        let now = Utc::now();
         ConsumerReadiness {
             queue: consumer.queue,
             role: consumer.role,
+            state: consumer.status,
             connected: consumer.connected,
+            pause_requested: consumer.pause_requested,
+            paused_since: consumer.paused_since,
             disconnected_since: consumer.disconnected_since,
             disconnected_seconds: consumer.disconnected_for.map(seconds),
             in_flight: consumer.in_flight,
+            last_ack_at: consumer
+                .last_ack_age
+                .and_then(|age| chrono::Duration::from_std(age).ok())
+                .map(|age| now - age),
             last_ack_age_seconds: consumer.last_ack_age.map(seconds),
             restarts: consumer.restarts,
             timeouts: consumer.timeouts,
@@ -181,8 +202,8 @@ pub enum MetricsText {
 
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
-    /// MongoDB and RabbitMQ both answer, and every consumer is connected
-    /// or reconnecting within its grace.
+    /// MongoDB and RabbitMQ both answer, and every consumer is connected,
+    /// paused by an operator, or reconnecting within its grace.
     #[oai(status = 200)]
     Ready(Json<Readiness>),
     /// A dependency is down or a consumer has been disconnected too long;
@@ -223,7 +244,8 @@ impl HealthApi {
     }
 
     /// Readiness: MongoDB and RabbitMQ are reachable, and no consumer has
-    /// been disconnected for longer than `CONSUMER_READY_GRACE_SECONDS`.
+    /// been disconnected for longer than `CONSUMER_READY_GRACE_SECONDS` (a
+    /// paused one is not disconnected: the API keeps serving).
     #[oai(path = "/ready", method = "get")]
     async fn ready(&self) -> ReadyResponse {
         let Dependencies { mongodb, rabbitmq } =
@@ -408,6 +430,7 @@ impl HealthApi {
 /// Each consumer's state, labelled by its queue and role.
 fn consumer_metrics(snapshot: &mut Snapshot, consumers: &[ConsumerSnapshot]) {
     let connected = GaugeFamily::<ConsumerLabels>::default();
+    let paused = GaugeFamily::<ConsumerLabels>::default();
     let in_flight = GaugeFamily::<ConsumerLabels>::default();
     let last_ack = GaugeFamily::<ConsumerLabels>::default();
     let restarts = Family::<ConsumerLabels, Counter>::default();
@@ -420,6 +443,13 @@ fn consumer_metrics(snapshot: &mut Snapshot, consumers: &[ConsumerSnapshot]) {
         connected
             .get_or_create(&labels)
             .set(if consumer.connected { 1.0 } else { 0.0 });
+        paused
+            .get_or_create(&labels)
+            .set(if consumer.status == ConsumerStatus::Paused {
+                1.0
+            } else {
+                0.0
+            });
         in_flight
             .get_or_create(&labels)
             .set(consumer.in_flight as f64);
@@ -434,6 +464,11 @@ fn consumer_metrics(snapshot: &mut Snapshot, consumers: &[ConsumerSnapshot]) {
         "consumer_connected",
         "1 while the consumer is consuming on a live channel, else 0.",
         connected,
+    );
+    snapshot.add(
+        "consumer_paused",
+        "1 while an operator's pause keeps the consumer from consuming, else 0.",
+        paused,
     );
     snapshot.add(
         "consumer_in_flight",

@@ -38,8 +38,20 @@ pub struct Stack {
     pub notification: String,
     pub http: reqwest::Client,
     shutdown: Vec<CancellationToken>,
-    /// The test's settings for every service, for a restart.
+    /// The test's settings for every service, for instances started later.
     extra: Vec<(&'static str, String)>,
+}
+
+/// One more instance of a service of a stack; it stops when dropped.
+pub struct Instance {
+    pub url: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 impl Stack {
@@ -183,17 +195,35 @@ impl Stack {
     /// on the same port and database: it takes what waited in its queue.
     pub async fn restart_inventory(&mut self) {
         let port = self.inventory.rsplit(':').next().unwrap().to_string();
-        let env = Self::env(&self.id, "inventory", &[("PORT", port)], &self.extra);
+        let inventory = self.build_inventory(&[("PORT", port)]).await;
+        self.shutdown[0] = inventory.shutdown_token();
+        tokio::spawn(inventory.run_until_stopped());
+    }
+
+    /// Another instance of this stack's inventory service: the same
+    /// database, queues and settings, on a port of its own. Beside the
+    /// first it is a replica; after [`Self::stop_inventory`], a restart.
+    pub async fn start_inventory_instance(&self) -> Instance {
+        let inventory = self.build_inventory(&[]).await;
+        let instance = Instance {
+            url: format!("http://127.0.0.1:{}", inventory.port()),
+            shutdown: inventory.shutdown_token(),
+        };
+        tokio::spawn(inventory.run_until_stopped());
+        instance
+    }
+
+    /// This stack's inventory service with `own` settings on top, built
+    /// (a stopped instance may still be letting go of its port).
+    async fn build_inventory(&self, own: &[(&str, String)]) -> shared::service::RunningService {
+        let env = Self::env(&self.id, "inventory", own, &self.extra);
         let config =
             inventory_service::Config::from_lookup(&env).expect("valid inventory settings");
-        // The stopped one may still be letting go of the port.
-        let inventory = eventually("the inventory to start again", || {
+        eventually("the inventory to start", || {
             let config = config.clone();
             async move { inventory_service::build(config).await.ok() }
         })
-        .await;
-        self.shutdown[0] = inventory.shutdown_token();
-        tokio::spawn(inventory.run_until_stopped());
+        .await
     }
 
     async fn wait_for_queues(&self) {

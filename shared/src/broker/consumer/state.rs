@@ -2,7 +2,9 @@
 //! `/metrics`: whether it holds a live channel, how many deliveries it has
 //! in hand, when it last acked one and since when it is disconnected. A
 //! consumer that stays disconnected past a grace period makes the service
-//! unready; a short reconnect after a broker restart does not.
+//! unready; a short reconnect after a broker restart does not. An
+//! operator's pause is asked for here too, and the consume loop reports
+//! here when it has taken effect: a paused consumer is not a fault.
 
 use std::{
     sync::{
@@ -13,6 +15,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 
 /// Which of a service's queues a consumer works on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, poem_openapi::Enum)]
@@ -34,6 +37,36 @@ impl ConsumerRole {
     }
 }
 
+/// What a consumer is doing, as the API says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, poem_openapi::Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ConsumerStatus {
+    /// Taking deliveries on a live channel.
+    Consuming,
+    /// Stopped by an operator: no AMQP consumer, its messages wait in the queue.
+    Paused,
+    /// Without a channel: connecting, reconnecting, or stopping.
+    Disconnected,
+}
+
+/// Where the consume loop is, with the moment it got there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Consuming,
+    Disconnected(Instant, DateTime<Utc>),
+    Paused(Instant, DateTime<Utc>),
+}
+
+impl Phase {
+    fn status(self) -> ConsumerStatus {
+        match self {
+            Phase::Consuming => ConsumerStatus::Consuming,
+            Phase::Disconnected(..) => ConsumerStatus::Disconnected,
+            Phase::Paused(..) => ConsumerStatus::Paused,
+        }
+    }
+}
+
 /// One consumer's live state, updated by its consume loop.
 #[derive(Debug)]
 pub struct ConsumerState {
@@ -46,9 +79,11 @@ pub struct ConsumerState {
     last_ack_ms: AtomicU64,
     restarts: AtomicU64,
     timeouts: AtomicU64,
-    /// When it lost (or had not yet got) its channel; `None` exactly while
-    /// it is connected.
-    disconnected_since: Mutex<Option<(Instant, DateTime<Utc>)>>,
+    /// What the loop is doing; watched, so a pause request can wait until
+    /// the loop has applied it.
+    phase: watch::Sender<Phase>,
+    /// Whether an operator wants it paused; watched by the loop.
+    pause_requested: watch::Sender<bool>,
     /// When its current or last session got its channel, until the consume
     /// loop takes it to decide its reconnect backoff.
     session_started: Mutex<Option<Instant>>,
@@ -67,7 +102,8 @@ impl ConsumerState {
             last_ack_ms: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
-            disconnected_since: Mutex::new(Some((now, Utc::now()))),
+            phase: watch::Sender::new(Phase::Disconnected(now, Utc::now())),
+            pause_requested: watch::Sender::new(false),
             session_started: Mutex::new(None),
         }
     }
@@ -76,9 +112,13 @@ impl ConsumerState {
         &self.queue
     }
 
+    pub fn role(&self) -> ConsumerRole {
+        self.role
+    }
+
     /// It is consuming on a live channel.
     pub fn connected(&self) {
-        *self.disconnected_since.lock().expect("poisoned") = None;
+        self.phase.send_replace(Phase::Consuming);
         *self.session_started.lock().expect("poisoned") = Some(Instant::now());
     }
 
@@ -93,12 +133,81 @@ impl ConsumerState {
     }
 
     /// It lost its channel (or is stopping). The first call of an outage
-    /// starts the clock; later ones keep it.
+    /// starts the clock; later ones keep it. A paused consumer stays
+    /// paused: it holds no channel by decision (its task may have been
+    /// started again after a panic, and it comes back paused).
     pub fn disconnected(&self) {
-        self.disconnected_since
-            .lock()
-            .expect("poisoned")
-            .get_or_insert_with(|| (Instant::now(), Utc::now()));
+        self.phase.send_if_modified(|phase| match phase {
+            Phase::Consuming => {
+                *phase = Phase::Disconnected(Instant::now(), Utc::now());
+                true
+            }
+            Phase::Disconnected(..) | Phase::Paused(..) => false,
+        });
+    }
+
+    /// Asks the consume loop to pause (`true`) or to consume again
+    /// (`false`); true if that changed what was asked.
+    pub fn request_pause(&self, paused: bool) -> bool {
+        self.pause_requested.send_if_modified(|requested| {
+            let changed = *requested != paused;
+            *requested = paused;
+            changed
+        })
+    }
+
+    /// Whether a pause is asked for, applied or not.
+    pub fn pause_requested(&self) -> bool {
+        *self.pause_requested.borrow()
+    }
+
+    /// Returns once a pause is asked for (at once if it is).
+    pub async fn until_pause_requested(&self) {
+        let _ = self.pause_requested.subscribe().wait_for(|p| *p).await;
+    }
+
+    /// Returns once no pause is asked for (at once if none is).
+    pub async fn until_resume_requested(&self) {
+        let _ = self.pause_requested.subscribe().wait_for(|p| !*p).await;
+    }
+
+    /// The loop has stopped consuming because of a pause: the deliveries it
+    /// had were settled and its AMQP consumer cancelled.
+    pub fn paused(&self) {
+        self.phase.send_if_modified(|phase| match phase {
+            Phase::Paused(..) => false,
+            _ => {
+                *phase = Phase::Paused(Instant::now(), Utc::now());
+                true
+            }
+        });
+    }
+
+    /// The loop leaves a pause and starts connecting: the outage clock
+    /// starts now, not when the pause began.
+    pub fn resumed(&self) {
+        self.phase.send_if_modified(|phase| match phase {
+            Phase::Paused(..) => {
+                *phase = Phase::Disconnected(Instant::now(), Utc::now());
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// What it is doing now.
+    pub fn status(&self) -> ConsumerStatus {
+        self.phase.borrow().status()
+    }
+
+    /// Returns once `reached` says yes to what it is doing (at once if it
+    /// does now).
+    pub async fn until_status(&self, reached: impl Fn(ConsumerStatus) -> bool) {
+        let _ = self
+            .phase
+            .subscribe()
+            .wait_for(|phase| reached(phase.status()))
+            .await;
     }
 
     /// A delivery is in hand until the returned guard drops, even if its
@@ -126,7 +235,12 @@ impl ConsumerState {
 
     /// What it looks like at `now`.
     pub fn snapshot(&self, now: Instant) -> ConsumerSnapshot {
-        let since = *self.disconnected_since.lock().expect("poisoned");
+        let phase = *self.phase.borrow();
+        let (since, paused_since) = match phase {
+            Phase::Consuming => (None, None),
+            Phase::Disconnected(at, wall) => (Some((at, wall)), None),
+            Phase::Paused(_, wall) => (None, Some(wall)),
+        };
         let last_ack = match self.last_ack_ms.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(self.started + Duration::from_millis(ms - 1)),
@@ -134,7 +248,10 @@ impl ConsumerState {
         ConsumerSnapshot {
             queue: self.queue.clone(),
             role: self.role,
-            connected: since.is_none(),
+            status: phase.status(),
+            connected: phase == Phase::Consuming,
+            pause_requested: self.pause_requested(),
+            paused_since,
             in_flight: self.in_flight.load(Ordering::Relaxed),
             last_ack_age: last_ack.map(|at| now.saturating_duration_since(at)),
             disconnected_since: since.map(|(_, at)| at),
@@ -159,12 +276,19 @@ impl Drop for InFlight<'_> {
 pub struct ConsumerSnapshot {
     pub queue: String,
     pub role: ConsumerRole,
+    pub status: ConsumerStatus,
+    /// Consuming on a live channel (`status` is `Consuming`).
     pub connected: bool,
+    /// An operator asked for a pause (applied once `status` is `Paused`).
+    pub pause_requested: bool,
+    /// When the pause took effect; `None` unless paused.
+    pub paused_since: Option<DateTime<Utc>>,
     pub in_flight: u64,
     /// Since its last ack; `None` if it has acked nothing since start.
     pub last_ack_age: Option<Duration>,
+    /// When it lost its channel; `None` while consuming or paused.
     pub disconnected_since: Option<DateTime<Utc>>,
-    /// How long it has been disconnected; `None` while connected.
+    /// How long it has been disconnected; `None` while consuming or paused.
     pub disconnected_for: Option<Duration>,
     pub restarts: u64,
     pub timeouts: u64,
@@ -172,13 +296,14 @@ pub struct ConsumerSnapshot {
 
 impl ConsumerSnapshot {
     /// Disconnected for longer than `grace`: it is not coming back by
-    /// itself soon, and the service should not count as ready.
+    /// itself soon, and the service should not count as ready. A paused
+    /// consumer is not: an operator stopped it on purpose.
     pub fn is_stuck(&self, grace: Duration) -> bool {
         self.disconnected_for.is_some_and(|out| out > grace)
     }
 }
 
-/// The readiness rule: every consumer is connected, or has been
+/// The readiness rule: every consumer is connected or paused, or has been
 /// disconnected for at most `grace`.
 pub fn consumers_ready(consumers: &[ConsumerSnapshot], grace: Duration) -> bool {
     !consumers.iter().any(|consumer| consumer.is_stuck(grace))
@@ -200,8 +325,17 @@ impl Consumers {
 
     /// Each consumer at `now`, in the order they were registered.
     pub fn snapshot(&self, now: Instant) -> Vec<ConsumerSnapshot> {
-        let all = self.all.lock().expect("poisoned").clone();
-        all.iter().map(|state| state.snapshot(now)).collect()
+        self.all().iter().map(|state| state.snapshot(now)).collect()
+    }
+
+    /// Every consumer, in the order they were registered.
+    pub fn all(&self) -> Vec<Arc<ConsumerState>> {
+        self.all.lock().expect("poisoned").clone()
+    }
+
+    /// The consumer of `queue`, if the service has one.
+    pub fn of_queue(&self, queue: &str) -> Option<Arc<ConsumerState>> {
+        self.all().into_iter().find(|state| state.queue() == queue)
     }
 }
 
@@ -293,6 +427,97 @@ mod tests {
         );
         drop(second);
         assert_eq!(state.snapshot(Instant::now()).in_flight, 0);
+    }
+
+    #[test]
+    fn a_paused_consumer_stays_ready_however_long_it_is_paused() {
+        let state = ConsumerState::new("q", ConsumerRole::Work);
+        state.connected();
+        state.request_pause(true);
+        // Asked for, not yet applied: still consuming.
+        let asked = state.snapshot(Instant::now());
+        assert_eq!(
+            (asked.status, asked.pause_requested, asked.connected),
+            (ConsumerStatus::Consuming, true, true)
+        );
+        state.disconnected();
+        state.paused();
+        let paused = state.snapshot(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(paused.status, ConsumerStatus::Paused);
+        assert!(!paused.connected);
+        assert!(paused.paused_since.is_some());
+        assert_eq!(
+            (paused.disconnected_since, paused.disconnected_for),
+            (None, None)
+        );
+        assert!(ready_at(&state, Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn a_disconnect_reported_while_paused_leaves_it_paused() {
+        // What the supervisor reports after the paused task panicked.
+        let state = ConsumerState::new("q", ConsumerRole::Work);
+        state.paused();
+        let since = state.snapshot(Instant::now()).paused_since;
+        state.disconnected();
+        state.paused();
+        let snapshot = state.snapshot(Instant::now());
+        assert_eq!(snapshot.status, ConsumerStatus::Paused);
+        assert_eq!(snapshot.paused_since, since);
+        assert!(ready_at(&state, Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn the_outage_clock_of_a_resumed_consumer_starts_at_the_resume() {
+        let state = ConsumerState::new("q", ConsumerRole::Work);
+        state.paused();
+        std::thread::sleep(Duration::from_millis(5));
+        let before_resume = Utc::now();
+        state.resumed();
+        let snapshot = state.snapshot(Instant::now());
+        assert_eq!(snapshot.status, ConsumerStatus::Disconnected);
+        assert!(snapshot.disconnected_since.unwrap() >= before_resume);
+        assert_eq!(snapshot.paused_since, None);
+        // Within the grace of the resume, however long the pause was.
+        assert!(ready_at(&state, Duration::from_secs(10)));
+        assert!(!ready_at(&state, Duration::from_secs(31)));
+        // Resuming one that is not paused changes nothing.
+        state.connected();
+        state.resumed();
+        assert_eq!(state.status(), ConsumerStatus::Consuming);
+    }
+
+    #[test]
+    fn a_pause_request_says_whether_it_changed_anything() {
+        let state = ConsumerState::new("q", ConsumerRole::Work);
+        assert!(state.request_pause(true));
+        assert!(!state.request_pause(true));
+        assert!(state.pause_requested());
+        assert!(state.request_pause(false));
+        assert!(!state.pause_requested());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_for_the_paused_status_returns_once_the_loop_has_paused() {
+        let state = Arc::new(ConsumerState::new("q", ConsumerRole::Work));
+        state.connected();
+        let waiter = tokio::spawn({
+            let state = state.clone();
+            async move {
+                state
+                    .until_status(|status| status == ConsumerStatus::Paused)
+                    .await
+            }
+        });
+        state.request_pause(true);
+        state.until_pause_requested().await;
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        state.paused();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter saw the pause")
+            .unwrap();
     }
 
     #[test]

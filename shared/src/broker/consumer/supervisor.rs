@@ -23,7 +23,10 @@ const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 const STABLE_RUN: Duration = Duration::from_secs(60);
 
 /// Runs the task `start` makes, on a task of its own, until `shutdown`;
-/// starts a new one whenever it panics (or ends before shutdown).
+/// starts a new one whenever it panics (or ends before shutdown). A paused
+/// consumer's task does not end (it waits for its resume), so a pause is
+/// never taken for a stop; one started again after a panic finds the pause
+/// in `state` and stays paused.
 pub async fn supervise<F, Fut>(state: Arc<ConsumerState>, shutdown: CancellationToken, start: F)
 where
     F: FnMut() -> Fut,
@@ -96,7 +99,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
-    use crate::broker::consumer::ConsumerRole;
+    use crate::broker::consumer::{ConsumerRole, ConsumerStatus};
 
     const QUICK: Duration = Duration::from_millis(10);
 
@@ -136,6 +139,44 @@ mod tests {
         shutdown.cancel();
         supervised.await.unwrap();
         assert_eq!(starts.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_paused_consumer_whose_task_panics_is_started_again_still_paused() {
+        let state = Arc::new(ConsumerState::new("q", ConsumerRole::Work));
+        state.request_pause(true);
+        state.paused();
+        let shutdown = CancellationToken::new();
+        let starts = Arc::new(AtomicU32::new(0));
+        let supervised = tokio::spawn(supervise_with(
+            state.clone(),
+            shutdown.clone(),
+            {
+                let (starts, shutdown) = (starts.clone(), shutdown.clone());
+                move || {
+                    let (starts, shutdown) = (starts.clone(), shutdown.clone());
+                    async move {
+                        if starts.fetch_add(1, Ordering::SeqCst) == 0 {
+                            panic!("bug while paused");
+                        }
+                        shutdown.cancelled().await;
+                    }
+                }
+            },
+            QUICK,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while starts.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+            tokio::time::sleep(QUICK).await;
+        }
+        let snapshot = state.snapshot(Instant::now());
+        assert_eq!(snapshot.restarts, 1);
+        // Not a disconnection: the outage clock did not start.
+        assert_eq!(snapshot.status, ConsumerStatus::Paused);
+        assert_eq!(snapshot.disconnected_since, None);
+        assert!(state.pause_requested());
+        shutdown.cancel();
+        supervised.await.unwrap();
     }
 
     #[tokio::test]
