@@ -221,13 +221,15 @@ impl ServiceCore {
         self
     }
 
-    /// What this service knows of an order's history.
+    /// What this service records of an order's history: its history
+    /// records and dead letters (the source added by
+    /// [`Self::with_history_source`] joins them when the API is served).
     pub fn local_history(&self) -> LocalHistory {
         LocalHistory {
             service: self.config.service,
             records: self.store.history(),
             dead_letters: self.dead_letters.clone(),
-            extra: self.history_source.clone(),
+            extra: None,
         }
     }
 
@@ -303,7 +305,13 @@ impl ServiceCore {
             publisher: self.publisher.clone(),
         };
         let history = HistoryApi {
-            local: self.local_history(),
+            local: LocalHistory {
+                // Taken, not shared, as the gauges are: a source may hold
+                // the service's stores, whose batch writers end only when
+                // their last handle goes, and the core outlives its tasks.
+                extra: self.history_source.take(),
+                ..self.local_history()
+            },
         };
         let consumers = ConsumerApi {
             consumers: self.consumers.clone(),

@@ -19,21 +19,12 @@ use lapin::{
 use shared::{
     broker::{HandleError, Handler, topology::QueueType},
     events::RawEnvelope,
-    retry::RetryPolicy,
 };
 use tokio::sync::{Barrier, Notify};
 use uuid::Uuid;
 
 mod common;
-use common::{Running, rabbitmq_url, wait_for};
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        budget: Duration::from_secs(5),
-        base: Duration::from_millis(100),
-        cap: Duration::from_millis(200),
-    }
-}
+use common::{Running, quick_retries, rabbitmq_url, wait_for};
 
 /// Finishes deliveries only in groups of `prefetch`, all at once: the way a
 /// batch writer's commit settles everything it took.
@@ -60,7 +51,7 @@ async fn deliveries_done_together_are_acked_together() {
     let running = Running::start(
         "consumer-acks-groups",
         QueueType::Classic,
-        policy(),
+        quick_retries(),
         PREFETCH,
         handler.clone(),
     )
@@ -111,7 +102,7 @@ async fn a_slow_delivery_stalls_no_ack_but_its_own_and_is_never_acked_by_another
     let running = Running::start(
         "consumer-acks-slow",
         QueueType::Classic,
-        policy(),
+        quick_retries(),
         2,
         handler.clone(),
     )

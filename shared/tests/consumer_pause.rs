@@ -15,21 +15,12 @@ use shared::{
         HandleError, Handler, consumer::ConsumerStatus, passive_declare, topology::QueueType,
     },
     events::RawEnvelope,
-    retry::RetryPolicy,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
 
 mod common;
-use common::{Running, rabbitmq_url, wait_for};
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        budget: Duration::from_secs(5),
-        base: Duration::from_millis(100),
-        cap: Duration::from_millis(200),
-    }
-}
+use common::{Running, quick_retries, rabbitmq_url, wait_for};
 
 /// Holds every delivery until the gate opens, then records it.
 struct Gate {
@@ -73,7 +64,7 @@ async fn a_pause_acks_the_deliveries_in_hand_and_leaves_the_rest_in_the_queue_un
     let running = Running::start(
         "consumer-pause",
         QueueType::Classic,
-        policy(),
+        quick_retries(),
         PREFETCH,
         gate.clone(),
     )

@@ -629,6 +629,15 @@ mod tests {
         })
     }
 
+    /// `inventory.released` of attempt 1 that held nothing.
+    fn released_nothing() -> SagaAnswer {
+        SagaAnswer::InventoryReleased(shared::events::InventoryReleased {
+            order_id: "o1".into(),
+            lines: vec![],
+            attempt: 1,
+        })
+    }
+
     #[test]
     fn a_new_order_is_pending_at_version_one_and_announces_itself() {
         let cause = Cause::request(SOURCE, "corr-9");
@@ -727,11 +736,7 @@ mod tests {
             on_inventory_answer(&failed.order, &late, &cause, now),
             Ok(None)
         );
-        let released = SagaAnswer::InventoryReleased(shared::events::InventoryReleased {
-            order_id: "o1".into(),
-            lines: vec![],
-            attempt: 1,
-        });
+        let released = released_nothing();
         let cleared = on_inventory_answer(&failed.order, &released, &cause, now)
             .unwrap()
             .expect("the flag clears");
@@ -763,11 +768,7 @@ mod tests {
             "{step}"
         );
 
-        let released = SagaAnswer::InventoryReleased(shared::events::InventoryReleased {
-            order_id: "o1".into(),
-            lines: vec![],
-            attempt: 1,
-        });
+        let released = released_nothing();
         let cleared = on_inventory_answer(&failed, &released, &cause, Utc::now())
             .unwrap()
             .expect("the flag clears");
@@ -795,11 +796,7 @@ mod tests {
             Err(RuleViolation::CompensationPending),
             "not before the release"
         );
-        let released = SagaAnswer::InventoryReleased(shared::events::InventoryReleased {
-            order_id: "o1".into(),
-            lines: vec![],
-            attempt: 1,
-        });
+        let released = released_nothing();
         let failed = on_inventory_answer(&failed, &released, &cause, Utc::now())
             .unwrap()
             .unwrap()

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{
     Collection, IndexModel,
-    bson::{self, Document, doc},
+    bson::{self, Bson, Document, doc},
     options::IndexOptions,
 };
 use serde::Serialize;
@@ -136,12 +136,42 @@ impl OrderStore {
             doc! { "customerId": 1, "_id": -1 },
             doc! { "status": 1, "_id": -1 },
             // The saga deadline and the stuck-saga finder: oldest first.
-            doc! { "status": 1, "createdAt": 1 },
             doc! { "status": 1, "sagaStartedAt": 1 },
-            doc! { "awaitingRelease": 1, "createdAt": 1 },
+            doc! { "awaitingRelease": 1, "sagaStartedAt": 1 },
         ] {
             self.orders
                 .create_index(IndexModel::builder().keys(keys).build())
+                .await?;
+        }
+        // Their predecessors, by creation time: each index costs every
+        // write of an order.
+        for unused in ["status_1_createdAt_1", "awaitingRelease_1_createdAt_1"] {
+            if let Err(error) = self.orders.drop_index(unused).await {
+                tracing::debug!(index = unused, %error, "no index to drop");
+            }
+        }
+        self.date_open_sagas().await
+    }
+
+    /// Orders stored before retries existed have no `sagaStartedAt`; those
+    /// whose saga is open get their creation time, so the deadline and the
+    /// stuck-saga finder see them. Few (the open ones), and once.
+    async fn date_open_sagas(&self) -> Result<(), StoreError> {
+        let undated: Vec<Order> = self
+            .orders
+            .find(doc! {
+                "sagaStartedAt": null,
+                "$or": [ awaiting_answer(), { "awaitingRelease": true } ],
+            })
+            .await?
+            .try_collect()
+            .await?;
+        for order in undated {
+            self.orders
+                .update_one(
+                    doc! { "_id": &order.id, "sagaStartedAt": null },
+                    doc! { "$set": { "sagaStartedAt": bson::DateTime::from_chrono(order.created_at) } },
+                )
                 .await?;
         }
         Ok(())
@@ -323,16 +353,29 @@ impl OrderStore {
         let Some(cutoff) = now.checked_sub_signed(timeout) else {
             return Ok(0);
         };
-        let mut overdue = awaiting_answer();
-        overdue.extend(began_by(cutoff));
-        let overdue: Vec<Order> = self
-            .orders
-            .find(overdue)
-            .sort(doc! { "createdAt": 1 })
-            .limit(OVERDUE_BATCH)
-            .await?
-            .try_collect()
-            .await?;
+        let mut dated = awaiting_answer();
+        dated.insert(
+            "sagaStartedAt",
+            doc! { "$lte": bson::DateTime::from_chrono(cutoff) },
+        );
+        // Placed by a build from before retries while this one runs (a
+        // rolling upgrade): their saga began when they were placed, which
+        // their UUIDv7 id says.
+        let mut undated = awaiting_answer();
+        undated.insert("_id", doc! { "$lte": domain::uuid_v7_floor(cutoff) });
+        undated.insert("sagaStartedAt", Bson::Null);
+        let mut overdue: Vec<Order> = Vec::new();
+        for (filter, oldest_first) in [(dated, "sagaStartedAt"), (undated, "_id")] {
+            let found: Vec<Order> = self
+                .orders
+                .find(filter)
+                .sort(doc! { oldest_first: 1 })
+                .limit(OVERDUE_BATCH)
+                .await?
+                .try_collect()
+                .await?;
+            overdue.extend(found);
+        }
         let mut failed = 0;
         for order in &overdue {
             let cause = Cause::request(SOURCE, &order.correlation_id);
@@ -370,7 +413,7 @@ impl OrderStore {
         Ok(self
             .orders
             .find(filter)
-            .sort(doc! { "createdAt": 1 })
+            .sort(doc! { "sagaStartedAt": 1 })
             .limit(limit)
             .await?
             .try_collect()
@@ -429,29 +472,22 @@ fn unfinished_filter(older_than: std::time::Duration) -> Option<Document> {
     let older_than = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
     let cutoff = Utc::now().checked_sub_signed(older_than)?;
     Some(doc! {
-        "$and": [
-            { "$or": [ awaiting_answer(), { "awaitingRelease": true } ] },
-            began_by(cutoff),
-        ]
+        "$or": [ awaiting_answer(), { "awaitingRelease": true } ],
+        "sagaStartedAt": { "$lte": bson::DateTime::from_chrono(cutoff) },
     })
 }
 
-/// The orders whose saga waits for an answer ([`saga::AWAITING_ANSWER`]).
+/// The orders whose saga waits for an answer ([`saga::AWAITING_ANSWER`]):
+/// an equality while there is one such status, as the queries were before
+/// the states were named (with an `$in`, a count of open sagas took 21 ms
+/// of server time under load in one run, against about 3 ms before).
 fn awaiting_answer() -> Document {
-    let statuses: Vec<&str> = saga::AWAITING_ANSWER.iter().map(|s| s.as_str()).collect();
-    doc! { "status": { "$in": statuses } }
-}
-
-/// The orders whose current saga run began at `cutoff` or earlier: since
-/// their last retry, or since they were created for orders stored before
-/// retries existed ([`saga::started_at`]).
-fn began_by(cutoff: DateTime<Utc>) -> Document {
-    let cutoff = bson::DateTime::from_chrono(cutoff);
-    doc! {
-        "$or": [
-            { "sagaStartedAt": { "$lte": cutoff } },
-            { "sagaStartedAt": null, "createdAt": { "$lte": cutoff } },
-        ]
+    match saga::AWAITING_ANSWER {
+        [status] => doc! { "status": status.as_str() },
+        statuses => {
+            let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+            doc! { "status": { "$in": statuses } }
+        }
     }
 }
 

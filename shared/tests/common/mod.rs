@@ -27,6 +27,15 @@ pub fn rabbitmq_url() -> String {
     std::env::var("RABBITMQ_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// Retries a test can wait for: a 100 ms first delay, a 5 s budget.
+pub fn quick_retries() -> RetryPolicy {
+    RetryPolicy {
+        budget: Duration::from_secs(5),
+        base: Duration::from_millis(100),
+        cap: Duration::from_millis(200),
+    }
+}
+
 /// An `inventory.reserved` event with `id`, for the default exchange: the
 /// caller sets the routing key to the queue.
 pub fn event(id: Uuid) -> Outgoing {
