@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     events::RawEnvelope,
-    history::{HISTORY, History, HistoryRecord, HistoryStore},
+    history::{HISTORY, History, HistoryStore},
 };
 
 /// What an insert that meets a unique index means.
@@ -56,19 +56,14 @@ enum Write {
     },
 }
 
-impl Write {
-    fn collection(&self) -> &'static str {
-        match self {
-            Write::Insert { collection, .. } | Write::Update { collection, .. } => collection,
-        }
-    }
-}
-
 /// One atomic change: what to record, write and emit.
 #[derive(Default)]
 pub struct UnitOfWork {
     handled: Vec<Document>,
     writes: Vec<Write>,
+    /// History records, apart from the writes so that recording one
+    /// between two updates of a collection never splits their command.
+    history: Vec<Document>,
     events: Vec<RawEnvelope>,
 }
 
@@ -197,8 +192,11 @@ impl UnitOfWork {
         &mut self,
         histories: impl IntoIterator<Item = History>,
     ) -> Result<&mut Self, StoreError> {
-        let records: Vec<HistoryRecord> = histories.into_iter().map(History::into_record).collect();
-        self.insert(HISTORY, &records, OnDuplicate::Conflict("history record"))
+        for history in histories {
+            self.history
+                .push(bson::to_document(&history.into_record())?);
+        }
+        Ok(self)
     }
 
     /// Emits `events` once the unit commits (through the outbox, in one record
@@ -209,7 +207,10 @@ impl UnitOfWork {
     }
 
     fn is_empty(&self) -> bool {
-        self.handled.is_empty() && self.writes.is_empty() && self.events.is_empty()
+        self.handled.is_empty()
+            && self.writes.is_empty()
+            && self.history.is_empty()
+            && self.events.is_empty()
     }
 }
 
@@ -310,9 +311,6 @@ impl Store {
                 .map_err(|e| Failure::on_insert(e, OnDuplicate::AlreadyHandled))?;
         }
         for write in &unit.writes {
-            if !self.history && write.collection() == HISTORY {
-                continue;
-            }
             match write {
                 Write::Insert {
                     collection,
@@ -338,6 +336,15 @@ impl Store {
                     }
                 }
             }
+        }
+        // Every order's history record of the unit in one statement.
+        if self.history && !unit.history.is_empty() {
+            self.db
+                .collection::<Document>(HISTORY)
+                .insert_many(&unit.history)
+                .session(&mut *session)
+                .await
+                .map_err(Failure::from)?;
         }
         if let Some(record) = record {
             self.db
@@ -504,6 +511,26 @@ mod tests {
             &doc! { "_id": { "$in": ["a", "b", "c"] } }
         );
         assert_eq!(statements[0].get_bool("multi"), Ok(true));
+    }
+
+    #[test]
+    fn history_recorded_between_updates_of_a_collection_leaves_them_one_command() {
+        let mut unit = UnitOfWork::new();
+        for id in ["a", "b"] {
+            unit.update(
+                "orders",
+                "order",
+                doc! { "_id": id },
+                doc! { "$set": { "s": 1 } },
+            )
+            .record(History::of("order-service", id))
+            .unwrap();
+        }
+        let [Write::Update { statements, .. }] = unit.writes.as_slice() else {
+            panic!("one command");
+        };
+        assert_eq!(statements.len(), 2);
+        assert_eq!(unit.history.len(), 2);
     }
 
     #[test]
