@@ -365,8 +365,9 @@ fn order_created_from_v1(mut v1: serde_json::Value) -> Result<serde_json::Value,
     Ok(v1)
 }
 
-/// The run of the saga of events written before runs were counted.
-fn first_attempt() -> u32 {
+/// The run of the saga of events (and documents) written before runs were
+/// counted: `#[serde(default = "shared::events::first_attempt")]`.
+pub fn first_attempt() -> u32 {
     1
 }
 

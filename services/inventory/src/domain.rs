@@ -69,12 +69,8 @@ pub struct Reservation {
     /// The run of the order's saga it belongs to. A retried saga's
     /// `order.created` replaces the reservation of the run before, which
     /// holds nothing by then.
-    #[serde(default = "first_attempt")]
+    #[serde(default = "shared::events::first_attempt")]
     pub attempt: u32,
-}
-
-fn first_attempt() -> u32 {
-    1
 }
 
 /// What an `order.created` meets in the reservation stored for its order.

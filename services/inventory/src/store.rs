@@ -278,13 +278,9 @@ impl InventoryStore {
 struct StoredRun {
     #[serde(rename = "_id")]
     order_id: String,
-    #[serde(default = "first_attempt")]
+    #[serde(default = "shared::events::first_attempt")]
     attempt: u32,
     status: ReservationStatus,
-}
-
-fn first_attempt() -> u32 {
-    1
 }
 
 /// What handling `event` for `order_id` did here: it published `released`.

@@ -54,7 +54,7 @@ pub struct Order {
     /// Which run of the saga this is: 1, and one more each time an
     /// operator retries the FAILED order. Every saga event carries it, so an
     /// answer to an earlier run moves nothing.
-    #[serde(default = "first_attempt")]
+    #[serde(default = "shared::events::first_attempt")]
     pub attempt: u32,
     /// When the current run of the saga began (its deadline counts from
     /// here): the order's creation, or its last retry. Absent on orders
@@ -65,10 +65,6 @@ pub struct Order {
         with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
     )]
     pub saga_started_at: Option<DateTime<Utc>>,
-}
-
-fn first_attempt() -> u32 {
-    1
 }
 
 /// Why a change is refused.

@@ -14,7 +14,7 @@ use serde::Serialize;
 use shared::{
     TaskTracker,
     events::{Cause, RawEnvelope},
-    history::{History, HistoryItem, HistoryStore},
+    history::History,
     store::{
         Batcher, ListOrder, OnDuplicate, PageRequest, ReadBatch, Store, StoreError, UnitOfWork,
         WriteBatch, find_page, find_page_in, retry_on_conflict,
@@ -77,7 +77,6 @@ struct NewOrder {
 
 pub struct OrderStore {
     store: Store,
-    history: HistoryStore,
     orders: Collection<Order>,
     keys: Collection<Document>,
     creates: Batcher<NewOrder>,
@@ -117,7 +116,6 @@ impl OrderStore {
                     orders: store.collection(ORDERS),
                 },
             ),
-            history: store.history(),
             store,
             saga,
         }
@@ -282,11 +280,6 @@ impl OrderStore {
             domain::retry(order, &cause, Utc::now())
         })
         .await
-    }
-
-    /// What this service recorded for the order's history, oldest first.
-    pub async fn history(&self, order_id: &str) -> Result<Vec<HistoryItem>, StoreError> {
-        Ok(self.history.of_order(order_id).await?)
     }
 
     /// An admin move along CONFIRMED→SHIPPED→DELIVERED.
@@ -502,13 +495,7 @@ fn history_of(before: Option<&Order>, change: &Change, handled: Option<&RawEnvel
     let from = before.map(|order| order.status);
     let to = change.order.status;
     if from != Some(to) {
-        let reason = match (from, to) {
-            (Some(OrderStatus::Failed), OrderStatus::Pending) => Some(format!(
-                "saga retried by an operator (attempt {})",
-                change.order.attempt
-            )),
-            _ => change.order.reason.clone(),
-        };
+        let reason = saga::status_reason(from, &change.order);
         history = history.status(from, to, reason, change.order.updated_at);
     }
     history.published(&change.events)

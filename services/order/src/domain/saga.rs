@@ -89,6 +89,19 @@ pub fn ended_by(before: &Order, after: &Order) -> Option<SagaEnd> {
     }
 }
 
+/// Why `order` came to its status from `from`, for its history: the order's
+/// own reason (a rejection, the deadline), or the operator's retry, which
+/// clears the reason the order shows.
+pub fn status_reason(from: Option<OrderStatus>, order: &Order) -> Option<String> {
+    match (from, order.status) {
+        (Some(OrderStatus::Failed), OrderStatus::Pending) => Some(format!(
+            "saga retried by an operator (attempt {})",
+            order.attempt
+        )),
+        _ => order.reason.clone(),
+    }
+}
+
 /// When the current run of the order's saga began: its deadline and its
 /// age count from here.
 pub fn started_at(order: &Order) -> DateTime<Utc> {
