@@ -67,7 +67,7 @@ pub enum HistoryKind {
 #[oai(rename_all = "camelCase")]
 pub struct HistoryItem {
     /// When it happened.
-    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    #[serde(with = "precise_time")]
     pub at: DateTime<Utc>,
     /// The service it happened in.
     pub service: String,
@@ -151,6 +151,33 @@ impl HistoryItem {
     }
 }
 
+/// An item's time, stored to the microsecond. A BSON date keeps
+/// milliseconds, and the saga's hops between services take less than one:
+/// an event handled within the millisecond it was published in would tie
+/// with its publication, and the history could show it first. Items written
+/// before (as BSON dates) are read as well.
+mod precise_time {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use mongodb::bson::Bson;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Micros, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
+        match Bson::deserialize(deserializer)? {
+            Bson::String(text) => DateTime::parse_from_rfc3339(&text)
+                .map(|at| at.with_timezone(&Utc))
+                .map_err(D::Error::custom),
+            Bson::DateTime(at) => Ok(at.to_chrono()),
+            other => Err(D::Error::custom(format!("a time, not {other}"))),
+        }
+    }
+}
+
 /// What one change of a service did for one order, to be recorded with it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct History {
@@ -168,10 +195,11 @@ impl History {
         }
     }
 
-    /// The service handled `event`, after the failed attempts its
-    /// delivery reports.
-    pub fn handled(mut self, event: &RawEnvelope) -> Self {
-        let now = Utc::now();
+    /// The service handled `event` at `at`, after the failed attempts its
+    /// delivery reports. `at` is the time the handling decided on (the
+    /// `now` its change and events were made with), so that the handling
+    /// never reads as later than what it caused.
+    pub fn handled(mut self, event: &RawEnvelope, at: DateTime<Utc>) -> Self {
         let delivery = &event.delivery;
         if delivery.attempt > 1 {
             self.items.push(HistoryItem {
@@ -180,21 +208,21 @@ impl History {
                 ..HistoryItem::of_event(
                     self.service,
                     HistoryKind::Retried,
-                    delivery.first_failure_at.unwrap_or(now),
+                    delivery.first_failure_at.unwrap_or(at),
                     event,
                 )
             });
         }
         self.items.push(HistoryItem {
             attempt: (delivery.attempt > 0).then_some(delivery.attempt),
-            ..HistoryItem::of_event(self.service, HistoryKind::EventHandled, now, event)
+            ..HistoryItem::of_event(self.service, HistoryKind::EventHandled, at, event)
         });
         self
     }
 
     /// The service handled `event`, which changed nothing, for `why`.
     pub fn handled_without_effect(mut self, event: &RawEnvelope, why: String) -> Self {
-        self = self.handled(event);
+        self = self.handled(event, Utc::now());
         if let Some(handled) = self.items.last_mut() {
             handled.detail = Some(why);
         }
@@ -366,7 +394,7 @@ mod tests {
             first_failure_at: Some(first_failure),
             last_error: Some("database unavailable".into()),
         };
-        let history = History::of("order-service", "o1").handled(&event);
+        let history = History::of("order-service", "o1").handled(&event, Utc::now());
         let [retried, handled] = history.items.as_slice() else {
             panic!("{:?}", history.items)
         };
@@ -383,7 +411,7 @@ mod tests {
             attempt: 1,
             ..DeliveryInfo::default()
         };
-        let first_time = History::of("order-service", "o1").handled(&event);
+        let first_time = History::of("order-service", "o1").handled(&event, Utc::now());
         assert_eq!(first_time.items.len(), 1, "no retry line");
     }
 
@@ -406,6 +434,22 @@ mod tests {
         let record = history.into_record();
         assert_eq!(record.order_id, "o1");
         assert_eq!(record.items.len(), 2);
+    }
+
+    #[test]
+    fn an_items_time_is_stored_to_the_microsecond_and_old_millisecond_times_still_read() {
+        let at = DateTime::parse_from_rfc3339("2026-12-06T10:00:00.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let item = HistoryItem::new("order-service", HistoryKind::EventHandled, at);
+        let stored = bson::to_vec(&item).unwrap();
+        let read: HistoryItem = bson::from_slice(&stored).unwrap();
+        assert_eq!(read.at, at);
+
+        let mut old = bson::to_document(&item).unwrap();
+        old.insert("at", bson::DateTime::from_chrono(at));
+        let read: HistoryItem = bson::from_slice(&bson::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(read.at.timestamp_millis(), at.timestamp_millis());
     }
 
     #[test]

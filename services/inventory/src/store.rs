@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{
     Collection, IndexModel,
@@ -215,7 +215,7 @@ impl InventoryStore {
                     ReleaseTarget::Held(reservation) => reservation,
                     ReleaseTarget::NothingHeld => {
                         let released = domain::nothing_held(order_id, attempt, cause);
-                        unit.record(history(order_id, event, &released))?
+                        unit.record(history(order_id, event, &released, now))?
                             .emit([released]);
                         return inventory.store.commit(unit).await;
                     }
@@ -238,7 +238,7 @@ impl InventoryStore {
                                 bson::to_document(&tombstone)?,
                             ),
                         }
-                        .record(history(order_id, event, &released))?
+                        .record(history(order_id, event, &released, now))?
                         .emit([released]);
                         return inventory.store.commit(unit).await;
                     }
@@ -265,7 +265,7 @@ impl InventoryStore {
                 },
                 bson::to_document(&released)?,
             )
-            .record(history(order_id, handled, &event))?
+            .record(history(order_id, handled, &event, now))?
             .emit([event]);
             inventory.store.commit(unit).await
         })
@@ -283,10 +283,16 @@ struct StoredRun {
     status: ReservationStatus,
 }
 
-/// What handling `event` for `order_id` did here: it published `released`.
-fn history(order_id: &str, event: &RawEnvelope, released: &RawEnvelope) -> History {
+/// What handling `event` for `order_id` at `at` did here: it published
+/// `released`.
+fn history(
+    order_id: &str,
+    event: &RawEnvelope,
+    released: &RawEnvelope,
+    at: DateTime<Utc>,
+) -> History {
     History::of(SOURCE, order_id)
-        .handled(event)
+        .handled(event, at)
         .published(std::slice::from_ref(released))
 }
 
@@ -361,7 +367,7 @@ impl WriteBatch for ReserveStock {
             let (reservation, events) = domain::reservation_outcome(order, decision, &cause, now);
             histories.push(
                 History::of(SOURCE, &order.order_id)
-                    .handled(event)
+                    .handled(event, now)
                     .published(&events),
             );
             unit.emit(events);

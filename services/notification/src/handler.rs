@@ -31,7 +31,7 @@ impl Handler for SagaOutcomes {
             draft.into_notification(&event.correlation_id, event.traceparent.clone(), Utc::now());
         if let Some(order_id) = &notification.order_id {
             notification.history = History::of(domain::SOURCE, order_id)
-                .handled(&event)
+                .handled(&event, notification.created_at)
                 .into_items();
         }
         outcome(self.store.record_for_event(notification).await)

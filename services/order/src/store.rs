@@ -490,7 +490,7 @@ fn awaiting_answer() -> Document {
 fn history_of(before: Option<&Order>, change: &Change, handled: Option<&RawEnvelope>) -> History {
     let mut history = History::of(SOURCE, &change.order.id);
     if let Some(event) = handled {
-        history = history.handled(event);
+        history = history.handled(event, change.order.updated_at);
     }
     let from = before.map(|order| order.status);
     let to = change.order.status;
