@@ -269,9 +269,11 @@ pub struct CommonConfig {
     /// record is kept. A redelivery older than that is no longer recognised
     /// by its id (the effects' own guards still hold).
     pub inbox_retention: Duration,
-    /// `HISTORY_RETENTION_DAYS` (default 30): how long what a service
-    /// recorded in an order's history is kept (a TTL index expires it).
-    /// 0 records none (the benchmark measures the history's cost so).
+    /// `HISTORY_RETENTION_DAYS` (default 30): how long the lines of an
+    /// order's history kept apart from its documents are kept (a TTL index
+    /// expires them; those kept in the order, reservation or notification
+    /// last as long as it). 0 records none (the benchmark measures the
+    /// history's cost so).
     pub history_retention: Option<Duration>,
     /// `CONSUMER_READY_GRACE_SECONDS` (default 30): `/ready` answers 503
     /// while a consumer has been disconnected for longer than this, so a

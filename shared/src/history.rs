@@ -1,19 +1,23 @@
-//! An order's history: what each service did for it. Each service records
-//! its part in its own database, in the same transaction as the change
-//! itself ([`crate::store::UnitOfWork::record`]), so the history says exactly
-//! what happened: a change that rolled back left no line, and a redelivered
-//! event that had no effect adds none. One record per order and commit keeps
-//! the cost to one small document in a batched insert.
+//! An order's history: what each service did for it, recorded in the same
+//! transaction as the change itself, so the history says exactly what
+//! happened: a change that rolled back left no line.
 //!
 //! What a service records: the events it handled (with the transient
 //! failures before, read from the delivery's headers, so a retry costs no
 //! write of its own while the database may be down), the events it
 //! published, and the order's status changes with their reasons. Dead
 //! letters, their replays and discards are read from the dead-letter
-//! archive, and emails from the notifications, when a history is asked for.
+//! archive when a history is asked for.
 //!
-//! Records expire `HISTORY_RETENTION_DAYS` (30) after they were written,
-//! through a TTL index: the history is bounded whatever the order rate.
+//! Where the lines live: in the document the change writes anyway (the
+//! order, the reservation, the notification; [`crate::store::Store::keep_in`]),
+//! at most [`MAX_LINES`] of them, for as long as that document; so the
+//! saga's common path costs no document of its own. The rare lines of a
+//! change that writes no such document (an event handled without effect, a
+//! notification given up on) are records in `saga_history`
+//! ([`crate::store::UnitOfWork::record`]), which expire
+//! `HISTORY_RETENTION_DAYS` (30) after they were written, through a TTL
+//! index. `HISTORY_RETENTION_DAYS=0` records no line at all.
 
 use std::time::Duration;
 
@@ -32,6 +36,11 @@ pub const HISTORY: &str = "saga_history";
 /// The most records one order's history reads from one service: an order
 /// makes a handful per service; the cap bounds an order replayed in a loop.
 pub const MAX_RECORDS: i64 = 500;
+
+/// The most lines a document keeps of its order's history (an order, a
+/// reservation): a saga run adds a handful; an order retried again and
+/// again keeps its latest.
+pub const MAX_LINES: usize = 200;
 
 /// What a line of an order's history says happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, poem_openapi::Enum)]
@@ -259,9 +268,12 @@ impl History {
         self
     }
 
-    /// Its lines, for a service that keeps them in a document of its own.
-    pub fn into_items(self) -> Vec<HistoryItem> {
-        self.items
+    /// Adds its lines to those a document keeps of its order's history,
+    /// dropping the oldest past [`MAX_LINES`].
+    pub fn append_to(self, lines: &mut Vec<HistoryItem>) {
+        lines.extend(self.items);
+        let over = lines.len().saturating_sub(MAX_LINES);
+        lines.drain(..over);
     }
 
     /// The document it is stored as.
@@ -450,6 +462,24 @@ mod tests {
         old.insert("at", bson::DateTime::from_chrono(at));
         let read: HistoryItem = bson::from_slice(&bson::to_vec(&old).unwrap()).unwrap();
         assert_eq!(read.at.timestamp_millis(), at.timestamp_millis());
+    }
+
+    #[test]
+    fn a_document_keeps_its_latest_lines() {
+        let line = |n: i64| {
+            HistoryItem::new(
+                "order-service",
+                HistoryKind::EventHandled,
+                DateTime::from_timestamp(n, 0).unwrap(),
+            )
+        };
+        let mut lines: Vec<HistoryItem> = (0..MAX_LINES as i64 - 1).map(line).collect();
+        let mut more = History::of("order-service", "o1");
+        more.items = vec![line(1000), line(1001)];
+        more.append_to(&mut lines);
+        assert_eq!(lines.len(), MAX_LINES);
+        assert_eq!(lines[0].at, line(1).at, "the oldest dropped");
+        assert_eq!(lines[MAX_LINES - 1].at, line(1001).at);
     }
 
     #[test]

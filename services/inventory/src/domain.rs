@@ -12,6 +12,7 @@ use shared::events::{
     Cause, InventoryLow, InventoryReleased, InventoryReservationFailed, InventoryReserved,
     InventoryUpdated, OrderCreated, OrderLine, PricedLine, RawEnvelope, ShortLine,
 };
+use shared::history::HistoryItem;
 
 /// The `source` of every event this service emits.
 pub const SOURCE: &str = "inventory-service";
@@ -71,6 +72,11 @@ pub struct Reservation {
     /// holds nothing by then.
     #[serde(default = "shared::events::first_attempt")]
     pub attempt: u32,
+    /// The inventory's lines of the order's history ([`shared::history`]),
+    /// kept in the reservation, which handling the order writes anyway: the
+    /// history costs this service no document of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryItem>,
 }
 
 /// What an `order.created` meets in the reservation stored for its order.
@@ -111,7 +117,7 @@ pub enum ReleaseTarget {
     /// That run was not decided yet: the end overtook the order. A
     /// tombstone for the run makes sure nothing is held later; it replaces
     /// the reservation of an earlier run, if one is stored.
-    EndedFirst { replaces: Option<u32> },
+    EndedFirst { replaces: Option<Reservation> },
 }
 
 /// What releasing run `attempt` finds in the stored reservation. An earlier
@@ -126,9 +132,7 @@ pub fn release_target(stored: Option<Reservation>, attempt: u32) -> Result<Relea
                 r.attempt
             ));
         }
-        Some(r) if r.attempt < attempt => ReleaseTarget::EndedFirst {
-            replaces: Some(r.attempt),
-        },
+        Some(r) if r.attempt < attempt => ReleaseTarget::EndedFirst { replaces: Some(r) },
         Some(r) if r.attempt == attempt && held(&r) => ReleaseTarget::Held(r),
         Some(_) => ReleaseTarget::NothingHeld,
     })
@@ -328,6 +332,7 @@ pub fn reservation_outcome(
         lines,
         updated_at: now,
         attempt: order.attempt,
+        history: Vec::new(),
     };
     (reservation, events)
 }
@@ -341,6 +346,7 @@ pub fn ended_before_reservation(order_id: &str, attempt: u32, now: DateTime<Utc>
         lines: Vec::new(),
         updated_at: now,
         attempt,
+        history: Vec::new(),
     }
 }
 
@@ -610,6 +616,7 @@ mod tests {
             }],
             updated_at: Utc::now(),
             attempt: 1,
+            history: Vec::new(),
         };
         let (released, event) = release(&reservation, &mut products, &cause(), Utc::now());
         assert_eq!(released.status, ReservationStatus::Released);
@@ -642,8 +649,10 @@ mod tests {
             lines: Vec::new(),
             updated_at: Utc::now(),
             attempt,
+            history: Vec::new(),
         };
         let reserved = held(2, ReservationStatus::Reserved);
+        let released = held(2, ReservationStatus::Released);
         assert_eq!(
             release_target(Some(reserved.clone()), 2),
             Ok(ReleaseTarget::Held(reserved.clone()))
@@ -658,8 +667,10 @@ mod tests {
             Ok(ReleaseTarget::NothingHeld)
         );
         assert_eq!(
-            release_target(Some(held(2, ReservationStatus::Released)), 3),
-            Ok(ReleaseTarget::EndedFirst { replaces: Some(2) })
+            release_target(Some(released.clone()), 3),
+            Ok(ReleaseTarget::EndedFirst {
+                replaces: Some(released)
+            })
         );
         assert!(release_target(Some(reserved), 3).is_err(), "stock lost");
         assert_eq!(

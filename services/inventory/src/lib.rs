@@ -46,7 +46,8 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             store: store.clone(),
         }),
     );
-    core.serve(http::InventoryApi { store }, "Inventory service")
+    core.with_history_source(Arc::new(store::ReservationLines(store.clone())))
+        .serve(http::InventoryApi { store }, "Inventory service")
         .await
 }
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use futures::{TryStreamExt, future::BoxFuture};
 use mongodb::{
     Collection, IndexModel,
     bson::{self, doc},
@@ -18,7 +18,8 @@ use mongodb::{
 use shared::{
     TaskTracker,
     events::{Cause, OrderCreated, OrderLine, RawEnvelope},
-    history::History,
+    history::{History, HistoryItem},
+    http::history::HistorySource,
     store::{
         Batcher, OnDuplicate, PageRequest, Store, StoreError, UnitOfWork, WriteBatch, find_page,
         retry_on_conflict,
@@ -112,6 +113,19 @@ impl InventoryStore {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The lines of an order's history kept in its reservation
+    /// ([`Reservation::history`]).
+    pub async fn history_lines(&self, order_id: &str) -> Result<Vec<HistoryItem>, StoreError> {
+        let found = self
+            .inventory
+            .reservations
+            .clone_with_type::<StoredRun>()
+            .find_one(doc! { "_id": order_id })
+            .projection(doc! { "_id": 1, "attempt": 1, "status": 1, "history": 1 })
+            .await?;
+        Ok(found.map(|run| run.history).unwrap_or_default())
     }
 
     pub async fn get(&self, product_id: &str) -> Result<Option<Product>, StoreError> {
@@ -210,39 +224,46 @@ impl InventoryStore {
                 .reservations
                 .find_one(doc! { "_id": order_id })
                 .await?;
-            let reservation =
-                match domain::release_target(found, attempt).map_err(StoreError::Rule)? {
-                    ReleaseTarget::Held(reservation) => reservation,
-                    ReleaseTarget::NothingHeld => {
-                        let released = domain::nothing_held(order_id, attempt, cause);
-                        unit.record(history(order_id, event, &released, now))?
-                            .emit([released]);
-                        return inventory.store.commit(unit).await;
-                    }
-                    ReleaseTarget::EndedFirst { replaces } => {
-                        // The end of the run overtook the run itself: make sure
-                        // nothing is held for it later. If the run is decided
-                        // meanwhile, the write conflicts and we read again.
-                        let tombstone = domain::ended_before_reservation(order_id, attempt, now);
-                        let released = domain::nothing_held(order_id, attempt, cause);
-                        match replaces {
-                            None => unit.insert(
-                                RESERVATIONS,
-                                [&tombstone],
-                                OnDuplicate::Conflict("reservation"),
-                            )?,
-                            Some(earlier) => unit.update(
-                                RESERVATIONS,
-                                "reservation",
-                                doc! { "_id": order_id, "attempt": earlier },
-                                bson::to_document(&tombstone)?,
-                            ),
-                        }
-                        .record(history(order_id, event, &released, now))?
+            let reservation = match domain::release_target(found, attempt)
+                .map_err(StoreError::Rule)?
+            {
+                ReleaseTarget::Held(reservation) => reservation,
+                ReleaseTarget::NothingHeld => {
+                    let released = domain::nothing_held(order_id, attempt, cause);
+                    unit.record(history(order_id, event, &released, now))?
                         .emit([released]);
-                        return inventory.store.commit(unit).await;
+                    return inventory.store.commit(unit).await;
+                }
+                ReleaseTarget::EndedFirst { replaces } => {
+                    // The end of the run overtook the run itself: make sure
+                    // nothing is held for it later. If the run is decided
+                    // meanwhile, the write conflicts and we read again.
+                    let mut tombstone = domain::ended_before_reservation(order_id, attempt, now);
+                    let released = domain::nothing_held(order_id, attempt, cause);
+                    if let Some(earlier) = &replaces {
+                        tombstone.history.clone_from(&earlier.history);
                     }
-                };
+                    inventory.store.keep_in(
+                        &mut tombstone.history,
+                        history(order_id, event, &released, now),
+                    );
+                    match replaces {
+                        None => unit.insert(
+                            RESERVATIONS,
+                            [&tombstone],
+                            OnDuplicate::Conflict("reservation"),
+                        )?,
+                        Some(earlier) => unit.update(
+                            RESERVATIONS,
+                            "reservation",
+                            doc! { "_id": order_id, "attempt": earlier.attempt },
+                            bson::to_document(&tombstone)?,
+                        ),
+                    }
+                    .emit([released]);
+                    return inventory.store.commit(unit).await;
+                }
+            };
             let ids: Vec<&str> = reservation
                 .lines
                 .iter()
@@ -253,7 +274,11 @@ impl InventoryStore {
             let read: HashMap<String, i64> =
                 products.iter().map(|p| (p.id.clone(), p.version)).collect();
             let handled = event;
-            let (released, event) = domain::release(&reservation, &mut products, cause, now);
+            let (mut released, event) = domain::release(&reservation, &mut products, cause, now);
+            inventory.store.keep_in(
+                &mut released.history,
+                history(order_id, handled, &event, now),
+            );
             Inventory::write_changed(&mut unit, &read, &products)?;
             unit.update(
                 RESERVATIONS,
@@ -265,7 +290,6 @@ impl InventoryStore {
                 },
                 bson::to_document(&released)?,
             )
-            .record(history(order_id, handled, &event, now))?
             .emit([event]);
             inventory.store.commit(unit).await
         })
@@ -281,6 +305,10 @@ struct StoredRun {
     #[serde(default = "shared::events::first_attempt")]
     attempt: u32,
     status: ReservationStatus,
+    /// Its lines of the order's history, which a retried run's reservation
+    /// carries on.
+    #[serde(default)]
+    history: Vec<HistoryItem>,
 }
 
 /// What handling `event` for `order_id` at `at` did here: it published
@@ -294,6 +322,19 @@ fn history(
     History::of(SOURCE, order_id)
         .handled(event, at)
         .published(std::slice::from_ref(released))
+}
+
+/// The inventory's lines of an order's history that are kept in its
+/// reservation; the rare others are history records.
+pub struct ReservationLines(pub Arc<InventoryStore>);
+
+impl HistorySource for ReservationLines {
+    fn items<'a>(
+        &'a self,
+        order_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<HistoryItem>, StoreError>> {
+        Box::pin(self.0.history_lines(order_id))
+    }
 }
 
 /// `order.created` events that arrived together: decided as if one by one,
@@ -313,44 +354,47 @@ impl WriteBatch for ReserveStock {
         // No inbox records: the reservation, keyed by the order and written
         // for every decision (held, refused, or a tombstone for an order that
         // ended first), is the record that `order.created` was handled. A
-        // redelivery finds it below and has no effect; two copies in one
-        // batch meet its unique key and go again one by one.
+        // redelivery finds it below and has no effect. Two copies in one
+        // batch, or a decision that raced this one (the order's end, or
+        // another instance), meet its unique key: a conflict, so the event
+        // goes again, finds the reservation, and says so in the history.
         let mut unit = UnitOfWork::new();
         // Already decided, or ended (cancelled, failed) before it arrived: no
         // effect. A run of a retried saga replaces its order's earlier run.
         let order_ids: Vec<&str> = batch.iter().map(|(_, o)| o.order_id.as_str()).collect();
-        let stored: HashMap<String, (u32, ReservationStatus)> = inventory
+        let mut stored: HashMap<String, StoredRun> = inventory
             .reservations
             .clone_with_type::<StoredRun>()
             .find(doc! { "_id": { "$in": &order_ids } })
-            .projection(doc! { "_id": 1, "attempt": 1, "status": 1 })
+            .projection(doc! { "_id": 1, "attempt": 1, "status": 1, "history": 1 })
             .await?
-            .map_ok(|run| (run.order_id, (run.attempt, run.status)))
+            .map_ok(|run| (run.order_id.clone(), run))
             .try_collect()
             .await?;
         let mut open = Vec::with_capacity(batch.len());
-        let mut histories = Vec::with_capacity(batch.len());
+        let mut without_effect = Vec::new();
         for item @ (event, order) in batch {
-            match domain::prior(stored.get(&order.order_id).copied(), order.attempt)
-                .map_err(StoreError::Rule)?
-            {
+            let run = stored
+                .get(&order.order_id)
+                .map(|run| (run.attempt, run.status));
+            match domain::prior(run, order.attempt).map_err(StoreError::Rule)? {
                 // Rare (a redelivery, or a run that ended first): said in
                 // the order's history, which otherwise would not show it.
-                Prior::Decided => {
-                    histories.push(History::of(SOURCE, &order.order_id).handled_without_effect(
+                Prior::Decided => without_effect.push(
+                    History::of(SOURCE, &order.order_id).handled_without_effect(
                         event,
                         format!(
                             "no effect: run {} of this order was decided or ended before",
                             order.attempt
                         ),
-                    ))
-                }
+                    ),
+                ),
                 Prior::Nothing => open.push((item, None)),
                 Prior::EarlierRun { attempt } => open.push((item, Some(attempt))),
             }
         }
         if open.is_empty() {
-            unit.record_all(histories)?;
+            unit.record_all(without_effect)?;
             return inventory.store.commit(unit).await;
         }
 
@@ -364,8 +408,13 @@ impl WriteBatch for ReserveStock {
         let mut reservations = Vec::with_capacity(open.len());
         for (((event, order), replaces), decision) in open.into_iter().zip(decisions) {
             let cause = Cause::event(SOURCE, event);
-            let (reservation, events) = domain::reservation_outcome(order, decision, &cause, now);
-            histories.push(
+            let (mut reservation, events) =
+                domain::reservation_outcome(order, decision, &cause, now);
+            if let Some(earlier) = stored.remove(&order.order_id) {
+                reservation.history = earlier.history;
+            }
+            inventory.store.keep_in(
+                &mut reservation.history,
                 History::of(SOURCE, &order.order_id)
                     .handled(event, now)
                     .published(&events),
@@ -387,8 +436,12 @@ impl WriteBatch for ReserveStock {
         // The version guards fail if another instance changed a product
         // since the read; the batch then goes again one by one.
         Inventory::write_changed(&mut unit, &read, &products)?;
-        unit.insert(RESERVATIONS, &reservations, OnDuplicate::AlreadyHandled)?
-            .record_all(histories)?;
+        unit.insert(
+            RESERVATIONS,
+            &reservations,
+            OnDuplicate::Conflict("reservation"),
+        )?
+        .record_all(without_effect)?;
         inventory.store.commit(unit).await
     }
 }

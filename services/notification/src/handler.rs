@@ -30,9 +30,9 @@ impl Handler for SagaOutcomes {
         let mut notification =
             draft.into_notification(&event.correlation_id, event.traceparent.clone(), Utc::now());
         if let Some(order_id) = &notification.order_id {
-            notification.history = History::of(domain::SOURCE, order_id)
-                .handled(&event, notification.created_at)
-                .into_items();
+            let handled =
+                History::of(domain::SOURCE, order_id).handled(&event, notification.created_at);
+            self.store.keep_in(&mut notification.history, handled);
         }
         outcome(self.store.record_for_event(notification).await)
     }

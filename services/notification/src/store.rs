@@ -334,6 +334,11 @@ impl NotificationStore {
         self.store.commit(unit).await
     }
 
+    /// Adds `history`'s lines to a notification's ([`Store::keep_in`]).
+    pub fn keep_in(&self, lines: &mut Vec<HistoryItem>, history: History) {
+        self.store.keep_in(lines, history);
+    }
+
     /// This service's lines of an order's history: each of its
     /// notifications' ([`Notification::history_items`]).
     pub async fn history_of_order(&self, order_id: &str) -> Result<Vec<HistoryItem>, StoreError> {

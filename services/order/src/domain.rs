@@ -12,6 +12,7 @@ use shared::events::{
 #[cfg(test)]
 use shared::events::{InventoryReservationFailed, InventoryReserved};
 pub use shared::events::{OrderStatus, ToOrderService as SagaAnswer};
+use shared::history::HistoryItem;
 
 pub mod saga;
 pub use saga::{AwaitedStep, awaited_step};
@@ -65,6 +66,12 @@ pub struct Order {
         with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
     )]
     pub saga_started_at: Option<DateTime<Utc>>,
+    /// The order service's lines of the order's history
+    /// ([`shared::history`]), kept in the order, which every step of its
+    /// saga rewrites anyway: the history costs this service no document of
+    /// its own. Lists leave them out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryItem>,
 }
 
 /// Why a change is refused.
@@ -149,6 +156,7 @@ pub fn place(
         awaiting_release: false,
         attempt: 1,
         saga_started_at: Some(now),
+        history: Vec::new(),
     };
     let created = created_event(&order, cause);
     Change {
@@ -530,6 +538,7 @@ mod tests {
             awaiting_release: false,
             attempt: 1,
             saga_started_at: None,
+            history: Vec::new(),
         }
     }
 

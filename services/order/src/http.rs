@@ -480,7 +480,6 @@ impl OrderApi {
     /// or discard, each email with its Message-ID and outcome, oldest
     /// first. Another customer's order is 404. A service that does not
     /// answer is listed in `incomplete` instead of failing the request.
-    /// Kept `HISTORY_RETENTION_DAYS` (30).
     #[oai(path = "/api/orders/:order_id/history", method = "get")]
     async fn order_history(
         &self,

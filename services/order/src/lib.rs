@@ -20,6 +20,7 @@ use backlog::Backlog;
 use shared::{
     broker::topology::ORDER_SERVICE,
     config::{CommonConfig, ConfigError, Env},
+    http::history::{HistorySource, LocalHistory},
     service::{RunningService, ServiceCore},
 };
 
@@ -111,6 +112,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             backlog: backlog.clone(),
         }),
     );
+    let own_lines: Arc<dyn HistorySource> = Arc::new(store::OrderLines(store.clone()));
     let gauges = Arc::new(metrics::SagaGauges {
         store: store.clone(),
     });
@@ -125,7 +127,10 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             &config.inventory_url,
             &core.breakers,
         )),
-        history: core.local_history(),
+        history: LocalHistory {
+            extra: Some(own_lines.clone()),
+            ..core.local_history()
+        },
         participants: participants::Participants::new(
             vec![
                 ("inventory-service", config.inventory_url.clone()),
@@ -135,6 +140,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
         ),
     };
     core.with_gauges(gauges)
+        .with_history_source(own_lines)
         .with_routes(console::routes(
             &config.inventory_url,
             &config.notification_url,

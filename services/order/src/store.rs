@@ -1,10 +1,13 @@
 //! Orders in MongoDB: named reads, and writes through the shared unit of
 //! work, so every change and the events it causes commit together.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use futures::{TryStreamExt, future::BoxFuture};
 use mongodb::{
     Collection, IndexModel,
     bson::{self, Bson, Document, doc},
@@ -14,10 +17,11 @@ use serde::Serialize;
 use shared::{
     TaskTracker,
     events::{Cause, RawEnvelope},
-    history::History,
+    history::{History, HistoryItem},
+    http::history::HistorySource,
     store::{
         Batcher, ListOrder, OnDuplicate, PageRequest, ReadBatch, Store, StoreError, UnitOfWork,
-        WriteBatch, find_page, find_page_in, retry_on_conflict,
+        WriteBatch, find_page_in, retry_on_conflict,
     },
 };
 
@@ -180,9 +184,11 @@ impl OrderStore {
     /// first order and a different request under the same key is refused.
     pub async fn create(
         &self,
-        change: Change,
+        mut change: Change,
         idempotency: Option<(String, String)>,
     ) -> Result<Created, Error> {
+        let history = history_of(None, &change, None);
+        self.store.keep_in(&mut change.order.history, history);
         let order = change.order.clone();
         let key = idempotency.map(|(key, fingerprint)| KeyRecord {
             id: key_id(&order.customer_id, &key),
@@ -226,6 +232,22 @@ impl OrderStore {
         Ok(self.orders.find_one(doc! { "_id": order_id }).await?)
     }
 
+    /// The lines of an order's history kept in the order ([`Order::history`]).
+    pub async fn history_lines(&self, order_id: &str) -> Result<Vec<HistoryItem>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Lines {
+            #[serde(default)]
+            history: Vec<HistoryItem>,
+        }
+        let found = self
+            .orders
+            .clone_with_type::<Lines>()
+            .find_one(doc! { "_id": order_id })
+            .projection(doc! { "history": 1 })
+            .await?;
+        Ok(found.map(|lines| lines.history).unwrap_or_default())
+    }
+
     /// A customer's orders, newest first, and the next page's cursor.
     pub async fn orders_of_customer(
         &self,
@@ -233,7 +255,7 @@ impl OrderStore {
         page: &PageRequest,
     ) -> Result<(Vec<Order>, Option<String>), StoreError> {
         let filter = doc! { "customerId": customer_id };
-        Ok(find_page(&self.orders, filter, page, |o| o.id.clone()).await?)
+        self.list(filter, page, ListOrder::NewestFirst).await
     }
 
     /// The id of the customer's `n`-th newest order placed since `since`
@@ -261,7 +283,27 @@ impl OrderStore {
         page: &PageRequest,
     ) -> Result<(Vec<Order>, Option<String>), StoreError> {
         let filter = doc! { "status": status.as_str() };
-        Ok(find_page(&self.orders, filter, page, |o| o.id.clone()).await?)
+        self.list(filter, page, ListOrder::NewestFirst).await
+    }
+
+    /// A page of the orders `filter` matches, without their history lines
+    /// (a page could otherwise carry some hundred of them).
+    async fn list(
+        &self,
+        filter: Document,
+        page: &PageRequest,
+        order: ListOrder,
+    ) -> Result<(Vec<Order>, Option<String>), StoreError> {
+        let without_history = doc! { "history": 0 };
+        Ok(find_page_in(
+            &self.orders,
+            filter,
+            page,
+            order,
+            Some(without_history),
+            |o| o.id.clone(),
+        )
+        .await?)
     }
 
     /// Cancels a PENDING or CONFIRMED order, emitting `order.cancelled`.
@@ -319,10 +361,11 @@ impl OrderStore {
                     current: order.version,
                 });
             }
-            let change = decide(&order)?;
+            let mut change = decide(&order)?;
+            let history = history_of(Some(&order), &change, None);
+            self.store.keep_in(&mut change.order.history, history);
             let mut unit = UnitOfWork::new();
             unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
-                .record(history_of(Some(&order), &change, None))?
                 .emit(change.events);
             self.store.commit(unit).await?;
             self.saga.changed(&order, &change.order);
@@ -372,12 +415,13 @@ impl OrderStore {
         let mut failed = 0;
         for order in &overdue {
             let cause = Cause::request(SOURCE, &order.correlation_id);
-            let Some(change) = domain::expire(order, timeout, &cause, now) else {
+            let Some(mut change) = domain::expire(order, timeout, &cause, now) else {
                 continue;
             };
+            let history = history_of(Some(order), &change, None);
+            self.store.keep_in(&mut change.order.history, history);
             let mut unit = UnitOfWork::new();
             unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
-                .record(history_of(Some(order), &change, None))?
                 .emit(change.events);
             match self.store.commit(unit).await {
                 Ok(()) => {
@@ -438,12 +482,7 @@ impl OrderStore {
         let Some(filter) = unfinished_filter(older_than) else {
             return Ok((Vec::new(), None));
         };
-        Ok(
-            find_page_in(&self.orders, filter, page, ListOrder::OldestFirst, |o| {
-                o.id.clone()
-            })
-            .await?,
-        )
+        self.list(filter, page, ListOrder::OldestFirst).await
     }
 
     /// Applies the inventory's answer to an order: the new state and the
@@ -456,6 +495,19 @@ impl OrderStore {
         answer: SagaAnswer,
     ) -> Result<(), StoreError> {
         self.answers.write((event, answer)).await
+    }
+}
+
+/// The order service's lines of an order's history that are kept in the
+/// order; the rare others are history records.
+pub struct OrderLines(pub Arc<OrderStore>);
+
+impl HistorySource for OrderLines {
+    fn items<'a>(
+        &'a self,
+        order_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<HistoryItem>, StoreError>> {
+        Box::pin(self.0.history_lines(order_id))
     }
 }
 
@@ -603,7 +655,6 @@ impl WriteBatch for CreateOrders {
             batch.iter().map(|n| &n.change.order),
             OnDuplicate::Taken("order id"),
         )?
-        .record_all(batch.iter().map(|n| history_of(None, &n.change, None)))?
         .emit(batch.iter().flat_map(|n| n.change.events.iter().cloned()));
         self.store.commit(unit).await?;
         self.saga.accepted(batch.len() as u64);
@@ -652,7 +703,9 @@ impl WriteBatch for ApplyAnswers {
             // Two answers for one order in a batch meet the same version:
             // the second conflicts, and on its own finds the order decided.
             match change {
-                Some(change) => {
+                Some(mut change) => {
+                    let history = history_of(Some(order), &change, Some(event));
+                    self.store.keep_in(&mut change.order.history, history);
                     unit.replace_versioned(
                         ORDERS,
                         "order",
@@ -660,12 +713,13 @@ impl WriteBatch for ApplyAnswers {
                         order.version,
                         &change.order,
                     )?
-                    .record(history_of(Some(order), &change, Some(event)))?
                     .emit(change.events);
                     changed.push((order, change.order));
                 }
                 // Late, stale or repeated: said in the history, since an
                 // operator asking why an order did not move wants to see it.
+                // Rare, so a record of its own rather than a write of the
+                // order.
                 None => {
                     unit.record(History::of(SOURCE, &order.id).handled_without_effect(
                         event,

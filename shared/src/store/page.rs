@@ -48,15 +48,25 @@ pub async fn find_page<T>(
 where
     T: DeserializeOwned + Send + Sync,
 {
-    find_page_in(collection, filter, page, ListOrder::NewestFirst, id_of).await
+    find_page_in(
+        collection,
+        filter,
+        page,
+        ListOrder::NewestFirst,
+        None,
+        id_of,
+    )
+    .await
 }
 
-/// [`find_page`] in the given order.
+/// [`find_page`] in the given order, with only the fields `projection`
+/// asks for (all without one).
 pub async fn find_page_in<T>(
     collection: &Collection<T>,
     mut filter: Document,
     page: &PageRequest,
     order: ListOrder,
+    projection: Option<Document>,
     id_of: impl Fn(&T) -> String,
 ) -> Result<(Vec<T>, Option<String>), Error>
 where
@@ -70,13 +80,14 @@ where
         filter.insert("_id", doc! { after: cursor });
     }
     // One extra document tells whether there is a next page.
-    let mut items: Vec<T> = collection
+    let mut find = collection
         .find(filter)
         .sort(doc! { "_id": direction })
-        .limit(i64::from(page.limit) + 1)
-        .await?
-        .try_collect()
-        .await?;
+        .limit(i64::from(page.limit) + 1);
+    if let Some(projection) = projection {
+        find = find.projection(projection);
+    }
+    let mut items: Vec<T> = find.await?.try_collect().await?;
     let next = if items.len() > page.limit as usize {
         items.truncate(page.limit as usize);
         items.last().map(&id_of)

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     events::RawEnvelope,
-    history::{HISTORY, History, HistoryStore},
+    history::{HISTORY, History, HistoryItem, HistoryStore},
 };
 
 /// What an insert that meets a unique index means.
@@ -243,6 +243,16 @@ impl Store {
     /// (`HISTORY_RETENTION_DAYS=0`).
     pub fn recording_history(self, history: bool) -> Self {
         Store { history, ..self }
+    }
+
+    /// Adds `history`'s lines to `lines`, those a document the unit writes
+    /// anyway keeps of its order's history (an order, a reservation), so
+    /// the history costs no document of its own. Nothing while the history
+    /// is off.
+    pub fn keep_in(&self, lines: &mut Vec<HistoryItem>, history: History) {
+        if self.history {
+            history.append_to(lines);
+        }
     }
 
     /// Where the service's part of the orders' histories is read.
