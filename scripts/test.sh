@@ -9,14 +9,18 @@ source scripts/lib/infra.sh
 source scripts/lib/previous-build.sh
 trap infra_down EXIT
 
-# Python tools the tests drive, pinned, in one venv: schemathesis (the
-# api_contract test, against each service's spec) and aiosmtpd (the smtp_tls
-# test's server, which requires STARTTLS and AUTH).
+# Python tools the tests drive, pinned: schemathesis (the api_contract test,
+# against each service's spec) and aiosmtpd (the smtp_tls test's server,
+# which requires STARTTLS and AUTH) in one venv; openapi-python-client (the
+# generated_clients test) in its own, since its dependencies are not theirs.
 VENV="$RUN_DIR/venv"
+CLIENTS_VENV="$RUN_DIR/venv-clients"
 SCHEMATHESIS_VERSION="4.32.5"
 AIOSMTPD_VERSION="1.4.6"
+OPENAPI_PYTHON_CLIENT_VERSION="0.29.1"
 
-# pip_install PACKAGE VERSION: into $VENV, unless that version is there.
+# pip_install PACKAGE VERSION: into $VENV, unless that version is there
+# (VENV=... pip_install for another venv).
 pip_install() {
   local package=$1 version=$2 log="$LOG_DIR/pip-$1.log"
   if [ -x "$VENV/bin/pip" ] && "$VENV/bin/pip" show "$package" 2>/dev/null | grep -qx "Version: $version"; then
@@ -36,26 +40,37 @@ infra_up
 step "Installing the Python test tools"
 pip_install schemathesis "$SCHEMATHESIS_VERSION"
 pip_install aiosmtpd "$AIOSMTPD_VERSION"
+VENV=$CLIENTS_VENV pip_install openapi-python-client "$OPENAPI_PYTHON_CLIENT_VERSION"
 export SCHEMATHESIS="$VENV/bin/schemathesis" SMTP_TEST_PYTHON="$VENV/bin/python"
+export OPENAPI_PYTHON_CLIENT="$CLIENTS_VENV/bin/openapi-python-client"
 # The admin console's browser test (tests/e2e/tests/admin_console.rs):
 # Debian's Chromium, driven by playwright-core (pinned in
 # tests/browser/package-lock.json) under Node.js 20 or newer. npm ci runs
 # again only when the lock file differs from the one last installed.
-step "Installing the browser test's tools"
+step "Installing the browser and generated-client tests' tools"
 [ -x /usr/bin/chromium ] || apt_install chromium
 command -v npm >/dev/null || apt_install nodejs npm
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 ((node_major >= 20)) || fail "Node.js $(node --version 2>/dev/null) is too old for playwright-core: install Node.js 20 or newer"
-BROWSER_TEST_DIR="$PWD/tests/browser"
-if ! cmp -s "$BROWSER_TEST_DIR/package-lock.json" "$BROWSER_TEST_DIR/node_modules/.installed-lock.json"; then
-  note "npm ci in tests/browser (log: $LOG_DIR/npm-browser-test.log)"
-  (cd "$BROWSER_TEST_DIR" && npm ci --no-audit --no-fund) >"$LOG_DIR/npm-browser-test.log" 2>&1 \
-    || fail "npm ci in tests/browser failed (see $LOG_DIR/npm-browser-test.log)"
-  cp "$BROWSER_TEST_DIR/package-lock.json" "$BROWSER_TEST_DIR/node_modules/.installed-lock.json"
-else
-  note "playwright-core already installed in tests/browser"
-fi
-export CONSOLE_TEST_DIR="$BROWSER_TEST_DIR" CHROMIUM=/usr/bin/chromium
+# npm_ci DIR: the packages DIR's lock file pins, unless that lock file is
+# the one last installed there.
+npm_ci() {
+  local dir=$1 log="$LOG_DIR/npm-$(basename "$1").log"
+  if cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"; then
+    note "npm packages already installed in ${dir#"$PWD"/}"
+    return
+  fi
+  note "npm ci in ${dir#"$PWD"/} (log: $log)"
+  (cd "$dir" && npm ci --no-audit --no-fund) >"$log" 2>&1 \
+    || fail "npm ci in $dir failed (see $log)"
+  cp "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"
+}
+npm_ci "$PWD/tests/browser"
+export CONSOLE_TEST_DIR="$PWD/tests/browser" CHROMIUM=/usr/bin/chromium
+# The generated_clients test's openapi-typescript (pinned in
+# tests/clients/package-lock.json).
+npm_ci "$PWD/tests/clients"
+export CLIENTS_TEST_DIR="$PWD/tests/clients"
 # The smtp_tls test makes its server's certificate with the openssl CLI.
 command -v openssl >/dev/null || apt_install openssl
 # The run.sh test with REPLICAS=2 puts nginx in front of the instances.

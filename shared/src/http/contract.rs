@@ -35,6 +35,7 @@ impl Contract {
         let mut spec: Value =
             serde_json::from_str(&service.spec()).expect("poem-openapi writes its spec as JSON");
         close_request_bodies(&mut spec);
+        unwrap_described_refs(&mut spec);
         let paths = spec["paths"]
             .as_object()
             .into_iter()
@@ -126,6 +127,40 @@ pub async fn allow_header<E: Endpoint>(
     }
 }
 
+/// `{"$ref": R, "description": D}` for poem-openapi's
+/// `{"allOf": [{"$ref": R}, {"description": D}]}`, its way of describing a
+/// field whose type is a named schema. Generators take the wrapper for a
+/// composition: openapi-python-client 0.29 cannot "take allOf a
+/// non-object" (an enum) and drops every model that holds such a field,
+/// `OrderView` among them. OpenAPI 3.0 readers ignore a `$ref`'s siblings,
+/// so the description stays for those that show it and costs the others
+/// nothing.
+fn unwrap_described_refs(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if let Some(Value::Array(parts)) = object.get("allOf")
+                && let [Value::Object(reference), notes @ ..] = parts.as_slice()
+                && reference.len() == 1
+                && reference.contains_key("$ref")
+                && notes
+                    .iter()
+                    .all(|note| note.as_object().is_some_and(|n| !n.contains_key("$ref")))
+            {
+                let mut unwrapped = reference.clone();
+                for note in notes.iter().filter_map(Value::as_object) {
+                    unwrapped.extend(note.clone());
+                }
+                object.remove("allOf");
+                unwrapped.extend(std::mem::take(object));
+                *object = unwrapped;
+            }
+            object.values_mut().for_each(unwrap_described_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unwrap_described_refs),
+        _ => {}
+    }
+}
+
 /// `additionalProperties: false` on every object schema a request body
 /// refers to, directly or through its properties and items.
 fn close_request_bodies(spec: &mut Value) {
@@ -188,6 +223,45 @@ fn collect_refs(schema: &Value, names: &mut Vec<String>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_described_reference_is_a_reference_with_its_description_and_nothing_else_changes() {
+        let mut spec = json!({ "components": { "schemas": { "OrderView": {
+            "type": "object",
+            "properties": {
+                "status": { "allOf": [
+                    { "$ref": "#/components/schemas/OrderStatus" },
+                    { "description": "Where the order is.", "nullable": true }
+                ] },
+                "both": { "allOf": [
+                    { "$ref": "#/components/schemas/A" },
+                    { "$ref": "#/components/schemas/B" }
+                ] },
+                "items": { "type": "array", "items": { "allOf": [
+                    { "$ref": "#/components/schemas/Line" }, { "description": "A line." }
+                ] } }
+            }
+        } } } });
+        unwrap_described_refs(&mut spec);
+        let properties = &spec["components"]["schemas"]["OrderView"]["properties"];
+        assert_eq!(
+            properties["status"],
+            json!({
+                "$ref": "#/components/schemas/OrderStatus",
+                "description": "Where the order is.",
+                "nullable": true
+            })
+        );
+        assert_eq!(
+            properties["items"]["items"],
+            json!({ "$ref": "#/components/schemas/Line", "description": "A line." })
+        );
+        assert_eq!(
+            properties["both"]["allOf"].as_array().map(Vec::len),
+            Some(2),
+            "a real composition stays"
+        );
+    }
 
     #[test]
     fn objects_reached_from_a_request_body_are_closed_and_others_are_not() {
