@@ -46,7 +46,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             store: store.clone(),
         }),
     );
-    core.with_history_source(Arc::new(store::ReservationLines(store.clone())))
+    core.with_history_source(store.clone())
         .serve(http::InventoryApi { store }, "Inventory service")
         .await
 }

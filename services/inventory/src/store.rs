@@ -326,14 +326,12 @@ fn history(
 
 /// The inventory's lines of an order's history that are kept in its
 /// reservation; the rare others are history records.
-pub struct ReservationLines(pub Arc<InventoryStore>);
-
-impl HistorySource for ReservationLines {
+impl HistorySource for InventoryStore {
     fn items<'a>(
         &'a self,
         order_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<HistoryItem>, StoreError>> {
-        Box::pin(self.0.history_lines(order_id))
+        Box::pin(self.history_lines(order_id))
     }
 }
 

@@ -112,7 +112,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             backlog: backlog.clone(),
         }),
     );
-    let own_lines: Arc<dyn HistorySource> = Arc::new(store::OrderLines(store.clone()));
+    let own_lines: Arc<dyn HistorySource> = store.clone();
     let gauges = Arc::new(metrics::SagaGauges {
         store: store.clone(),
     });

@@ -1,10 +1,7 @@
 //! Orders in MongoDB: named reads, and writes through the shared unit of
 //! work, so every change and the events it causes commit together.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use futures::{TryStreamExt, future::BoxFuture};
@@ -500,14 +497,12 @@ impl OrderStore {
 
 /// The order service's lines of an order's history that are kept in the
 /// order; the rare others are history records.
-pub struct OrderLines(pub Arc<OrderStore>);
-
-impl HistorySource for OrderLines {
+impl HistorySource for OrderStore {
     fn items<'a>(
         &'a self,
         order_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<HistoryItem>, StoreError>> {
-        Box::pin(self.0.history_lines(order_id))
+        Box::pin(self.history_lines(order_id))
     }
 }
 

@@ -552,6 +552,21 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 /// Polls `check` until it yields a value, failing after 20 s. This waits for
 /// an asynchronous outcome; it does not paper over a race.
+/// Runs a tool off the test's runtime (the services answer on it): whether
+/// it succeeded, and what it printed (stdout, then stderr).
+pub async fn run_tool(mut command: std::process::Command) -> (bool, String) {
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the tool does not run: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,

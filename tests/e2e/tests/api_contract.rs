@@ -20,7 +20,7 @@ use std::{
     time::Instant,
 };
 
-use e2e_tests::{ADMIN_TOKEN, Stack};
+use e2e_tests::{ADMIN_TOKEN, Stack, run_tool};
 
 /// Test cases per operation and phase: enough to reach every status an
 /// operation declares, few enough that the three runs take about a minute
@@ -82,17 +82,7 @@ async fn run_schemathesis(cli: &Path, service: &str, base_url: &str) -> (bool, S
     if let Some(seed) = seed() {
         command.args(["--seed", &seed]);
     }
-    // The services answer on this test's runtime: wait off it.
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("schemathesis runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    run_tool(command).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

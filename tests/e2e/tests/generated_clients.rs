@@ -15,7 +15,7 @@ use std::{
     process::Command,
 };
 
-use e2e_tests::{Stack, customer_token};
+use e2e_tests::{Stack, customer_token, run_tool as run};
 use serde_json::Value;
 
 fn workspace_root() -> PathBuf {
@@ -33,21 +33,6 @@ fn tool(variable: &str, default: &str, install: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Runs `command` off the test's runtime (the services answer on it): whether
-/// it succeeded, and what it printed.
-async fn run(mut command: Command) -> (bool, String) {
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("the tool runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
 }
 
 /// What a generator printed beyond its own progress lines: its warnings and
