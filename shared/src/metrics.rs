@@ -225,7 +225,8 @@ pub struct HttpMetrics {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
+    /// [`method_label`]: a method of HTTP's, or `OTHER`.
+    pub method: &'static str,
     /// The OpenAPI path template (`/api/orders/{order_id}`), never the
     /// path itself, so ids do not become series.
     pub route: String,
@@ -265,7 +266,7 @@ impl HttpMetrics {
     pub fn record(&self, method: &str, pattern: Option<&str>, status: u16, elapsed: Duration) {
         let status_class = status_class(status);
         let labels = RouteLabels {
-            method: method.to_string(),
+            method: method_label(method),
             route: route_label(pattern),
             status_class,
         };
@@ -274,6 +275,18 @@ impl HttpMetrics {
             .get_or_create(&StatusClass { status_class })
             .inc();
     }
+}
+
+/// The method as a label: one of HTTP's own, or `OTHER` for any a client
+/// invents (`PRBXYZ /health`), so that a probe cannot mint series.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("OTHER")
 }
 
 /// `/api/orders/:order_id` as OpenAPI writes it, `/api/orders/{order_id}`;
@@ -400,6 +413,9 @@ mod tests {
         assert_eq!(route_label(Some("/health")), "/health");
         assert_eq!(route_label(Some("/*--poem-rest")), "other");
         assert_eq!(route_label(None), "other");
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("PRBXYZ"), "OTHER");
+        assert_eq!(method_label("get"), "OTHER", "methods are case-sensitive");
     }
 
     #[test]

@@ -81,6 +81,9 @@ impl JwtSettings {
         let mut validation = Validation::new(self.algorithms[0]);
         validation.algorithms = self.algorithms.clone();
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // A token issued for later is not valid yet (jsonwebtoken leaves
+        // `nbf` unchecked unless asked).
+        validation.validate_nbf = true;
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
         }
@@ -329,6 +332,14 @@ mod tests {
             "another-secret-of-thirty-two-bytes",
         );
         assert!(refusal(auth.caller(&forged)).contains("signature"));
+        let not_yet = token(
+            serde_json::json!({"sub": "c1", "exp": in_an_hour() + 3600, "nbf": in_an_hour()}),
+            SECRET,
+        );
+        assert_eq!(
+            refusal(auth.caller(&not_yet)),
+            "the token is not valid yet (nbf)"
+        );
         let no_exp = token(serde_json::json!({"sub": "c1"}), SECRET);
         assert!(refusal(auth.caller(&no_exp)).contains("required claim"));
         assert!(refusal(auth.caller("not.a.jwt")).contains("well-formed"));

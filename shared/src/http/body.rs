@@ -125,6 +125,18 @@ impl ToJSON for EmailAddress {
 }
 
 impl validator::ValidateEmail for EmailAddress {
+    /// An address the validator takes, at a domain name with a dot in it:
+    /// the validator also takes an address literal (`x@[127.0.0.1]`) and a
+    /// bare host name (`x@mongodb`), and either would aim the shop's mail
+    /// relay at a host of the network it runs in.
+    fn validate_email(&self) -> bool {
+        let at_a_public_name = self
+            .0
+            .rsplit_once('@')
+            .is_some_and(|(_, domain)| !domain.starts_with('[') && domain.contains('.'));
+        at_a_public_name && self.0.validate_email()
+    }
+
     fn as_email_string(&self) -> Option<Cow<'_, str>> {
         Some(Cow::Borrowed(&self.0))
     }
@@ -168,6 +180,13 @@ mod tests {
         assert!(check(r#"{"email": "a@example.com"}"#).is_ok());
         let not_an_email = check(r#"{"email": "nobody"}"#).unwrap_err();
         assert_eq!(not_an_email.fields[0].message, "must be an email address");
+        for internal in ["x@[127.0.0.1]", "x@[IPv6:::1]", "x@mongodb"] {
+            let refused = check(&format!(r#"{{"email": "{internal}"}}"#)).unwrap_err();
+            assert_eq!(
+                refused.fields[0].message, "must be an email address",
+                "{internal}"
+            );
+        }
         let too_long = check(r#"{"email": "someone@a-long-domain.example"}"#).unwrap_err();
         assert_eq!(too_long.fields[0].message, "length must be at most 20");
     }

@@ -59,7 +59,8 @@ pub struct HealthApi {
     pub last_check: Mutex<Option<(Instant, Dependencies)>>,
 }
 
-/// The database's and the broker's state: `up`, or `down: <reason>`.
+/// The database's and the broker's state: `up`, or `down: <why>`
+/// ([`describe`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dependencies {
     pub mongodb: String,
@@ -95,9 +96,10 @@ pub struct Health {
 pub struct Readiness {
     /// `ready` or `unavailable`.
     pub status: String,
-    /// `up`, or `down: <reason>`.
+    /// `up`, or `down: unreachable` or `down: timed out` (the driver's
+    /// error is in the service's log).
     pub mongodb: String,
-    /// `up`, or `down: <reason>`.
+    /// Like `mongodb`.
     pub rabbitmq: String,
     /// Each circuit breaker: `closed`, `open` or `half_open`. An open
     /// breaker does not make the service unready: it is how the service
@@ -286,16 +288,8 @@ impl HealthApi {
             tokio::time::timeout(CHECK_TIMEOUT, self.publisher.check()),
         );
         Dependencies {
-            mongodb: describe(
-                mongo
-                    .map_err(|_| "timed out".to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string())),
-            ),
-            rabbitmq: describe(
-                rabbit
-                    .map_err(|_| "timed out".to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string())),
-            ),
+            mongodb: describe("mongodb", mongo.map(|r| r.map_err(|e| e.to_string()))),
+            rabbitmq: describe("rabbitmq", rabbit.map(|r| r.map_err(|e| e.to_string()))),
         }
     }
 
@@ -541,10 +535,20 @@ async fn reuse_or_check<T: Clone, F: Future<Output = T>>(
     value
 }
 
-fn describe(result: Result<(), String>) -> String {
-    match result {
-        Ok(()) => "up".into(),
-        Err(reason) => format!("down: {reason}"),
+/// `up`, `down: timed out` or `down: unreachable`. The driver's own
+/// words go to the log, not to whoever probes: they name hosts, ports and
+/// accounts.
+fn describe<E>(dependency: &str, check: Result<Result<(), String>, E>) -> String {
+    match check {
+        Ok(Ok(())) => "up".into(),
+        Ok(Err(error)) => {
+            tracing::warn!(dependency, %error, "readiness check failed");
+            "down: unreachable".into()
+        }
+        Err(_) => {
+            tracing::warn!(dependency, "readiness check timed out");
+            "down: timed out".into()
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use poem::{
     Server,
     http::{HeaderValue, Method, StatusCode, Uri, header},
     listener::TcpAcceptor,
-    middleware::{Cors, SetHeader},
+    middleware::Cors,
 };
 use poem_openapi::{OpenApi, OpenApiService};
 use tokio::net::TcpListener;
@@ -105,20 +105,43 @@ fn cors(origins: &AllowedOrigins) -> Cors {
         .expose_headers(["location", "retry-after", CORRELATION_HEADER])
 }
 
+/// The policy of every page but Swagger UI's (the admin console's among
+/// them, whose tab holds the admin token): this origin's own scripts,
+/// styles and calls, nothing inline, nothing from elsewhere, no framing.
+pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; \
+     frame-ancestors 'none'";
+
+/// Swagger UI's page runs its bundle and styles inline: a script or style
+/// policy that let it work would have to allow inline code, which protects
+/// nothing, so its policy only forbids framing. It holds no token of ours
+/// unless one is typed into it.
+pub const DOCS_CSP: &str = "frame-ancestors 'none'";
+
 /// On every response, errors, docs and probes included. Nothing is kept
 /// in a cache: the API's answers carry customers' data, a cached probe
 /// would report an old state, and the docs and spec were never cacheable
-/// anyway (no validators or freshness). The CSP only forbids framing:
-/// the Swagger UI page runs its bundle and styles inline, so a script or
-/// style policy that let it work would have to allow inline code, which
-/// protects nothing.
-fn security_headers() -> SetHeader {
-    SetHeader::new()
-        .overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .overriding(header::REFERRER_POLICY, "no-referrer")
-        .overriding(header::X_FRAME_OPTIONS, "DENY")
-        .overriding(header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'")
-        .overriding(header::CACHE_CONTROL, "no-store")
+/// anyway (no validators or freshness). The CSP is [`PAGE_CSP`], or
+/// [`DOCS_CSP`] under `/docs`.
+async fn security_headers<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let path = req.uri().path();
+    let policy = if path == "/docs" || path.starts_with("/docs/") {
+        DOCS_CSP
+    } else {
+        PAGE_CSP
+    };
+    let mut response = next.call(req).await?.into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::CONTENT_SECURITY_POLICY, policy),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    Ok(response)
 }
 
 /// What stands between a client and a service's routes.
@@ -140,8 +163,8 @@ pub struct Edges {
 /// (`/openapi.json`), and, from the outside in: security headers, CORS for
 /// the allowed origins (if any), JSON errors, the client's address (behind
 /// the trusted proxies), correlation ids, trace context, the request log
-/// and its metrics, the rate limit, load shedding, the body limit, and
-/// `Allow` on 405; plus the tokens it accepts.
+/// and its metrics, the rate limit, the body read (limited in size and
+/// time), load shedding, and `Allow` on 405; plus the tokens it accepts.
 pub fn build_app<T: OpenApi + 'static>(
     api: T,
     routes: Route,
@@ -172,8 +195,9 @@ pub fn build_app<T: OpenApi + 'static>(
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .around(move |next, req| contract::allow_header(contract.clone(), next, req))
-        .around(limit_body)
         .around(move |next, req| loadshed::shed(load_shedder.clone(), next, req))
+        // Outside the shedding: a body that trickles in holds no permit.
+        .around(read_body)
         .around(move |next, req| ratelimit::limit(rate_limiter.clone(), next, req))
         .around(move |next, req| correlate(metrics.clone(), next, req))
         .around(move |next, req| client::identify(trusted_proxies.clone(), next, req))
@@ -184,10 +208,18 @@ pub fn build_app<T: OpenApi + 'static>(
         // JSON body of its own just below.
         .with_if(!allowed_origins.0.is_empty(), cors(&allowed_origins))
         .catch_all_error(json_errors)
-        .with(security_headers())
+        .around(security_headers)
 }
 
-async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+/// How long a request's body may take to arrive, once its headers have.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the whole body before the request goes on, at most
+/// [`MAX_BODY_BYTES`] (413 past it) within [`BODY_READ_TIMEOUT`] (408): a
+/// client that sends its body a byte at a time, or never, is turned away
+/// instead of holding one of the requests in progress that load shedding
+/// counts.
+async fn read_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
     let declared = req
         .headers()
         .get(poem::http::header::CONTENT_LENGTH)
@@ -200,19 +232,26 @@ async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Resp
             format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
         )
     };
-    match declared {
-        Some(length) if length > MAX_BODY_BYTES => return Err(too_large().into()),
-        Some(_) => {}
-        // No length given (chunked): read at most the limit.
-        None => {
-            let body = req
-                .take_body()
-                .into_bytes_limit(MAX_BODY_BYTES)
-                .await
-                .map_err(|_| too_large())?;
-            req.set_body(body);
-        }
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
+        return Err(too_large().into());
     }
+    let body = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        req.take_body().into_bytes_limit(MAX_BODY_BYTES),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )
+    })?
+    .map_err(|_| too_large())?;
+    req.set_body(body);
     next.call(req).await.map(IntoResponse::into_response)
 }
 

@@ -550,8 +550,6 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     matching.first().copied()
 }
 
-/// Polls `check` until it yields a value, failing after 20 s. This waits for
-/// an asynchronous outcome; it does not paper over a race.
 /// Runs a tool off the test's runtime (the services answer on it): whether
 /// it succeeded, and what it printed (stdout, then stderr).
 pub async fn run_tool(mut command: std::process::Command) -> (bool, String) {
@@ -567,6 +565,8 @@ pub async fn run_tool(mut command: std::process::Command) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// Polls `check` until it yields a value, failing after 20 s. This waits for
+/// an asynchronous outcome; it does not paper over a race.
 pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,

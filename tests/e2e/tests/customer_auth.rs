@@ -163,11 +163,16 @@ async fn missing_expired_forged_and_malformed_tokens_are_401_with_the_reason() {
         "someone-else's-secret-32-bytes-long",
     );
     let admin_in_disguise = sign(json!({ "sub": "c-1", "exp": later }), ADMIN_TOKEN);
+    let not_yet = sign(
+        json!({ "sub": "c-1", "exp": later + 3600, "nbf": later }),
+        JWT_SECRET,
+    );
     for (token, reason) in [
         (None, "Bearer token is required"),
         (Some(expired.as_str()), "expired"),
         (Some(forged.as_str()), "signature"),
         (Some(admin_in_disguise.as_str()), "signature"),
+        (Some(not_yet.as_str()), "not valid yet"),
         (Some("not-a-jwt"), "well-formed JWT"),
     ] {
         let (status, body) = call(&stack, Method::GET, &url, token, None).await;

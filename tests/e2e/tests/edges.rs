@@ -4,6 +4,7 @@
 
 use e2e_tests::{ADMIN_TOKEN, Stack};
 use reqwest::{Method, Response};
+use shared::http::server::{DOCS_CSP, PAGE_CSP};
 
 const SHOP: &str = "https://shop.example";
 
@@ -12,11 +13,16 @@ fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
 }
 
 fn assert_security_headers(what: &str, response: &Response) {
+    let csp = if what == "the Swagger UI" {
+        DOCS_CSP
+    } else {
+        PAGE_CSP
+    };
     for (name, value) in [
         ("x-content-type-options", "nosniff"),
         ("referrer-policy", "no-referrer"),
         ("x-frame-options", "DENY"),
-        ("content-security-policy", "frame-ancestors 'none'"),
+        ("content-security-policy", csp),
         ("cache-control", "no-store"),
     ] {
         assert_eq!(header(response, name), Some(value), "{name} on {what}");
@@ -80,6 +86,12 @@ async fn every_response_carries_the_security_headers_and_the_docs_still_render()
     assert_eq!(docs.status(), 200);
     assert_security_headers("the Swagger UI", &docs);
     assert!(docs.text().await.unwrap().contains("SwaggerUIBundle({"));
+
+    // The admin console's page, whose tab keeps the admin token, runs
+    // nothing but its own script (the browser test runs it under this).
+    let console = get(format!("{}/admin/", stack.order)).await;
+    assert_eq!(console.status(), 200);
+    assert_security_headers("the admin console", &console);
 
     for path in ["/openapi.json", "/health", "/ready"] {
         let response = get(format!("{}{path}", stack.order)).await;
@@ -149,4 +161,82 @@ async fn a_listed_origin_may_call_the_api_from_a_browser_and_another_may_not() {
     for name in ["x-correlation-id", "location", "retry-after"] {
         assert!(exposed.contains(name), "{name} not in {exposed}");
     }
+}
+
+/// A connection that sent a POST's headers, announcing a body it never
+/// sends, once the service asked for that body (`100 Continue`): the
+/// request has reached the body's read.
+async fn body_never_sent(stack: &Stack) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let address = stack.order.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = response_head(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 100"), "{answer}");
+    stream
+}
+
+/// The next response head on `stream`, up to its blank line.
+async fn response_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_never_arrive_hold_none_of_the_requests_in_progress_and_time_out() {
+    use tokio::io::AsyncReadExt;
+    let stack = Stack::start_with(&[("MAX_IN_FLIGHT_REQUESTS", "4")]).await;
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        slow.push(body_never_sent(&stack).await);
+    }
+    // Twice the limit of requests in progress wait for their bodies, and a
+    // request that has one is still served.
+    let response = stack
+        .http
+        .get(format!("{}/api/orders/no-such-order", stack.order))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        404,
+        "not shed: {:?}",
+        response.text().await
+    );
+
+    // The body's read times out: 408, JSON, naming the wait.
+    let head = response_head(&mut slow[0]).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a sized body: {head}"));
+    let mut body = vec![0u8; length];
+    slow[0].read_exact(&mut body).await.unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "request_timeout", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not arrive within 10 s"),
+        "{body}"
+    );
 }

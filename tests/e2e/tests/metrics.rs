@@ -235,3 +235,26 @@ async fn every_service_exposes_well_formed_metrics_that_saw_an_order_through_the
          listed there but exposed by no service: {missing:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_client_invents_mints_no_series() {
+    let stack = Stack::start().await;
+    let invented = reqwest::Method::from_bytes(b"PRBXYZ").unwrap();
+    for _ in 0..2 {
+        let response = stack
+            .http
+            .request(invented.clone(), format!("{}/health", stack.order))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405);
+    }
+    let text = stack.get_text(&format!("{}/metrics", stack.order)).await;
+    assert!(!text.contains("PRBXYZ"), "{text}");
+    let counted = sample(
+        &text,
+        "shop_http_request_duration_seconds_count",
+        &[("method", "OTHER")],
+    );
+    assert_eq!(counted, Some(2.0), "{text}");
+}
