@@ -77,15 +77,7 @@ async fn generated_clients_read_every_spec_and_run_the_first_order_with_typed_mo
     ] {
         let dir = out.join(service);
         std::fs::create_dir_all(&dir).unwrap();
-        let spec_text = stack
-            .http
-            .get(format!("{url}/openapi.json"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let spec_text = stack.get_text(&format!("{url}/openapi.json")).await;
         let spec = dir.join("openapi.json");
         std::fs::write(&spec, &spec_text).unwrap();
 
