@@ -184,8 +184,7 @@ impl OrderStore {
         mut change: Change,
         idempotency: Option<(String, String)>,
     ) -> Result<Created, Error> {
-        let history = history_of(None, &change, None);
-        self.store.keep_in(&mut change.order.history, history);
+        keep_history(&self.store, None, &mut change, None);
         let order = change.order.clone();
         let key = idempotency.map(|(key, fingerprint)| KeyRecord {
             id: key_id(&order.customer_id, &key),
@@ -359,8 +358,7 @@ impl OrderStore {
                 });
             }
             let mut change = decide(&order)?;
-            let history = history_of(Some(&order), &change, None);
-            self.store.keep_in(&mut change.order.history, history);
+            keep_history(&self.store, Some(&order), &mut change, None);
             let mut unit = UnitOfWork::new();
             unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
                 .emit(change.events);
@@ -415,8 +413,7 @@ impl OrderStore {
             let Some(mut change) = domain::expire(order, timeout, &cause, now) else {
                 continue;
             };
-            let history = history_of(Some(order), &change, None);
-            self.store.keep_in(&mut change.order.history, history);
+            keep_history(&self.store, Some(order), &mut change, None);
             let mut unit = UnitOfWork::new();
             unit.replace_versioned(ORDERS, "order", &order.id, order.version, &change.order)?
                 .emit(change.events);
@@ -529,6 +526,18 @@ fn awaiting_answer() -> Document {
             doc! { "status": { "$in": statuses } }
         }
     }
+}
+
+/// Keeps in the changed order what the change adds to its history
+/// ([`history_of`]), unless the history is off.
+fn keep_history(
+    store: &Store,
+    before: Option<&Order>,
+    change: &mut Change,
+    handled: Option<&RawEnvelope>,
+) {
+    let history = history_of(before, change, handled);
+    store.keep_in(&mut change.order.history, history);
 }
 
 /// What a change of an order recorded in its history: the event it handled
@@ -699,8 +708,7 @@ impl WriteBatch for ApplyAnswers {
             // the second conflicts, and on its own finds the order decided.
             match change {
                 Some(mut change) => {
-                    let history = history_of(Some(order), &change, Some(event));
-                    self.store.keep_in(&mut change.order.history, history);
+                    keep_history(&self.store, Some(order), &mut change, Some(event));
                     unit.replace_versioned(
                         ORDERS,
                         "order",
