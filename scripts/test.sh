@@ -3,11 +3,26 @@
 # runs the whole test suite against it: the offline checks of the deployment
 # files, unit tests, and integration tests that start the real services on
 # free ports with their own databases and AMQP namespaces.
+#
+#   ./scripts/test.sh [ARGS]         everything (CI runs this)
+#   ./scripts/test.sh --fast [ARGS]  the fast tier only: unit tests, the
+#                                    crates' own integration tests and the
+#                                    in-process API and saga tests
+#                                    (tests/e2e/tests/fast); a few minutes
+#                                    on a warm build
+#
+# ARGS go to `cargo test` (a test name filter, `-- --nocapture`, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh
 source scripts/lib/previous-build.sh
 trap infra_down EXIT
+
+FAST=false
+if [ "${1:-}" = "--fast" ]; then
+  FAST=true
+  shift
+fi
 
 # Python tools the tests drive, pinned: schemathesis (the api_contract test,
 # against each service's spec) and aiosmtpd (the smtp_tls test's server,
@@ -37,13 +52,21 @@ pip_install() {
 }
 
 infra_up
+if $FAST; then
+  # The slow tier (tests/e2e/tests/slow and chaos.rs) needs the tools
+  # below; the fast one needs only the infrastructure.
+  step "Running the fast tier"
+  cargo test --workspace --locked --exclude e2e-tests "$@"
+  cargo test --locked -p e2e-tests --lib --test fast "$@"
+  exit
+fi
 step "Installing the Python test tools"
 pip_install schemathesis "$SCHEMATHESIS_VERSION"
 pip_install aiosmtpd "$AIOSMTPD_VERSION"
 VENV=$CLIENTS_VENV pip_install openapi-python-client "$OPENAPI_PYTHON_CLIENT_VERSION"
 export SCHEMATHESIS="$VENV/bin/schemathesis" SMTP_TEST_PYTHON="$VENV/bin/python"
 export OPENAPI_PYTHON_CLIENT="$CLIENTS_VENV/bin/openapi-python-client"
-# The admin console's browser test (tests/e2e/tests/admin_console.rs):
+# The admin console's browser test (tests/e2e/tests/slow/admin_console.rs):
 # Debian's Chromium, driven by playwright-core (pinned in
 # tests/browser/package-lock.json) under Node.js 20 or newer. npm ci runs
 # again only when the lock file differs from the one last installed.

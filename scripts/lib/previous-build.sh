@@ -1,5 +1,5 @@
 # The inventory service as an earlier commit of this repository built it,
-# for the rolling-upgrade test (tests/e2e/tests/rolling_upgrade.rs): a real
+# for the rolling-upgrade test (tests/e2e/tests/slow/rolling_upgrade.rs): a real
 # old build beside the current one on one queue. Sourced by test.sh, after
 # infra.sh (for step, note, fail, RUN_DIR and LOG_DIR).
 #

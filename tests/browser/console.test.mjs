@@ -1,5 +1,5 @@
 // Drives the order service's admin console in Debian's headless Chromium
-// with playwright-core. tests/e2e/tests/admin_console.rs starts the stack,
+// with playwright-core. tests/e2e/tests/slow/admin_console.rs starts the stack,
 // makes the data and runs this script; it exits 0 when every step held.
 //
 //   CONSOLE_URL           the console, http://127.0.0.1:PORT/admin/

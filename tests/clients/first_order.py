@@ -1,5 +1,5 @@
 """The README's first order through the Python clients generated from the
-order and inventory services' specs (tests/e2e/tests/generated_clients.rs
+order and inventory services' specs (tests/e2e/tests/slow/generated_clients.rs
 generates them and runs this).
 
 Usage: first_order.py ORDER_URL INVENTORY_URL CUSTOMER_TOKEN PRODUCT_ID EMAIL

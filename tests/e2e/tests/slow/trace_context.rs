@@ -5,7 +5,6 @@
 //! headers of every event it causes, in the log lines of all three
 //! services, and in the spans each service exports over OTLP/HTTP.
 
-mod common;
 
 use std::{
     collections::BTreeSet,
@@ -13,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::script::*;
 use e2e_tests::{create_product, customer_token, emails_to, eventually_within, rabbitmq_url};
 use futures::StreamExt;
 use lapin::{

@@ -10,14 +10,13 @@
 //! - both order instances relay the outbox, and no event they publish has a
 //!   second effect: one outcome email per order.
 
-mod common;
 
 use std::{
     collections::{HashMap, HashSet},
     time::Duration,
 };
 
-use common::*;
+use crate::script::*;
 use e2e_tests::{
     ADMIN_TOKEN, create_product, customer_token, eventually_within, outcome_emails, sample,
 };

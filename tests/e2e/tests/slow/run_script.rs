@@ -5,11 +5,10 @@
 //! others keep answering, and Ctrl-C stops everything the script started
 //! and nothing else.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::script::*;
 use e2e_tests::{create_product, eventually_within};
 use serde_json::Value;
 use shared::CancellationToken;

@@ -1,6 +1,5 @@
 //! What the tests that run `./scripts/run.sh` share: the script started as
 //! a user starts it, and the requests they make through it.
-#![allow(dead_code)] // Each test crate uses its own part of it.
 
 use std::{
     fs,
