@@ -6,7 +6,7 @@
 
 Run by deploy/check.sh in its venv (kubernetes-validate, jsonschema, PyYAML).
 Prints one line per check, `ok` or `FAIL` with what is wrong, and exits 1 if
-any check failed. The rules are the ones deploy/README.md states: probes on
+any check failed. The rules are the ones docs/deploying.md states: probes on
 /health and /ready, a non-root read-only container, resources, only variable
 names the services read, references that resolve, and in production a PDB
 and an HPA (min 2) for each service.

@@ -5,7 +5,7 @@
 # fail points between a write and its ack or publish), MongoDB is stopped,
 # SMTP disappears, events are duplicated, poison and unroutable messages are
 # sent and hundreds of orders race for the last units. It prints a table and
-# fails if any order is lost or any effect happens twice. About 5 minutes.
+# fails if any order is lost or any effect happens twice. About 15 minutes.
 #
 # It restarts the RabbitMQ application it finds on 5672 (rabbitmqctl
 # stop_app / start_app) and runs its own secantusd-rs on a free port.

@@ -4,8 +4,8 @@
 #   rules      `promtool check rules` on alerts.yml (duplicates fatal)
 #   alerts     every alert has a severity (critical, warning, info), a
 #              summary, a description and a runbook that is a heading of
-#              README.md, and a unit test where it fires and one where it
-#              must not (deploy/monitoring/check.py)
+#              a page (docs/operations.md#alerts), and a unit test where it
+#              fires and one where it must not (deploy/monitoring/check.py)
 #   tests      `promtool test rules` on alerts.test.yml
 #   config     `promtool check config` on prometheus.yml and
 #              prometheus-kubernetes.yml (both load alerts.yml)
@@ -68,7 +68,7 @@ check_rules() {
 }
 
 check_alerts() {
-  "$PYTHON" "$CHECK_PY" alerts "$SRC" "$ROOT/README.md"
+  "$PYTHON" "$CHECK_PY" alerts "$SRC" "$ROOT"
 }
 
 check_tests() {
@@ -124,7 +124,7 @@ check_dashboard_queries() {
 SELF_TESTS=(
   "promtool check rules|alerts.yml|        for: 2m|        for: 2 minutes|not a valid duration"
   "severity, annotations|alerts.yml|          severity: critical|          severity: page|severity 'page' is not one of"
-  "severity, annotations|alerts.yml|          runbook: README.md#alerts|          runbook: README.md#alert-list|README.md has no heading with that anchor"
+  "severity, annotations|alerts.yml|          runbook: docs/operations.md#alerts|          runbook: docs/operations.md#alert-list|docs/operations.md has no heading with that anchor"
   "severity, annotations|alerts.test.yml|        alertname: OrdersFailingAtDeadline\n        exp_alerts: []|        alertname: OrdersFailingAtDeadlin\n        exp_alerts: []|OrdersFailingAtDeadline has no test where it must not fire"
   "promtool test rules|alerts.yml|(shop_saga_oldest_unfinished_age_seconds) > 180|(shop_saga_oldest_unfinished_age_seconds) > 1800|alertname: SagaStuck"
   "promtool test rules|alerts.yml|(shop_dead_letters_total unless shop_dead_letters_total offset 10m)|(shop_dead_letters_total unless shop_dead_letters_total offset 1m)|alertname: DeadLettersArriving"

@@ -22,7 +22,7 @@
 #                            inventory and notification listens on
 #                            BASE+i, BASE+10+i and BASE+20+i [13000]
 # The services' own variables (AMQP_NAMESPACE, AMQP_QUEUE_EXPIRES_MS,
-# RUST_LOG, ...: see the README) pass through.
+# RUST_LOG, ...: see docs/configuration.md) pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh

@@ -1,8 +1,9 @@
 """The checks of deploy/monitoring/ that promtool does not make, run by
 scripts/check-monitoring.sh (which also runs promtool itself):
 
-  alerts DIR README      every alert has a severity, a summary, a description
-                         and a runbook that is a heading of README; every
+  alerts DIR ROOT        every alert has a severity, a summary, a description
+                         and a runbook that is a heading of a page in the
+                         repository at ROOT (docs/operations.md#alerts); every
                          alert has a test where it fires and one where it
                          must not, and every test names an alert that exists
   names DIR              every metric, label and listed label value that
@@ -237,9 +238,9 @@ def recorded_names(doc):
     return {rule["record"] for _, rule in rules_of(doc) if "record" in rule}
 
 
-def github_anchors(readme):
+def github_anchors(page):
     anchors, fenced = set(), False
-    for line in readme.read_text().splitlines():
+    for line in page.read_text().splitlines():
         if line.startswith("```"):
             fenced = not fenced
         match = None if fenced else re.match(r"#{1,6}\s+(.*)", line)
@@ -249,10 +250,18 @@ def github_anchors(readme):
     return anchors
 
 
-def check_alerts(directory, readme):
+def runbook_page(root, runbook):
+    """The page a `PATH.md#anchor` runbook names, relative to the repository
+    at `root`; None if the runbook is not of that form."""
+    path, anchor = runbook.split("#", 1) if "#" in runbook else (runbook, "")
+    if not path.endswith(".md") or not anchor or path.startswith("/") or ".." in Path(path).parts:
+        return None
+    return root / path
+
+
+def check_alerts(directory, root):
     problems, alerts, missing_anchors = [], {}, {}
     doc = load_rules(directory)
-    anchors = github_anchors(readme)
     for group, rule in rules_of(doc):
         name = rule.get("alert")
         if not name:
@@ -269,13 +278,16 @@ def check_alerts(directory, readme):
             if not str(annotations.get(key, "")).strip():
                 problems.append(f"{where}: no {key} annotation")
         runbook = str(annotations.get("runbook", ""))
-        if runbook.startswith("README.md#") and runbook.split("#", 1)[1] not in anchors:
-            missing_anchors.setdefault(runbook, []).append(name)
-        elif runbook and not runbook.startswith(("README.md#", "https://")):
-            problems.append(f"{where}: runbook {runbook!r} is neither README.md#anchor nor a URL")
+        page = runbook_page(root, runbook)
+        if page is not None:
+            if not page.is_file() or runbook.split("#", 1)[1] not in github_anchors(page):
+                missing_anchors.setdefault(runbook, []).append(name)
+        elif runbook and not runbook.startswith("https://"):
+            problems.append(f"{where}: runbook {runbook!r} is neither PATH.md#anchor nor a URL")
 
     for runbook, names in missing_anchors.items():
-        problems.append(f"alerts.yml: runbook {runbook} of {', '.join(names)}: README.md has no heading with that anchor")
+        page = runbook.split("#", 1)[0]
+        problems.append(f"alerts.yml: runbook {runbook} of {', '.join(names)}: {page} has no heading with that anchor")
 
     tests = yaml.safe_load((directory / "alerts.test.yml").read_text())
     fires, quiet = set(), set()

@@ -225,10 +225,10 @@ impl HealthApi {
         })
     }
 
-    /// Prometheus metrics in the OpenMetrics text format: request, event,
-    /// saga and email histograms and counters; queue depths, consumers,
-    /// breakers and the outbox's backlog as of now. The README's
-    /// "Operating" section says what each means.
+    /// Prometheus metrics, in the classic text format unless OpenMetrics is
+    /// asked for: request, event, saga and email histograms and counters;
+    /// queue depths, consumers, breakers and the outbox's backlog as of
+    /// now. docs/operations.md says what each means.
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(
         &self,

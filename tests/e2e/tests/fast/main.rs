@@ -7,6 +7,7 @@
 mod admin_routes;
 mod consumers;
 mod customer_auth;
+mod docs;
 mod dead_letters;
 mod edges;
 mod failure_api;

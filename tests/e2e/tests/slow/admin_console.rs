@@ -99,8 +99,8 @@ fn retired_version_cancel(order_id: &str) -> Vec<u8> {
     serde_json::to_vec(&event).unwrap()
 }
 
-/// Where the named screenshot goes: `CONSOLE_SCREENSHOT` (the README's
-/// picture, when test.sh is asked for it), else the scratch directory.
+/// Where the named screenshot goes: `CONSOLE_SCREENSHOT` (the picture
+/// in docs/operations.md, when test.sh is asked for it), else the scratch directory.
 fn screenshot_path(name: &str) -> String {
     std::env::var("CONSOLE_SCREENSHOT").unwrap_or_else(|_| scratch_screenshot(name))
 }
