@@ -282,12 +282,14 @@ pub struct CommonConfig {
 }
 
 impl CommonConfig {
+    /// The settings of the service `name` has in services/registry.txt,
+    /// whose port and database are the defaults of `PORT` and
+    /// `MONGODB_DATABASE`.
     pub fn from_env<F: Fn(&str) -> Option<String>>(
         env: &Env<F>,
-        service: &'static str,
-        default_port: u16,
-        default_database: &str,
+        name: &str,
     ) -> Result<Self, ConfigError> {
+        let registered = crate::registry::service(name);
         let retry = RetryPolicy {
             budget: Duration::from_secs(env.parse("RETRY_BUDGET_SECONDS", 180)?),
             base: env.millis("RETRY_BASE_MS", Duration::from_secs(1))?,
@@ -324,8 +326,8 @@ impl CommonConfig {
             }
         };
         let config = CommonConfig {
-            service,
-            port: env.parse("PORT", default_port)?,
+            service: &registered.service,
+            port: env.parse("PORT", registered.port)?,
             bind_address: env.string("BIND_ADDRESS", "127.0.0.1"),
             mongodb_uri: Secret(env.checked(
                 "MONGODB_URI",
@@ -337,7 +339,7 @@ impl CommonConfig {
                         .map_err(|e| e.kind)
                 },
             )?),
-            database: env.string("MONGODB_DATABASE", default_database),
+            database: env.string("MONGODB_DATABASE", &registered.database),
             // Checked here: the services start without the broker and keep
             // reconnecting, which for a malformed URL would be forever.
             rabbitmq_url: Secret(
@@ -530,14 +532,14 @@ mod tests {
 
     /// The order service's common settings from `pairs`.
     fn common(pairs: &[(&str, &str)]) -> Result<CommonConfig, ConfigError> {
-        CommonConfig::from_env(&env(pairs), "order", 3001, "orders")
+        CommonConfig::from_env(&env(pairs), "order")
     }
 
     #[test]
     fn defaults_apply_when_nothing_is_set() {
         let config = common(&[]).unwrap();
         assert_eq!(config.port, 3001);
-        assert_eq!(config.database, "orders");
+        assert_eq!(config.database, "order_service");
         assert_eq!(config.retry.budget, Duration::from_secs(180));
         assert_eq!(
             config.redrive,

@@ -7,6 +7,8 @@ use poem_openapi::Enum;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
+use crate::broker::Subscription;
+
 /// Every message on the bus. `eventType` is also the routing key.
 ///
 /// Read tolerantly: a field this build does not know is ignored, so a
@@ -532,7 +534,8 @@ contract! {
 }
 
 /// What one service consumes: a variant per event type, named after its
-/// payload. `TYPES` are the routing keys its queue binds; `decode` checks an
+/// payload. `TYPES` are the routing keys its queue binds, `SUBSCRIPTION`
+/// its work queue (`<service>.events`) with them; `decode` checks an
 /// envelope against the contract and dispatches on its type, so a handler
 /// matches exhaustively on what it may receive.
 macro_rules! inbound {
@@ -546,6 +549,12 @@ macro_rules! inbound {
         impl $name {
             /// The routing keys the consumer's queue binds.
             pub const TYPES: &'static [&'static str] = &[$(<$ty as Event>::TYPE),+];
+
+            /// The consumer's work queue and the routing keys bound to it.
+            pub const SUBSCRIPTION: Subscription = Subscription {
+                queue: concat!($consumer, ".events"),
+                routing_keys: Self::TYPES,
+            };
 
             /// The payload of `event`, if this consumer handles its type.
             pub fn decode(event: &RawEnvelope) -> Result<Self, ContractError> {
@@ -585,6 +594,15 @@ inbound! {
         InventoryLow,
     }
 }
+
+/// Every consumer of the contract, one for each service of
+/// services/registry.txt (a test there checks both agree): the broker's
+/// bindings, and which events are published `mandatory`.
+pub const SUBSCRIPTIONS: &[Subscription] = &[
+    ToOrderService::SUBSCRIPTION,
+    ToInventoryService::SUBSCRIPTION,
+    ToNotificationService::SUBSCRIPTION,
+];
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@
 //! with retries and dead letters), MongoDB helpers (outbox, inbox,
 //! transactions, dead letters), operators' pauses of consumers, circuit
 //! breakers and the HTTP plumbing (errors, health, metrics, rate limits,
-//! admin auth, paging).
+//! admin auth, paging), and the registry of the services themselves.
 
 pub mod broker;
 pub mod config;
@@ -16,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod money;
 pub mod pauses;
+pub mod registry;
 pub mod resilience;
 pub mod retry;
 pub mod service;

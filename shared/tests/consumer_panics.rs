@@ -24,9 +24,9 @@ use shared::{
     broker::{
         HandleError, Handler,
         consumer::{FAILURE_CLASS_HEADER, REASON_HEADER},
-        topology::{ORDER_SERVICE, QueueType},
+        topology::QueueType,
     },
-    events::RawEnvelope,
+    events::{RawEnvelope, ToOrderService},
     metrics::{DeadLetterLabels, EventLabels, EventOutcome, EventType},
     retry::RetryPolicy,
 };
@@ -111,7 +111,7 @@ async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let dlq = running.topology.dead_letter_queue(&ORDER_SERVICE);
+    let dlq = running.topology.dead_letter_queue(&ToOrderService::SUBSCRIPTION);
     let mut dead = None;
     let deadline = Instant::now() + Duration::from_secs(20);
     while dead.is_none() {

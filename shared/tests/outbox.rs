@@ -16,9 +16,9 @@ use shared::{
     CancellationToken,
     broker::{
         Publisher, Topology,
-        topology::{ORDER_SERVICE, QueueType},
+        topology::QueueType,
     },
-    events::{Cause, InventoryReserved, OrderCancelled, OrderStatus, RawEnvelope},
+    events::{Cause, InventoryReserved, OrderCancelled, OrderStatus, RawEnvelope, ToOrderService},
     resilience::Breakers,
     retry::RetryPolicy,
     store::{self, OutboxRelay, Store, UnitOfWork, outbox},
@@ -59,7 +59,7 @@ impl Harness {
         topology
             .declare_subscription(
                 &broker.create_channel().await.unwrap(),
-                &ORDER_SERVICE,
+                &ToOrderService::SUBSCRIPTION,
                 &RetryPolicy::default(),
             )
             .await
@@ -97,7 +97,7 @@ impl Harness {
     /// once `count` are there.
     async fn delivered(&self, count: usize) -> Vec<String> {
         let channel = self.broker.create_channel().await.unwrap();
-        let queue = self.topology.work_queue(&ORDER_SERVICE);
+        let queue = self.topology.work_queue(&ToOrderService::SUBSCRIPTION);
         let mut ids = Vec::new();
         for _ in 0..200 {
             while let Some(message) = channel

@@ -10,8 +10,8 @@ pub mod store;
 use std::sync::Arc;
 
 use shared::{
-    broker::topology::INVENTORY_SERVICE,
     config::{CommonConfig, ConfigError, Env},
+    events::ToInventoryService,
     service::{RunningService, ServiceCore},
 };
 
@@ -30,7 +30,7 @@ impl Config {
     /// From `env`, so that tests configure the service with a map.
     pub fn from_lookup<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
         Ok(Config {
-            common: CommonConfig::from_env(env, "inventory-service", 3002, "inventory_service")?,
+            common: CommonConfig::from_env(env, "inventory")?,
         })
     }
 }
@@ -41,7 +41,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     let store = Arc::new(store::InventoryStore::new(core.store.clone(), &core.tasks));
     store.ensure_indexes().await?;
     core.spawn_consumer(
-        INVENTORY_SERVICE,
+        ToInventoryService::SUBSCRIPTION,
         Arc::new(handler::OrderEvents {
             store: store.clone(),
         }),

@@ -11,8 +11,8 @@ pub mod store;
 use std::{sync::Arc, time::Duration};
 
 use shared::{
-    broker::topology::NOTIFICATION_SERVICE,
     config::{CommonConfig, ConfigError, Env, Secret},
+    events::ToNotificationService,
     service::{RunningService, ServiceCore},
 };
 
@@ -42,12 +42,7 @@ impl Config {
     pub fn from_lookup<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
         let tls = env.parse("SMTP_TLS", SmtpTls::None)?;
         Ok(Config {
-            common: CommonConfig::from_env(
-                env,
-                "notification-service",
-                3003,
-                "notification_service",
-            )?,
+            common: CommonConfig::from_env(env, "notification")?,
             smtp: sender::SmtpConfig {
                 host: env.string("SMTP_HOST", "127.0.0.1"),
                 port: env.parse("SMTP_PORT", tls.default_port())?,
@@ -116,7 +111,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
     )?;
     core.tasks.spawn(sender.run(born, core.shutdown.clone()));
     core.spawn_consumer(
-        NOTIFICATION_SERVICE,
+        ToNotificationService::SUBSCRIPTION,
         Arc::new(handler::SagaOutcomes {
             store: store.clone(),
             admin_email: config.admin_email,

@@ -1,10 +1,10 @@
 //! The admin console: a page in the browser at `/admin/` over the admin
 //! APIs of all three services. Its files (`services/order/console/`) are
 //! built into the binary, so nothing else is needed at run time. The page
-//! talks to this origin only (no CORS): it reaches the inventory and the
-//! notification service through the forwarder here,
-//! `/admin/services/{inventory|notification}/{path}`, which sends the
-//! request on to that service's configured base URL and nowhere else.
+//! talks to this origin only (no CORS): it reaches every other service of
+//! the registry (the inventory, the notification service) through the
+//! forwarder here, `/admin/services/{name}/{path}`, which sends the request
+//! on to that service's configured base URL and nowhere else.
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,6 +22,8 @@ use shared::{
     http::{ApiError, CorrelationId, require_admin},
 };
 
+use crate::Peer;
+
 const INDEX_HTML: &str = include_str!("../console/index.html");
 const CONSOLE_JS: &str = include_str!("../console/console.js");
 const CONSOLE_CSS: &str = include_str!("../console/console.css");
@@ -32,14 +34,11 @@ const FORWARD_PREFIX: &str = "/admin/services/";
 /// How long a forwarded request may take before the console gets a 502.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The links the console shows beside its own data, as the operator's
-/// browser reaches them. Each variable is a URL, or `none` for no link.
+/// The links the console shows beside its own data and the services' Swagger
+/// UIs ([`Peer::docs`]), as the operator's browser reaches them. Each
+/// variable is a URL, or `none` for no link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsoleLinks {
-    /// `INVENTORY_DOCS_URL` [`http://127.0.0.1:3002/docs`]: the inventory's Swagger UI.
-    pub inventory_docs: Option<String>,
-    /// `NOTIFICATION_DOCS_URL` [`http://127.0.0.1:3003/docs`]: the notification service's Swagger UI.
-    pub notification_docs: Option<String>,
     /// `RABBITMQ_UI_URL` [`http://127.0.0.1:15672`]: RabbitMQ's management UI.
     pub rabbitmq_ui: Option<String>,
     /// `MAILDEV_UI_URL` [`http://127.0.0.1:1080`]: MailDev, where a
@@ -54,8 +53,6 @@ impl ConsoleLinks {
             Ok((value != "none").then_some(value))
         };
         Ok(ConsoleLinks {
-            inventory_docs: link("INVENTORY_DOCS_URL", "http://127.0.0.1:3002/docs")?,
-            notification_docs: link("NOTIFICATION_DOCS_URL", "http://127.0.0.1:3003/docs")?,
             rabbitmq_ui: link("RABBITMQ_UI_URL", "http://127.0.0.1:15672")?,
             maildev_ui: link("MAILDEV_UI_URL", "http://127.0.0.1:1080")?,
         })
@@ -63,7 +60,7 @@ impl ConsoleLinks {
 }
 
 /// An http(s) URL, or `none`.
-fn link_or_none(value: &str) -> Result<(), String> {
+pub(crate) fn link_or_none(value: &str) -> Result<(), String> {
     const EXPECTED: &str = "must be an http:// or https:// URL, or none for no link";
     if value == "none" {
         return Ok(());
@@ -77,24 +74,22 @@ fn link_or_none(value: &str) -> Result<(), String> {
 
 /// The console's page, its settings and the forwarder, at their own paths
 /// beside the API (see `ServiceCore::with_routes`).
-pub fn routes(
-    inventory_url: &str,
-    notification_url: &str,
-    links: &ConsoleLinks,
-) -> anyhow::Result<Route> {
+pub fn routes(peers: &[Peer], links: &ConsoleLinks) -> anyhow::Result<Route> {
     let forwarder = Arc::new(Forwarder {
         http: reqwest::Client::builder()
             .timeout(UPSTREAM_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             // A redirect is answered to the console as it is, never
-            // followed: the forwarder goes nowhere but the two base URLs.
+            // followed: the forwarder goes nowhere but the peers' base URLs.
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
-        inventory: Url::parse(inventory_url)?,
-        notification: Url::parse(notification_url)?,
+        bases: peers
+            .iter()
+            .map(|peer| Ok((peer.name, Url::parse(&peer.url)?)))
+            .collect::<anyhow::Result<_>>()?,
     });
     let settings = Arc::new(
-        serde_json::to_string(&ConsoleSettings::of(links))
+        serde_json::to_string(&ConsoleSettings::of(peers, links))
             .expect("the console's settings serialize"),
     );
     Ok(Route::new()
@@ -140,7 +135,7 @@ struct ConsoleSettings {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ServiceEntry {
-    /// `order`, `inventory` or `notification`.
+    /// Its registry name: `order`, `inventory`, ...
     name: &'static str,
     /// Prefix of the service's routes from this origin: empty for the order
     /// service itself, the forwarder's path for the others.
@@ -156,22 +151,19 @@ struct Link {
 }
 
 impl ConsoleSettings {
-    fn of(links: &ConsoleLinks) -> Self {
-        let forwarded = |upstream: Upstream, docs: &Option<String>| ServiceEntry {
-            name: upstream.name(),
-            api: format!("{FORWARD_PREFIX}{}", upstream.name()),
-            docs: docs.clone(),
+    fn of(peers: &[Peer], links: &ConsoleLinks) -> Self {
+        let this = ServiceEntry {
+            name: "order",
+            api: String::new(),
+            docs: Some("/docs".into()),
         };
+        let forwarded = peers.iter().map(|peer| ServiceEntry {
+            name: peer.name,
+            api: format!("{FORWARD_PREFIX}{}", peer.name),
+            docs: peer.docs.clone(),
+        });
         ConsoleSettings {
-            services: vec![
-                ServiceEntry {
-                    name: "order",
-                    api: String::new(),
-                    docs: Some("/docs".into()),
-                },
-                forwarded(Upstream::Inventory, &links.inventory_docs),
-                forwarded(Upstream::Notification, &links.notification_docs),
-            ],
+            services: std::iter::once(this).chain(forwarded).collect(),
             links: [
                 ("RabbitMQ management", &links.rabbitmq_ui),
                 ("MailDev", &links.maildev_ui),
@@ -183,58 +175,35 @@ impl ConsoleSettings {
     }
 }
 
-/// A service the console reaches through this one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Upstream {
-    Inventory,
-    Notification,
-}
-
-impl Upstream {
-    fn named(name: &str) -> Option<Self> {
-        match name {
-            "inventory" => Some(Upstream::Inventory),
-            "notification" => Some(Upstream::Notification),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Upstream::Inventory => "inventory",
-            Upstream::Notification => "notification",
-        }
-    }
-}
-
-/// Which service and URL a request to the forwarder goes to, from its path
-/// and query: only the two configured base URLs, only their API, admin
-/// and probe routes, and no segment that could climb out of the base path.
+/// Which service, base URL and URL a request to the forwarder goes to, from
+/// its path and query: only the peers' configured base URLs (`bases`, by
+/// name), only their API, admin and probe routes, and no segment that could
+/// climb out of the base path.
 pub fn upstream_url<'a>(
-    path: &'a str,
+    path: &str,
     query: Option<&str>,
-    base: impl Fn(Upstream) -> &'a Url,
-) -> Result<(Upstream, Url), ApiError> {
+    bases: &'a [(&'static str, Url)],
+) -> Result<(&'static str, &'a Url, Url), ApiError> {
     let rest = path.strip_prefix(FORWARD_PREFIX).unwrap_or_default();
     let (name, rest) = rest.split_once('/').unwrap_or((rest, ""));
-    let upstream = Upstream::named(name).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no service {name:?} behind the console: it reaches inventory and notification"
-        ))
-    })?;
+    let Some((upstream, base)) = bases.iter().find(|(peer, _)| *peer == name) else {
+        let names: Vec<&str> = bases.iter().map(|(peer, _)| *peer).collect();
+        return Err(ApiError::not_found(format!(
+            "no service {name:?} behind the console: it reaches {}",
+            names.join(", ")
+        )));
+    };
     if !forwardable(rest) {
         return Err(ApiError::not_found(format!(
-            "/{rest} is not forwarded to the {} service: only its /api/, /admin/, /ready, \
-             /health and /metrics routes are",
-            upstream.name()
+            "/{rest} is not forwarded to the {upstream} service: only its /api/, /admin/, \
+             /ready, /health and /metrics routes are"
         )));
     }
-    let base = base(upstream);
     let mut url = base.clone();
     url.set_path(&format!("{}/{rest}", base.path().trim_end_matches('/')));
     url.set_query(query.filter(|q| !q.is_empty()));
     url.set_fragment(None);
-    Ok((upstream, url))
+    Ok((upstream, base, url))
 }
 
 /// Whether the console may reach `path` (below the service's base URL).
@@ -265,17 +234,8 @@ fn plain_segment(segment: &str) -> bool {
 
 struct Forwarder {
     http: reqwest::Client,
-    inventory: Url,
-    notification: Url,
-}
-
-impl Forwarder {
-    fn base(&self, upstream: Upstream) -> &Url {
-        match upstream {
-            Upstream::Inventory => &self.inventory,
-            Upstream::Notification => &self.notification,
-        }
-    }
+    /// Each peer's name and base URL.
+    bases: Vec<(&'static str, Url)>,
 }
 
 /// Headers the console sends that the upstream needs.
@@ -313,7 +273,8 @@ async fn forward(
         );
         return Ok(response);
     }
-    let (upstream, url) = upstream_url(req.uri().path(), req.uri().query(), |u| forwarder.base(u))?;
+    let (upstream, base, url) =
+        upstream_url(req.uri().path(), req.uri().query(), &forwarder.bases)?;
     let mut request = forwarder.http.request(req.method().clone(), url);
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(value) = req.headers().get(&name) {
@@ -328,7 +289,6 @@ async fn forward(
         request = request.body(body);
     }
     let unreachable = |error: reqwest::Error| {
-        let base = forwarder.base(upstream);
         let why = if error.is_timeout() {
             format!("no answer within {} s", UPSTREAM_TIMEOUT.as_secs())
         } else if error.is_connect() {
@@ -336,14 +296,11 @@ async fn forward(
         } else {
             error.to_string()
         };
-        tracing::warn!(service = upstream.name(), %base, %error, "the console's forwarded request failed");
+        tracing::warn!(service = upstream, %base, %error, "the console's forwarded request failed");
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "bad_gateway",
-            format!(
-                "the {} service at {base} could not be reached: {why}",
-                upstream.name()
-            ),
+            format!("the {upstream} service at {base} could not be reached: {why}"),
         )
     };
     let answer = request.send().await.map_err(unreachable)?;
@@ -365,20 +322,15 @@ mod tests {
     use super::*;
     use crate::Config;
 
-    fn bases() -> (Url, Url) {
-        (
-            Url::parse("http://inventory.internal:3002").unwrap(),
-            Url::parse("http://10.0.0.7:3003/notification/").unwrap(),
-        )
+    fn bases() -> [(&'static str, Url); 2] {
+        [
+            ("inventory", Url::parse("http://inventory.internal:3002").unwrap()),
+            ("notification", Url::parse("http://10.0.0.7:3003/notification/").unwrap()),
+        ]
     }
 
     fn target(path: &str, query: Option<&str>) -> Result<String, ApiError> {
-        let (inventory, notification) = bases();
-        upstream_url(path, query, |u| match u {
-            Upstream::Inventory => &inventory,
-            Upstream::Notification => &notification,
-        })
-        .map(|(_, url)| url.to_string())
+        upstream_url(path, query, &bases()).map(|(_, _, url)| url.to_string())
     }
 
     #[test]
@@ -445,7 +397,7 @@ mod tests {
 
     #[test]
     fn whatever_the_path_and_query_the_request_stays_on_the_configured_host() {
-        let (inventory, _) = bases();
+        let [(_, inventory), _] = bases();
         for (path, query) in [
             ("/admin/services/inventory/api/@evil.example", None),
             ("/admin/services/inventory/api/x:80", Some("@evil.example")),
@@ -478,17 +430,27 @@ mod tests {
         let links = env(vec![]).unwrap();
         assert_eq!(links.rabbitmq_ui.as_deref(), Some("http://127.0.0.1:15672"));
         assert_eq!(links.maildev_ui.as_deref(), Some("http://127.0.0.1:1080"));
-        assert_eq!(
-            links.inventory_docs.as_deref(),
-            Some("http://127.0.0.1:3002/docs")
-        );
         let links = env(vec![("MAILDEV_UI_URL", "none")]).unwrap();
         assert_eq!(links.maildev_ui, None);
-        let settings = serde_json::to_value(ConsoleSettings::of(&links)).unwrap();
+        let peers = Config::from_lookup(&Env::from_lookup(|_| None)).unwrap().peers;
+        let settings = serde_json::to_value(ConsoleSettings::of(&peers, &links)).unwrap();
         assert_eq!(settings["links"].as_array().unwrap().len(), 1, "{settings}");
+        let services: Vec<(&str, &str, &str)> = settings["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let field = |name| s[name].as_str().unwrap();
+                (field("name"), field("api"), field("docs"))
+            })
+            .collect();
         assert_eq!(
-            settings["services"][1]["api"], "/admin/services/inventory",
-            "{settings}"
+            services,
+            [
+                ("order", "", "/docs"),
+                ("inventory", "/admin/services/inventory", "http://127.0.0.1:3002/docs"),
+                ("notification", "/admin/services/notification", "http://127.0.0.1:3003/docs"),
+            ]
         );
         for bad in ["javascript:alert(1)", "127.0.0.1:15672", ""] {
             let err = env(vec![("RABBITMQ_UI_URL", bad)]);
@@ -519,11 +481,7 @@ mod tests {
                 "/admin/sagas/stuck",
                 get(poem::endpoint::make_sync(|_| "api: stuck")),
             );
-        routes(
-            &config.inventory_url,
-            &config.notification_url,
-            &config.console,
-        )
+        routes(&config.peers, &config.console)
         .unwrap()
         .nest("/", api)
         .data(Authenticator::new(vec![Secret::new("admin-token")], None))

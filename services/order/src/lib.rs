@@ -18,9 +18,10 @@ use std::{sync::Arc, time::Duration};
 
 use backlog::Backlog;
 use shared::{
-    broker::topology::ORDER_SERVICE,
     config::{CommonConfig, ConfigError, Env},
+    events::ToOrderService,
     http::history::{HistorySource, LocalHistory},
+    registry,
     service::{RunningService, ServiceCore},
 };
 
@@ -28,11 +29,9 @@ use shared::{
 pub struct Config {
     /// Settings every service shares.
     pub common: CommonConfig,
-    /// `INVENTORY_URL`, default `http://127.0.0.1:3002`.
-    pub inventory_url: String,
-    /// `NOTIFICATION_URL`, default `http://127.0.0.1:3003`: where the admin
-    /// console's forwarder reaches the notification service.
-    pub notification_url: String,
+    /// Every other service of services/registry.txt, as this one reaches
+    /// it (see [`Peer`]).
+    pub peers: Vec<Peer>,
     /// The admin console's links (see [`console::ConsoleLinks`]).
     pub console: console::ConsoleLinks,
     /// `MAX_SAGA_BACKLOG` (default 500): sagas open (orders PENDING) at
@@ -58,9 +57,12 @@ impl Config {
     /// From `env`, so that tests configure the service with a map.
     pub fn from_lookup<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
         Ok(Config {
-            common: CommonConfig::from_env(env, "order-service", 3001, "order_service")?,
-            inventory_url: env.checked("INVENTORY_URL", "http://127.0.0.1:3002", http_url)?,
-            notification_url: env.checked("NOTIFICATION_URL", "http://127.0.0.1:3003", http_url)?,
+            common: CommonConfig::from_env(env, "order")?,
+            peers: registry::all()
+                .iter()
+                .filter(|service| service.name != "order")
+                .map(|service| Peer::from_lookup(env, service))
+                .collect::<Result<_, _>>()?,
             console: console::ConsoleLinks::from_lookup(env)?,
             max_saga_backlog: Some(env.parse("MAX_SAGA_BACKLOG", 500u64)?).filter(|n| *n > 0),
             saga_timeout: Duration::from_secs(env.parse_checked(
@@ -79,6 +81,52 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The peer the registry names `name`; the registry is compiled in, so
+    /// only a name missing from it fails, and that is a bug.
+    pub fn peer(&self, name: &str) -> &Peer {
+        self.peers
+            .iter()
+            .find(|peer| peer.name == name)
+            .unwrap_or_else(|| panic!("services/registry.txt has no service {name:?}"))
+    }
+}
+
+/// Another service of the registry, as the order service reaches it: the
+/// product check asks the inventory, an order's history asks every peer,
+/// and the admin console forwards to each and links to its Swagger UI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its registry name: `inventory`.
+    pub name: &'static str,
+    /// What it is called elsewhere: `inventory-service`.
+    pub service: &'static str,
+    /// `<NAME>_URL` (`INVENTORY_URL`), default `http://127.0.0.1:<its port>`:
+    /// its base URL from here.
+    pub url: String,
+    /// `<NAME>_DOCS_URL` (`INVENTORY_DOCS_URL`), default
+    /// `http://127.0.0.1:<its port>/docs`: its Swagger UI as the operator's
+    /// browser reaches it, for the console's link; `none` hides the link.
+    pub docs: Option<String>,
+}
+
+impl Peer {
+    fn from_lookup<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        service: &'static registry::Service,
+    ) -> Result<Self, ConfigError> {
+        let variable = |suffix: &str| format!("{}_{suffix}", service.name.to_uppercase());
+        let local = format!("http://127.0.0.1:{}", service.port);
+        let docs = env.checked(&variable("DOCS_URL"), &format!("{local}/docs"), console::link_or_none)?;
+        Ok(Peer {
+            name: &service.name,
+            service: &service.service,
+            url: env.checked(&variable("URL"), &local, http_url)?,
+            docs: (docs != "none").then_some(docs),
+        })
+    }
+}
+
 fn http_url(url: &str) -> Result<(), String> {
     match reqwest::Url::parse(url) {
         Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
@@ -89,6 +137,7 @@ fn http_url(url: &str) -> Result<(), String> {
 
 /// Builds the whole service; tests start it on port 0.
 pub async fn build(config: Config) -> anyhow::Result<RunningService> {
+    let inventory_url = config.peer("inventory").url.clone();
     let core = ServiceCore::start(config.common).await?;
     let saga = metrics::SagaMetrics::new(&core.metrics);
     let store = Arc::new(store::OrderStore::new(
@@ -106,7 +155,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
         .max_saga_backlog
         .map(|limit| Backlog::spawn(store.clone(), limit, core.shutdown.clone(), &core.tasks));
     core.spawn_consumer(
-        ORDER_SERVICE,
+        ToOrderService::SUBSCRIPTION,
         Arc::new(handler::SagaAnswers {
             store: store.clone(),
             backlog: backlog.clone(),
@@ -124,7 +173,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             .orders_per_customer_per_minute
             .map(limit::CustomerLimit::new),
         inventory: Arc::new(inventory::InventoryClient::new(
-            &config.inventory_url,
+            &inventory_url,
             &core.breakers,
         )),
         history: LocalHistory {
@@ -132,20 +181,17 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
             ..core.local_history()
         },
         participants: participants::Participants::new(
-            vec![
-                ("inventory-service", config.inventory_url.clone()),
-                ("notification-service", config.notification_url.clone()),
-            ],
+            config
+                .peers
+                .iter()
+                .map(|peer| (peer.service, peer.url.clone()))
+                .collect(),
             core.config.admin_tokens.first().cloned(),
         ),
     };
     core.with_gauges(gauges)
         .with_history_source(own_lines)
-        .with_routes(console::routes(
-            &config.inventory_url,
-            &config.notification_url,
-            &config.console,
-        )?)
+        .with_routes(console::routes(&config.peers, &config.console)?)
         .serve(api, "Order service")
         .await
 }
@@ -169,8 +215,18 @@ mod tests {
         let config = config(&[]).unwrap();
         assert_eq!(config.common.port, 3001);
         assert_eq!(config.common.database, "order_service");
-        assert_eq!(config.inventory_url, "http://127.0.0.1:3002");
-        assert_eq!(config.notification_url, "http://127.0.0.1:3003");
+        let peers: Vec<_> = config
+            .peers
+            .iter()
+            .map(|peer| (peer.name, peer.url.as_str(), peer.docs.as_deref()))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                ("inventory", "http://127.0.0.1:3002", Some("http://127.0.0.1:3002/docs")),
+                ("notification", "http://127.0.0.1:3003", Some("http://127.0.0.1:3003/docs")),
+            ]
+        );
         assert_eq!(config.max_saga_backlog, Some(500));
         assert_eq!(config.orders_per_customer_per_minute, Some(30));
         let off = self::config(&[("ORDERS_PER_CUSTOMER_PER_MINUTE", "0")]).unwrap();
@@ -196,5 +252,9 @@ mod tests {
         assert!(config(&[("INVENTORY_URL", "https://inventory:8443/")]).is_ok());
         let err = config(&[("NOTIFICATION_URL", "notification:3003")]).unwrap_err();
         assert_eq!(err.name, "NOTIFICATION_URL");
+        let err = config(&[("INVENTORY_DOCS_URL", "javascript:alert(1)")]).unwrap_err();
+        assert_eq!(err.name, "INVENTORY_DOCS_URL");
+        let hidden = config(&[("NOTIFICATION_DOCS_URL", "none")]).unwrap();
+        assert_eq!(hidden.peer("notification").docs, None);
     }
 }

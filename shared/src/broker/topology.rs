@@ -17,37 +17,16 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-use crate::{
-    events::{ToInventoryService, ToNotificationService, ToOrderService},
-    retry::RetryPolicy,
-};
+use crate::{events::SUBSCRIPTIONS, retry::RetryPolicy};
 
-/// A service's work queue and the routing keys bound to it (from the typed
-/// contract in [`crate::events`]).
+/// A service's work queue and the routing keys bound to it (each service's
+/// comes from the typed contract: `SUBSCRIPTION` of its inbound enum in
+/// [`crate::events`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Subscription {
     pub queue: &'static str,
     pub routing_keys: &'static [&'static str],
 }
-
-pub const ORDER_SERVICE: Subscription = Subscription {
-    queue: "order-service.events",
-    routing_keys: ToOrderService::TYPES,
-};
-
-pub const INVENTORY_SERVICE: Subscription = Subscription {
-    queue: "inventory-service.events",
-    routing_keys: ToInventoryService::TYPES,
-};
-
-pub const NOTIFICATION_SERVICE: Subscription = Subscription {
-    queue: "notification-service.events",
-    routing_keys: ToNotificationService::TYPES,
-};
-
-/// Every subscription in the system.
-pub const SUBSCRIPTIONS: [Subscription; 3] =
-    [ORDER_SERVICE, INVENTORY_SERVICE, NOTIFICATION_SERVICE];
 
 /// Whether some service consumes this routing key. Such events are published
 /// `mandatory`: if the broker cannot route one (a queue was deleted), the
@@ -275,15 +254,15 @@ mod tests {
         let t = Topology::new("t1.");
         assert_eq!(t.events_exchange(), "t1.e-commerce.events");
         assert_eq!(
-            t.work_queue(&INVENTORY_SERVICE),
+            t.work_queue(&crate::events::ToInventoryService::SUBSCRIPTION),
             "t1.inventory-service.events"
         );
         assert_eq!(
-            t.delay_queue(&INVENTORY_SERVICE, Duration::from_secs(2)),
+            t.delay_queue(&crate::events::ToInventoryService::SUBSCRIPTION, Duration::from_secs(2)),
             "t1.inventory-service.events.retry.2000ms"
         );
         assert_eq!(
-            t.dead_letter_queue(&INVENTORY_SERVICE),
+            t.dead_letter_queue(&crate::events::ToInventoryService::SUBSCRIPTION),
             "t1.inventory-service.events.dlq"
         );
     }

@@ -15,8 +15,9 @@ use shared::{
         Handler, Outgoing, PublishOutcome, Publisher, Topology,
         consumer::{ConsumerRole, ConsumerSettings, ConsumerState},
         run_consumer,
-        topology::{ORDER_SERVICE, QueueType},
+        topology::QueueType,
     },
+    events::ToOrderService,
     metrics::EventMetrics,
     retry::RetryPolicy,
 };
@@ -96,7 +97,7 @@ impl Running {
         let topology = Topology::new(&namespace)
             .with_queue_expiry(Some(Duration::from_secs(900)))
             .with_queue_type(queue_type);
-        let queue = topology.work_queue(&ORDER_SERVICE);
+        let queue = topology.work_queue(&ToOrderService::SUBSCRIPTION);
         let state = Arc::new(ConsumerState::new(queue.clone(), ConsumerRole::Work));
         let shutdown = CancellationToken::new();
         let metrics = EventMetrics::default();
@@ -105,7 +106,7 @@ impl Running {
                 url: rabbitmq_url(),
                 name: format!("{namespace}{test}"),
                 topology: topology.clone(),
-                subscription: ORDER_SERVICE,
+                subscription: ToOrderService::SUBSCRIPTION,
                 policy,
                 prefetch,
                 metrics: metrics.clone(),

@@ -7,8 +7,8 @@
 mod admin_routes;
 mod consumers;
 mod customer_auth;
-mod docs;
 mod dead_letters;
+mod docs;
 mod edges;
 mod failure_api;
 mod history;
@@ -17,5 +17,6 @@ mod loadgen_smoke;
 mod notification_api;
 mod order_api;
 mod pause;
+mod registry;
 mod saga;
 mod self_healing;
