@@ -55,14 +55,23 @@ if [[ ,$SINKS, == *,smtp-sink,* ]] && [ ! -x /usr/sbin/smtp-sink ]; then
 fi
 
 step "Building in release mode (minutes on a cold cache)"
-cargo build --release --locked -p order-service -p inventory-service -p notification-service -p loadgen
+source scripts/lib/registry.sh
+packages=()
+for service in $(registry_names); do packages+=(-p "$service-service"); done
+cargo build --release --locked "${packages[@]}" -p loadgen
 
 # The loadgen signs each customer's orders with JWT_SECRET, as clients would.
 source scripts/lib/secrets.sh
 load_dev_secrets
 # The limiter stays on, out of the way of one client sending thousands/s.
 export RATE_LIMIT_PER_SECOND=1000000
-export RUST_LOG=${RUST_LOG:-warn} LOG_FORMAT=json INVENTORY_URL=http://127.0.0.1:3102
+export RUST_LOG=${RUST_LOG:-warn} LOG_FORMAT=json
+# Each service 100 above its registry port (3101, 3102, ...), beside a
+# run.sh stack, and each reaches the others there (<NAME>_URL).
+bench_port() { echo $(($(registry_port "$1") + 100)); }
+for service in $(registry_names); do
+  export "$(url_variable "$service")=http://127.0.0.1:$(bench_port "$service")"
+done
 export MONGODB_URI="mongodb://127.0.0.1:$BENCH_MONGO_PORT"
 # Each run's queues are its own; the broker drops them an hour after it ends.
 export AMQP_QUEUE_EXPIRES_MS=3600000
@@ -94,8 +103,8 @@ run_pass() {
     *) fail "unknown sink $sink (maildev or smtp-sink)" ;;
   esac
   local service port
-  for service in inventory order notification; do
-    case $service in inventory) port=3102 ;; order) port=3101 ;; notification) port=3103 ;; esac
+  for service in $(registry_names); do
+    port=$(bench_port "$service")
     # Otherwise the wait below would take whatever listens there for ours.
     port_open "$port" && fail "port $port is in use: stop what listens there (a run.sh or an earlier bench?)"
     PORT=$port MONGODB_DATABASE="${RUN}_$service" AMQP_NAMESPACE=$namespace SMTP_PORT=$smtp_port \
@@ -113,7 +122,7 @@ run_pass() {
   step "Pass $sink: load ($([ "$RAMP" = 1 ] && echo 'the ramp, then ')stages $STAGES)"
   local pass_status=0
   ./target/release/loadgen \
-    --order-url http://127.0.0.1:3101 --inventory-url http://127.0.0.1:3102 \
+    --order-url "$ORDER_URL" --inventory-url "$INVENTORY_URL" \
     --namespace "$namespace" --stages "$STAGES" "${ramp_args[@]}" "${watch_args[@]}" \
     --mongodb-uri "$MONGODB_URI" --db-prefix "${RUN}_" \
     --out "$out" || pass_status=$?

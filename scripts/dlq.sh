@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Dead letters from a terminal: the same admin routes as /docs, with a
-# readable listing. Services are found at ORDER_URL / INVENTORY_URL /
-# NOTIFICATION_URL (defaults: the ports run.sh uses), authenticated with
+# readable listing. A service of services/registry.txt is found at its
+# <NAME>_URL (INVENTORY_URL, ...; default: its port in the registry, where
+# run.sh runs it), authenticated with
 # ADMIN_TOKEN (default: the one run.sh made, in .run/dev-secrets.env).
 set -euo pipefail
 source "$(dirname "$0")/lib/infra.sh"
 source "$(dirname "$0")/lib/secrets.sh"
+source "$(dirname "$0")/lib/registry.sh"
 
 usage() {
   cat <<'USAGE'
 usage: scripts/dlq.sh <service> <command> [args]
 
-  service: order | inventory | notification
+  service: a name in services/registry.txt (order, inventory, notification)
 
   list [--order ID] [DEAD|REPLAYED|DISCARDED|ALL]
                                    dead letters, newest first (default: DEAD),
@@ -41,12 +43,10 @@ USAGE
 [ $# -ge 2 ] || usage
 service=$1 command=$2
 shift 2
-case $service in
-  order) base=${ORDER_URL:-http://127.0.0.1:3001} ;;
-  inventory) base=${INVENTORY_URL:-http://127.0.0.1:3002} ;;
-  notification) base=${NOTIFICATION_URL:-http://127.0.0.1:3003} ;;
-  *) echo "unknown service: $service" >&2; usage ;;
-esac
+port=$(registry_port "$service")
+[ -n "$port" ] || { echo "unknown service: $service (services/registry.txt has $(registry_names | paste -sd ' '))" >&2; usage; }
+url_var=$(url_variable "$service")
+base=${!url_var:-http://127.0.0.1:$port}
 load_dev_secrets
 token=$ADMIN_TOKEN
 url="$base/admin/dead-letters"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts everything: RabbitMQ, MongoDB and MailDev (installing what is
-# missing), then the three services, and keeps them running: a service that
+# missing), then the services of services/registry.txt, and keeps them running: a service that
 # exits is started again after 1 s, 2 s, 4 s, 8 s. One that crashes 5 times
 # within a minute, or exits over a bad configuration (status 64), is left
 # stopped with a message saying so; the others and the infrastructure keep
@@ -9,48 +9,57 @@
 # RabbitMQ's own data directory, so it survives a restart.
 #
 # Knobs, so that a second stack (a test, say) runs beside the usual one:
-#   ORDER_PORT, INVENTORY_PORT, NOTIFICATION_PORT   [3001, 3002, 3003]
+#   <NAME>_PORT              a service's port (ORDER_PORT, INVENTORY_PORT,
+#                            ...) [the registry's: 3001, 3002, ...]
 #   BUILD_PROFILE            release, debug (builds fast, runs slow) or a
 #                            custom cargo profile [release]
 #   MONGODB_DATABASE_PREFIX  put before each service's database name [empty]
 #   RUN_DIR                  logs, pid files, MongoDB data [.run]
 #   REPLICAS                 instances of each service [1]; past 1, nginx
-#                            (installed if missing) listens on the three
+#                            (installed if missing) listens on the services'
 #                            ports and spreads requests over the instances,
 #                            with nginx/nginx.conf.template
-#   INSTANCE_PORT_BASE       with REPLICAS > 1, instance i (1-9) of order,
-#                            inventory and notification listens on
-#                            BASE+i, BASE+10+i and BASE+20+i [13000]
+#   INSTANCE_PORT_BASE       with REPLICAS > 1, instance i (1-9) of the k-th
+#                            service of the registry (k from 0) listens on
+#                            BASE+10k+i [13000]
 # The services' own variables (AMQP_NAMESPACE, AMQP_QUEUE_EXPIRES_MS,
 # RUST_LOG, ...: see docs/configuration.md) pass through.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh
 source scripts/lib/secrets.sh
+source scripts/lib/registry.sh
 
 # A random admin token and JWT secret of this run directory (made once), unless
 # set: nothing known to everyone guards the admin routes, even here.
 load_dev_secrets
 export ADMIN_EMAIL="${ADMIN_EMAIL:-admin@example.com}"
 export RUST_LOG="${RUST_LOG:-info}"
-ORDER_PORT="${ORDER_PORT:-3001}"
-INVENTORY_PORT="${INVENTORY_PORT:-3002}"
-NOTIFICATION_PORT="${NOTIFICATION_PORT:-3003}"
 BUILD_PROFILE="${BUILD_PROFILE:-release}"
 MONGODB_DATABASE_PREFIX="${MONGODB_DATABASE_PREFIX:-}"
 REPLICAS="${REPLICAS:-1}"
 INSTANCE_PORT_BASE="${INSTANCE_PORT_BASE:-13000}"
 [[ $REPLICAS =~ ^[1-9]$ ]] || fail "REPLICAS must be a number from 1 to 9, not '$REPLICAS'"
 [[ $INSTANCE_PORT_BASE =~ ^[0-9]+$ ]] || fail "INSTANCE_PORT_BASE must be a number, not '$INSTANCE_PORT_BASE'"
-# The order service asks this script's inventory service, wherever it listens,
-# and its admin console reaches the inventory and notification services there
-# and links to their Swagger UIs and to MailDev.
-export INVENTORY_URL="http://127.0.0.1:$INVENTORY_PORT"
-export NOTIFICATION_URL="http://127.0.0.1:$NOTIFICATION_PORT"
-export INVENTORY_DOCS_URL="${INVENTORY_DOCS_URL:-$INVENTORY_URL/docs}"
-export NOTIFICATION_DOCS_URL="${NOTIFICATION_DOCS_URL:-$NOTIFICATION_URL/docs}"
+# Each service of the registry, "name:port": on <NAME>_PORT if set, else on
+# the registry's port. Every service reaches the others where this script
+# runs them, as <NAME>_URL (the order service asks the inventory, its
+# history and admin console reach them all), and the console links to
+# their Swagger UIs (<NAME>_DOCS_URL) and to MailDev.
+SERVICES=()
+while read -r name registry_port database; do
+  port_var=$(port_variable "$name")
+  port=${!port_var:-$registry_port}
+  [[ $port =~ ^[0-9]+$ ]] || fail "$port_var must be a number, not '$port'"
+  printf -v "$port_var" '%s' "$port" # for nginx/render.sh and the summary
+  SERVICES+=("$name:$port")
+  url_var=$(url_variable "$name")
+  export "$url_var=http://127.0.0.1:$port"
+  docs_var="${name^^}_DOCS_URL"
+  export "$docs_var=${!docs_var:-http://127.0.0.1:$port/docs}"
+  printf -v "DATABASE_${name^^}" '%s' "$database"
+done < <(registry_lines)
 export MAILDEV_UI_URL="${MAILDEV_UI_URL:-http://127.0.0.1:$MAILDEV_WEB_PORT}"
-SERVICES=("order:$ORDER_PORT" "inventory:$INVENTORY_PORT" "notification:$NOTIFICATION_PORT")
 # A service that crashes this often within the window stays stopped.
 RESTART_LIMIT=5
 RESTART_WINDOW=60
@@ -74,20 +83,22 @@ instances() {
     echo "$name-service:$port"
     return
   fi
-  case $name in order) offset=0 ;; inventory) offset=10 ;; notification) offset=20 ;; esac
+  # Ten ports for each service, in the registry's order.
+  offset=0
+  for entry in "${SERVICES[@]}"; do
+    [ "${entry%%:*}" = "$name" ] && break
+    offset=$((offset + 10))
+  done
   for ((i = 1; i <= REPLICAS; i++)); do
     echo "$name-service-$i:$((INSTANCE_PORT_BASE + offset + i))"
   done
 }
 
-for port in "$ORDER_PORT" "$INVENTORY_PORT" "$NOTIFICATION_PORT"; do
-  [[ $port =~ ^[0-9]+$ ]] || fail "ORDER_PORT, INVENTORY_PORT and NOTIFICATION_PORT must be numbers, not '$port'"
-done
 # Cargo's name for the profile whose output goes to target/debug.
 CARGO_PROFILE=$BUILD_PROFILE
 if [ "$BUILD_PROFILE" = debug ]; then CARGO_PROFILE=dev; fi
 if [ -n "${MONGODB_DATABASE:-}" ]; then
-  fail "MONGODB_DATABASE would give all three services one database: set MONGODB_DATABASE_PREFIX instead"
+  fail "MONGODB_DATABASE would give all the services one database: set MONGODB_DATABASE_PREFIX instead"
 fi
 
 # shellcheck disable=SC2317 # reached through the traps
@@ -133,7 +144,8 @@ supervise() {
   # reaches the whole process group.
   trap stop_supervised INT TERM
   while true; do
-    PORT=$port MONGODB_DATABASE="$MONGODB_DATABASE_PREFIX${name}_service" \
+    database_var="DATABASE_${name^^}"
+    PORT=$port MONGODB_DATABASE="$MONGODB_DATABASE_PREFIX${!database_var}" \
       nohup "$BIN_DIR/$name-service" >>"$log" 2>&1 </dev/null &
     child=$!
     echo "$child" >"$pidfile"
@@ -201,7 +213,9 @@ command -v curl >/dev/null || apt_install curl
 step "Building the services ($BUILD_PROFILE; the first release build takes a few minutes)"
 # -p, not --bin: --bin resolves features for the whole workspace, which
 # would compile the e2e crate's fail points into the binaries run here.
-cargo build --profile "$CARGO_PROFILE" -p order-service -p inventory-service -p notification-service
+packages=()
+for entry in "${SERVICES[@]}"; do packages+=(-p "${entry%%:*}-service"); done
+cargo build --profile "$CARGO_PROFILE" "${packages[@]}"
 # Restarts run the binaries built now, even if cargo rebuilds meanwhile (a
 # cargo test, another checkout sharing CARGO_TARGET_DIR): cargo replaces its
 # file, and the hard link keeps this one.
@@ -269,7 +283,7 @@ if ((REPLICAS > 1)); then
       ((waited < 150)) || fail "nginx on ${entry##*:} does not answer /ready after 30s (log: $LOG_DIR/nginx-error.log)"
     done
   done
-  note "nginx on $ORDER_PORT, $INVENTORY_PORT and $NOTIFICATION_PORT (config: $RUN_DIR/nginx.conf)"
+  note "nginx on the services' ports, ${SERVICES[*]} (config: $RUN_DIR/nginx.conf)"
 fi
 
 # Demo products, the first time only (the sku is unique, so a rerun is a 409).
@@ -286,12 +300,12 @@ if [ "$(curl -fsS "$INVENTORY_URL/api/products/category/demo" | grep -c productI
   note "seeded 3 products in category demo"
 fi
 
+echo
+echo "  Admin console         http://127.0.0.1:$ORDER_PORT/admin/   (asks for the admin token)"
+for entry in "${SERVICES[@]}"; do
+  printf '  %-21s http://127.0.0.1:%s/docs   (Swagger UI)\n' "${entry%%:*} service" "${entry##*:}"
+done
 cat <<INFO
-
-  Admin console         http://127.0.0.1:$ORDER_PORT/admin/   (asks for the admin token)
-  Order service         http://127.0.0.1:$ORDER_PORT/docs   (Swagger UI)
-  Inventory service     http://127.0.0.1:$INVENTORY_PORT/docs
-  Notification service  http://127.0.0.1:$NOTIFICATION_PORT/docs
   RabbitMQ management   http://127.0.0.1:15672       (guest / guest)
   MailDev (emails)      http://127.0.0.1:$MAILDEV_WEB_PORT
   Admin token           $ADMIN_TOKEN   (scripts/token.sh --admin)

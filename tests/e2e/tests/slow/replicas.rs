@@ -33,12 +33,13 @@ const EMAILS_LIMIT: Duration = Duration::from_secs(150);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_of_each_service_share_the_saga_and_ride_out_a_kill_of_one_of_each() {
+    let _alone = crate::one_at_a_time().await;
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let ports = free_ports();
     let base = free_instance_base();
     let mut run = RunScript::start_with(
         &id,
-        ports,
+        &ports,
         &[
             ("REPLICAS", "2".into()),
             ("INSTANCE_PORT_BASE", base.to_string()),
@@ -48,12 +49,12 @@ async fn two_instances_of_each_service_share_the_saga_and_ride_out_a_kill_of_one
             ("ORDERS_PER_CUSTOMER_PER_MINUTE", "0".into()),
         ],
     );
-    let (http, [order, inventory, notification]) = client_and_urls(ports);
+    let http = client();
+    let [order, inventory, notification] = ports.urls(["order", "inventory", "notification"]);
     // Shown when the test fails, with run.sh's output.
     let started = std::time::Instant::now();
     let progress = |what: &str| eprintln!("{:6.1}s {what}", started.elapsed().as_secs_f64());
-    run.wait_until_ready(&http, &[&order, &inventory, &notification])
-        .await;
+    run.wait_until_ready(&http, &ports).await;
     progress("two instances of each service ready behind nginx");
 
     // Contention: 50 at once for 10 units.

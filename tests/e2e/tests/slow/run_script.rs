@@ -17,6 +17,7 @@ use shared::CancellationToken;
 const RESTART_LIMIT: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_sh_restarts_a_killed_service_and_ctrl_c_stops_only_what_it_started() {
+    let _alone = crate::one_at_a_time().await;
     let infrastructure = [
         ("RabbitMQ", 5672),
         ("MongoDB", env_port("MONGO_PORT", 27017)),
@@ -30,14 +31,14 @@ async fn run_sh_restarts_a_killed_service_and_ctrl_c_stops_only_what_it_started(
     }
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let ports = free_ports();
-    let mut run = RunScript::start(&id, ports);
+    let mut run = RunScript::start(&id, &ports);
     // Shown when the test fails, with run.sh's output.
     let started = Instant::now();
     let progress = |what: &str| eprintln!("{:6.1}s {what}", started.elapsed().as_secs_f64());
-    let (http, [order, inventory, notification]) = client_and_urls(ports);
+    let http = client();
+    let [order, inventory, notification] = ports.urls(["order", "inventory", "notification"]);
 
-    run.wait_until_ready(&http, &[&order, &inventory, &notification])
-        .await;
+    run.wait_until_ready(&http, &ports).await;
     progress("all three ready");
     let product = create_product(&http, &inventory, &format!("cat-{id}"), 100, 0, 5.0).await;
     let before = place_order(&http, &order, &id, &product).await;
@@ -81,7 +82,7 @@ async fn run_sh_restarts_a_killed_service_and_ctrl_c_stops_only_what_it_started(
     let status = run.interrupt().await;
     progress("run.sh exited after SIGINT");
     assert!(status.success(), "run.sh exited with {status}");
-    for port in ports {
+    for (_, port) in ports.iter() {
         assert!(!port_open(port), "port {port} still open after Ctrl-C");
     }
     for (name, port) in infrastructure {
@@ -97,12 +98,13 @@ async fn run_sh_restarts_a_killed_service_and_ctrl_c_stops_only_what_it_started(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_sh_makes_its_own_secrets_and_token_sh_mints_tokens_the_services_take() {
+    let _alone = crate::one_at_a_time().await;
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let ports = free_ports();
-    let mut run = RunScript::start_without_secrets(&id, ports);
-    let (http, [order, inventory, notification]) = client_and_urls(ports);
-    run.wait_until_ready(&http, &[&order, &inventory, &notification])
-        .await;
+    let mut run = RunScript::start_without_secrets(&id, &ports);
+    let http = client();
+    let order = ports.url("order");
+    run.wait_until_ready(&http, &ports).await;
 
     let admin = run.token("--admin");
     assert_eq!(admin.len(), 64, "32 random bytes in hex: {admin}");
@@ -150,20 +152,21 @@ async fn run_sh_makes_its_own_secrets_and_token_sh_mints_tokens_the_services_tak
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_sh_with_two_replicas_serves_through_nginx_and_rides_out_a_killed_instance() {
+    let _alone = crate::one_at_a_time().await;
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let ports = free_ports();
     let mut run = RunScript::start_with(
         &id,
-        ports,
+        &ports,
         &[
             ("REPLICAS", "2".into()),
             ("INSTANCE_PORT_BASE", free_instance_base().to_string()),
         ],
     );
-    let (http, [order, inventory, notification]) = client_and_urls(ports);
-    run.wait_until_ready(&http, &[&order, &inventory, &notification])
-        .await;
-    for label in ["order-service", "inventory-service", "notification-service"] {
+    let http = client();
+    let [order, inventory] = ports.urls(["order", "inventory"]);
+    run.wait_until_ready(&http, &ports).await;
+    for label in shared::registry::all().iter().map(|service| &service.service) {
         for i in [1, 2] {
             assert!(
                 run.instance_pid(&format!("{label}-{i}")).is_some(),
@@ -226,7 +229,7 @@ async fn run_sh_with_two_replicas_serves_through_nginx_and_rides_out_a_killed_in
 
     let status = run.interrupt().await;
     assert!(status.success(), "run.sh exited with {status}");
-    for port in ports {
+    for (_, port) in ports.iter() {
         assert!(
             !port_open(port),
             "nginx's port {port} still open after Ctrl-C"

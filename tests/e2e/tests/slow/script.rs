@@ -4,6 +4,7 @@
 use std::{
     fs,
     net::{TcpListener, TcpStream},
+    sync::atomic::{AtomicU16, Ordering},
     os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
@@ -11,6 +12,7 @@ use std::{
 };
 
 use e2e_tests::{ADMIN_TOKEN, JWT_SECRET, customer_token, eventually_within};
+use shared::registry;
 use serde_json::{Value, json};
 
 /// run.sh builds the services before it starts them: seconds when cargo
@@ -37,12 +39,12 @@ pub struct RunScript {
 }
 
 impl RunScript {
-    pub fn start(id: &str, ports: [u16; 3]) -> RunScript {
+    pub fn start(id: &str, ports: &Ports) -> RunScript {
         Self::start_with(id, ports, &[])
     }
 
     /// run.sh with `extra` variables set as well.
-    pub fn start_with(id: &str, ports: [u16; 3], extra: &[(&str, String)]) -> RunScript {
+    pub fn start_with(id: &str, ports: &Ports, extra: &[(&str, String)]) -> RunScript {
         let secrets = [
             ("ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
             ("JWT_SECRET", JWT_SECRET.to_string()),
@@ -52,15 +54,11 @@ impl RunScript {
 
     /// run.sh as a new user starts it, with no ADMIN_TOKEN or JWT_SECRET:
     /// it makes its own.
-    pub fn start_without_secrets(id: &str, ports: [u16; 3]) -> RunScript {
+    pub fn start_without_secrets(id: &str, ports: &Ports) -> RunScript {
         Self::spawn(id, ports, &[])
     }
 
-    fn spawn(
-        id: &str,
-        [order, inventory, notification]: [u16; 3],
-        extra: &[(&str, String)],
-    ) -> RunScript {
+    fn spawn(id: &str, ports: &Ports, extra: &[(&str, String)]) -> RunScript {
         let (target_dir, profile) = build_location();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("run-script-{id}"));
         fs::create_dir_all(&dir).unwrap();
@@ -85,9 +83,7 @@ impl RunScript {
             }
         }
         let child = command
-            .env("ORDER_PORT", order.to_string())
-            .env("INVENTORY_PORT", inventory.to_string())
-            .env("NOTIFICATION_PORT", notification.to_string())
+            .envs(ports.variables())
             .env("BUILD_PROFILE", profile)
             .env("CARGO_TARGET_DIR", target_dir)
             .env("RUN_DIR", dir.join("run"))
@@ -144,14 +140,16 @@ impl RunScript {
         fs::read_to_string(file).ok()?.trim().parse().ok()
     }
 
-    pub async fn wait_until_ready(&mut self, http: &reqwest::Client, urls: &[&str]) {
+    /// Waits until every service on `ports` is ready.
+    pub async fn wait_until_ready(&mut self, http: &reqwest::Client, ports: &Ports) {
+        let urls: Vec<String> = ports.iter().map(|(name, _)| ports.url(name)).collect();
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("run.sh exited with {status} before the services were ready");
             }
             let mut all = true;
-            for url in urls {
+            for url in &urls {
                 all &= ready(http, url).await;
             }
             if all {
@@ -198,14 +196,12 @@ impl Drop for RunScript {
     }
 }
 
-/// A client for the script's stack, and its three URLs (order, inventory,
-/// notification) on `ports`.
-pub fn client_and_urls(ports: [u16; 3]) -> (reqwest::Client, [String; 3]) {
-    let http = reqwest::Client::builder()
+/// A client for the script's stack.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
-        .unwrap();
-    (http, ports.map(|port| format!("http://127.0.0.1:{port}")))
+        .unwrap()
 }
 
 /// GET `url` with `token`; the JSON body, or `None` if there was none.
@@ -321,23 +317,70 @@ pub fn signal(target: &str, signal: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// A base for run.sh's INSTANCE_PORT_BASE: base+1 to base+29 are free now.
-/// Below Linux's ephemeral range (32768 and up), where [`free_ports`] and
-/// every outgoing connection take theirs: a port picked there for one
-/// test's service could otherwise fall among another test's instances.
+/// A base for run.sh's INSTANCE_PORT_BASE: the ten ports above it for each
+/// service (base+1 to base+29 for three) are free now, and no other test of
+/// this process was given it (two tests asking at once would otherwise both
+/// find the same range free before either listens there). Below Linux's
+/// ephemeral range (32768 and up), where [`free_ports`] and every outgoing
+/// connection take theirs: a port picked there for one test's service could
+/// otherwise fall among another test's instances.
 pub fn free_instance_base() -> u16 {
-    (200..320)
+    static NEXT_HUNDRED: AtomicU16 = AtomicU16::new(200);
+    let span = 10 * registry::all().len() as u16;
+    std::iter::from_fn(|| Some(NEXT_HUNDRED.fetch_add(1, Ordering::Relaxed)))
+        .take_while(|hundreds| *hundreds < 320)
         .map(|hundreds| hundreds * 100)
-        .find(|base| (1..30).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
-        .expect("a free range of 30 ports between 20000 and 32000")
+        .find(|base| (1..span).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
+        .expect("a free range of ports between 20000 and 32000")
 }
 
-/// Three ports nothing listens on now.
-pub fn free_ports() -> [u16; 3] {
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+/// A port for each service of services/registry.txt, by name: where run.sh
+/// runs it (or nginx in front of its instances).
+#[derive(Clone, Debug)]
+pub struct Ports(Vec<(&'static str, u16)>);
+
+impl Ports {
+    /// Each service's port and name, in the registry's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u16)> + '_ {
+        self.0.iter().copied()
+    }
+
+    pub fn port(&self, name: &str) -> u16 {
+        self.iter()
+            .find(|(service, _)| *service == name)
+            .unwrap_or_else(|| panic!("no service {name:?} in services/registry.txt"))
+            .1
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}", self.port(name))
+    }
+
+    /// The URLs of the services named, for a test that uses those.
+    pub fn urls<const N: usize>(&self, names: [&str; N]) -> [String; N] {
+        names.map(|name| self.url(name))
+    }
+
+    /// run.sh's variables for them: ORDER_PORT=..., one per service.
+    fn variables(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(name, port)| (format!("{}_PORT", name.to_uppercase()), port.to_string()))
+            .collect()
+    }
+}
+
+/// A port nothing listens on now for each service of the registry.
+pub fn free_ports() -> Ports {
+    let listeners: Vec<(&'static str, TcpListener)> = registry::all()
+        .iter()
+        .map(|service| (&*service.name, TcpListener::bind("127.0.0.1:0").unwrap()))
         .collect();
-    [0, 1, 2].map(|i| listeners[i].local_addr().unwrap().port())
+    Ports(
+        listeners
+            .iter()
+            .map(|(name, listener)| (*name, listener.local_addr().unwrap().port()))
+            .collect(),
+    )
 }
 
 pub fn port_open(port: u16) -> bool {

@@ -62,22 +62,23 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_sent_with_an_order_follows_it_through_every_event_log_and_exported_span() {
+    let _alone = crate::one_at_a_time().await;
     let exports = Exports::default();
     let collector = start_collector(exports.clone()).await;
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let ports = free_ports();
     let mut run = RunScript::start_with(
         &id,
-        ports,
+        &ports,
         &[
             ("LOG_FORMAT", "json".into()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.clone()),
             ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
         ],
     );
-    let (http, [order, inventory, notification]) = client_and_urls(ports);
-    run.wait_until_ready(&http, &[&order, &inventory, &notification])
-        .await;
+    let http = client();
+    let [order, inventory] = ports.urls(["order", "inventory"]);
+    run.wait_until_ready(&http, &ports).await;
 
     // Every event of this stack, copied to a queue of the test's own.
     let connection = Connection::connect(&rabbitmq_url(), Default::default())
