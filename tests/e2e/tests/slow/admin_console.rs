@@ -115,6 +115,7 @@ fn scratch_screenshot(name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_console_shows_a_dead_letter_and_replays_it_in_the_browser() {
+    let _alone = crate::one_at_a_time().await;
     let browser = BrowserTest::installed();
     let stack = Stack::start().await;
     let low = stack.create_product(2, 5, 3.5).await;
@@ -184,6 +185,7 @@ async fn the_admin_console_shows_a_dead_letter_and_replays_it_in_the_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_console_names_the_service_it_cannot_reach() {
+    let _alone = crate::one_at_a_time().await;
     let browser = BrowserTest::installed();
     let stack = Stack::start().await;
     stack.stop_inventory();
@@ -232,6 +234,7 @@ async fn the_admin_console_names_the_service_it_cannot_reach() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_console_shows_an_orders_timeline_and_retries_its_failed_saga() {
+    let _alone = crate::one_at_a_time().await;
     let browser = BrowserTest::installed();
     let mut stack = Stack::start_with(&[("SAGA_TIMEOUT_SECONDS", "2")]).await;
     let product = stack.create_product(5, 0, 2.0).await;

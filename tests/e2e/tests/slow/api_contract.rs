@@ -87,6 +87,7 @@ async fn run_schemathesis(cli: &Path, service: &str, base_url: &str) -> (bool, S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_answers_as_its_openapi_spec_says() {
+    let _alone = crate::one_at_a_time().await;
     let cli = schemathesis();
     // Stack::start raises the rate limit and turns load shedding off.
     let stack = Stack::start().await;

@@ -47,6 +47,7 @@ fn complaints<'a>(output: &'a str, progress: &[&str]) -> Vec<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_clients_read_every_spec_and_run_the_first_order_with_typed_models() {
+    let _alone = crate::one_at_a_time().await;
     let python_generator = tool(
         "OPENAPI_PYTHON_CLIENT",
         ".run/venv-clients/bin/openapi-python-client",

@@ -6,6 +6,16 @@
 //! that requires STARTTLS and AUTH. (The fault-injection suite is its own
 //! binary, `chaos.rs`, as it runs the services as processes of itself.)
 
+/// Taken first by every test here, so they run one at a time: each drives
+/// whole stacks of processes (a dozen, with replicas), a browser or a
+/// fuzzer, and its time limits (the saga's 60 s deadline among them) hold
+/// when it has the machine's cores. Two at once on two cores made the
+/// replicas test's killed instances leave orders FAILED at the deadline.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE.lock().await
+}
+
 mod admin_console;
 mod api_contract;
 mod generated_clients;

@@ -72,6 +72,7 @@ fn documented_families() -> BTreeSet<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_exposes_well_formed_metrics_that_saw_an_order_through_the_saga() {
+    let _alone = crate::one_at_a_time().await;
     let stack = Stack::start().await;
     let product = stack.create_product(10, 0, 5.0).await;
     let email = stack.email("metrics");
@@ -238,6 +239,7 @@ async fn every_service_exposes_well_formed_metrics_that_saw_an_order_through_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_method_a_client_invents_mints_no_series() {
+    let _alone = crate::one_at_a_time().await;
     let stack = Stack::start().await;
     let invented = reqwest::Method::from_bytes(b"PRBXYZ").unwrap();
     for _ in 0..2 {

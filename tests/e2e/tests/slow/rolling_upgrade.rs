@@ -58,6 +58,7 @@ impl Drop for PreviousInventory {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_earlier_build_beside_the_current_one_on_one_queue_loses_and_dead_letters_nothing() {
+    let _alone = crate::one_at_a_time().await;
     // Quick retries: the earlier build hands a version 2 back through the
     // delay queue, and either instance may take it next.
     let stack = Stack::start_with(&[("RETRY_BASE_MS", "50"), ("RETRY_CAP_MS", "200")]).await;

@@ -159,6 +159,7 @@ async fn send_manual(stack: &Stack, to: &str, subject: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_goes_out_through_starttls_and_auth_and_is_recorded_as_sent() {
+    let _alone = crate::one_at_a_time().await;
     let server = SmtpServer::start(USER, PASSWORD);
     let stack = start_stack(&server.settings(PASSWORD)).await;
     let to = stack.email("tls");
@@ -189,6 +190,7 @@ async fn an_email_goes_out_through_starttls_and_auth_and_is_recorded_as_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_keeps_the_email_pending_with_the_refusal_recorded() {
+    let _alone = crate::one_at_a_time().await;
     let server = SmtpServer::start(USER, PASSWORD);
     let stack = start_stack(&server.settings("not the password")).await;
     let to = stack.email("wrong-password");
