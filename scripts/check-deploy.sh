@@ -13,11 +13,21 @@
 #   rules     the resolved prod file: only nginx publishes ports (others on
 #             127.0.0.1 only); every container has a healthcheck (one-shot
 #             init containers aside), a restart policy, a memory limit and,
-#             if long-running, a stop grace period; the three services share
-#             one image built once, run 2+ replicas, quorum queues,
+#             if long-running, a stop grace period; the services share one
+#             image built once, run 2+ replicas, quorum queues,
 #             APP_ENV=production and JSON logs, and trust nginx alone; no
 #             `guest` anywhere and no default for a secret
-#   deploy    deploy/check.sh (the Kubernetes manifests' checks), if present
+#   registry  both compose files against services/registry.txt: a block per
+#             service with its command, PORT and MONGODB_DATABASE, and no
+#             other block than the infrastructure listed in the check; in
+#             the prod file nginx waits for and publishes every service, and
+#             mongo-init grants exactly the registry's databases
+#   image     the Dockerfile copies the whole workspace, builds the
+#             registry's services with -p (read from services/registry.txt,
+#             not named) and runs as a non-root user; .dockerignore keeps
+#             target, .run and .git out
+#   deploy    deploy/check.sh (the Kubernetes manifests' checks, the
+#             services of services/registry.txt among them), if present
 #
 # Installs what it needs once, pinned: docker-compose 1.29.2 from PyPI (the
 # last Python release; it reads the Compose specification, and its `config`
@@ -28,9 +38,11 @@
 #
 #   bash scripts/check-deploy.sh               all checks
 #   bash scripts/check-deploy.sh --self-test   also breaks each rule on
-#       purpose, in a copy of the files, and expects its check to fail
-#   DEPLOY_ROOT=DIR bash scripts/check-deploy.sh   checks the copy in DIR
-#       (what --self-test runs; deploy/check.sh is then skipped)
+#       purpose, in a copy of the files, and expects its check to fail (and
+#       runs deploy/check.sh --self-test, which does the same for its rules)
+#   DEPLOY_ROOT=DIR bash scripts/check-deploy.sh   checks the copy in DIR,
+#       services/registry.txt included (what --self-test runs;
+#       deploy/check.sh is then skipped)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -114,6 +126,11 @@ install_nginx() {
 
 # ---------------------------------------------------------------- helpers
 
+# The services of services/registry.txt: "name port database" lines.
+registry() {
+  sed 's/#.*//' "$SRC/services/registry.txt" | awk 'NF'
+}
+
 # compose ARGS...: docker-compose in a clean environment (only the variables
 # in COMPOSE_ENV, no .env file), so that what it resolves depends on the
 # files alone, not on the caller's environment or a local .env.
@@ -146,11 +163,12 @@ dummy_env() {
 check_dev_compose() {
   COMPOSE_ENV=()
   compose -f "$SRC/docker-compose.yml" config >"$WORK/dev.yml"
-  "$VENV/bin/python" - "$WORK/dev.yml" <<'PY'
+  # shellcheck disable=SC2046 # one argument per service
+  "$VENV/bin/python" - "$WORK/dev.yml" $(registry | awk '{ print $1 "-service" }') <<'PY'
 import sys, yaml
 services = yaml.safe_load(open(sys.argv[1]))["services"]
 bad = []
-for name in ("order-service", "inventory-service", "notification-service"):
+for name in sys.argv[2:]:
     s = services.get(name) or {}
     # From the x-service anchor: proof that the merge was resolved.
     for key in ("healthcheck", "depends_on", "restart"):
@@ -220,10 +238,13 @@ check_prod_requires_each_variable() {
 
 check_prod_rules() {
   [ -s "$WORK/prod.yml" ] || { echo "the prod file did not resolve (see above)"; return 1; }
-  "$VENV/bin/python" - "$WORK/prod.yml" "$SRC/docker-compose.prod.yml" "$SRC/.env.example" <<'PY'
+  # shellcheck disable=SC2046 # one argument per service
+  "$VENV/bin/python" - "$WORK/prod.yml" "$SRC/docker-compose.prod.yml" "$SRC/.env.example" \
+    $(registry | awk '{ print $1 "-service" }') <<'PY'
 import ipaddress, re, sys, yaml
 
 resolved_path, raw_path, env_example_path = sys.argv[1:4]
+registry = sys.argv[4:]
 doc = yaml.safe_load(open(resolved_path))
 services = doc["services"]
 bad = []
@@ -279,11 +300,10 @@ for name, s in services.items():
     if not (limits.get("memory") or s.get("mem_limit")):
         err(f"{name}: no memory limit (deploy.resources.limits.memory)")
 
-# ---- the three services
-apps = {n: s for n, s in services.items()
-        if (s.get("command") or [None])[0] in ("order-service", "inventory-service", "notification-service")}
-if sorted(apps) != ["inventory-service", "notification-service", "order-service"]:
-    err(f"expected the three services, found {sorted(apps)}")
+# ---- the services (the registry's: check_compose_registry checks the blocks)
+apps = {n: s for n, s in services.items() if (s.get("command") or [None])[0] in registry}
+if sorted(apps) != sorted(registry):
+    err(f"expected the services {sorted(registry)}, found {sorted(apps)}")
 images = {s.get("image") for s in apps.values()}
 if len(images) != 1 or None in images:
     err(f"the services should share one image, not {images}")
@@ -332,19 +352,93 @@ sys.exit(1 if bad else 0)
 PY
 }
 
+# The compose files against services/registry.txt. Compose has no loops, so
+# each file keeps a block per service, written by hand: this checks them.
+check_compose_registry() {
+  [ -s "$WORK/dev.yml" ] || { echo "docker-compose.yml did not resolve (see above)"; return 1; }
+  [ -s "$WORK/prod.yml" ] || { echo "docker-compose.prod.yml did not resolve (see above)"; return 1; }
+  "$VENV/bin/python" - "$WORK/dev.yml" "$WORK/prod.yml" <(registry) <<'PY'
+import re, sys, yaml
+
+dev_path, prod_path, registry_path = sys.argv[1:4]
+# "<name>-service": (port, database)
+registry = {f"{name}-service": (int(port), database)
+            for name, port, database in (line.split() for line in open(registry_path))}
+# The blocks that are no service of the registry, file by file.
+INFRASTRUCTURE = {
+    "docker-compose.yml": {"rabbitmq", "mongodb", "maildev"},
+    "docker-compose.prod.yml": {"nginx", "rabbitmq-1", "rabbitmq-2", "rabbitmq-3",
+                                "mongo-1", "mongo-2", "mongo-3", "mongo-init", "maildev"},
+}
+bad = []
+
+def container_port(port):
+    if isinstance(port, dict):                        # long syntax
+        return int(port["target"])
+    return int(str(port).split("/")[0].rsplit(":", 1)[-1])
+
+files = {"docker-compose.yml": dev_path, "docker-compose.prod.yml": prod_path}
+for label, path in files.items():
+    services = yaml.safe_load(open(path))["services"]
+    for name in services:
+        if name not in registry and name not in INFRASTRUCTURE[label]:
+            bad.append(f"{label}: {name} is neither a service of services/registry.txt nor infrastructure")
+    for name, (port, database) in registry.items():
+        s = services.get(name)
+        if s is None:
+            bad.append(f"{label}: no block {name} (services/registry.txt)")
+            continue
+        if s.get("command") != [name]:
+            bad.append(f"{label}: {name}: command is {s.get('command')}, not [\"{name}\"]")
+        env = s.get("environment") or {}
+        if str(env.get("PORT")) != str(port):
+            bad.append(f"{label}: {name}: PORT is {env.get('PORT')}, services/registry.txt says {port}")
+        if env.get("MONGODB_DATABASE") != database:
+            bad.append(f"{label}: {name}: MONGODB_DATABASE is {env.get('MONGODB_DATABASE')}, "
+                       f"services/registry.txt says {database}")
+        for p in s.get("ports") or []:
+            if container_port(p) != port:
+                bad.append(f"{label}: {name}: publishes container port {container_port(p)}, not its PORT {port}")
+
+prod = yaml.safe_load(open(prod_path))["services"]
+nginx = prod.get("nginx") or {}
+waits = nginx.get("depends_on") or {}
+published = {container_port(p) for p in nginx.get("ports") or []}
+for name, (port, _) in registry.items():
+    if name not in waits:
+        bad.append(f"docker-compose.prod.yml: nginx does not wait for {name} (depends_on)")
+    if port not in published:
+        bad.append(f"docker-compose.prod.yml: nginx does not publish {name}'s port {port}")
+# mongo-init gives the services' user readWrite on these databases.
+script = " ".join(str(part) for part in (prod.get("mongo-init") or {}).get("entrypoint") or [])
+m = re.search(r"const roles = \[(.*?)\]", script, re.S)
+granted = set(re.findall(r'"([^"]+)"', m.group(1))) if m else set()
+databases = {database for _, database in registry.values()}
+for database in sorted(databases - granted):
+    bad.append(f"docker-compose.prod.yml: mongo-init grants no readWrite on {database}")
+for database in sorted(granted - databases):
+    bad.append(f"docker-compose.prod.yml: mongo-init grants readWrite on {database}, no database of services/registry.txt")
+
+for line in bad:
+    print(line)
+print(f"note: {len(registry)} services ({', '.join(registry)}) in both files as services/registry.txt says")
+sys.exit(1 if bad else 0)
+PY
+}
+
 check_nginx_template() {
-  # As run.sh renders it (REPLICAS=2, its default ports and port base).
-  local RUN_DIR="$WORK/run" LOG_DIR="$WORK/run/logs"
-  # shellcheck disable=SC2034 # read by render_nginx_conf
-  local ORDER_PORT=3001 INVENTORY_PORT=3002 NOTIFICATION_PORT=3003
+  # As run.sh renders it: REPLICAS=2, each service's port (ORDER_PORT=3001,
+  # ...: the registry's) and two instances on a port base of its own.
+  local RUN_DIR="$WORK/run" LOG_DIR="$WORK/run/logs" name port _ base=13001 instances=()
   mkdir -p "$LOG_DIR" "$RUN_DIR/nginx"
+  while read -r name port _; do
+    local "$(tr 'a-z-' 'A-Z_' <<<"$name")_PORT=$port" # read by render_nginx_conf
+    instances+=("$name:$name-service-1:$base" "$name:$name-service-2:$((base + 1))")
+    base=$((base + 10))
+  done < <(registry)
   # shellcheck source=nginx/render.sh
   source "$SRC/nginx/render.sh"
-  render_nginx_conf "$SRC/nginx/nginx.conf.template" "$SRC/nginx" \
-    order:order-service-1:13001 order:order-service-2:13002 \
-    inventory:inventory-service-1:13011 inventory:inventory-service-2:13012 \
-    notification:notification-service-1:13021 notification:notification-service-2:13022 \
-    >"$RUN_DIR/nginx.conf"
+  render_nginx_conf "$SRC/nginx/nginx.conf.template" "$SRC/nginx" "${instances[@]}" >"$RUN_DIR/nginx.conf"
   if grep -nE '^[^#]*@[A-Z_]+@' "$RUN_DIR/nginx.conf"; then
     echo "placeholders left in the rendered config"
     return 1
@@ -353,9 +447,12 @@ check_nginx_template() {
 }
 
 check_dockerfile() {
-  "$VENV/bin/python" - "$SRC/Dockerfile" "$SRC/.dockerignore" "$SRC/Cargo.toml" <<'PY'
+  # shellcheck disable=SC2046 # one argument per service
+  "$VENV/bin/python" - "$SRC/Dockerfile" "$SRC/.dockerignore" "$SRC/Cargo.toml" \
+    $(registry | awk '{ print $1 "-service" }') <<'PY'
 import re, sys
 dockerfile, dockerignore, cargo = (open(p).read() for p in sys.argv[1:4])
+registry = sys.argv[4:]
 bad = []
 # Instructions, continuation lines joined.
 lines = re.sub(r"\\\n", " ", dockerfile).splitlines()
@@ -374,15 +471,28 @@ for member in members:
         bad.append(f"Dockerfile: workspace member {member} is not copied into the build stage")
 if not members:
     bad.append("Cargo.toml: no workspace members found")
-if not re.search(r"cargo build --release --locked -p order-service -p inventory-service -p notification-service", build):
-    bad.append("Dockerfile: the build is not `cargo build --release --locked -p order-service -p inventory-service -p notification-service`")
+# The registry's services, with -p (--bin, --workspace or no -p at all
+# would build the e2e crate's fail points in), read from the registry.
+code = "\n".join(l for l in build.splitlines() if not l.lstrip().startswith("#"))
+cargo_builds = re.findall(r"cargo build\b[^\n&;|]*", code)
+if len(cargo_builds) != 1 or not cargo_builds[0].startswith("cargo build --release --locked "):
+    bad.append(f"Dockerfile: the build is not one `cargo build --release --locked ...`: {cargo_builds}")
+for command in cargo_builds:
+    for flag in ("--workspace", "--all", "--bin", "--exclude"):
+        if re.search(rf"{flag}(?![\w-])", command):
+            bad.append(f"Dockerfile: the build is not by -p alone: `{command.strip()}` has {flag}")
+    if not re.search(r"-p\s", command):
+        bad.append(f"Dockerfile: the build is not by -p: `{command.strip()}`")
+if "services/registry.txt" not in code:
+    bad.append("Dockerfile: the build stage does not read services/registry.txt")
+for service in registry:
+    if re.search(rf"\b{re.escape(service)}\b", code):
+        bad.append(f"Dockerfile: the build stage names {service} (take the services from services/registry.txt)")
 user = re.findall(r"^USER\s+(\S+)", final, re.M)
 if not user or user[-1].split(":")[0] in ("0", "root"):
     bad.append(f"Dockerfile: the final stage runs as {user[-1] if user else 'root'}, not a non-root user")
 if not re.search(r"^HEALTHCHECK\s", final, re.M):
     bad.append("Dockerfile: no HEALTHCHECK")
-if not re.search(r"^EXPOSE\s+3001\s+3002\s+3003", final, re.M):
-    bad.append("Dockerfile: no EXPOSE 3001 3002 3003")
 if not re.search(r"^ENV\s+BIND_ADDRESS=0\.0\.0\.0", final, re.M):
     bad.append("Dockerfile: no ENV BIND_ADDRESS=0.0.0.0")
 ignored = {l.strip().strip("/") for l in dockerignore.splitlines() if l.strip() and not l.startswith("#")}
@@ -391,7 +501,7 @@ for must in ("target", ".run", ".git", "bench/results"):
         bad.append(f".dockerignore: {must} is not excluded")
 for line in bad:
     print(line)
-print(f"note: members copied: {', '.join(members)}")
+print(f"note: members copied: {', '.join(members)}; built: the {len(registry)} services of services/registry.txt")
 sys.exit(1 if bad else 0)
 PY
 }
@@ -485,9 +595,16 @@ SELF_TESTS=(
   "rules|docker-compose.prod.yml|    replicas: 2|    replicas: 1|fewer than 2 replicas"
   "Dockerfile|Dockerfile|COPY tools/loadgen tools/loadgen\n||member tools/loadgen is not copied"
   "Dockerfile|Dockerfile|USER 10001:10001|USER root|runs as root"
-  "Dockerfile|Dockerfile| -p notification-service| --workspace|the build is not"
+  "Dockerfile|Dockerfile|\$(printf -- '-p %s ' \$services)|--workspace|the build is not by -p alone"
+  "Dockerfile|Dockerfile|\$(printf -- '-p %s ' \$services)|-p order-service -p inventory-service -p notification-service|the build stage names inventory-service"
+  "against services/registry.txt|docker-compose.yml|      PORT: \"3002\"|      PORT: \"3012\"|docker-compose.yml: inventory-service: PORT is 3012, services/registry.txt says 3002"
+  "against services/registry.txt|docker-compose.prod.yml|MONGODB_DATABASE: notification_service|MONGODB_DATABASE: notifications|notification-service: MONGODB_DATABASE is notifications, services/registry.txt says notification_service"
+  "against services/registry.txt|docker-compose.yml|\n  inventory-service:\n|\n  stock-service:\n|stock-service is neither a service of services/registry.txt nor infrastructure"
+  "against services/registry.txt|services/registry.txt|\ninventory |\npayment        3004   payment_service\ninventory |docker-compose.prod.yml: no block payment-service"
+  "against services/registry.txt|docker-compose.prod.yml|      notification-service: { condition: service_healthy }\n||nginx does not wait for notification-service"
+  "against services/registry.txt|docker-compose.prod.yml|\"inventory_service\", ||mongo-init grants no readWrite on inventory_service"
   "Dockerfile|.dockerignore|\n.git\n|\n|.git is not excluded"
-  "nginx.conf.template as run.sh renders it|nginx/nginx.conf.template|@ORDER_SERVERS@|@ORDER_SERVER@|placeholders left"
+  "nginx.conf.template as run.sh renders it|nginx/nginx.conf.template|\n@UPSTREAMS@\n|\n@UPSTREAM@\n|placeholders left"
   "nginx.conf.template as run.sh renders it|nginx/proxy.conf|proxy_connect_timeout 2s;|proxy_connect_timeout 2s|invalid number of arguments"
   "nginx/prod.conf as docker-compose.prod.yml mounts it|nginx/prod.conf|server inventory-service:3002|server inventory:3002|host not found in upstream"
   "nginx/prod.conf as docker-compose.prod.yml mounts it|docker-compose.prod.yml|      - ./nginx/prod.conf:/etc/nginx/nginx.conf:ro|      - ./nginx/prod.conf:/etc/nginx/prod.conf:ro|nothing mounted at /etc/nginx/nginx.conf"
@@ -496,6 +613,10 @@ SELF_TESTS=(
 copy_deploy_files() {
   cp -r "$SRC/docker-compose.yml" "$SRC/docker-compose.prod.yml" "$SRC/.env.example" "$SRC/nginx" \
     "$SRC/Dockerfile" "$SRC/.dockerignore" "$SRC/Cargo.toml" "$1/"
+  mkdir -p "$1/services" "$1/scripts"
+  cp "$SRC/services/registry.txt" "$1/services/"
+  # nginx/render.sh reads the registry through scripts/lib/registry.sh.
+  cp -r "$SRC/scripts/lib" "$1/scripts/"
 }
 
 check_copy() {
@@ -514,15 +635,16 @@ run_check "docker-compose.yml resolves" check_dev_compose
 run_check "docker-compose.prod.yml resolves (required variables set to dummies)" check_prod_compose
 run_check "docker-compose.prod.yml requires each variable .env.example lists as required" check_prod_requires_each_variable
 run_check "rules of docker-compose.prod.yml" check_prod_rules
+run_check "docker-compose.yml and docker-compose.prod.yml against services/registry.txt" check_compose_registry
 run_check "Dockerfile and .dockerignore" check_dockerfile
 run_check "nginx: nginx.conf.template as run.sh renders it" check_nginx_template
 run_check "nginx: nginx/prod.conf as docker-compose.prod.yml mounts it" check_nginx_prod
 
 if [ -z "${DEPLOY_ROOT:-}" ]; then
   if [ -f deploy/check.sh ]; then
-    step "deploy/check.sh (Kubernetes manifests)"
+    step "deploy/check.sh${SELF_TEST:+ --self-test} (Kubernetes manifests)"
     set +e
-    bash deploy/check.sh
+    bash deploy/check.sh ${SELF_TEST:+--self-test}
     status=$?
     set -e
     CHECKS=$((CHECKS + 1))
