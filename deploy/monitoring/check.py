@@ -6,9 +6,22 @@ scripts/check-monitoring.sh (which also runs promtool itself):
                          repository at ROOT (docs/operations.md#alerts); every
                          alert has a test where it fires and one where it
                          must not, and every test names an alert that exists
-  names DIR              every metric, label and listed label value that
+  names DIR REGISTRY     every metric, label and listed label value that
                          alerts.yml, alerts.test.yml and the dashboard use is
-                         one metrics.txt lists
+                         one metrics.txt lists; the services metrics.txt
+                         names are services of REGISTRY
+                         (services/registry.txt)
+  by-label DIR REGISTRY  no rule, and nothing in the dashboard, names a
+                         service of REGISTRY (`<name>-service`, or `<name>`
+                         as a label value): they select by label
+  scrape DIR REGISTRY    prometheus.yml's job ecommerce-saga scrapes exactly
+                         the services of REGISTRY, each at 127.0.0.1:<port>
+                         with its `service` label; prometheus-kubernetes.yml's
+                         finds the pods by a pod label, takes `service` from
+                         one and names no service; both keep the services'
+                         own `service` label (honor_labels); every `up` that
+                         the rules and the dashboard filter by job selects
+                         that job
   dashboard DIR          grafana-dashboard.json: JSON, the datasource and
                          service variables, every panel on ${datasource},
                          every query filtered by the service variable, ids,
@@ -30,6 +43,9 @@ from pathlib import Path
 import yaml
 
 ALWAYS_LABELS = {"job", "instance"}  # added by Prometheus on scrape
+# The scrape job of the shop's services in both configurations; `up` of
+# its targets is how the rules and the dashboard find them.
+SHOP_JOB = "ecommerce-saga"
 SEVERITIES = {"critical", "warning", "info"}
 ANNOTATIONS = ("summary", "description", "runbook")
 DATASOURCE_UIDS = {"${datasource}", "$datasource"}
@@ -59,6 +75,23 @@ def fail_on(problems):
     for problem in problems:
         print(problem)
     sys.exit(1 if problems else 0)
+
+
+# --------------------------------------------------------------- the registry
+
+def load_registry(path):
+    """services/registry.txt as {service: port}: `name port database` a
+    line, the service being `<name>-service`."""
+    services = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split()
+        if len(words) != 3 or not words[1].isdigit():
+            sys.exit(f"services/registry.txt:{number}: want `name port database`, not {line!r}")
+        services[f"{words[0]}-service"] = int(words[1])
+    return services
 
 
 # ------------------------------------------------------------------ metrics.txt
@@ -212,10 +245,9 @@ def check_expr(where, expr, metrics, recorded=(), require_service_filter=False):
                 if one not in values:
                     problems.append(f"{where}: {name}{{{label}{op}\"{value}\"}}: {one!r} is not one of {label}'s values ({'|'.join(sorted(values))})")
         if require_service_filter:
-            wanted_label = "job" if name == "up" else "service"
-            if not any(label == wanted_label and op == "=~" and value in ("$service", "${service}")
+            if not any(label == "service" and op == "=~" and value in ("$service", "${service}")
                        for label, op, value in matchers):
-                problems.append(f"{where}: {name} is not filtered by the service variable ({wanted_label}=~\"$service\")")
+                problems.append(f"{where}: {name} is not filtered by the service variable (service=~\"$service\")")
     for label in label_lists:
         if label not in used_labels:
             problems.append(f"{where}: by/on ({label}): no metric of this query has label {label}")
@@ -307,11 +339,24 @@ def check_alerts(directory, root):
     return problems
 
 
-def check_names(directory):
+def check_metrics_services(directory, registry):
+    """The services metrics.txt names (`service=a|b`) are in the registry."""
+    problems = []
+    for number, line in enumerate((directory / "metrics.txt").read_text().splitlines(), 1):
+        name, *labels = line.split("#", 1)[0].split() or [None]
+        for label in labels[1:]:
+            label_name, _, values = label.partition("=")
+            for one in values.split("|") if label_name == "service" and values else []:
+                if one not in registry:
+                    problems.append(f"metrics.txt:{number}: {name}: {one!r} is not a service of services/registry.txt ({', '.join(registry)})")
+    return problems
+
+
+def check_names(directory, registry):
     metrics = load_metrics(directory)
     doc = load_rules(directory)
     recorded = recorded_names(doc)
-    problems, count = [], 0
+    problems, count = check_metrics_services(directory, registry), 0
     for group, rule in rules_of(doc):
         where = f"alerts.yml: {rule.get('alert') or rule.get('record')}"
         problems += check_expr(where, str(rule.get("expr", "")), metrics, recorded)
@@ -329,17 +374,13 @@ def check_names(directory):
     for where, expr in dashboard_queries(dashboard):
         problems += check_expr(f"grafana-dashboard.json: {where}", grafana_durations(expr), metrics, recorded)
         count += 1
-    for variable in (dashboard.get("templating") or {}).get("list", []):
-        query = variable.get("query")
-        query = query.get("query") if isinstance(query, dict) else query
-        match = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\)\s*", str(query or ""))
-        if variable.get("type") == "query" and match:
-            where = f"grafana-dashboard.json: variable {variable.get('name')}"
-            problems += check_expr(where, grafana_to_promql(match.group(1)), metrics, recorded)
-            selectors, _, _ = references(grafana_to_promql(match.group(1)))
-            for name, _ in selectors:
-                if name in metrics and match.group(2) not in metrics[name]:
-                    problems.append(f"{where}: {name} has no label {match.group(2)}")
+    for where, selector, label in dashboard_variable_queries(dashboard):
+        where = f"grafana-dashboard.json: {where}"
+        problems += check_expr(where, selector, metrics, recorded)
+        selectors, _, _ = references(selector)
+        for name, _ in selectors:
+            if name in metrics and label not in metrics[name]:
+                problems.append(f"{where}: {name} has no label {label}")
     if not problems:
         print(f"note: {count} queries and series, {len(metrics)} series names in metrics.txt")
     return problems
@@ -365,6 +406,17 @@ def dashboard_queries(dashboard):
     for panel in all_panels(dashboard):
         for target in panel.get("targets") or []:
             yield f"panel {panel.get('id')} {panel.get('title')!r} {target.get('refId')}", target.get("expr", "")
+
+
+def dashboard_variable_queries(dashboard):
+    """(where, selector as PromQL, label) of each `label_values(selector,
+    label)` query variable."""
+    for variable in (dashboard.get("templating") or {}).get("list", []):
+        query = variable.get("query")
+        query = query.get("query") if isinstance(query, dict) else query
+        match = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\)\s*", str(query or ""))
+        if variable.get("type") == "query" and match:
+            yield f"variable {variable.get('name')}", grafana_to_promql(match.group(1)), match.group(2)
 
 
 def grafana_durations(expr):
@@ -451,12 +503,184 @@ def dashboard_rules(directory):
     print(yaml.safe_dump({"groups": [{"name": "grafana-dashboard.json", "rules": rules}]}, sort_keys=False))
 
 
+# -------------------------------------------------------------------- by label
+
+def names_in_text(text, registry):
+    """The registry's services that `text` spells out: `order-service`, also
+    within `order-service.events` or `order-service-2`."""
+    return [service for service in registry
+            if re.search(rf"(?<![\w-]){re.escape(service)}(?![A-Za-z0-9_])", str(text))]
+
+
+def names_in_value(value, registry):
+    """The registry's services a label value or regex names: as above, or
+    `<name>` alone as the value or one of its alternatives."""
+    alternatives = set(re.split(r"[|()^$]", str(value)))
+    return [service for service in registry
+            if service in names_in_text(value, registry) or service.removesuffix("-service") in alternatives]
+
+
+def names_in_selectors(expr, registry):
+    selectors, _, _ = references(expr)
+    found = []
+    for _, matchers in selectors:
+        for label, op, value in matchers:
+            found += [(service, f'{label}{op}"{value}"') for service in names_in_value(value, registry)]
+    return found
+
+
+def rule_and_dashboard_queries(directory):
+    """(where, PromQL) of every rule, dashboard query and dashboard variable."""
+    for _, rule in rules_of(load_rules(directory)):
+        yield f"alerts.yml: {rule.get('alert') or rule.get('record')}", str(rule.get("expr", ""))
+    dashboard = load_dashboard(directory)
+    for where, expr in dashboard_queries(dashboard):
+        yield f"grafana-dashboard.json: {where}", grafana_to_promql(expr)
+    for where, selector, _ in dashboard_variable_queries(dashboard):
+        yield f"grafana-dashboard.json: {where}", selector
+
+
+def check_by_label(directory, registry):
+    """No rule or dashboard names a service: a new one in the registry is
+    then watched and shown with no change to them."""
+    problems, said = [], set()
+
+    def refuse(where, service, what):
+        if (where, service) not in said:  # once, though a selector is text too
+            said.add((where, service))
+            problems.append(f"{where}: names the service {service} ({what}): select by label "
+                            f"(job=\"{SHOP_JOB}\", `service`), not by a service's name")
+
+    try:
+        for where, expr in rule_and_dashboard_queries(directory):
+            for service, matcher in names_in_selectors(expr, registry):
+                refuse(where, service, matcher)
+    except (ValueError, IndexError):
+        pass  # an unreadable query: the names check says so
+    for _, rule in rules_of(load_rules(directory)):
+        where = f"alerts.yml: {rule.get('alert') or rule.get('record')}"
+        fields = {"expr": rule.get("expr", ""), **(rule.get("labels") or {}), **(rule.get("annotations") or {})}
+        for key, text in fields.items():
+            for service in names_in_text(text, registry):
+                refuse(where, service, f"in its {key}")
+    dashboard = load_dashboard(directory)
+    places = [("the dashboard's title and description",
+               {k: v for k, v in dashboard.items() if k not in ("panels", "templating")})]
+    places += [(f"panel {p.get('id')} {p.get('title')!r}", {k: v for k, v in p.items() if k != "panels"})
+               for p in all_panels(dashboard)]
+    places += [(f"variable {v.get('name')}", v) for v in (dashboard.get("templating") or {}).get("list", [])]
+    for where, part in places:
+        for service in names_in_text(json.dumps(part), registry):
+            refuse(f"grafana-dashboard.json: {where}", service, "in its text")
+    if not problems:
+        print(f"note: no rule or dashboard query names any of the {len(registry)} services of services/registry.txt")
+    return problems
+
+
+# ---------------------------------------------------------------------- scrape
+
+def shop_job(directory, file, problems):
+    """The scrape job SHOP_JOB of `file`, or None (a problem said)."""
+    config = yaml.safe_load((directory / file).read_text()) or {}
+    jobs = [job for job in config.get("scrape_configs") or [] if job.get("job_name") == SHOP_JOB]
+    if not jobs:
+        problems.append(f"{file}: no scrape job {SHOP_JOB}: the rules and the dashboard find the services' `up` by job=\"{SHOP_JOB}\"")
+        return None
+    if jobs[0].get("honor_labels") is not True:
+        problems.append(f"{file}: job {SHOP_JOB}: honor_labels is not true: Prometheus would rename the services' own `service` label exported_service on every series")
+    return jobs[0]
+
+
+def check_local_targets(job, registry):
+    """prometheus.yml's targets are the registry's: 127.0.0.1:<port> with
+    `service: <name>-service` each, nothing else."""
+    where, problems, scraped = f"prometheus.yml: job {SHOP_JOB}", [], {}
+    for key in job:
+        if key.endswith("_sd_configs"):
+            problems.append(f"{where}: {key}: its targets are static_configs only, checked against services/registry.txt")
+    for group in job.get("static_configs") or []:
+        service = (group.get("labels") or {}).get("service")
+        for target in group.get("targets") or []:
+            if service:
+                scraped.setdefault(service, []).append(target)
+            else:
+                problems.append(f"{where}: target {target} has no `service` label")
+    for service, targets in scraped.items():
+        if service not in registry:
+            problems.append(f"{where}: scrapes {service} ({', '.join(targets)}), which services/registry.txt does not list")
+        elif targets != [f"127.0.0.1:{registry[service]}"]:
+            problems.append(f"{where}: scrapes {service} at {', '.join(targets)}; services/registry.txt gives port {registry[service]}: want 127.0.0.1:{registry[service]}")
+    for service, port in registry.items():
+        if service not in scraped:
+            problems.append(f"{where}: {service} (services/registry.txt, port {port}) is not a target: "
+                            f"add 127.0.0.1:{port} with labels {{ service: {service} }}")
+    return problems
+
+
+def check_cluster_job(job, registry):
+    """prometheus-kubernetes.yml's job keeps pods by a pod label, takes
+    `service` from a pod label, keeps the job's name and names no service."""
+    where, problems = f"prometheus-kubernetes.yml: job {SHOP_JOB}", []
+    relabels = job.get("relabel_configs") or []
+
+    def from_pod_label(rule):
+        return any(str(source).startswith("__meta_kubernetes_pod_label_") for source in rule.get("source_labels") or [])
+
+    if not any(rule.get("action") == "keep" and from_pod_label(rule) for rule in relabels):
+        problems.append(f"{where}: keeps no pods by a pod label (app.kubernetes.io/part-of): it would scrape every annotated pod")
+    if not any(rule.get("target_label") == "service" and from_pod_label(rule) for rule in relabels):
+        problems.append(f"{where}: no relabelling sets `service` from a pod label (app.kubernetes.io/name)")
+    if any(rule.get("target_label") == "job" for rule in relabels):
+        problems.append(f"{where}: relabels `job`: the rules and the dashboard find the services by job=\"{SHOP_JOB}\"")
+    named = set(names_in_text(yaml.safe_dump(job), registry))
+    for rule in relabels:
+        named |= set(names_in_value(rule.get("regex", ""), registry))
+    for service in sorted(named):
+        problems.append(f"{where}: names the service {service}: find the pods by label, not by a service's name")
+    return problems
+
+
+def check_up_selectors(directory):
+    """Every `up` the rules and the dashboard filter by job is the shop's job."""
+    problems = []
+    try:
+        for where, expr in rule_and_dashboard_queries(directory):
+            selectors, _, _ = references(expr)
+            for name, matchers in selectors:
+                for label, op, value in matchers if name == "up" else []:
+                    if label == "job" and (op, value) != ("=", SHOP_JOB):
+                        problems.append(f"{where}: up{{job{op}\"{value}\"}}: the services' scrape job is "
+                                        f"job=\"{SHOP_JOB}\" (prometheus.yml, prometheus-kubernetes.yml)")
+    except (ValueError, IndexError):
+        pass  # an unreadable query: the names check says so
+    return problems
+
+
+def check_scrape(directory, registry):
+    problems = []
+    local = shop_job(directory, "prometheus.yml", problems)
+    if local is not None:
+        problems += check_local_targets(local, registry)
+    cluster = shop_job(directory, "prometheus-kubernetes.yml", problems)
+    if cluster is not None:
+        problems += check_cluster_job(cluster, registry)
+    problems += check_up_selectors(directory)
+    if not problems:
+        print(f"note: job {SHOP_JOB}: the {len(registry)} services of services/registry.txt "
+              f"({', '.join(registry)}); in Kubernetes by pod label")
+    return problems
+
+
 if __name__ == "__main__":
     command, directory = sys.argv[1], Path(sys.argv[2])
     if command == "alerts":
         fail_on(check_alerts(directory, Path(sys.argv[3])))
     elif command == "names":
-        fail_on(check_names(directory))
+        fail_on(check_names(directory, load_registry(sys.argv[3])))
+    elif command == "by-label":
+        fail_on(check_by_label(directory, load_registry(sys.argv[3])))
+    elif command == "scrape":
+        fail_on(check_scrape(directory, load_registry(sys.argv[3])))
     elif command == "dashboard":
         fail_on(check_dashboard(directory))
     elif command == "dashboard-rules":
