@@ -96,30 +96,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_registry_lists_the_three_services_with_their_ports_and_databases() {
-        let lines: Vec<(&str, &str, u16, &str)> = all()
-            .iter()
-            .map(|s| (&*s.name, &*s.service, s.port, &*s.database))
-            .collect();
-        assert_eq!(
-            lines,
-            [
-                ("order", "order-service", 3001, "order_service"),
-                ("inventory", "inventory-service", 3002, "inventory_service"),
-                ("notification", "notification-service", 3003, "notification_service"),
-            ]
-        );
-        assert_eq!(service("inventory").port, 3002);
+    fn the_registry_holds_the_shops_services_with_their_ports_and_databases() {
+        for (name, full, port, database) in [
+            ("order", "order-service", 3001, "order_service"),
+            ("inventory", "inventory-service", 3002, "inventory_service"),
+            (
+                "notification",
+                "notification-service",
+                3003,
+                "notification_service",
+            ),
+        ] {
+            let line = service(name);
+            assert_eq!(
+                (&*line.service, line.port, &*line.database),
+                (full, port, database)
+            );
+        }
     }
 
     #[test]
     fn every_service_of_the_registry_has_a_work_queue_and_no_other_does() {
         use crate::events::SUBSCRIPTIONS;
         let mut queues: Vec<&str> = SUBSCRIPTIONS.iter().map(|s| s.queue).collect();
-        let mut expected: Vec<String> = all().iter().map(|s| format!("{}.events", s.service)).collect();
+        let mut expected: Vec<String> = all()
+            .iter()
+            .map(|s| format!("{}.events", s.service))
+            .collect();
         queues.sort();
         expected.sort();
-        assert_eq!(queues, expected, "shared/src/broker/topology.rs against services/registry.txt");
+        assert_eq!(
+            queues, expected,
+            "SUBSCRIPTIONS (shared/src/events.rs) against services/registry.txt"
+        );
     }
 
     #[test]
@@ -132,10 +141,22 @@ mod tests {
     #[test]
     fn a_malformed_line_is_refused_with_its_number() {
         for (text, expected) in [
-            ("a 3001 a_db\nb 3002", "line 2: \"b 3002\" is not `name port database`"),
-            ("Pay 3004 pay_db", "line 1: name \"Pay\" must be lower-case letters and digits"),
-            ("pay 0 pay_db", "line 1: port \"0\" is not a number from 1 to 65535"),
-            ("a 3001 a_db\nb 3001 b_db", "line 2: b repeats the name, port or database of a"),
+            (
+                "a 3001 a_db\nb 3002",
+                "line 2: \"b 3002\" is not `name port database`",
+            ),
+            (
+                "Pay 3004 pay_db",
+                "line 1: name \"Pay\" must be lower-case letters and digits",
+            ),
+            (
+                "pay 0 pay_db",
+                "line 1: port \"0\" is not a number from 1 to 65535",
+            ),
+            (
+                "a 3001 a_db\nb 3001 b_db",
+                "line 2: b repeats the name, port or database of a",
+            ),
             ("# nothing\n", "no service"),
         ] {
             assert_eq!(parse(text).unwrap_err(), expected, "{text:?}");

@@ -111,7 +111,9 @@ async fn panic_retried_then_dead_lettered(queue_type: QueueType) {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let dlq = running.topology.dead_letter_queue(&ToOrderService::SUBSCRIPTION);
+    let dlq = running
+        .topology
+        .dead_letter_queue(&ToOrderService::SUBSCRIPTION);
     let mut dead = None;
     let deadline = Instant::now() + Duration::from_secs(20);
     while dead.is_none() {

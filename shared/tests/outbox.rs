@@ -14,10 +14,7 @@ use mongodb::{
 };
 use shared::{
     CancellationToken,
-    broker::{
-        Publisher, Topology,
-        topology::QueueType,
-    },
+    broker::{Publisher, Topology, topology::QueueType},
     events::{Cause, InventoryReserved, OrderCancelled, OrderStatus, RawEnvelope, ToOrderService},
     resilience::Breakers,
     retry::RetryPolicy,

@@ -324,8 +324,14 @@ mod tests {
 
     fn bases() -> [(&'static str, Url); 2] {
         [
-            ("inventory", Url::parse("http://inventory.internal:3002").unwrap()),
-            ("notification", Url::parse("http://10.0.0.7:3003/notification/").unwrap()),
+            (
+                "inventory",
+                Url::parse("http://inventory.internal:3002").unwrap(),
+            ),
+            (
+                "notification",
+                Url::parse("http://10.0.0.7:3003/notification/").unwrap(),
+            ),
         ]
     }
 
@@ -432,7 +438,9 @@ mod tests {
         assert_eq!(links.maildev_ui.as_deref(), Some("http://127.0.0.1:1080"));
         let links = env(vec![("MAILDEV_UI_URL", "none")]).unwrap();
         assert_eq!(links.maildev_ui, None);
-        let peers = Config::from_lookup(&Env::from_lookup(|_| None)).unwrap().peers;
+        let peers = Config::from_lookup(&Env::from_lookup(|_| None))
+            .unwrap()
+            .peers;
         let settings = serde_json::to_value(ConsoleSettings::of(&peers, &links)).unwrap();
         assert_eq!(settings["links"].as_array().unwrap().len(), 1, "{settings}");
         let services: Vec<(&str, &str, &str)> = settings["services"]
@@ -448,8 +456,16 @@ mod tests {
             services,
             [
                 ("order", "", "/docs"),
-                ("inventory", "/admin/services/inventory", "http://127.0.0.1:3002/docs"),
-                ("notification", "/admin/services/notification", "http://127.0.0.1:3003/docs"),
+                (
+                    "inventory",
+                    "/admin/services/inventory",
+                    "http://127.0.0.1:3002/docs"
+                ),
+                (
+                    "notification",
+                    "/admin/services/notification",
+                    "http://127.0.0.1:3003/docs"
+                ),
             ]
         );
         for bad in ["javascript:alert(1)", "127.0.0.1:15672", ""] {
@@ -482,9 +498,9 @@ mod tests {
                 get(poem::endpoint::make_sync(|_| "api: stuck")),
             );
         routes(&config.peers, &config.console)
-        .unwrap()
-        .nest("/", api)
-        .data(Authenticator::new(vec![Secret::new("admin-token")], None))
+            .unwrap()
+            .nest("/", api)
+            .data(Authenticator::new(vec![Secret::new("admin-token")], None))
     }
 
     /// `method` `uri` with `token`: the status, a header's value and the body.

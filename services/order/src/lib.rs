@@ -117,7 +117,11 @@ impl Peer {
     ) -> Result<Self, ConfigError> {
         let variable = |suffix: &str| format!("{}_{suffix}", service.name.to_uppercase());
         let local = format!("http://127.0.0.1:{}", service.port);
-        let docs = env.checked(&variable("DOCS_URL"), &format!("{local}/docs"), console::link_or_none)?;
+        let docs = env.checked(
+            &variable("DOCS_URL"),
+            &format!("{local}/docs"),
+            console::link_or_none,
+        )?;
         Ok(Peer {
             name: &service.name,
             service: &service.service,
@@ -223,8 +227,16 @@ mod tests {
         assert_eq!(
             peers,
             [
-                ("inventory", "http://127.0.0.1:3002", Some("http://127.0.0.1:3002/docs")),
-                ("notification", "http://127.0.0.1:3003", Some("http://127.0.0.1:3003/docs")),
+                (
+                    "inventory",
+                    "http://127.0.0.1:3002",
+                    Some("http://127.0.0.1:3002/docs")
+                ),
+                (
+                    "notification",
+                    "http://127.0.0.1:3003",
+                    Some("http://127.0.0.1:3003/docs")
+                ),
             ]
         );
         assert_eq!(config.max_saga_backlog, Some(500));

@@ -258,7 +258,10 @@ mod tests {
             "t1.inventory-service.events"
         );
         assert_eq!(
-            t.delay_queue(&crate::events::ToInventoryService::SUBSCRIPTION, Duration::from_secs(2)),
+            t.delay_queue(
+                &crate::events::ToInventoryService::SUBSCRIPTION,
+                Duration::from_secs(2)
+            ),
             "t1.inventory-service.events.retry.2000ms"
         );
         assert_eq!(

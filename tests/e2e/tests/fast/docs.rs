@@ -235,16 +235,26 @@ fn the_events_page_has_every_event_with_its_fields_producer_and_consumers() {
     );
     let events = every_event();
     let keys: Vec<&str> = events.iter().map(|(key, ..)| *key).collect();
-    assert_eq!(keys, EVENT_TYPES, "every_event() lists the contract's events");
+    assert_eq!(
+        keys, EVENT_TYPES,
+        "every_event() lists the contract's events"
+    );
     let documented: Vec<&str> = rows.iter().map(|row| code_spans(&row[0])[0]).collect();
-    assert_eq!(documented, EVENT_TYPES, "docs/events.md: one row per event, in the contract's order");
+    assert_eq!(
+        documented, EVENT_TYPES,
+        "docs/events.md: one row per event, in the contract's order"
+    );
 
     for ((key, version, payload), row) in events.iter().zip(&rows) {
         let named_version = match *version {
             1 => String::new(),
             v => format!(" (version {v})"),
         };
-        assert_eq!(row[0], format!("`{key}`{named_version}"), "docs/events.md: {key}'s version");
+        assert_eq!(
+            row[0],
+            format!("`{key}`{named_version}"),
+            "docs/events.md: {key}'s version"
+        );
         let producer = key.split('.').next().unwrap();
         assert_eq!(row[1], producer, "docs/events.md: who emits {key}");
         assert_eq!(
@@ -269,7 +279,14 @@ fn the_events_page_has_every_event_with_its_fields_producer_and_consumers() {
 /// compile when one is added, so the pages are checked for it too.
 fn every_kind() -> Vec<&'static str> {
     use NotificationKind::*;
-    let all = [OrderConfirmed, OrderRejected, OrderCancelled, OrderFailed, LowStock, Manual];
+    let all = [
+        OrderConfirmed,
+        OrderRejected,
+        OrderCancelled,
+        OrderFailed,
+        LowStock,
+        Manual,
+    ];
     for kind in all {
         match kind {
             OrderConfirmed | OrderRejected | OrderCancelled | OrderFailed | LowStock | Manual => {}
@@ -280,7 +297,9 @@ fn every_kind() -> Vec<&'static str> {
 
 fn every_status() -> Vec<&'static str> {
     use OrderStatus::*;
-    let all = [Pending, Confirmed, Rejected, Shipped, Delivered, Cancelled, Failed];
+    let all = [
+        Pending, Confirmed, Rejected, Shipped, Delivered, Cancelled, Failed,
+    ];
     for status in all {
         match status {
             Pending | Confirmed | Rejected | Shipped | Delivered | Cancelled | Failed => {}
@@ -302,8 +321,14 @@ fn the_pages_name_every_notification_kind_and_order_status() {
         .find(|line| line.contains("`/api/notifications/{notificationId}`"))
         .expect("docs/api.md has the route of one notification");
     for kind in every_kind() {
-        assert!(sent.contains(kind), "docs/events.md, notification.sent: no {kind}");
-        assert!(notification.contains(kind), "docs/api.md, a notification's kind: no {kind}");
+        assert!(
+            sent.contains(kind),
+            "docs/events.md, notification.sent: no {kind}"
+        );
+        assert!(
+            notification.contains(kind),
+            "docs/api.md, a notification's kind: no {kind}"
+        );
     }
     let states = api
         .split("### Order states")
@@ -311,18 +336,26 @@ fn the_pages_name_every_notification_kind_and_order_status() {
         .expect("docs/api.md has an Order states section");
     let states = states.split("\n#").next().unwrap();
     for status in every_status() {
-        assert!(states.contains(status), "docs/api.md, Order states: no {status}");
+        assert!(
+            states.contains(status),
+            "docs/api.md, Order states: no {status}"
+        );
     }
 }
 
 /// The variables `read` asks for, given `set`.
-fn variables_read(set: &HashMap<&str, &str>, read: impl Fn(&Env<&dyn Fn(&str) -> Option<String>>)) -> BTreeSet<String> {
+fn variables_read(
+    set: &HashMap<&str, &str>,
+    read: impl Fn(&Env<&dyn Fn(&str) -> Option<String>>),
+) -> BTreeSet<String> {
     let asked = RefCell::new(BTreeSet::new());
     let lookup = |name: &str| {
         asked.borrow_mut().insert(name.to_string());
         set.get(name).map(|value| value.to_string())
     };
-    read(&Env::from_lookup(&lookup as &dyn Fn(&str) -> Option<String>));
+    read(&Env::from_lookup(
+        &lookup as &dyn Fn(&str) -> Option<String>,
+    ));
     asked.into_inner()
 }
 
@@ -337,11 +370,19 @@ fn the_configuration_page_has_every_variable_each_service_reads_and_no_other() {
     let mut read: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
     for set in &environments {
         let services: [(&str, BTreeSet<String>); 3] = [
-            ("order", variables_read(set, |env| drop(order_service::Config::from_lookup(env)))),
-            ("inventory", variables_read(set, |env| drop(inventory_service::Config::from_lookup(env)))),
+            (
+                "order",
+                variables_read(set, |env| drop(order_service::Config::from_lookup(env))),
+            ),
+            (
+                "inventory",
+                variables_read(set, |env| drop(inventory_service::Config::from_lookup(env))),
+            ),
             (
                 "notification",
-                variables_read(set, |env| drop(notification_service::Config::from_lookup(env))),
+                variables_read(set, |env| {
+                    drop(notification_service::Config::from_lookup(env))
+                }),
             ),
         ];
         for (service, names) in services {
@@ -369,17 +410,32 @@ fn the_configuration_page_has_every_variable_each_service_reads_and_no_other() {
     // Read by the logging and tracing set-up, from the process environment.
     let telemetry = page("shared/src/telemetry.rs");
     for name in ["RUST_LOG", "LOG_FORMAT", "OTEL_EXPORTER_OTLP_ENDPOINT"] {
-        assert!(telemetry.contains(name), "shared/src/telemetry.rs no longer reads {name}");
-        read.insert(name.to_string(), ["order", "inventory", "notification"].into());
+        assert!(
+            telemetry.contains(name),
+            "shared/src/telemetry.rs no longer reads {name}"
+        );
+        read.insert(
+            name.to_string(),
+            ["order", "inventory", "notification"].into(),
+        );
     }
     let missing: Vec<_> = read
         .iter()
         .filter(|(name, services)| documented.get(*name) != Some(services))
         .map(|(name, services)| format!("{name} (read by {services:?})"))
         .collect();
-    assert!(missing.is_empty(), "docs/configuration.md lacks or misplaces: {missing:?}");
-    let unread: Vec<_> = documented.keys().filter(|name| !read.contains_key(*name)).collect();
-    assert!(unread.is_empty(), "docs/configuration.md names variables no service reads: {unread:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md lacks or misplaces: {missing:?}"
+    );
+    let unread: Vec<_> = documented
+        .keys()
+        .filter(|name| !read.contains_key(*name))
+        .collect();
+    assert!(
+        unread.is_empty(),
+        "docs/configuration.md names variables no service reads: {unread:?}"
+    );
 }
 
 #[test]
@@ -492,7 +548,8 @@ fn every_relative_link_of_the_readme_and_docs_reaches_a_file_and_heading() {
 
 #[test]
 fn the_link_checker_finds_headings_as_github_names_them() {
-    let text = "# Events\n## How events evolve\n```\n# not a heading\n```\n## `run.sh`\n## Events\n";
+    let text =
+        "# Events\n## How events evolve\n```\n# not a heading\n```\n## `run.sh`\n## Events\n";
     assert_eq!(
         anchors(text),
         ["events", "events-1", "how-events-evolve", "runsh"]
@@ -507,7 +564,10 @@ fn the_link_checker_finds_headings_as_github_names_them() {
         field_list("orderId, items [{productId, quantity}], attempt"),
         [
             ("orderId".to_string(), vec![]),
-            ("items".to_string(), vec!["productId".to_string(), "quantity".to_string()]),
+            (
+                "items".to_string(),
+                vec!["productId".to_string(), "quantity".to_string()]
+            ),
             ("attempt".to_string(), vec![]),
         ]
     );

@@ -26,12 +26,19 @@ fn the_workspace_has_a_crate_for_each_service_of_the_registry_and_no_other() {
         }
     }
     let registered: BTreeSet<String> = registry::all().iter().map(|s| s.name.clone()).collect();
-    assert_eq!(folders, registered, "services/*/Cargo.toml against services/registry.txt");
+    assert_eq!(
+        folders, registered,
+        "services/*/Cargo.toml against services/registry.txt"
+    );
     for service in registry::all() {
         let member = format!("\"services/{}\"", service.name);
-        assert!(manifest.contains(&member), "Cargo.toml's workspace lacks {member}");
+        assert!(
+            manifest.contains(&member),
+            "Cargo.toml's workspace lacks {member}"
+        );
         let crate_manifest =
-            std::fs::read_to_string(root.join("services").join(&service.name).join("Cargo.toml")).unwrap();
+            std::fs::read_to_string(root.join("services").join(&service.name).join("Cargo.toml"))
+                .unwrap();
         let package = format!("name = \"{}\"", service.service);
         assert!(
             crate_manifest.contains(&package),
@@ -45,11 +52,28 @@ fn the_workspace_has_a_crate_for_each_service_of_the_registry_and_no_other() {
 fn each_service_takes_its_name_port_and_database_from_its_line() {
     let empty = Env::from_lookup(|_| None);
     let configured = [
-        ("order", order_service::Config::from_lookup(&empty).unwrap().common),
-        ("inventory", inventory_service::Config::from_lookup(&empty).unwrap().common),
-        ("notification", notification_service::Config::from_lookup(&empty).unwrap().common),
+        (
+            "order",
+            order_service::Config::from_lookup(&empty).unwrap().common,
+        ),
+        (
+            "inventory",
+            inventory_service::Config::from_lookup(&empty)
+                .unwrap()
+                .common,
+        ),
+        (
+            "notification",
+            notification_service::Config::from_lookup(&empty)
+                .unwrap()
+                .common,
+        ),
     ];
-    assert_eq!(configured.len(), registry::all().len(), "a service of the registry is not checked here");
+    assert_eq!(
+        configured.len(),
+        registry::all().len(),
+        "a service of the registry is not checked here"
+    );
     for (name, common) in configured {
         let line = registry::service(name);
         assert_eq!(
@@ -67,7 +91,11 @@ fn the_committed_nginx_prod_conf_is_the_rendering_of_the_registry() {
         .arg("prod")
         .output()
         .expect("bash runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let rendered = String::from_utf8(output.stdout).unwrap();
     let committed = std::fs::read_to_string(root.join("nginx/prod.conf")).unwrap();
     assert!(

@@ -10,7 +10,6 @@
 //! - both order instances relay the outbox, and no event they publish has a
 //!   second effect: one outcome email per order.
 
-
 use std::{
     collections::{HashMap, HashSet},
     time::Duration,

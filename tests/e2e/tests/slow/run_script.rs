@@ -5,7 +5,6 @@
 //! others keep answering, and Ctrl-C stops everything the script started
 //! and nothing else.
 
-
 use std::time::{Duration, Instant};
 
 use crate::script::*;
@@ -166,7 +165,10 @@ async fn run_sh_with_two_replicas_serves_through_nginx_and_rides_out_a_killed_in
     let http = client();
     let [order, inventory] = ports.urls(["order", "inventory"]);
     run.wait_until_ready(&http, &ports).await;
-    for label in shared::registry::all().iter().map(|service| &service.service) {
+    for label in shared::registry::all()
+        .iter()
+        .map(|service| &service.service)
+    {
         for i in [1, 2] {
             assert!(
                 run.instance_pid(&format!("{label}-{i}")).is_some(),

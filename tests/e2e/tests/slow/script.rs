@@ -4,16 +4,16 @@
 use std::{
     fs,
     net::{TcpListener, TcpStream},
-    sync::atomic::{AtomicU16, Ordering},
     os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU16, Ordering},
     time::{Duration, Instant},
 };
 
 use e2e_tests::{ADMIN_TOKEN, JWT_SECRET, customer_token, eventually_within};
-use shared::registry;
 use serde_json::{Value, json};
+use shared::registry;
 
 /// run.sh builds the services before it starts them: seconds when cargo
 /// test has left the dependencies compiled, minutes in a cold target

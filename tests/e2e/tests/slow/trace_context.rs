@@ -5,7 +5,6 @@
 //! headers of every event it causes, in the log lines of all three
 //! services, and in the spans each service exports over OTLP/HTTP.
 
-
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex},
