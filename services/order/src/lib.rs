@@ -20,7 +20,10 @@ use backlog::Backlog;
 use shared::{
     config::{CommonConfig, ConfigError, Env},
     events::ToOrderService,
-    http::history::{HistorySource, LocalHistory},
+    http::{
+        GaugeSource,
+        history::{HistorySource, LocalHistory},
+    },
     registry,
     service::{RunningService, ServiceCore},
 };
@@ -166,9 +169,7 @@ pub async fn build(config: Config) -> anyhow::Result<RunningService> {
         }),
     );
     let own_lines: Arc<dyn HistorySource> = store.clone();
-    let gauges = Arc::new(metrics::SagaGauges {
-        store: store.clone(),
-    });
+    let gauges: Arc<dyn GaugeSource> = store.clone();
     let api = http::OrderApi {
         backlog,
         saga,

@@ -1,22 +1,14 @@
-//! The order service's own metrics: how sagas end and how long they take,
-//! orders refused at admission, and the age of the oldest saga still open.
+//! The order service's own counters: how sagas end and how long they take,
+//! and orders refused at admission. (The age of the oldest saga still open
+//! is a gauge the store reads on each scrape: `OrderStore`'s
+//! `GaugeSource`.)
 
-use std::sync::Arc;
-
-use chrono::Utc;
-use futures::{FutureExt, future::BoxFuture};
 use prometheus_client::metrics::{counter::Counter, family::Family};
-use shared::{
-    http::{Gauge, GaugeSource},
-    metrics::{self, DurationFamily, Metrics, Outcome},
-};
+use shared::metrics::{self, DurationFamily, Metrics, Outcome};
 
-use crate::{
-    domain::{
-        Order, OrderStatus,
-        saga::{self, SagaEnd},
-    },
-    store::OrderStore,
+use crate::domain::{
+    Order, OrderStatus,
+    saga::{self, SagaEnd},
 };
 
 /// Orders by what became of them, counted where each change commits.
@@ -83,33 +75,5 @@ impl SagaMetrics {
         self.orders
             .get_or_create(&Outcome { outcome })
             .inc_by(orders);
-    }
-}
-
-/// How long the oldest saga that has not ended has been running: an
-/// operator alerts on it instead of polling the stuck-saga finder.
-pub struct SagaGauges {
-    pub store: Arc<OrderStore>,
-}
-
-impl GaugeSource for SagaGauges {
-    fn gauges(&self) -> BoxFuture<'_, Vec<Gauge>> {
-        async move {
-            let oldest = match self.store.oldest_unfinished().await {
-                Ok(oldest) => oldest,
-                Err(error) => {
-                    tracing::debug!(%error, "could not read the oldest unfinished saga");
-                    return Vec::new();
-                }
-            };
-            let age = oldest.map_or(0, |began| saga::age_seconds(began, Utc::now()));
-            vec![Gauge {
-                name: "saga_oldest_unfinished_age_seconds",
-                help: "Seconds since the oldest saga that has not ended began (PENDING, or \
-                       FAILED awaiting the inventory's release); 0 when none.",
-                value: age as f64,
-            }]
-        }
-        .boxed()
     }
 }

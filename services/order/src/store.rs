@@ -15,7 +15,7 @@ use shared::{
     TaskTracker,
     events::{Cause, RawEnvelope},
     history::{History, HistoryItem},
-    http::history::HistorySource,
+    http::{Gauge, GaugeSource, history::HistorySource},
     store::{
         Batcher, ListOrder, OnDuplicate, PageRequest, ReadBatch, Store, StoreError, UnitOfWork,
         WriteBatch, find_page_in, retry_on_conflict,
@@ -500,6 +500,30 @@ impl HistorySource for OrderStore {
         order_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<HistoryItem>, StoreError>> {
         Box::pin(self.history_lines(order_id))
+    }
+}
+
+/// How long the oldest saga that has not ended has been running, read on
+/// each scrape: an operator alerts on it instead of polling the stuck-saga
+/// finder.
+impl GaugeSource for OrderStore {
+    fn gauges(&self) -> BoxFuture<'_, Vec<Gauge>> {
+        Box::pin(async move {
+            let oldest = match self.oldest_unfinished().await {
+                Ok(oldest) => oldest,
+                Err(error) => {
+                    tracing::debug!(%error, "could not read the oldest unfinished saga");
+                    return Vec::new();
+                }
+            };
+            let age = oldest.map_or(0, |began| saga::age_seconds(began, Utc::now()));
+            vec![Gauge {
+                name: "saga_oldest_unfinished_age_seconds",
+                help: "Seconds since the oldest saga that has not ended began (PENDING, or \
+                       FAILED awaiting the inventory's release); 0 when none.",
+                value: age as f64,
+            }]
+        })
     }
 }
 
