@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Starts everything: RabbitMQ, MongoDB and MailDev (installing what is
-# missing), then the services of services/registry.txt, and keeps them running: a service that
-# exits is started again after 1 s, 2 s, 4 s, 8 s. One that crashes 5 times
-# within a minute, or exits over a bad configuration (status 64), is left
-# stopped with a message saying so; the others and the infrastructure keep
-# running. Ctrl-C or SIGTERM stops what this script started; infrastructure
-# that was already running is left alone. Data lives in .run/ (MongoDB) and
-# RabbitMQ's own data directory, so it survives a restart.
+# missing), then the services of services/registry.txt, and keeps them
+# running: a service that exits is started again after 1 s, 2 s, 4 s, 8 s.
+# One that crashes 5 times within a minute, or exits over a bad
+# configuration (status 64), is left stopped with a message saying so; the
+# others and the infrastructure keep running. Ctrl-C or SIGTERM stops what
+# this script started; infrastructure that was already running is left
+# alone. Data lives in .run/ (MongoDB) and RabbitMQ's own data directory, so
+# it survives a restart.
 #
 # Knobs, so that a second stack (a test, say) runs beside the usual one:
 #   <NAME>_PORT              a service's port (ORDER_PORT, INVENTORY_PORT,
