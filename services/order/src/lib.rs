@@ -82,9 +82,7 @@ impl Config {
             .filter(|n| *n > 0),
         })
     }
-}
 
-impl Config {
     /// The peer the registry names `name`; the registry is compiled in, so
     /// only a name missing from it fails, and that is a bug.
     pub fn peer(&self, name: &str) -> &Peer {
