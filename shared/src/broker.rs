@@ -13,14 +13,14 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 /// The heartbeat the services ask for unless told otherwise: a broker that
 /// vanished without closing the socket is noticed within two of these.
-pub const DEFAULT_HEARTBEAT_SECONDS: u16 = 30;
+pub(crate) const DEFAULT_HEARTBEAT_SECONDS: u16 = 30;
 
 /// `url` asking for an AMQP heartbeat of `seconds`, unless it already names
 /// one (`heartbeat=` in its query, which then wins) or `seconds` is 0. lapin
 /// takes the heartbeat only from the URL's query. With none asked for, it
 /// adopts the broker's proposal (60 s for RabbitMQ); it never turns
 /// heartbeats off while the broker proposes them.
-pub fn with_heartbeat(url: &str, seconds: u16) -> Result<String, String> {
+pub(crate) fn with_heartbeat(url: &str, seconds: u16) -> Result<String, String> {
     let parsed: lapin::uri::AMQPUri = url.parse()?;
     if seconds == 0 || parsed.query.heartbeat.is_some() {
         return Ok(url.to_string());

@@ -35,7 +35,7 @@ impl std::fmt::Debug for Secret {
 }
 
 /// A URL with its password replaced by `***`, for logs and messages.
-pub fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -185,7 +185,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     /// A duration in milliseconds.
-    pub fn millis(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    pub(crate) fn millis(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
         self.parse(name, default.as_millis() as u64)
             .map(Duration::from_millis)
     }

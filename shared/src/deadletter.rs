@@ -55,9 +55,9 @@ pub use cause::{OrderReference, ReasonClass, order_reference};
 
 pub const DEAD_LETTERS: &str = "dead_letters";
 /// Header on a replayed copy naming the dead letter it came from.
-pub const REPLAYED_FROM_HEADER: &str = "x-replayed-from";
+pub(crate) const REPLAYED_FROM_HEADER: &str = "x-replayed-from";
 /// At most this many dead letters are replayed by one filtered replay.
-pub const MAX_REPLAY_BATCH: usize = 1000;
+pub(crate) const MAX_REPLAY_BATCH: usize = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, poem_openapi::Enum)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -210,7 +210,7 @@ pub struct DeadLetterGroup {
 }
 
 /// At most this many groups are listed, the largest first.
-pub const MAX_GROUPS: i64 = 500;
+pub(crate) const MAX_GROUPS: i64 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
@@ -228,7 +228,7 @@ pub enum DeadLetterError {
 }
 
 /// How long a replayed or discarded dead letter is kept on record.
-pub const SETTLED_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+pub(crate) const SETTLED_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// A service's archive of dead letters.
 #[derive(Clone)]
@@ -303,7 +303,7 @@ impl DeadLetterStore {
     }
 
     /// Dead letters still waiting for an operator (`/metrics`).
-    pub async fn dead_count(&self) -> Result<u64, Error> {
+    pub(crate) async fn dead_count(&self) -> Result<u64, Error> {
         self.collection
             .count_documents(doc! { "status": DeadLetterStatus::Dead.as_str() })
             .await
@@ -415,7 +415,7 @@ impl DeadLetterStore {
 
     /// Replays every DEAD letter matching `filter` (oldest first, at most
     /// [`MAX_REPLAY_BATCH`]); returns the ones replayed.
-    pub async fn replay_matching(
+    pub(crate) async fn replay_matching(
         &self,
         filter: &DeadLetterFilter,
         publisher: &Publisher,
@@ -441,7 +441,7 @@ impl DeadLetterStore {
     /// message; returns how many it sent. An outage longer than the retry
     /// budget thus heals without an operator, while a message that keeps
     /// dying stays dead for one to look at.
-    pub async fn redrive_due(
+    pub(crate) async fn redrive_due(
         &self,
         redrive: Redrive,
         publisher: &Publisher,
@@ -641,7 +641,7 @@ impl DeadLetterStore {
 
 /// Backfills once at startup ([`DeadLetterStore::backfill_causes`]); a
 /// failure leaves the rest for the next start.
-pub async fn backfill_causes_once(store: DeadLetterStore, shutdown: CancellationToken) {
+pub(crate) async fn backfill_causes_once(store: DeadLetterStore, shutdown: CancellationToken) {
     match store.backfill_causes(&shutdown).await {
         Ok(0) => {}
         Ok(count) => tracing::info!(
@@ -657,7 +657,7 @@ pub async fn backfill_causes_once(store: DeadLetterStore, shutdown: Cancellation
 /// Sends transient dead letters back as they come due, until `shutdown`.
 /// Looks often enough that one is sent within a fifth of the cool-down after
 /// it is due (at most 30 s late).
-pub async fn redrive_until(
+pub(crate) async fn redrive_until(
     store: DeadLetterStore,
     publisher: std::sync::Arc<Publisher>,
     redrive: Redrive,
@@ -681,7 +681,7 @@ pub async fn redrive_until(
 }
 
 /// Builds the archived record of a delivery from a DLQ.
-pub fn dead_letter_from(delivery: &Delivery, dlq: &str) -> DeadLetter {
+pub(crate) fn dead_letter_from(delivery: &Delivery, dlq: &str) -> DeadLetter {
     let headers = delivery.properties.headers().clone().unwrap_or_default();
     let property =
         |value: &Option<lapin::types::ShortString>| value.as_ref().map(|s| s.to_string());

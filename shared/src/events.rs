@@ -101,7 +101,7 @@ impl<T: Event> Envelope<T> {
 impl<T: Event> Envelope<T> {
     /// The same event with its payload as plain JSON, so events of different
     /// types can travel together.
-    pub fn into_raw(self) -> RawEnvelope {
+    pub(crate) fn into_raw(self) -> RawEnvelope {
         Envelope {
             event_id: self.event_id,
             event_type: self.event_type,
@@ -598,7 +598,7 @@ inbound! {
 /// Every consumer of the contract, one for each service of
 /// services/registry.txt (a test there checks both agree): the broker's
 /// bindings, and which events are published `mandatory`.
-pub const SUBSCRIPTIONS: &[Subscription] = &[
+pub(crate) const SUBSCRIPTIONS: &[Subscription] = &[
     ToOrderService::SUBSCRIPTION,
     ToInventoryService::SUBSCRIPTION,
     ToNotificationService::SUBSCRIPTION,
@@ -722,7 +722,7 @@ mod tests {
         /// An event at version 2 whose version 1 called its field `name`.
         #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
         #[serde(rename_all = "camelCase")]
-        pub struct Renamed {
+        pub(crate) struct Renamed {
             pub title: String,
             pub pages: u32,
         }

@@ -31,7 +31,7 @@ use crate::{
     events::{OrderStatus, RawEnvelope},
 };
 
-pub const HISTORY: &str = "saga_history";
+pub(crate) const HISTORY: &str = "saga_history";
 
 /// The most records one order's history reads from one service: an order
 /// makes a handful per service; the cap bounds an order replayed in a loop.
@@ -40,7 +40,7 @@ pub const MAX_RECORDS: i64 = 500;
 /// The most lines a document keeps of its order's history (an order, a
 /// reservation): a saga run adds a handful; an order retried again and
 /// again keeps its latest.
-pub const MAX_LINES: usize = 200;
+pub(crate) const MAX_LINES: usize = 200;
 
 /// What a line of an order's history says happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, poem_openapi::Enum)]
@@ -174,7 +174,7 @@ mod precise_time {
         serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Micros, true))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<DateTime<Utc>, D::Error> {
         match Bson::deserialize(deserializer)? {
@@ -270,7 +270,7 @@ impl History {
 
     /// Adds its lines to those a document keeps of its order's history,
     /// dropping the oldest past [`MAX_LINES`].
-    pub fn append_to(self, lines: &mut Vec<HistoryItem>) {
+    pub(crate) fn append_to(self, lines: &mut Vec<HistoryItem>) {
         lines.extend(self.items);
         let over = lines.len().saturating_sub(MAX_LINES);
         lines.drain(..over);
@@ -349,7 +349,7 @@ impl HistoryStore {
 
 /// The lines a service's dead letters of one order add to its history: each
 /// death, and the replay or discard that settled it.
-pub fn dead_letter_items(service: &str, letters: &[DeadLetter]) -> Vec<HistoryItem> {
+pub(crate) fn dead_letter_items(service: &str, letters: &[DeadLetter]) -> Vec<HistoryItem> {
     let mut items = Vec::new();
     for letter in letters {
         let about = |kind, at: mongodb::bson::DateTime| HistoryItem {

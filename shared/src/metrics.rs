@@ -28,10 +28,10 @@ use prometheus_client::{
 };
 
 /// Every metric's name starts with this.
-pub const PREFIX: &str = "shop";
+pub(crate) const PREFIX: &str = "shop";
 
 /// Whether an `Accept` header asks for OpenMetrics, as Prometheus does.
-pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+pub(crate) fn wants_openmetrics(accept: Option<&str>) -> bool {
     accept.is_some_and(|accept| accept.contains("application/openmetrics-text"))
 }
 
@@ -40,7 +40,7 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
 /// `# UNIT` and `# EOF` do not exist. Tools that read only the classic
 /// format (`promtool check metrics` among them) otherwise see a counter
 /// family without samples and samples without a family.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
+pub(crate) fn to_prometheus_text(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
@@ -194,7 +194,7 @@ pub struct Snapshot(Registry);
 
 impl Snapshot {
     /// Registers `metric` once it holds this scrape's values.
-    pub fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
+    pub(crate) fn add(&mut self, name: &str, help: &str, metric: impl Metric) {
         self.0.register(name, help, metric);
     }
 
@@ -214,7 +214,7 @@ impl Snapshot {
 }
 
 /// A gauge of any label set, for snapshots.
-pub type GaugeFamily<L> = Family<L, Gauge<f64, std::sync::atomic::AtomicU64>>;
+pub(crate) type GaugeFamily<L> = Family<L, Gauge<f64, std::sync::atomic::AtomicU64>>;
 
 /// HTTP requests, recorded by the request middleware.
 #[derive(Clone)]
@@ -279,7 +279,7 @@ impl HttpMetrics {
 
 /// The method as a label: one of HTTP's own, or `OTHER` for any a client
 /// invents (`PRBXYZ /health`), so that a probe cannot mint series.
-pub fn method_label(method: &str) -> &'static str {
+pub(crate) fn method_label(method: &str) -> &'static str {
     const KNOWN: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
     ];
@@ -292,7 +292,7 @@ pub fn method_label(method: &str) -> &'static str {
 /// `/api/orders/:order_id` as OpenAPI writes it, `/api/orders/{order_id}`;
 /// anything no route matched (a catch-all pattern) is `other`, so probing
 /// clients cannot mint series.
-pub fn route_label(pattern: Option<&str>) -> String {
+pub(crate) fn route_label(pattern: Option<&str>) -> String {
     match pattern {
         Some(pattern) if !pattern.contains('*') => pattern
             .split('/')

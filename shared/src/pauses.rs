@@ -32,7 +32,7 @@ use crate::{
 
 pub const CONSUMER_PAUSES: &str = "consumer_pauses";
 /// How often each instance reads the pauses.
-pub const POLL_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const POLL_EVERY: Duration = Duration::from_secs(1);
 /// How long a request waits for this instance's consumer to get where it
 /// asked (its deliveries in hand settled, or its channel open again).
 pub const APPLY_WAIT: Duration = Duration::from_secs(5);
@@ -40,7 +40,7 @@ pub const APPLY_WAIT: Duration = Duration::from_secs(5);
 /// One paused queue. Present: paused; absent: consuming.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PauseRecord {
+pub(crate) struct PauseRecord {
     /// The queue's name, with the namespace prefix.
     #[serde(rename = "_id")]
     pub queue: String,
@@ -125,7 +125,7 @@ impl ConsumerPauses {
 
     /// Refreshes every [`POLL_EVERY`] until `shutdown`. While the database
     /// does not answer, each consumer keeps what it was last asked.
-    pub async fn poll_until(self, shutdown: CancellationToken) {
+    pub(crate) async fn poll_until(self, shutdown: CancellationToken) {
         let mut failing = false;
         loop {
             tokio::select! {

@@ -21,7 +21,7 @@ pub struct Service {
 }
 
 /// The registry's text, compiled in: a service never reads it at run time.
-pub const REGISTRY: &str = include_str!("../../services/registry.txt");
+pub(crate) const REGISTRY: &str = include_str!("../../services/registry.txt");
 
 static SERVICES: LazyLock<Vec<Service>> = LazyLock::new(|| {
     parse(REGISTRY).unwrap_or_else(|error| panic!("services/registry.txt: {error}"))

@@ -44,7 +44,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// The delay tiers: base·2^k below the cap, then the cap itself.
-    pub fn tiers(&self) -> Vec<Duration> {
+    pub(crate) fn tiers(&self) -> Vec<Duration> {
         let mut tiers = Vec::new();
         let mut tier = self.base;
         while tier < self.cap {
@@ -56,7 +56,7 @@ impl RetryPolicy {
     }
 
     /// The exponential ceiling for the retry after attempt `attempt`.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
+    pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
         let doublings = attempt.saturating_sub(1).min(31);
         self.base.saturating_mul(1 << doublings).min(self.cap)
     }
@@ -79,7 +79,7 @@ impl RetryPolicy {
     }
 
     /// The same decision with a fresh random number.
-    pub fn decide_now(&self, attempt: u32, failing_for: Duration) -> RetryDecision {
+    pub(crate) fn decide_now(&self, attempt: u32, failing_for: Duration) -> RetryDecision {
         self.decide(attempt, failing_for, rand::random::<f64>())
     }
 

@@ -46,7 +46,7 @@ pub(crate) fn count_in(value: Option<&mongodb::bson::Bson>) -> u64 {
 }
 
 /// Round trip to the server, for readiness.
-pub async fn ping(db: &Database) -> Result<(), mongodb::error::Error> {
+pub(crate) async fn ping(db: &Database) -> Result<(), mongodb::error::Error> {
     db.run_command(doc! { "ping": 1 }).await.map(|_| ())
 }
 

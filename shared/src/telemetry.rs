@@ -151,7 +151,7 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
 
 /// `span`'s trace context as a W3C `traceparent`, for the events it
 /// causes; None when it is not traced.
-pub fn traceparent_of(span: &Span) -> Option<String> {
+pub(crate) fn traceparent_of(span: &Span) -> Option<String> {
     let context = span.context();
     let ids = context.span().span_context().clone();
     ids.is_valid().then(|| {

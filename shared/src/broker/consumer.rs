@@ -48,19 +48,19 @@ use crate::{
 };
 
 /// Header carrying the number of the attempt this delivery is (1 = first).
-pub const ATTEMPT_HEADER: &str = "x-attempt";
-pub const FIRST_FAILURE_HEADER: &str = "x-first-failure-at";
-pub const LAST_FAILURE_HEADER: &str = "x-last-failure-at";
-pub const LAST_ERROR_HEADER: &str = "x-last-error";
+pub(crate) const ATTEMPT_HEADER: &str = "x-attempt";
+pub(crate) const FIRST_FAILURE_HEADER: &str = "x-first-failure-at";
+pub(crate) const LAST_FAILURE_HEADER: &str = "x-last-failure-at";
+pub(crate) const LAST_ERROR_HEADER: &str = "x-last-error";
 pub const REASON_HEADER: &str = "x-dead-letter-reason";
-pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
-pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
+pub(crate) const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
+pub(crate) const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
 /// `transient` on a dead letter whose retry budget ran out (worth another
 /// try later: see `DEAD_LETTER_REDRIVES`), `permanent` on one that can never
 /// succeed.
 pub const FAILURE_CLASS_HEADER: &str = "x-failure-class";
 /// How many times this message was sent back from the dead letters by itself.
-pub const REDRIVES_HEADER: &str = "x-redrives";
+pub(crate) const REDRIVES_HEADER: &str = "x-redrives";
 
 /// The longest one delivery may take from receipt to ack, handler included.
 /// A handler meets an unavailable database within seconds (short driver
@@ -204,7 +204,7 @@ impl<H: Handler> QueueWorker for HandlerWorker<H> {
 
 /// A step of the consume path with the broker, each under a time limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     Connect,
     OpenChannel,
     Declare,
@@ -242,7 +242,7 @@ impl std::fmt::Display for Step {
 
 /// Why a consumer lost its channel and reconnects.
 #[derive(Debug, thiserror::Error)]
-pub enum ConsumerError {
+pub(crate) enum ConsumerError {
     #[error("RabbitMQ: {0}")]
     Broker(#[from] lapin::Error),
     /// A step got no answer in time: the connection may look alive while

@@ -28,7 +28,7 @@ pub struct Outgoing {
 
 /// A queue's depth as the broker counts it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueDepth {
+pub(crate) struct QueueDepth {
     pub queue: String,
     /// Messages ready for delivery (not those delivered and not yet acked).
     pub messages: u32,
@@ -124,7 +124,7 @@ impl Publisher {
     /// consumers each has, as the broker counts them (`/metrics`). A queue
     /// not declared yet is left out. Each is asked on a channel of its own:
     /// the broker closes the channel that asks after a missing queue.
-    pub async fn queue_depths(&self, queues: &[String]) -> Result<Vec<QueueDepth>, lapin::Error> {
+    pub(crate) async fn queue_depths(&self, queues: &[String]) -> Result<Vec<QueueDepth>, lapin::Error> {
         self.channel().await?;
         // Opened under the lock (one quick round trip each), used after it,
         // so a scrape holds up no publish for longer than that.
@@ -179,7 +179,7 @@ impl Publisher {
     /// Publishes every message, with all confirms in flight at once, and
     /// reports each message's outcome in order. An error means the channel
     /// failed; which messages made it is then unknown, so callers retry all.
-    pub async fn publish_all(
+    pub(crate) async fn publish_all(
         &self,
         messages: &[Outgoing],
     ) -> Result<Vec<PublishOutcome>, lapin::Error> {

@@ -31,7 +31,7 @@ pub struct Subscription {
 /// Whether some service consumes this routing key. Such events are published
 /// `mandatory`: if the broker cannot route one (a queue was deleted), the
 /// outbox keeps it and tries again instead of counting it as delivered.
-pub fn has_subscriber(routing_key: &str) -> bool {
+pub(crate) fn has_subscriber(routing_key: &str) -> bool {
     SUBSCRIPTIONS
         .iter()
         .any(|s| s.routing_keys.contains(&routing_key))
@@ -124,7 +124,7 @@ impl Topology {
         format!("{}e-commerce.events", self.namespace)
     }
 
-    pub fn dead_letter_exchange(&self) -> String {
+    pub(crate) fn dead_letter_exchange(&self) -> String {
         format!("{}e-commerce.dlx", self.namespace)
     }
 
@@ -136,7 +136,7 @@ impl Topology {
         format!("{}.dlq", self.work_queue(subscription))
     }
 
-    pub fn delay_queue(&self, subscription: &Subscription, tier: Duration) -> String {
+    pub(crate) fn delay_queue(&self, subscription: &Subscription, tier: Duration) -> String {
         format!(
             "{}.retry.{}ms",
             self.work_queue(subscription),
@@ -144,7 +144,7 @@ impl Topology {
         )
     }
 
-    pub async fn declare_exchanges(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    pub(crate) async fn declare_exchanges(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()

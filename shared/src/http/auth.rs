@@ -55,7 +55,7 @@ impl JwtSettings {
     }
 
     /// RS256 with an RSA public key, or EdDSA with an Ed25519 one, in PEM.
-    pub fn public_key(pem: &[u8], file: &str) -> Result<Self, &'static str> {
+    pub(crate) fn public_key(pem: &[u8], file: &str) -> Result<Self, &'static str> {
         let (key, algorithm, kind) = if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
             (key, Algorithm::RS256, "RS256")
         } else if let Ok(key) = DecodingKey::from_ed_pem(pem) {

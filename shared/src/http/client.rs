@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use poem::{Endpoint, IntoResponse, Request, Response};
 
 /// `X-Forwarded-For`: the hops a request came through, left to right.
-pub const FORWARDED_FOR: &str = "x-forwarded-for";
+pub(crate) const FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// `TRUSTED_PROXIES`: the networks whose `X-Forwarded-For` is believed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub struct ClientAddress(pub IpAddr);
 
 /// The `around` middleware that records [`ClientAddress`] for the rate limit
 /// and the request's log lines.
-pub async fn identify<E: Endpoint>(
+pub(crate) async fn identify<E: Endpoint>(
     trusted: TrustedProxies,
     next: E,
     mut req: Request,

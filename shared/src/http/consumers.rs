@@ -16,7 +16,7 @@ use crate::{
     pauses::{Applied, ConsumerPauses, PauseError},
 };
 
-pub struct ConsumerApi {
+pub(crate) struct ConsumerApi {
     pub consumers: Consumers,
     pub pauses: ConsumerPauses,
 }
@@ -24,21 +24,21 @@ pub struct ConsumerApi {
 /// This instance's consumers.
 #[derive(Object)]
 #[oai(rename_all = "camelCase")]
-pub struct ConsumerList {
+pub(crate) struct ConsumerList {
     /// Each consumer of the service's queues on this instance, the work
     /// queue's and the dead-letter archiver's, as `/ready` lists them.
     pub consumers: Vec<ConsumerReadiness>,
 }
 
 #[derive(ApiResponse)]
-pub enum ConsumerListResponse {
+pub(crate) enum ConsumerListResponse {
     /// This instance's consumers, as of now.
     #[oai(status = 200)]
     Ok(Json<ConsumerList>),
 }
 
 #[derive(ApiResponse)]
-pub enum PauseResponse {
+pub(crate) enum PauseResponse {
     /// The pause is stored and this instance's consumer is paused: the
     /// deliveries it had were settled and acked, the rest wait in the queue.
     /// Also the answer for a consumer already paused.
@@ -51,7 +51,7 @@ pub enum PauseResponse {
 }
 
 #[derive(ApiResponse)]
-pub enum ResumeResponse {
+pub(crate) enum ResumeResponse {
     /// The pause is removed and this instance's consumer is consuming
     /// again. Also the answer for a consumer that was not paused.
     #[oai(status = 200)]

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::error::json_errors;
 
 /// The served spec and, per path of it, the methods it answers.
-pub struct Contract {
+pub(crate) struct Contract {
     spec: String,
     paths: Vec<(Vec<Segment>, HeaderValue)>,
 }
@@ -108,7 +108,7 @@ fn segments(template: &str) -> Vec<Segment> {
 }
 
 /// The `around` middleware: a 405 gets its `Allow` header.
-pub async fn allow_header<E: Endpoint>(
+pub(crate) async fn allow_header<E: Endpoint>(
     contract: Arc<Contract>,
     next: E,
     req: Request,

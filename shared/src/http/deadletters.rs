@@ -25,7 +25,7 @@ use crate::{
     },
 };
 
-pub struct DeadLetterApi {
+pub(crate) struct DeadLetterApi {
     pub store: DeadLetterStore,
     pub publisher: Arc<Publisher>,
 }
@@ -33,7 +33,7 @@ pub struct DeadLetterApi {
 /// A message a consumer gave up on, with why and when.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
-pub struct DeadLetterView {
+pub(crate) struct DeadLetterView {
     /// The dead letter's id (UUIDv7).
     pub dead_letter_id: String,
     /// DEAD until an operator replays or discards it.
@@ -121,7 +121,7 @@ impl From<DeadLetter> for DeadLetterView {
 #[derive(Debug, Default, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ReplayFilter {
+pub(crate) struct ReplayFilter {
     /// Only this event type, e.g. `order.created`.
     #[oai(nullable, validator(min_length = 1, max_length = 200))]
     #[validate(length(min = 1, max = 200))]
@@ -175,7 +175,7 @@ impl ReplayFilter {
 /// What a filtered replay did.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
-pub struct ReplayResult {
+pub(crate) struct ReplayResult {
     /// How many dead letters were sent back to their work queues.
     pub replayed: u32,
     /// Their ids, oldest first.
@@ -186,7 +186,7 @@ pub struct ReplayResult {
 #[derive(Debug, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DiscardRequest {
+pub(crate) struct DiscardRequest {
     /// The operator's reason, kept on the record (1 to 1000 characters).
     #[oai(validator(min_length = 1, max_length = 1000))]
     #[validate(length(min = 1, max = 1000))]
@@ -199,7 +199,7 @@ pub struct DiscardRequest {
 #[derive(Debug, Object, Validate, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DiscardFilter {
+pub(crate) struct DiscardFilter {
     /// The operator's reason, kept on each record (1 to 1000 characters).
     #[oai(validator(min_length = 1, max_length = 1000))]
     #[validate(length(min = 1, max = 1000))]
@@ -257,7 +257,7 @@ impl DiscardFilter {
 /// What a filtered discard did.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
-pub struct DiscardResult {
+pub(crate) struct DiscardResult {
     /// How many dead letters were marked DISCARDED.
     pub discarded: u32,
     /// Their ids, oldest first.
@@ -269,7 +269,7 @@ pub struct DiscardResult {
 /// `eventType` is null).
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
-pub struct DeadLetterGroupView {
+pub(crate) struct DeadLetterGroupView {
     /// Why they died, in a word (`other` includes records archived before
     /// classes were).
     pub reason_class: ReasonClass,
@@ -305,41 +305,41 @@ impl From<DeadLetterGroup> for DeadLetterGroupView {
 /// The DEAD letters by cause.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
-pub struct DeadLetterGroups {
+pub(crate) struct DeadLetterGroups {
     /// The largest groups first (at most 500).
     pub groups: Vec<DeadLetterGroupView>,
 }
 
 #[derive(ApiResponse)]
-pub enum DeadLetterGroupsResponse {
+pub(crate) enum DeadLetterGroupsResponse {
     /// The DEAD letters grouped by cause.
     #[oai(status = 200)]
     Ok(Json<DeadLetterGroups>),
 }
 
 #[derive(ApiResponse)]
-pub enum DiscardMatchingResponse {
+pub(crate) enum DiscardMatchingResponse {
     /// What was discarded.
     #[oai(status = 200)]
     Ok(Json<DiscardResult>),
 }
 
 #[derive(ApiResponse)]
-pub enum DeadLetterResponse {
+pub(crate) enum DeadLetterResponse {
     /// The dead letter.
     #[oai(status = 200)]
     Ok(Json<DeadLetterView>),
 }
 
 #[derive(ApiResponse)]
-pub enum DeadLetterPageResponse {
+pub(crate) enum DeadLetterPageResponse {
     /// A page of dead letters, newest first.
     #[oai(status = 200)]
     Ok(Json<Page<DeadLetterView>>),
 }
 
 #[derive(ApiResponse)]
-pub enum ReplayResponse {
+pub(crate) enum ReplayResponse {
     /// What was replayed.
     #[oai(status = 200)]
     Ok(Json<ReplayResult>),

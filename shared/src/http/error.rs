@@ -201,7 +201,7 @@ impl ResponseError for ApiError {
 
 /// A status an operation may refuse a request with, beside those every API
 /// route may answer. Listed in the operation's [`Refused`].
-pub trait Refusal {
+pub(crate) trait Refusal {
     const STATUS: u16;
     /// The spec's description of the response.
     const WHEN: &'static str;
@@ -347,7 +347,7 @@ impl<R: Refusals> ApiResponse for Refused<R> {
 }
 
 /// `catch_all_error` handler: every error leaves as JSON.
-pub async fn json_errors(error: poem::Error) -> Response {
+pub(crate) async fn json_errors(error: poem::Error) -> Response {
     if error.is::<ApiError>() {
         return error.into_response();
     }

@@ -84,7 +84,7 @@ pub trait GaugeSource: Send + Sync {
 
 /// Liveness.
 #[derive(Object)]
-pub struct Health {
+pub(crate) struct Health {
     /// Always `ok` when the process answers.
     pub status: String,
     /// Which service answered.
@@ -93,7 +93,7 @@ pub struct Health {
 
 /// Readiness of each dependency.
 #[derive(Object)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// `ready` or `unavailable`.
     pub status: String,
     /// `up`, or `down: unreachable` or `down: timed out` (the driver's
@@ -115,7 +115,7 @@ pub struct Readiness {
 /// What one consumer is doing.
 #[derive(Object)]
 #[oai(rename_all = "camelCase")]
-pub struct ConsumerReadiness {
+pub(crate) struct ConsumerReadiness {
     /// The queue it consumes, with the namespace prefix.
     pub queue: String,
     /// `work` (the service's events) or `dead_letters` (the archiver of
@@ -187,7 +187,7 @@ fn seconds(duration: Duration) -> f64 {
 
 /// The service's metrics in the format the scraper asked for.
 #[derive(ApiResponse)]
-pub enum MetricsText {
+pub(crate) enum MetricsText {
     /// OpenMetrics, for a scraper whose `Accept` names it (Prometheus does).
     #[oai(
         status = 200,
@@ -203,7 +203,7 @@ pub enum MetricsText {
 }
 
 #[derive(ApiResponse)]
-pub enum ReadyResponse {
+pub(crate) enum ReadyResponse {
     /// MongoDB and RabbitMQ both answer, and every consumer is connected,
     /// paused by an operator, or reconnecting within its grace.
     #[oai(status = 200)]

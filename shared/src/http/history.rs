@@ -75,14 +75,14 @@ pub struct OrderHistory {
 }
 
 #[derive(ApiResponse)]
-pub enum OrderHistoryResponse {
+pub(crate) enum OrderHistoryResponse {
     /// The order's history as this service knows it.
     #[oai(status = 200)]
     Ok(Json<OrderHistory>),
 }
 
 /// The route over [`LocalHistory`], on every service.
-pub struct HistoryApi {
+pub(crate) struct HistoryApi {
     pub local: LocalHistory,
 }
 

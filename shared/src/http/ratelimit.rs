@@ -18,7 +18,7 @@ use poem::{Endpoint, IntoResponse, Request, Response, http::StatusCode};
 use super::{ApiError, ClientAddress};
 
 /// Paths that are never limited.
-pub const UNLIMITED_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
+pub(crate) const UNLIMITED_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
 /// Every this many checks, forget the addresses whose bucket is full again,
 /// so the map does not grow with every client ever seen.
 const PRUNE_EVERY: u64 = 4096;

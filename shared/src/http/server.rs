@@ -33,7 +33,7 @@ use super::{
 };
 
 /// Largest request body accepted (64 KiB); larger ones get 413.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
 /// The correlation id of the current request: the caller's
@@ -212,7 +212,7 @@ pub fn build_app<T: OpenApi + 'static>(
 }
 
 /// How long a request's body may take to arrive, once its headers have.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads the whole body before the request goes on, at most
 /// [`MAX_BODY_BYTES`] (413 past it) within [`BODY_READ_TIMEOUT`] (408): a

@@ -119,7 +119,7 @@ pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
 
 /// Whether every write that failed failed on a unique index (an unordered
 /// `insert_many` whose other documents went in).
-pub fn only_duplicate_keys(error: &mongodb::error::Error) -> bool {
+pub(crate) fn only_duplicate_keys(error: &mongodb::error::Error) -> bool {
     match error.kind.as_ref() {
         ErrorKind::InsertMany(e) => {
             e.write_concern_error.is_none()
@@ -132,7 +132,7 @@ pub fn only_duplicate_keys(error: &mongodb::error::Error) -> bool {
 }
 
 /// The positions of the documents an unordered insert refused.
-pub fn failed_inserts(error: &mongodb::error::Error) -> Vec<usize> {
+pub(crate) fn failed_inserts(error: &mongodb::error::Error) -> Vec<usize> {
     match error.kind.as_ref() {
         ErrorKind::InsertMany(e) => e.write_errors.iter().flatten().map(|e| e.index).collect(),
         _ => Vec::new(),

@@ -13,11 +13,11 @@ use mongodb::{
 
 use crate::events::RawEnvelope;
 
-pub const INBOX: &str = "inbox";
+pub(crate) const INBOX: &str = "inbox";
 
 /// Inbox records expire `retention` after they were written, so the inbox
 /// does not grow for ever.
-pub async fn ensure_inbox_indexes(
+pub(crate) async fn ensure_inbox_indexes(
     db: &Database,
     retention: Duration,
 ) -> Result<(), mongodb::error::Error> {

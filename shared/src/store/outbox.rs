@@ -68,7 +68,7 @@ pub async fn pending_count(db: &Database) -> Result<u64, Error> {
 
 /// How long the oldest event not yet confirmed has waited (`/metrics`);
 /// None when there is none. Ids are UUIDv7, so the smallest is the oldest.
-pub async fn oldest_age(db: &Database) -> Result<Option<Duration>, Error> {
+pub(crate) async fn oldest_age(db: &Database) -> Result<Option<Duration>, Error> {
     #[derive(Deserialize)]
     struct Created {
         #[serde(rename = "createdAt")]
@@ -312,7 +312,7 @@ impl OutboxRelay {
 
     /// Claims, publishes and removes one batch of what is due in the
     /// database; returns how many records it handled.
-    pub async fn relay_batch(&self) -> Result<usize, RelayError> {
+    pub(crate) async fn relay_batch(&self) -> Result<usize, RelayError> {
         if !failsafe::CircuitBreaker::is_call_permitted(&self.breaker) {
             return Err(RelayError::BreakerOpen);
         }
@@ -474,7 +474,7 @@ fn confirmed(event: &StagedEvent, outcome: &PublishOutcome) -> bool {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RelayError {
+pub(crate) enum RelayError {
     #[error("reading or updating the outbox: {0}")]
     Database(#[from] Error),
     #[error("publishing to RabbitMQ: {0}")]

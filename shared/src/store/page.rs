@@ -10,8 +10,8 @@ use mongodb::{
 };
 use serde::de::DeserializeOwned;
 
-pub const DEFAULT_LIMIT: u32 = 20;
-pub const MAX_LIMIT: u32 = 100;
+pub(crate) const DEFAULT_LIMIT: u32 = 20;
+pub(crate) const MAX_LIMIT: u32 = 100;
 
 #[derive(Clone, Debug)]
 pub struct PageRequest {

@@ -241,7 +241,7 @@ impl Store {
 
     /// With `false`, commits leave out the units' history records
     /// (`HISTORY_RETENTION_DAYS=0`).
-    pub fn recording_history(self, history: bool) -> Self {
+    pub(crate) fn recording_history(self, history: bool) -> Self {
         Store { history, ..self }
     }
 

@@ -124,7 +124,7 @@ impl ConsumerState {
 
     /// How long ago the last session got its channel, if one did since the
     /// last call.
-    pub fn take_session_age(&self) -> Option<Duration> {
+    pub(crate) fn take_session_age(&self) -> Option<Duration> {
         self.session_started
             .lock()
             .expect("poisoned")
@@ -202,7 +202,7 @@ impl ConsumerState {
 
     /// Returns once `reached` says yes to what it is doing (at once if it
     /// does now).
-    pub async fn until_status(&self, reached: impl Fn(ConsumerStatus) -> bool) {
+    pub(crate) async fn until_status(&self, reached: impl Fn(ConsumerStatus) -> bool) {
         let _ = self
             .phase
             .subscribe()
@@ -212,7 +212,7 @@ impl ConsumerState {
 
     /// A delivery is in hand until the returned guard drops, even if its
     /// handling unwinds.
-    pub fn delivery_started(&self) -> InFlight<'_> {
+    pub(crate) fn delivery_started(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self)
     }
@@ -229,7 +229,7 @@ impl ConsumerState {
     }
 
     /// A broker step took longer than its limit, and it reconnects.
-    pub fn timed_out(&self) {
+    pub(crate) fn timed_out(&self) {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -263,7 +263,7 @@ impl ConsumerState {
 }
 
 /// One delivery in hand; dropping it ends that.
-pub struct InFlight<'a>(&'a ConsumerState);
+pub(crate) struct InFlight<'a>(&'a ConsumerState);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -298,7 +298,7 @@ impl ConsumerSnapshot {
     /// Disconnected for longer than `grace`: it is not coming back by
     /// itself soon, and the service should not count as ready. A paused
     /// consumer is not: an operator stopped it on purpose.
-    pub fn is_stuck(&self, grace: Duration) -> bool {
+    pub(crate) fn is_stuck(&self, grace: Duration) -> bool {
         self.disconnected_for.is_some_and(|out| out > grace)
     }
 }
@@ -334,7 +334,7 @@ impl Consumers {
     }
 
     /// The consumer of `queue`, if the service has one.
-    pub fn of_queue(&self, queue: &str) -> Option<Arc<ConsumerState>> {
+    pub(crate) fn of_queue(&self, queue: &str) -> Option<Arc<ConsumerState>> {
         self.all().into_iter().find(|state| state.queue() == queue)
     }
 }
