@@ -228,7 +228,8 @@ pub enum DeadLetterError {
 }
 
 /// How long a replayed or discarded dead letter is kept on record.
-pub(crate) const SETTLED_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+pub(crate) const SETTLED_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// A service's archive of dead letters.
 #[derive(Clone)]

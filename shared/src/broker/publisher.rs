@@ -124,7 +124,10 @@ impl Publisher {
     /// consumers each has, as the broker counts them (`/metrics`). A queue
     /// not declared yet is left out. Each is asked on a channel of its own:
     /// the broker closes the channel that asks after a missing queue.
-    pub(crate) async fn queue_depths(&self, queues: &[String]) -> Result<Vec<QueueDepth>, lapin::Error> {
+    pub(crate) async fn queue_depths(
+        &self,
+        queues: &[String],
+    ) -> Result<Vec<QueueDepth>, lapin::Error> {
         self.channel().await?;
         // Opened under the lock (one quick round trip each), used after it,
         // so a scrape holds up no publish for longer than that.
