@@ -49,6 +49,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 source scripts/lib/infra.sh
 SRC=$(cd "${DEPLOY_ROOT:-$ROOT}" && pwd)
+source scripts/lib/registry.sh
+# registry_lines reads the checked tree's registry (a copy's, under --self-test).
+REGISTRY_FILE="$SRC/services/registry.txt"
 SELF_TEST=""
 case "${1:-}" in
   "") ;;
@@ -126,11 +129,6 @@ install_nginx() {
 
 # ---------------------------------------------------------------- helpers
 
-# The services of services/registry.txt: "name port database" lines.
-registry() {
-  sed 's/#.*//' "$SRC/services/registry.txt" | awk 'NF'
-}
-
 # compose ARGS...: docker-compose in a clean environment (only the variables
 # in COMPOSE_ENV, no .env file), so that what it resolves depends on the
 # files alone, not on the caller's environment or a local .env.
@@ -164,7 +162,7 @@ check_dev_compose() {
   COMPOSE_ENV=()
   compose -f "$SRC/docker-compose.yml" config >"$WORK/dev.yml"
   # shellcheck disable=SC2046 # one argument per service
-  "$VENV/bin/python" - "$WORK/dev.yml" $(registry | awk '{ print $1 "-service" }') <<'PY'
+  "$VENV/bin/python" - "$WORK/dev.yml" $(registry_lines | awk '{ print $1 "-service" }') <<'PY'
 import sys, yaml
 services = yaml.safe_load(open(sys.argv[1]))["services"]
 bad = []
@@ -240,7 +238,7 @@ check_prod_rules() {
   [ -s "$WORK/prod.yml" ] || { echo "the prod file did not resolve (see above)"; return 1; }
   # shellcheck disable=SC2046 # one argument per service
   "$VENV/bin/python" - "$WORK/prod.yml" "$SRC/docker-compose.prod.yml" "$SRC/.env.example" \
-    $(registry | awk '{ print $1 "-service" }') <<'PY'
+    $(registry_lines | awk '{ print $1 "-service" }') <<'PY'
 import ipaddress, re, sys, yaml
 
 resolved_path, raw_path, env_example_path = sys.argv[1:4]
@@ -357,7 +355,7 @@ PY
 check_compose_registry() {
   [ -s "$WORK/dev.yml" ] || { echo "docker-compose.yml did not resolve (see above)"; return 1; }
   [ -s "$WORK/prod.yml" ] || { echo "docker-compose.prod.yml did not resolve (see above)"; return 1; }
-  "$VENV/bin/python" - "$WORK/dev.yml" "$WORK/prod.yml" <(registry) <<'PY'
+  "$VENV/bin/python" - "$WORK/dev.yml" "$WORK/prod.yml" <(registry_lines) <<'PY'
 import re, sys, yaml
 
 dev_path, prod_path, registry_path = sys.argv[1:4]
@@ -435,7 +433,7 @@ check_nginx_template() {
     local "$(tr 'a-z-' 'A-Z_' <<<"$name")_PORT=$port" # read by render_nginx_conf
     instances+=("$name:$name-service-1:$base" "$name:$name-service-2:$((base + 1))")
     base=$((base + 10))
-  done < <(registry)
+  done < <(registry_lines)
   # shellcheck source=nginx/render.sh
   source "$SRC/nginx/render.sh"
   render_nginx_conf "$SRC/nginx/nginx.conf.template" "$SRC/nginx" "${instances[@]}" >"$RUN_DIR/nginx.conf"
@@ -449,7 +447,7 @@ check_nginx_template() {
 check_dockerfile() {
   # shellcheck disable=SC2046 # one argument per service
   "$VENV/bin/python" - "$SRC/Dockerfile" "$SRC/.dockerignore" "$SRC/Cargo.toml" \
-    $(registry | awk '{ print $1 "-service" }') <<'PY'
+    $(registry_lines | awk '{ print $1 "-service" }') <<'PY'
 import re, sys
 dockerfile, dockerignore, cargo = (open(p).read() for p in sys.argv[1:4])
 registry = sys.argv[4:]
