@@ -17,6 +17,13 @@ MONGO_PORT="${MONGO_PORT:-27017}"
 SMTP_PORT="${SMTP_PORT:-1025}"
 MAILDEV_WEB_PORT="${MAILDEV_WEB_PORT:-1080}"
 SECANTUS_VERSION="0.5.3-beta.196"
+# How long the database keeps a transaction nobody ends (its client was
+# killed mid-transaction) before aborting it. Until then it holds the
+# documents it wrote: a product every order reserves stops the saga. mongod's
+# default, 60 s, equals the saga's deadline (SAGA_TIMEOUT_SECONDS), so one
+# killed inventory instance could fail the orders queued behind its
+# transaction; the services' transactions take milliseconds.
+export TRANSACTION_LIFETIME_SECONDS=10
 INFRA_STARTED=()
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -128,6 +135,7 @@ start_mongodb() {
   if command -v mongod >/dev/null; then
     note "starting mongod as a single-node replica set (log: $LOG_DIR/mongodb.log)"
     nohup mongod --dbpath "$RUN_DIR/mongodb" --port "$MONGO_PORT" --bind_ip 127.0.0.1 --replSet rs0 \
+      --setParameter "transactionLifetimeLimitSeconds=$TRANSACTION_LIFETIME_SECONDS" \
       >>"$LOG_DIR/mongodb.log" 2>&1 </dev/null &
     echo $! >"$RUN_DIR/mongodb.pid"
     wait_for_port "$MONGO_PORT" mongod 60 "$LOG_DIR/mongodb.log" "$(cat "$RUN_DIR/mongodb.pid")"
@@ -151,6 +159,8 @@ start_mongodb() {
 #   nothing here uses, and writing it roughly doubled the cost of a write.
 #   Committed writes stay as durable as before (the WiredTiger log).
 # - its default 4G cache instead of 1G: fewer evictions under load.
+# - a transaction left open lives TRANSACTION_LIFETIME_SECONDS, set once it
+#   listens (it has no flag for it).
 start_secantus() {
   local port=$1 dir=$2 log=$3 pidfile=$4
   mkdir -p "$dir"
@@ -158,6 +168,9 @@ start_secantus() {
     >>"$log" 2>&1 </dev/null &
   echo $! >"$pidfile"
   wait_for_port "$port" secantusd-rs 60 "$log" "$(cat "$pidfile")"
+  python3 "$(dirname "${BASH_SOURCE[0]}")/mongo_set_parameter.py" "$port" \
+    transactionLifetimeLimitSeconds "$TRANSACTION_LIFETIME_SECONDS" >>"$log" 2>&1 \
+    || { tail -n 5 "$log" >&2; fail "could not set transactionLifetimeLimitSeconds on secantusd-rs"; }
 }
 
 start_maildev() {

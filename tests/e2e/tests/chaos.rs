@@ -363,6 +363,18 @@ impl Chaos {
             },
         )
         .await;
+        // As scripts/lib/infra.sh sets it on the database it starts: a
+        // service killed mid-transaction must not hold what it wrote for
+        // the default 60 s, the saga's deadline.
+        let lifetime: i32 = std::env::var("TRANSACTION_LIFETIME_SECONDS")
+            .expect("TRANSACTION_LIFETIME_SECONDS is exported by scripts/lib/infra.sh: run this through ./scripts/test.sh or ./scripts/chaos.sh")
+            .parse()
+            .unwrap();
+        self.mongo
+            .database("admin")
+            .run_command(doc! { "setParameter": 1, "transactionLifetimeLimitSeconds": lifetime })
+            .await
+            .expect("setParameter transactionLifetimeLimitSeconds");
     }
 
     async fn stop_mongodb(&mut self) {

@@ -2,7 +2,10 @@
 //! answered, tells the customer once, and the inventory gives back whatever
 //! it held for a failed order, even when the failure overtakes the order.
 
-use e2e_tests::{Stack, customer_token, emails_to, eventually};
+use std::time::Duration;
+
+use e2e_tests::{Stack, customer_token, emails_to, eventually, eventually_within, mongodb_uri};
+use mongodb::bson::{Document, doc};
 use serde_json::Value;
 use shared::events::{Cause, Event, OrderCreated, OrderFailed, OrderLine};
 
@@ -40,6 +43,64 @@ async fn stock(stack: &Stack, product: &str) -> (i64, i64) {
         p["stock"].as_i64().unwrap(),
         p["reserved"].as_i64().unwrap(),
     )
+}
+
+/// A service killed in the middle of a transaction leaves it open on the
+/// database, holding the documents it wrote, until the database's
+/// transaction lifetime runs out (scripts/lib/infra.sh sets 10 s; mongod's
+/// default, 60 s, is the saga's deadline). An order for the product such a
+/// transaction holds still confirms, well before the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_behind_a_transaction_a_killed_writer_left_open_confirms_before_the_deadline() {
+    let stack = Stack::start().await;
+    let product = stack.create_product(10, 0, 5.0).await;
+
+    // What an inventory instance SIGKILLed mid-transaction leaves behind: a
+    // write to the product in a transaction nobody will end. Forgetting
+    // the session skips the driver's abort on drop, and the client lives
+    // to the end of the test, so nothing ends it but the database.
+    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+    let mut session = client.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    client
+        .database(&format!("t_{}_inventory", stack.id))
+        .collection::<Document>("products")
+        .update_one(
+            doc! { "_id": &product },
+            doc! { "$set": { "heldByAKilledWriter": true } },
+        )
+        .session(&mut session)
+        .await
+        .unwrap();
+    std::mem::forget(session);
+
+    let response = stack.place_order(&stack.email("held"), &product, 1).await;
+    assert_eq!(response.status(), 202);
+    let order_id = response.json::<Value>().await.unwrap()["orderId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let order = eventually_within(
+        &format!("order {order_id} decided before the 60 s deadline"),
+        Duration::from_secs(45),
+        || async {
+            let order = stack.order(&order_id).await;
+            (order["status"] != "PENDING").then_some(order)
+        },
+    )
+    .await;
+    assert_eq!(order["status"], "CONFIRMED", "{order}");
+    assert_eq!(stock(&stack, &product).await, (9, 1), "reserved once");
+    let held = client
+        .database(&format!("t_{}_inventory", stack.id))
+        .collection::<Document>("products")
+        .count_documents(doc! { "heldByAKilledWriter": true })
+        .await
+        .unwrap();
+    assert_eq!(
+        held, 0,
+        "the abandoned transaction was aborted, not committed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
