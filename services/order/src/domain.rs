@@ -88,6 +88,8 @@ pub enum RuleViolation {
     LinesMismatch(String),
     #[error("the order total overflows")]
     TotalOverflow,
+    #[error("the inventory priced {product} at {cents} cents: a price cannot be negative")]
+    NegativePrice { product: String, cents: i64 },
     #[error("only a FAILED order's saga can be retried; this order is {0}")]
     NotRetryable(&'static str),
     #[error(
@@ -400,6 +402,14 @@ pub fn on_reserved(order: &Order, lines: &[PricedLine]) -> Result<SagaStep, Rule
                 item.product_id, item.quantity, line.quantity
             )));
         }
+        // A price below zero is never the inventory's (its API refuses
+        // one), so it is refused here too rather than confirmed at a credit.
+        if line.unit_price_cents < 0 {
+            return Err(RuleViolation::NegativePrice {
+                product: line.product_id.clone(),
+                cents: line.unit_price_cents,
+            });
+        }
         let line_total = line
             .unit_price_cents
             .checked_mul(i64::from(item.quantity))
@@ -600,6 +610,20 @@ mod tests {
                 &[priced("a", 2, i64::MAX), priced("b", 1, 1)]
             ),
             Err(RuleViolation::TotalOverflow)
+        );
+    }
+
+    #[test]
+    fn a_negative_price_is_refused() {
+        assert_eq!(
+            on_reserved(
+                &order(OrderStatus::Pending),
+                &[priced("a", 2, 100), priced("b", 1, -1)]
+            ),
+            Err(RuleViolation::NegativePrice {
+                product: "b".into(),
+                cents: -1
+            })
         );
     }
 
