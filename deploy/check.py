@@ -493,6 +493,10 @@ def check_production(docs, known):
             if ("JWT_SECRET" in known and name != "inventory-service"
                     and "JWT_SECRET" not in env and "JWT_PUBLIC_KEY_FILE" not in env):
                 problems.append(f"{name}: neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE (APP_ENV=production refuses)")
+            if "JWT_SECRET" in env or "JWT_PUBLIC_KEY_FILE" in env:
+                for var in ("JWT_ISSUER", "JWT_AUDIENCE"):
+                    if not env.get(var):
+                        problems.append(f"{name}: a customer-token key without {var} (APP_ENV=production refuses)")
     pdbs = list(by_kind(docs, "PodDisruptionBudget").values())
     hpas = list(by_kind(docs, "HorizontalPodAutoscaler").values())
     for name in SERVICES:

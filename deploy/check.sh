@@ -143,6 +143,7 @@ SELF_TESTS=(
   "services/registry.txt|services/registry.txt|\nnotification |\n# notification |Deployment/notification-service is not in services/registry.txt"
   "services/registry.txt|services/registry.txt|\ninventory |\npayment        3004   payment_service\ninventory |payment-service is in services/registry.txt but not deployed"
   "services/registry.txt|deploy/base/mongodb.yaml|    - name: inventory-service|    - name: stock-service|inventory-service: no MongoDB user inventory-service"
+  "production|deploy/overlays/production/kustomization.yaml|      - JWT_AUDIENCE=ecommerce-saga\n||order-service: a customer-token key without JWT_AUDIENCE"
   "Deployments|deploy/components/shop-service/service.yaml|readOnlyRootFilesystem: true|readOnlyRootFilesystem: false|container inventory-service: readOnlyRootFilesystem is not true"
 )
 

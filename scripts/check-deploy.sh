@@ -319,6 +319,9 @@ for name, s in apps.items():
         err(f"{name}: AMQP_QUEUE_TYPE is {env.get('AMQP_QUEUE_TYPE')!r}, not quorum (a clustered broker)")
     if env.get("APP_ENV") != "production":
         err(f"{name}: APP_ENV is not production")
+    for var in ("JWT_ISSUER", "JWT_AUDIENCE"):
+        if not env.get(var):
+            err(f"{name}: {var} is empty (APP_ENV=production refuses a customer-token key without it)")
     if env.get("LOG_FORMAT") != "json":
         err(f"{name}: LOG_FORMAT is not json")
     if env.get("BIND_ADDRESS") != "0.0.0.0":
@@ -587,6 +590,7 @@ SELF_TESTS=(
   "rules|docker-compose.prod.yml|  image: rabbitmq:3.13-management\n  restart: unless-stopped|  image: rabbitmq:3.13-management|rabbitmq-2: restart policy is 'no'"
   "rules|docker-compose.prod.yml|      limits: { cpus: \"1.0\", memory: 512M }|      limits: { cpus: \"1.0\" }|order-service: no memory limit"
   "rules|docker-compose.prod.yml|  stop_grace_period: 60s\n  deploy:\n    resources:\n      limits: { cpus: \"1.0\", memory: 1536M }|  deploy:\n    resources:\n      limits: { cpus: \"1.0\", memory: 1536M }|mongo-3: no stop_grace_period"
+  "rules|docker-compose.prod.yml|  JWT_AUDIENCE: \${JWT_AUDIENCE:?set JWT_AUDIENCE (see .env.example)}|  JWT_AUDIENCE: \${JWT_AUDIENCE:-}|JWT_AUDIENCE is empty"
   "rules|docker-compose.prod.yml|  AMQP_QUEUE_TYPE: quorum|  AMQP_QUEUE_TYPE: classic|not quorum"
   "rules|docker-compose.prod.yml|  TRUSTED_PROXIES: *nginx-address|  TRUSTED_PROXIES: 172.28.0.0/24|should be nginx's fixed address"
   "rules|docker-compose.prod.yml|    command: [\"inventory-service\"]|    command: [\"inventory-service\"]\n    build: .|exactly one service should build"

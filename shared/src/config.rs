@@ -437,6 +437,24 @@ impl CommonConfig {
                 "customer tokens need a key: set JWT_SECRET or JWT_PUBLIC_KEY_FILE",
             );
         }
+        // Without them, any token the key's owner (an identity provider,
+        // say) issued for another application would be taken as this shop's.
+        if let Some(jwt) = &self.jwt {
+            if jwt.issuer.is_none() {
+                return refuse(
+                    "JWT_ISSUER",
+                    "",
+                    "must be set: without it a token issued by anyone holding the key is accepted",
+                );
+            }
+            if jwt.audience.is_none() {
+                return refuse(
+                    "JWT_AUDIENCE",
+                    "",
+                    "must be set: without it a token issued for another application is accepted",
+                );
+            }
+        }
         let broker = redacted(self.rabbitmq_url.expose());
         let user = self
             .rabbitmq_url
@@ -569,6 +587,8 @@ mod tests {
             ("APP_ENV", "production"),
             ("ADMIN_TOKEN", STRONG_TOKEN),
             ("JWT_SECRET", STRONG_SECRET),
+            ("JWT_ISSUER", "https://id.example.com/"),
+            ("JWT_AUDIENCE", "shop"),
             (
                 "MONGODB_URI",
                 "mongodb://orders:s3cret@db-0,db-1/?replicaSet=rs0",
@@ -611,6 +631,8 @@ mod tests {
             ),
             ("ADMIN_TOKEN", "short-token", "at least 32 characters"),
             ("JWT_SECRET", "", "customer tokens need a key"),
+            ("JWT_ISSUER", "", "issued by anyone holding the key"),
+            ("JWT_AUDIENCE", "", "issued for another application"),
             (
                 "RABBITMQ_URL",
                 "amqp://guest:guest@rabbit/%2f",
