@@ -521,9 +521,19 @@ def check_production(docs, known):
         for c in spec.get("template", {}).get("spec", {}).get("containers", []):
             if c.get("image", "").endswith(":latest") or ":" not in c.get("image", "").rsplit("/", 1)[-1]:
                 problems.append(f"{name}: image {c.get('image')} is not a released tag")
+    ingress_hosts = set()
     for name, ing in by_kind(docs, "Ingress").items():
         if not all(rule.get("host") for rule in ing["spec"].get("rules", [])):
             problems.append(f"Ingress/{name}: a rule without a host")
+        ingress_hosts |= {rule["host"] for rule in ing["spec"].get("rules", []) if rule.get("host")}
+    # The services refuse a request naming a host ALLOWED_HOSTS does not
+    # allow (shared/src/http/host.rs): the Ingress's must be allowed.
+    for name, d in deployments.items():
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            listed = [h.strip() for h in (config_env(c, configmaps).get("ALLOWED_HOSTS") or "").split(",") if h.strip()]
+            for host in sorted(ingress_hosts):
+                if not any(h == "*" or h == host or (h.startswith(".") and (host == h[1:] or host.endswith(h))) for h in listed):
+                    problems.append(f"{name}: ALLOWED_HOSTS {listed} does not allow the Ingress host {host}")
     return problems
 
 

@@ -144,6 +144,7 @@ SELF_TESTS=(
   "services/registry.txt|services/registry.txt|\ninventory |\npayment        3004   payment_service\ninventory |payment-service is in services/registry.txt but not deployed"
   "services/registry.txt|deploy/base/mongodb.yaml|    - name: inventory-service|    - name: stock-service|inventory-service: no MongoDB user inventory-service"
   "production|deploy/overlays/production/kustomization.yaml|      - JWT_AUDIENCE=ecommerce-saga\n||order-service: a customer-token key without JWT_AUDIENCE"
+  "production|deploy/overlays/production/kustomization.yaml|ALLOWED_HOSTS=shop.example.com|ALLOWED_HOSTS=shop.example.org|inventory-service: ALLOWED_HOSTS ['shop.example.org'] does not allow the Ingress host shop.example.com"
   "Deployments|deploy/components/shop-service/service.yaml|readOnlyRootFilesystem: true|readOnlyRootFilesystem: false|container inventory-service: readOnlyRootFilesystem is not true"
 )
 

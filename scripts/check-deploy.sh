@@ -319,9 +319,9 @@ for name, s in apps.items():
         err(f"{name}: AMQP_QUEUE_TYPE is {env.get('AMQP_QUEUE_TYPE')!r}, not quorum (a clustered broker)")
     if env.get("APP_ENV") != "production":
         err(f"{name}: APP_ENV is not production")
-    for var in ("JWT_ISSUER", "JWT_AUDIENCE"):
+    for var in ("JWT_ISSUER", "JWT_AUDIENCE", "ALLOWED_HOSTS"):
         if not env.get(var):
-            err(f"{name}: {var} is empty (APP_ENV=production refuses a customer-token key without it)")
+            err(f"{name}: {var} is empty (APP_ENV=production refuses to start without it)")
     if env.get("LOG_FORMAT") != "json":
         err(f"{name}: LOG_FORMAT is not json")
     if env.get("BIND_ADDRESS") != "0.0.0.0":

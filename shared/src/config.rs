@@ -9,7 +9,10 @@ use std::num::NonZeroU32;
 
 use crate::{
     broker::{DEFAULT_HEARTBEAT_SECONDS, topology::QueueType, with_heartbeat},
-    http::{JwtSettings, TrustedProxies, ratelimit::RateLimit, server::AllowedOrigins},
+    http::{
+        JwtSettings, TrustedProxies, host::AllowedHosts, ratelimit::RateLimit,
+        server::AllowedOrigins,
+    },
     retry::RetryPolicy,
 };
 
@@ -262,6 +265,11 @@ pub struct CommonConfig {
     /// `CORS_ALLOWED_ORIGINS` (default none: CORS off): comma-separated
     /// exact origins (`https://shop.example.com`) whose pages may call the API.
     pub cors_allowed_origins: AllowedOrigins,
+    /// `ALLOWED_HOSTS` (default none): comma-separated names clients reach
+    /// the services by (`shop.example.com`, `.example.com`, `*`), besides
+    /// addresses, `localhost` and one-label names, which are always
+    /// answered; a request naming another host gets 400 (DNS rebinding).
+    pub allowed_hosts: AllowedHosts,
     /// `MAX_IN_FLIGHT_REQUESTS` (default 64): requests in progress at once;
     /// past it, 503 with Retry-After. 0 turns shedding off.
     pub max_in_flight: Option<usize>,
@@ -373,6 +381,7 @@ impl CommonConfig {
             rate_limit,
             trusted_proxies: env.parse("TRUSTED_PROXIES", TrustedProxies::default())?,
             cors_allowed_origins: env.parse("CORS_ALLOWED_ORIGINS", AllowedOrigins::default())?,
+            allowed_hosts: env.parse("ALLOWED_HOSTS", AllowedHosts::default())?,
             max_in_flight: Some(env.parse("MAX_IN_FLIGHT_REQUESTS", 64usize)?).filter(|n| *n > 0),
             redrive: match env.parse("DEAD_LETTER_REDRIVES", 3u32)? {
                 0 => None,
@@ -435,6 +444,13 @@ impl CommonConfig {
                 "JWT_SECRET",
                 "",
                 "customer tokens need a key: set JWT_SECRET or JWT_PUBLIC_KEY_FILE",
+            );
+        }
+        if !self.allowed_hosts.is_set() {
+            return refuse(
+                "ALLOWED_HOSTS",
+                "",
+                "must be set: the names clients reach the services by (shop.example.com), or * for any",
             );
         }
         // Without them, any token the key's owner (an identity provider,
@@ -589,6 +605,7 @@ mod tests {
             ("JWT_SECRET", STRONG_SECRET),
             ("JWT_ISSUER", "https://id.example.com/"),
             ("JWT_AUDIENCE", "shop"),
+            ("ALLOWED_HOSTS", "shop.example.com"),
             (
                 "MONGODB_URI",
                 "mongodb://orders:s3cret@db-0,db-1/?replicaSet=rs0",
@@ -632,6 +649,11 @@ mod tests {
             ("ADMIN_TOKEN", "short-token", "at least 32 characters"),
             ("JWT_SECRET", "", "customer tokens need a key"),
             ("JWT_ISSUER", "", "issued by anyone holding the key"),
+            (
+                "ALLOWED_HOSTS",
+                "",
+                "the names clients reach the services by",
+            ),
             ("JWT_AUDIENCE", "", "issued for another application"),
             (
                 "RABBITMQ_URL",
@@ -769,6 +791,16 @@ mod tests {
                 .contains("\"shop.example\" is not an origin"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn allowed_hosts_are_none_unless_listed_and_a_bad_entry_names_the_variable() {
+        assert!(!common(&[]).unwrap().allowed_hosts.is_set());
+        let listed = common(&[("ALLOWED_HOSTS", "shop.example.com")]).unwrap();
+        assert!(listed.allowed_hosts.allows("shop.example.com:443"));
+        let err = common(&[("ALLOWED_HOSTS", "https://shop.example.com")]).unwrap_err();
+        assert_eq!(err.name, "ALLOWED_HOSTS");
+        assert!(err.to_string().contains("not a host name"), "{err}");
     }
 
     #[test]

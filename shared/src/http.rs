@@ -12,6 +12,7 @@ pub mod deadletters;
 pub mod error;
 pub mod health;
 pub mod history;
+pub mod host;
 pub mod loadshed;
 pub mod page;
 pub mod ratelimit;

@@ -336,6 +336,7 @@ impl ServiceCore {
                 load_shedder,
                 trusted_proxies: self.config.trusted_proxies.clone(),
                 allowed_origins: self.config.cors_allowed_origins.clone(),
+                allowed_hosts: self.config.allowed_hosts.clone(),
                 metrics: self.metrics.http.clone(),
             },
         );

@@ -28,6 +28,7 @@ use super::{
     ApiError, Authenticator, ClientAddress, TrustedProxies, client,
     contract::{self, Contract},
     error::json_errors,
+    host::{self, AllowedHosts},
     loadshed::{self, LoadShedder},
     ratelimit::{self, RateLimiter},
 };
@@ -154,6 +155,8 @@ pub struct Edges {
     pub trusted_proxies: TrustedProxies,
     /// The browser origins CORS lets in (none: CORS off).
     pub allowed_origins: AllowedOrigins,
+    /// The names requests may reach the service by (`Host`).
+    pub allowed_hosts: AllowedHosts,
     /// Where each request is timed and counted.
     pub metrics: HttpMetrics,
 }
@@ -163,7 +166,7 @@ pub struct Edges {
 /// (`/openapi.json`), and, from the outside in: security headers, CORS for
 /// the allowed origins (if any), JSON errors, the client's address (behind
 /// the trusted proxies), correlation ids, trace context, the request log
-/// and its metrics, the rate limit, the body read (limited in size and
+/// and its metrics, the host check, the rate limit, the body read (limited in size and
 /// time), load shedding, and `Allow` on 405; plus the tokens it accepts.
 pub fn build_app<T: OpenApi + 'static>(
     api: T,
@@ -177,8 +180,10 @@ pub fn build_app<T: OpenApi + 'static>(
         load_shedder,
         trusted_proxies,
         allowed_origins,
+        allowed_hosts,
         metrics,
     } = edges;
+    let allowed_hosts = Arc::new(allowed_hosts);
     let service = OpenApiService::new(api, title, env!("CARGO_PKG_VERSION"));
     let docs = service.swagger_ui();
     let contract = Contract::of(&service);
@@ -199,6 +204,7 @@ pub fn build_app<T: OpenApi + 'static>(
         // Outside the shedding: a body that trickles in holds no permit.
         .around(read_body)
         .around(move |next, req| ratelimit::limit(rate_limiter.clone(), next, req))
+        .around(move |next, req| host::check(allowed_hosts.clone(), next, req))
         .around(move |next, req| correlate(metrics.clone(), next, req))
         .around(move |next, req| client::identify(trusted_proxies.clone(), next, req))
         .data(authenticator)

@@ -240,3 +240,47 @@ async fn bodies_that_never_arrive_hold_none_of_the_requests_in_progress_and_time
         "{body}"
     );
 }
+
+/// DNS rebinding: a page whose own name was re-pointed at the services is
+/// same-origin to the browser, but its requests name its host. Those are
+/// refused and write nothing; the names a client legitimately uses pass.
+#[tokio::test]
+async fn a_request_naming_a_host_not_allowed_is_refused_and_writes_nothing() {
+    let stack = Stack::start_with(&[("ALLOWED_HOSTS", "shop.example.com")]).await;
+    let product = stack.create_product(5, 0, 1.0).await;
+    let order_as = |host: &'static str| {
+        stack
+            .http
+            .post(format!("{}/api/orders", stack.order))
+            .header("host", host)
+            .bearer_auth(e2e_tests::customer_token("c-1"))
+            .json(&serde_json::json!({
+                "customerId": "c-1",
+                "customerEmail": "c-1@example.com",
+                "items": [{ "productId": product, "quantity": 1 }],
+            }))
+            .send()
+    };
+
+    let refused = order_as("rebind.attacker.example:3001").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_security_headers("a refused host", &refused);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "host_not_allowed", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"rebind.attacker.example:3001\""),
+        "{body}"
+    );
+    let orders = stack
+        .customer_get_json("c-1", &format!("{}/api/customers/c-1/orders", stack.order))
+        .await;
+    assert_eq!(orders["items"], serde_json::json!([]), "nothing written");
+
+    for host in ["shop.example.com", "localhost:3001", "order-service:3001"] {
+        let placed = order_as(host).await.unwrap();
+        assert_eq!(placed.status(), 202, "as {host}");
+    }
+}
