@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     deadletter::{DeadLetter, DeadLetterStatus},
     events::{OrderStatus, RawEnvelope},
+    http::ApiOrderStatus,
 };
 
 pub(crate) const HISTORY: &str = "saga_history";
@@ -102,11 +103,11 @@ pub struct HistoryItem {
     /// The status before a status change (absent when the order was created).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[oai(skip_serializing_if_is_none)]
-    pub from: Option<OrderStatus>,
+    pub from: Option<ApiOrderStatus>,
     /// The status after a status change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[oai(skip_serializing_if_is_none)]
-    pub to: Option<OrderStatus>,
+    pub to: Option<ApiOrderStatus>,
     /// Why: a status change's reason, a failure's error, a discard's note.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[oai(skip_serializing_if_is_none)]
@@ -260,8 +261,8 @@ impl History {
         at: DateTime<Utc>,
     ) -> Self {
         self.items.push(HistoryItem {
-            from,
-            to: Some(to),
+            from: from.map(Into::into),
+            to: Some(to.into()),
             detail: reason,
             ..HistoryItem::new(self.service, HistoryKind::StatusChanged, at)
         });
@@ -441,8 +442,8 @@ mod tests {
             );
         assert_eq!(history.items[0].at, event.occurred_at);
         assert_eq!(history.items[0].kind, HistoryKind::EventPublished);
-        assert_eq!(history.items[1].from, Some(OrderStatus::Pending));
-        assert_eq!(history.items[1].to, Some(OrderStatus::Failed));
+        assert_eq!(history.items[1].from, Some(ApiOrderStatus::Pending));
+        assert_eq!(history.items[1].to, Some(ApiOrderStatus::Failed));
         let record = history.into_record();
         assert_eq!(record.order_id, "o1");
         assert_eq!(record.items.len(), 2);

@@ -10,8 +10,8 @@ use poem_openapi::{
     payload::Json,
 };
 use shared::http::{
-    AdminAuth, CorrelationId, Cursor, CustomerAuth, EmailAddress, Page, PageSize, Refused,
-    ValidJson,
+    AdminAuth, ApiNotificationKind, CorrelationId, Cursor, CustomerAuth, EmailAddress, Page,
+    PageSize, Refused, ValidJson,
     error::{BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType},
     page,
 };
@@ -59,7 +59,7 @@ pub struct NotificationView {
     /// The notification's id (UUIDv7).
     pub notification_id: String,
     /// What it is about.
-    pub kind: NotificationKind,
+    pub kind: ApiNotificationKind,
     /// Who gets it.
     pub recipient: String,
     /// The subject line.
@@ -94,7 +94,7 @@ impl From<Notification> for NotificationView {
     fn from(n: Notification) -> Self {
         NotificationView {
             notification_id: n.id,
-            kind: n.kind,
+            kind: n.kind.into(),
             recipient: n.recipient,
             subject: n.subject,
             status: n.status,
@@ -118,7 +118,7 @@ impl From<Notification> for NotificationView {
 pub struct RetryFilter {
     /// Only notifications of this kind, e.g. `ORDER_CONFIRMED`.
     #[oai(nullable)]
-    pub kind: Option<NotificationKind>,
+    pub kind: Option<ApiNotificationKind>,
 }
 
 /// What a bulk retry did.
@@ -274,7 +274,7 @@ impl NotificationApi {
         _admin: AdminAuth,
         body: ValidJson<RetryFilter>,
     ) -> Result<RetryResponse, Refused<(BadRequest, Unauthorized, UnsupportedMediaType)>> {
-        let ids = self.store.retry_failed(body.0.kind).await?;
+        let ids = self.store.retry_failed(body.0.kind.map(Into::into)).await?;
         tracing::info!(count = ids.len(), kind = ?body.0.kind, "FAILED notifications sent again");
         Ok(RetryResponse::Ok(Json(RetryResult {
             requeued: ids.len() as u32,

@@ -15,8 +15,8 @@ use shared::{
     events::Cause,
     history::in_time_order,
     http::{
-        AdminAuth, ApiError, CorrelationId, Cursor, CustomerAuth, EmailAddress, FieldError, Page,
-        PageSize, Refused, ValidJson,
+        AdminAuth, ApiError, ApiOrderStatus, CorrelationId, Cursor, CustomerAuth, EmailAddress,
+        FieldError, Page, PageSize, Refused, ValidJson,
         error::{
             BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unprocessable,
             UnsupportedMediaType,
@@ -30,7 +30,7 @@ use validator::Validate;
 
 use crate::{
     backlog::Backlog,
-    domain::{self, Order, OrderStatus, saga},
+    domain::{self, Order, saga},
     error::Error,
     inventory::{InventoryClient, ProductCheck},
     limit::CustomerLimit,
@@ -104,7 +104,7 @@ pub struct OrderLineRequest {
 pub struct UpdateStatusRequest {
     /// SHIPPED (from CONFIRMED) or DELIVERED (from SHIPPED); any other move
     /// is a 409.
-    pub status: OrderStatus,
+    pub status: ApiOrderStatus,
     /// If given, the change applies only at this version (else 409).
     #[oai(nullable)]
     pub expected_version: Option<i64>,
@@ -179,7 +179,7 @@ pub struct OrderView {
     #[oai(nullable)]
     pub total_amount: Option<f64>,
     /// Where the order is in its life.
-    pub status: OrderStatus,
+    pub status: ApiOrderStatus,
     /// Why the order was rejected, if it was.
     #[oai(nullable)]
     pub reason: Option<String>,
@@ -210,7 +210,7 @@ impl From<Order> for OrderView {
                 })
                 .collect(),
             total_amount: order.total_cents.map(major_units),
-            status: order.status,
+            status: order.status.into(),
             reason: order.reason,
             version: order.version,
             created_at: order.created_at,
@@ -229,7 +229,7 @@ pub struct StuckSagaView {
     /// The customer who placed it.
     pub customer_id: String,
     /// PENDING, or FAILED while the inventory's release is awaited.
-    pub status: OrderStatus,
+    pub status: ApiOrderStatus,
     /// Whole seconds since its saga began (the order was accepted, or last
     /// retried).
     pub age_seconds: u64,
@@ -249,7 +249,7 @@ impl StuckSagaView {
             waiting_for: step.describe().to_string(),
             order_id: order.id,
             customer_id: order.customer_id,
-            status: order.status,
+            status: order.status.into(),
             created_at: order.created_at,
         })
     }
@@ -544,7 +544,7 @@ impl OrderApi {
             .store
             .set_status(
                 &order_id,
-                body.0.status,
+                body.0.status.into(),
                 body.0.expected_version,
                 &correlation.0.0,
             )
@@ -575,12 +575,12 @@ impl OrderApi {
     async fn orders_by_status(
         &self,
         _admin: AdminAuth,
-        status: Path<OrderStatus>,
+        status: Path<ApiOrderStatus>,
         limit: Query<Option<PageSize>>,
         cursor: Query<Option<Cursor>>,
     ) -> Result<OrderPageResponse, Refused<(BadRequest, Unauthorized)>> {
         let page = page::requested(limit.0, cursor.0);
-        let found = self.store.orders_in_status(status.0, &page).await?;
+        let found = self.store.orders_in_status(status.0.into(), &page).await?;
         Ok(OrderPageResponse::Ok(Json(Page::of(found))))
     }
 
