@@ -22,6 +22,7 @@ pub mod retry;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod testing;
 
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;

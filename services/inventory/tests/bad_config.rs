@@ -1,39 +1,13 @@
 //! A bad configuration stops the real binary at once with exit code 64
 //! (EX_USAGE) and one line on stderr naming the variable.
 
-use std::{
-    process::{Command, Output, Stdio},
-    time::{Duration, Instant},
-};
-
-/// Runs the service binary with only `vars` set and waits for it to exit;
-/// one that accepted its configuration would go on to serve, so it is killed
-/// after a few seconds and the test fails.
-fn run_with(vars: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-service"))
-        .env_clear()
-        .envs(vars.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the service binary starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("inventory-service accepted {vars:?} and kept running");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
+use shared::testing::refused_configuration;
 
 #[test]
 fn a_port_that_is_not_a_number_exits_64_naming_port() {
-    let output = run_with(&[("PORT", "notaport")]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(64), "stderr: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    let stderr = refused_configuration(
+        env!("CARGO_BIN_EXE_inventory-service"),
+        &[("PORT", "notaport")],
+    );
     assert!(stderr.contains("PORT=\"notaport\""), "{stderr}");
 }
