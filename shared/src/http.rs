@@ -14,6 +14,7 @@ pub mod error;
 pub mod health;
 pub mod history;
 pub mod host;
+pub mod limits;
 pub mod loadshed;
 pub mod page;
 pub mod ratelimit;
@@ -23,7 +24,7 @@ pub use auth::{AdminAuth, Authenticator, Caller, CustomerAuth, JwtSettings, requ
 pub use body::{EmailAddress, ValidJson};
 pub use client::{ClientAddress, TrustedProxies};
 pub use enums::{ApiNotificationKind, ApiOrderStatus};
-pub use error::{ApiError, ErrorBody, FieldError, Refused, validate};
+pub use error::{ApiError, ErrorBody, FieldError, Refused};
 pub use health::{Gauge, GaugeSource, HealthApi};
 pub use page::{Cursor, Page, PageSize};
 pub use server::{CorrelationId, Edges, bind, build_app, serve, wait_for_signal};

@@ -17,7 +17,6 @@ use shared::{
     },
     money::major_units,
 };
-use validator::Validate;
 
 use crate::{
     domain::{self, Product},
@@ -36,25 +35,21 @@ pub struct InventoryApi {
 }
 
 /// A new product.
-#[derive(Debug, Object, Validate, serde::Deserialize)]
+#[derive(Debug, Object, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateProductRequest {
     /// Stock keeping unit, unique (1 to 64 characters).
     #[oai(validator(min_length = 1, max_length = 64))]
-    #[validate(length(min = 1, max = 64))]
     pub sku: String,
     /// What the shop calls it (1 to 200 characters).
     #[oai(validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub name: String,
     /// Longer text for the shop page (at most 2000 characters).
     #[oai(nullable, validator(max_length = 2000))]
-    #[validate(length(max = 2000))]
     pub description: Option<String>,
     /// The category it is listed under (1 to 64 characters).
     #[oai(validator(min_length = 1, max_length = 64))]
-    #[validate(length(min = 1, max = 64))]
     pub category: String,
     /// Unit price in major units: 0 or more, at most 2 decimals.
     #[oai(validator(
@@ -65,7 +60,6 @@ pub struct CreateProductRequest {
     pub price: f64,
     /// Units available to sell (0 to 1,000,000,000).
     #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
-    #[validate(range(min = 0, max = 1_000_000_000))]
     pub stock: i64,
     /// An alert goes to the admin when stock falls to or below this
     /// (0 to 1,000,000,000; default 5).
@@ -73,18 +67,16 @@ pub struct CreateProductRequest {
         nullable,
         validator(minimum(value = "0"), maximum(value = "1000000000"))
     )]
-    #[validate(range(min = 0, max = 1_000_000_000))]
     pub low_stock_threshold: Option<i64>,
 }
 
 /// A stock count.
-#[derive(Debug, Object, Validate, serde::Deserialize)]
+#[derive(Debug, Object, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetStockRequest {
     /// The new available stock (0 to 1,000,000,000).
     #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
-    #[validate(range(min = 0, max = 1_000_000_000))]
     pub stock: i64,
 }
 

@@ -15,7 +15,6 @@ use shared::http::{
     error::{BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType},
     page,
 };
-use validator::Validate;
 
 use crate::{
     domain::{Draft, Notification, NotificationKind, NotificationStatus},
@@ -34,21 +33,18 @@ pub struct NotificationApi {
 }
 
 /// A manual email.
-#[derive(Debug, Object, Validate, serde::Deserialize)]
+#[derive(Debug, Object, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SendRequest {
     /// Who gets it (at most 254 characters).
     #[oai(validator(max_length = 254))]
-    #[validate(email, length(max = 254))]
     pub recipient: EmailAddress,
     /// The subject line (1 to 200 characters).
     #[oai(validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub subject: String,
     /// The plain-text body (1 to 20,000 characters).
     #[oai(validator(min_length = 1, max_length = 20000))]
-    #[validate(length(min = 1, max = 20000))]
     pub body: String,
 }
 
@@ -112,7 +108,7 @@ impl From<Notification> for NotificationView {
 
 /// Which FAILED notifications to send again. An empty filter (`{}`) takes
 /// every FAILED one (up to 1000 per call).
-#[derive(Debug, Default, Object, Validate, serde::Deserialize)]
+#[derive(Debug, Default, Object, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryFilter {

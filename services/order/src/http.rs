@@ -26,7 +26,6 @@ use shared::{
     },
     money::major_units,
 };
-use validator::Validate;
 
 use crate::{
     backlog::Backlog,
@@ -63,42 +62,37 @@ pub struct OrderApi {
 }
 
 /// A new order.
-#[derive(Debug, Object, Validate, serde::Deserialize)]
+#[derive(Debug, Object, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderRequest {
     /// The customer placing the order (1 to 128 characters).
     #[oai(validator(min_length = 1, max_length = 128))]
-    #[validate(length(min = 1, max = 128))]
     pub customer_id: String,
     /// Where confirmation emails go (at most 254 characters).
     #[oai(validator(max_length = 254))]
-    #[validate(email, length(max = 254))]
     pub customer_email: EmailAddress,
     /// One line per product (1 to 100 lines). A product on more than one
     /// line is a 422 naming the later lines.
     #[oai(validator(min_items = 1, max_items = 100))]
-    #[validate(length(min = 1, max = 100), nested)]
     pub items: Vec<OrderLineRequest>,
 }
 
 /// A product and how many of it.
-#[derive(Debug, Object, Validate, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Object, serde::Serialize, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderLineRequest {
     /// The inventory's product id (1 to 64 characters).
     #[oai(validator(min_length = 1, max_length = 64))]
-    #[validate(length(min = 1, max = 64))]
     pub product_id: String,
     /// How many, 1 to 10,000.
     #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
-    #[validate(range(min = 1, max = 10000))]
     pub quantity: u32,
 }
 
 /// An admin status change.
-#[derive(Debug, Object, Validate, serde::Deserialize)]
+#[derive(Debug, Object, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateStatusRequest {

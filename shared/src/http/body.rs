@@ -1,16 +1,13 @@
-//! Request bodies: read with serde, then checked with their `validator`
-//! rules, so every invalid field is named at once in a `validation_failed`
-//! [`ErrorBody`](super::ErrorBody).
-//!
-//! The spec shows the same limits (`#[oai(validator(..))]` on each field), but
-//! poem-openapi's own checks of them are not run: they stop at the first
-//! failing field and answer in their own words. So a request type derives
-//! `Object` (its schema), `Deserialize` (camelCase, unknown fields denied,
-//! like its schema says) and `Validate` (the rules that answer), and a
-//! handler takes it as [`ValidJson`].
+//! Request bodies: read with serde, then held to the limits their schema
+//! states ([`super::limits`]), so every field out of them is named at once
+//! in a `validation_failed` [`ErrorBody`](super::ErrorBody). A request type
+//! derives `Object` (its schema, limits included) and `Deserialize`
+//! (camelCase, unknown fields denied, like its schema says), and a handler
+//! takes it as [`ValidJson`].
 
 use std::borrow::Cow;
 
+use super::{ApiError, limits};
 use poem::{FromRequest, Request, RequestBody};
 use poem_openapi::{
     impl_apirequest_for_payload,
@@ -19,11 +16,8 @@ use poem_openapi::{
     types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
 };
 use serde::de::DeserializeOwned;
-use validator::Validate;
 
-use super::{ApiError, validate};
-
-/// A JSON request body that parsed and passed its `validator` rules.
+/// A JSON request body that parsed and is within its schema's limits.
 #[derive(Debug)]
 pub struct ValidJson<T>(pub T);
 
@@ -43,7 +37,7 @@ impl<T: Type> Payload for ValidJson<T> {
     }
 }
 
-impl<T: Type + DeserializeOwned + Validate + Send> ParsePayload for ValidJson<T> {
+impl<T: Type + DeserializeOwned + Send> ParsePayload for ValidJson<T> {
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
@@ -61,7 +55,9 @@ impl<T: Type + DeserializeOwned + Validate + Send> ParsePayload for ValidJson<T>
         let value: T = serde_json::from_slice(&data).map_err(|error| {
             ApiError::bad_request(format!("the body is not a valid {}: {error}", T::name()))
         })?;
-        validate(&value)?;
+        // It parsed as a `T`, so it parses as JSON.
+        let json: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+        limits::check::<T>(&json)?;
         Ok(ValidJson(value))
     }
 }
@@ -74,10 +70,10 @@ fn starts_an_object(json: &[u8]) -> bool {
         .is_some_and(|&byte| byte == b'{')
 }
 
-impl_apirequest_for_payload!(ValidJson<T>, T: Type + DeserializeOwned + Validate + Send);
+impl_apirequest_for_payload!(ValidJson<T>, T: Type + DeserializeOwned + Send);
 
-/// An email address: a string in the spec's `email` format, checked by the
-/// `validator` rule `email` of the field that holds it.
+/// An email address: a string in the spec's `email` format, which
+/// [`super::limits`] checks with [`is_deliverable_email`].
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct EmailAddress(pub String);
@@ -124,40 +120,21 @@ impl ToJSON for EmailAddress {
     }
 }
 
-impl validator::ValidateEmail for EmailAddress {
-    /// An address the validator takes, at a domain name with a dot in it:
-    /// the validator also takes an address literal (`x@[127.0.0.1]`) and a
-    /// bare host name (`x@mongodb`), and either would aim the shop's mail
-    /// relay at a host of the network it runs in.
-    fn validate_email(&self) -> bool {
-        let at_a_public_name = self
-            .0
-            .rsplit_once('@')
-            .is_some_and(|(_, domain)| !domain.starts_with('[') && domain.contains('.'));
-        at_a_public_name && self.0.validate_email()
-    }
-
-    fn as_email_string(&self) -> Option<Cow<'_, str>> {
-        Some(Cow::Borrowed(&self.0))
-    }
-}
-
-impl validator::ValidateLength<u64> for EmailAddress {
-    fn length(&self) -> Option<u64> {
-        self.0.length()
-    }
+/// An address the `validator` crate takes, at a domain name with a dot in
+/// it: the crate also takes an address literal (`x@[127.0.0.1]`) and a bare
+/// host name (`x@mongodb`), and either would aim the shop's mail relay at a
+/// host of the network it runs in.
+pub(crate) fn is_deliverable_email(address: &str) -> bool {
+    use validator::ValidateEmail;
+    let at_a_public_name = address
+        .rsplit_once('@')
+        .is_some_and(|(_, domain)| !domain.starts_with('[') && domain.contains('.'));
+    at_a_public_name && address.validate_email()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Validate, serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Signup {
-        #[validate(email, length(max = 20))]
-        email: EmailAddress,
-    }
 
     #[test]
     fn only_an_object_is_a_body() {
@@ -168,26 +145,5 @@ mod tests {
         assert!(!starts_an_object(b" [\"ORDER_CONFIRMED\"]"));
         assert!(!starts_an_object(b"null"));
         assert!(!starts_an_object(b""));
-    }
-
-    fn check(json: &str) -> Result<(), ApiError> {
-        let signup: Signup = serde_json::from_str(json).unwrap();
-        validate(&signup)
-    }
-
-    #[test]
-    fn an_email_address_is_checked_by_the_rules_of_its_field() {
-        assert!(check(r#"{"email": "a@example.com"}"#).is_ok());
-        let not_an_email = check(r#"{"email": "nobody"}"#).unwrap_err();
-        assert_eq!(not_an_email.fields[0].message, "must be an email address");
-        for internal in ["x@[127.0.0.1]", "x@[IPv6:::1]", "x@mongodb"] {
-            let refused = check(&format!(r#"{{"email": "{internal}"}}"#)).unwrap_err();
-            assert_eq!(
-                refused.fields[0].message, "must be an email address",
-                "{internal}"
-            );
-        }
-        let too_long = check(r#"{"email": "someone@a-long-domain.example"}"#).unwrap_err();
-        assert_eq!(too_long.fields[0].message, "length must be at most 20");
     }
 }

@@ -10,7 +10,6 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
 };
-use validator::Validate;
 
 use super::{
     AdminAuth, ApiError, Cursor, Page, PageSize, Refused, ValidJson,
@@ -118,36 +117,30 @@ impl From<DeadLetter> for DeadLetterView {
 
 /// Which DEAD letters to replay. Every given field must match; an empty
 /// filter replays every DEAD letter (up to 1000 per call).
-#[derive(Debug, Default, Object, Validate, serde::Deserialize)]
+#[derive(Debug, Default, Object, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ReplayFilter {
     /// Only this event type, e.g. `order.created`.
     #[oai(nullable, validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub event_type: Option<String>,
     /// Only this original routing key.
     #[oai(nullable, validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub routing_key: Option<String>,
     /// Only this event id.
     #[oai(nullable, validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub message_id: Option<String>,
     /// Only the dead letters of this order.
     #[oai(nullable, validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub order_id: Option<String>,
     /// Only those of this correlation id.
     #[oai(nullable, validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub correlation_id: Option<String>,
     /// Only this reason class (`other` includes records archived before classes were).
     #[oai(nullable)]
     pub reason_class: Option<ReasonClass>,
     /// Only those that died in this work queue.
     #[oai(nullable, validator(min_length = 1, max_length = 255))]
-    #[validate(length(min = 1, max = 255))]
     pub queue: Option<String>,
     /// `false`: only bodies that did not parse as an event (no event type),
     /// the group `eventType` cannot name; `true`: only events.
@@ -183,53 +176,45 @@ pub(crate) struct ReplayResult {
 }
 
 /// Why a dead letter is given up on.
-#[derive(Debug, Object, Validate, serde::Deserialize)]
+#[derive(Debug, Object, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct DiscardRequest {
     /// The operator's reason, kept on the record (1 to 1000 characters).
     #[oai(validator(min_length = 1, max_length = 1000))]
-    #[validate(length(min = 1, max = 1000))]
     pub note: String,
 }
 
 /// Which DEAD letters to give up on, and why. Every given filter field must
 /// match, as in a filtered replay; an empty filter discards every DEAD letter
 /// (up to 1000 per call).
-#[derive(Debug, Object, Validate, serde::Deserialize)]
+#[derive(Debug, Object, serde::Deserialize)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct DiscardFilter {
     /// The operator's reason, kept on each record (1 to 1000 characters).
     #[oai(validator(min_length = 1, max_length = 1000))]
-    #[validate(length(min = 1, max = 1000))]
     pub note: String,
     /// Only this event type, e.g. `order.created`.
     #[oai(nullable, validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub event_type: Option<String>,
     /// Only this original routing key.
     #[oai(nullable, validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub routing_key: Option<String>,
     /// Only this event id.
     #[oai(nullable, validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub message_id: Option<String>,
     /// Only the dead letters of this order.
     #[oai(nullable, validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub order_id: Option<String>,
     /// Only those of this correlation id.
     #[oai(nullable, validator(min_length = 1, max_length = 200))]
-    #[validate(length(min = 1, max = 200))]
     pub correlation_id: Option<String>,
     /// Only this reason class (`other` includes records archived before classes were).
     #[oai(nullable)]
     pub reason_class: Option<ReasonClass>,
     /// Only those that died in this work queue.
     #[oai(nullable, validator(min_length = 1, max_length = 255))]
-    #[validate(length(min = 1, max = 255))]
     pub queue: Option<String>,
     /// `false`: only bodies that did not parse as an event (no event type);
     /// `true`: only events.

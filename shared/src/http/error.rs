@@ -12,7 +12,6 @@ use poem_openapi::{
     registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry},
     types::Type,
 };
-use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
 /// The content type of every error body.
 const CONTENT_TYPE: &str = "application/json; charset=utf-8";
@@ -379,108 +378,9 @@ pub(crate) async fn json_errors(error: poem::Error) -> Response {
     ApiError::new(status, code, message).as_response()
 }
 
-/// Runs the `validator` rules of `value`, naming every failing field by its
-/// JSON path.
-pub fn validate<T: Validate>(value: &T) -> Result<(), ApiError> {
-    value.validate().map_err(|errors| {
-        let mut fields = Vec::new();
-        flatten("", &errors, &mut fields);
-        fields.sort_by(|a, b| a.field.cmp(&b.field));
-        ApiError::validation(fields)
-    })
-}
-
-fn flatten(prefix: &str, errors: &ValidationErrors, out: &mut Vec<FieldError>) {
-    for (name, kind) in errors.errors() {
-        let path = if prefix.is_empty() {
-            camel_case(name)
-        } else {
-            format!("{prefix}.{}", camel_case(name))
-        };
-        match kind {
-            ValidationErrorsKind::Field(list) => out.extend(list.iter().map(|e| FieldError {
-                field: path.clone(),
-                message: describe(e),
-            })),
-            ValidationErrorsKind::Struct(inner) => flatten(&path, inner, out),
-            ValidationErrorsKind::List(items) => {
-                for (index, inner) in items {
-                    flatten(&format!("{path}[{index}]"), inner, out);
-                }
-            }
-        }
-    }
-}
-
-fn describe(error: &validator::ValidationError) -> String {
-    if let Some(message) = &error.message {
-        return message.to_string();
-    }
-    let param = |key: &str| error.params.get(key).map(|v| v.to_string());
-    match error.code.as_ref() {
-        "length" => match (param("min"), param("max")) {
-            (Some(min), Some(max)) => format!("length must be between {min} and {max}"),
-            (Some(min), None) => format!("length must be at least {min}"),
-            (None, Some(max)) => format!("length must be at most {max}"),
-            _ => "length is out of range".into(),
-        },
-        "range" => match (param("min"), param("max")) {
-            (Some(min), Some(max)) => format!("must be between {min} and {max}"),
-            (Some(min), None) => format!("must be at least {min}"),
-            (None, Some(max)) => format!("must be at most {max}"),
-            _ => "is out of range".into(),
-        },
-        "email" => "must be an email address".into(),
-        other => other.replace('_', " "),
-    }
-}
-
-fn camel_case(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = false;
-    for c in name.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Validate, serde::Serialize)]
-    struct Line {
-        #[validate(range(min = 1, max = 10))]
-        quantity: u32,
-    }
-
-    #[derive(Validate)]
-    struct Request {
-        #[validate(email)]
-        customer_email: String,
-        #[validate(length(min = 1), nested)]
-        items: Vec<Line>,
-    }
-
-    #[test]
-    fn every_failing_field_is_named_by_its_json_path() {
-        let err = validate(&Request {
-            customer_email: "not-an-email".into(),
-            items: vec![Line { quantity: 1 }, Line { quantity: 0 }],
-        })
-        .unwrap_err();
-        assert_eq!(err.status, StatusCode::BAD_REQUEST);
-        let fields: Vec<&str> = err.fields.iter().map(|f| f.field.as_str()).collect();
-        assert_eq!(fields, vec!["customerEmail", "items[1].quantity"]);
-        assert_eq!(err.fields[1].message, "must be between 1 and 10");
-    }
 
     #[test]
     fn a_database_failure_answers_without_the_drivers_text() {
@@ -503,16 +403,5 @@ mod tests {
             let body = serde_json::to_string(&error.body()).unwrap();
             assert!(!body.contains("db-0"), "{body}");
         }
-    }
-
-    #[test]
-    fn a_valid_value_passes() {
-        assert!(
-            validate(&Request {
-                customer_email: "a@example.com".into(),
-                items: vec![Line { quantity: 3 }],
-            })
-            .is_ok()
-        );
     }
 }

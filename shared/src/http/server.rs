@@ -203,6 +203,10 @@ pub fn build_app<T: OpenApi + 'static>(
         .around(move |next, req| loadshed::shed(load_shedder.clone(), next, req))
         // Outside the shedding: a body that trickles in holds no permit.
         .around(read_body)
+        // A type of its own for what is inside: each layer nests the type of
+        // the one within, and the compiler gives up on a handler's future
+        // nested that deep ("queries overflow the depth limit").
+        .boxed()
         .around(move |next, req| ratelimit::limit(rate_limiter.clone(), next, req))
         .around(move |next, req| host::check(allowed_hosts.clone(), next, req))
         .around(move |next, req| correlate(metrics.clone(), next, req))
