@@ -1,7 +1,7 @@
 //! The inventory service's errors, and their one mapping to HTTP.
 
 use shared::{
-    http::{ApiError, FieldError, Refused, error::Refusals},
+    http::{ApiError, FieldError},
     store::{MayConflict, StoreError},
 };
 
@@ -31,11 +31,5 @@ impl From<Error> for ApiError {
             Error::Invalid(fields) => ApiError::validation(fields),
             Error::Store(e) => e.into(),
         }
-    }
-}
-
-impl<R: Refusals> From<Error> for Refused<R> {
-    fn from(error: Error) -> Self {
-        ApiError::from(error).into()
     }
 }

@@ -1,7 +1,7 @@
 //! The notification service's errors, and their one mapping to HTTP.
 
 use shared::{
-    http::{ApiError, Refused, error::Refusals},
+    http::ApiError,
     store::{MayConflict, StoreError},
 };
 
@@ -30,11 +30,5 @@ impl From<Error> for ApiError {
             Error::NotRetryable(_) => ApiError::conflict(error.to_string()),
             Error::Store(e) => e.into(),
         }
-    }
-}
-
-impl<R: Refusals> From<Error> for Refused<R> {
-    fn from(error: Error) -> Self {
-        ApiError::from(error).into()
     }
 }

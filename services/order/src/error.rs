@@ -2,7 +2,7 @@
 
 use poem::http::StatusCode;
 use shared::{
-    http::{ApiError, FieldError, Refused, error::Refusals},
+    http::{ApiError, FieldError},
     store::{MayConflict, StoreError},
 };
 
@@ -59,11 +59,5 @@ impl From<Error> for ApiError {
             },
             Error::Store(e) => e.into(),
         }
-    }
-}
-
-impl<R: Refusals> From<Error> for Refused<R> {
-    fn from(error: Error) -> Self {
-        ApiError::from(error).into()
     }
 }

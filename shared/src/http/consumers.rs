@@ -8,7 +8,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
 
 use super::{
     AdminAuth, ApiError, Refused,
-    error::{NotFound, Refusals, Unauthorized},
+    error::{NotFound, Unauthorized},
     health::ConsumerReadiness,
 };
 use crate::{
@@ -68,12 +68,6 @@ impl From<PauseError> for ApiError {
             PauseError::UnknownQueue { .. } => ApiError::not_found(error.to_string()),
             PauseError::Database(e) => ApiError::database(&e),
         }
-    }
-}
-
-impl<R: Refusals> From<PauseError> for Refused<R> {
-    fn from(error: PauseError) -> Self {
-        ApiError::from(error).into()
     }
 }
 

@@ -13,7 +13,7 @@ use poem_openapi::{
 
 use super::{
     AdminAuth, ApiError, Cursor, Page, PageSize, Refused, ValidJson,
-    error::{BadRequest, Conflict, NotFound, Refusals, Unauthorized, UnsupportedMediaType},
+    error::{BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType},
     page,
 };
 use crate::{
@@ -344,12 +344,6 @@ impl From<DeadLetterError> for ApiError {
             }
             DeadLetterError::Database(e) => ApiError::database(&e),
         }
-    }
-}
-
-impl<R: Refusals> From<DeadLetterError> for Refused<R> {
-    fn from(error: DeadLetterError) -> Self {
-        ApiError::from(error).into()
     }
 }
 

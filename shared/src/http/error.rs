@@ -163,12 +163,6 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-impl<R: Refusals> From<crate::store::StoreError> for Refused<R> {
-    fn from(error: crate::store::StoreError) -> Self {
-        ApiError::from(error).into()
-    }
-}
-
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code, self.message)
@@ -297,9 +291,11 @@ refusal_sets! {
 /// status sent is the error's own, mapped once in this module.
 pub struct Refused<R: Refusals = ()>(pub ApiError, PhantomData<fn() -> R>);
 
-impl<R: Refusals> From<ApiError> for Refused<R> {
-    fn from(error: ApiError) -> Self {
-        Refused(error, PhantomData)
+/// Any error with its mapping to HTTP (a service's own, the store's, an
+/// [`ApiError`] itself) is a refusal, so a handler takes `?` on each.
+impl<R: Refusals, E: Into<ApiError>> From<E> for Refused<R> {
+    fn from(error: E) -> Self {
+        Refused(error.into(), PhantomData)
     }
 }
 
