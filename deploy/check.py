@@ -27,6 +27,8 @@ import yaml
 
 DEPLOY = Path(__file__).resolve().parent
 REPO = DEPLOY.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts" / "lib"))
+import project  # noqa: E402  (scripts/lib/project.py)
 K8S_VERSIONS = os.environ.get("KUBERNETES_VERSIONS", "1.33.0 1.37.0").split()
 
 REGISTRY_PATH = Path(os.environ.get("SERVICES_REGISTRY") or REPO / "services" / "registry.txt")
@@ -63,41 +65,9 @@ class Checks:
 
 
 def known_variables():
-    """The variables the services read, scanned from their source."""
-    names = set()
-    files = list((REPO / "shared" / "src").rglob("*.rs"))
-    files += [f for d in (REPO / "services").glob("*/src") for f in d.rglob("*.rs")]
-    for f in files:
-        text = f.read_text()
-        names.update(re.findall(r'\benv\s*\.\s*\w+\(\s*"([A-Z][A-Z0-9_]*)"', text))
-        names.update(re.findall(r'env::var\(\s*"([A-Z][A-Z0-9_]*)"', text))
-        # One per other service of the registry, `<NAME>_<SUFFIX>`, through
-        # a `variable("SUFFIX")` helper: the order service's INVENTORY_URL,
-        # NOTIFICATION_DOCS_URL...
-        own = f.relative_to(REPO).parts[1] if f.relative_to(REPO).parts[0] == "services" else None
-        for suffix in re.findall(r'\bvariable\(\s*"([A-Z][A-Z0-9_]*)"\s*\)', text):
-            names.update(f"{service.removesuffix('-service').upper()}_{suffix}"
-                         for service in REGISTRY if service.removesuffix("-service") != own)
-    # tracing_subscriber's EnvFilter::try_from_default_env reads RUST_LOG.
-    names.add("RUST_LOG")
-    if len(names) < 15 or "MONGODB_URI" not in names or "RABBITMQ_URL" not in names:
-        raise RuntimeError(f"scanning the sources for variable names found only {sorted(names)}")
-    return names
-
-
-def read_registry(path):
-    """services/registry.txt: one service a line, `name port database`."""
-    services = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
-            continue
-        if len(fields) != 3 or not fields[1].isdigit():
-            raise ValueError(f"{path}:{n}: not `name port database`: {line.strip()!r}")
-        services[f"{fields[0]}-service"] = (int(fields[1]), fields[2])
-    if not services:
-        raise ValueError(f"{path}: no services")
-    return services
+    """The variables the services read, as docs/configuration.md lists them
+    (a test keeps that page and the services' configuration in step)."""
+    return project.documented_variables(REPO)
 
 
 def kn(doc):
@@ -555,7 +525,7 @@ def main():
         docs = [d for d in yaml.safe_load_all(f) if d]
     checks = Checks()
     try:
-        REGISTRY.update(read_registry(REGISTRY_PATH))
+        REGISTRY.update(project.read_registry(REGISTRY_PATH))
         SERVICES.update((service, port) for service, (port, _) in REGISTRY.items())
         known = known_variables()
         validators = load_custom_validators()

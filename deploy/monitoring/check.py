@@ -42,6 +42,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "lib"))
+import project  # noqa: E402  (scripts/lib/project.py)
+
 ALWAYS_LABELS = {"job", "instance"}  # added by Prometheus on scrape
 # The scrape job of the shop's services in both configurations; `up` of
 # its targets is how the rules and the dashboard find them.
@@ -80,18 +83,11 @@ def fail_on(problems):
 # --------------------------------------------------------------- the registry
 
 def load_registry(path):
-    """services/registry.txt as {service: port}: `name port database` a
-    line, the service being `<name>-service`."""
-    services = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        words = line.split()
-        if len(words) != 3 or not words[1].isdigit():
-            sys.exit(f"services/registry.txt:{number}: want `name port database`, not {line!r}")
-        services[f"{words[0]}-service"] = int(words[1])
-    return services
+    """services/registry.txt as {service: port}."""
+    try:
+        return {service: port for service, (port, _) in project.read_registry(path).items()}
+    except ValueError as problem:
+        sys.exit(str(problem))
 
 
 # ------------------------------------------------------------------ metrics.txt
