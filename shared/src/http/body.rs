@@ -7,7 +7,6 @@
 
 use std::borrow::Cow;
 
-use super::{ApiError, limits};
 use poem::{FromRequest, Request, RequestBody};
 use poem_openapi::{
     impl_apirequest_for_payload,
@@ -16,6 +15,8 @@ use poem_openapi::{
     types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
 };
 use serde::de::DeserializeOwned;
+
+use super::{ApiError, limits};
 
 /// A JSON request body that parsed and is within its schema's limits.
 #[derive(Debug)]

@@ -166,8 +166,9 @@ pub struct Edges {
 /// (`/openapi.json`), and, from the outside in: security headers, CORS for
 /// the allowed origins (if any), JSON errors, the client's address (behind
 /// the trusted proxies), correlation ids, trace context, the request log
-/// and its metrics, the host check, the rate limit, the body read (limited in size and
-/// time), load shedding, and `Allow` on 405; plus the tokens it accepts.
+/// and its metrics, the host check, the rate limit, the body read (limited
+/// in size and time), load shedding, and `Allow` on 405; plus the tokens
+/// it accepts.
 pub fn build_app<T: OpenApi + 'static>(
     api: T,
     routes: Route,
