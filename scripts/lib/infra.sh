@@ -129,6 +129,7 @@ ENV
 start_mongodb() {
   if port_open "$MONGO_PORT"; then
     note "MongoDB already running on $MONGO_PORT: reusing it"
+    warn_about_transaction_lifetime "$MONGO_PORT"
     return
   fi
   mkdir -p "$RUN_DIR/mongodb"
@@ -153,6 +154,19 @@ start_mongodb() {
   INFRA_STARTED+=(mongodb)
 }
 
+# warn_about_transaction_lifetime PORT: a server this script did not start
+# may keep a killed service's transaction (and what it holds) for longer
+# than the saga waits; says so, and how to change it. Silent when the server
+# will not say (a user without the right to ask).
+warn_about_transaction_lifetime() {
+  local lifetime
+  lifetime=$(python3 "$(dirname "${BASH_SOURCE[0]}")/mongo_parameter.py" "$1" \
+    transactionLifetimeLimitSeconds 2>/dev/null) || return 0
+  if [ -n "$lifetime" ] && ((lifetime > TRANSACTION_LIFETIME_SECONDS)); then
+    warn "the MongoDB on $1 keeps an abandoned transaction ${lifetime}s: a service killed mid-transaction would stall the orders behind it that long (the saga's deadline is 60 s). Lower it with: db.adminCommand({setParameter: 1, transactionLifetimeLimitSeconds: $TRANSACTION_LIFETIME_SECONDS})"
+  fi
+}
+
 # start_secantus PORT DATA_DIR LOG PIDFILE: secantusd-rs tuned for this
 # workload (bench/BUDGET.md measures each choice):
 # - no oplog: it only feeds change streams and point-in-time restore, which
@@ -168,7 +182,7 @@ start_secantus() {
     >>"$log" 2>&1 </dev/null &
   echo $! >"$pidfile"
   wait_for_port "$port" secantusd-rs 60 "$log" "$(cat "$pidfile")"
-  python3 "$(dirname "${BASH_SOURCE[0]}")/mongo_set_parameter.py" "$port" \
+  python3 "$(dirname "${BASH_SOURCE[0]}")/mongo_parameter.py" "$port" \
     transactionLifetimeLimitSeconds "$TRANSACTION_LIFETIME_SECONDS" >>"$log" 2>&1 \
     || { tail -n 5 "$log" >&2; fail "could not set transactionLifetimeLimitSeconds on secantusd-rs"; }
 }

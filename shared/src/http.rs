@@ -14,7 +14,7 @@ pub mod error;
 pub mod health;
 pub mod history;
 pub mod host;
-pub mod limits;
+pub(crate) mod limits;
 pub mod loadshed;
 pub mod page;
 pub mod ratelimit;

@@ -24,7 +24,7 @@ use super::{ApiError, FieldError, body::is_deliverable_email};
 
 /// Checks `value`, a body parsed as `T`, against `T`'s schema: every field
 /// out of its limits is named in one `validation_failed`.
-pub fn check<T: Type>(value: &Value) -> Result<(), ApiError> {
+pub(crate) fn check<T: Type>(value: &Value) -> Result<(), ApiError> {
     let (registry, root) = &*schema_of::<T>();
     let mut fields = Vec::new();
     walk(registry, root, value, "", &mut fields);

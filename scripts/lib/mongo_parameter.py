@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Set one integer server parameter on a local MongoDB-compatible server.
+"""Read or set one integer server parameter of a local MongoDB-compatible
+server.
 
-    python3 scripts/lib/mongo_set_parameter.py PORT NAME VALUE
+    python3 scripts/lib/mongo_parameter.py PORT NAME          # prints it
+    python3 scripts/lib/mongo_parameter.py PORT NAME VALUE    # sets it
 
-infra.sh needs exactly one administrative command (`setParameter`) on the
-secantusd-rs it starts, which takes no such setting on its command line, and
-a fresh machine has neither mongosh nor pymongo. The command is one OP_MSG
-(https://www.mongodb.com/docs/manual/reference/mongodb-wire-protocol/), so
-it is written out here with the standard library rather than installing a
+infra.sh needs exactly this: `setParameter` on the secantusd-rs it starts
+(which takes no such setting on its command line), and `getParameter` on a
+server it reuses. A fresh machine has neither mongosh nor pymongo, and each
+command is one OP_MSG
+(https://www.mongodb.com/docs/manual/reference/mongodb-wire-protocol/), so it
+is written out here with the standard library rather than installing a
 driver for it. Exits non-zero, with the server's message, if it is refused.
 """
 
@@ -36,7 +39,7 @@ FIXED = {0x01: 8, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8
 
 
 def decode_top_level(data):
-    """The reply's top-level `ok` (a number) and `errmsg` (a string)."""
+    """The reply's top-level numbers and strings: `ok`, `errmsg`, a parameter."""
     found, at, end = {}, 4, struct.unpack_from("<i", data)[0] - 1
     while at < end:
         kind = data[at]
@@ -87,9 +90,16 @@ def command(port, document):
 
 
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
-    port, name, value = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    port, name = int(sys.argv[1]), sys.argv[2]
+    if len(sys.argv) == 3:
+        reply = command(port, {"getParameter": 1, name: 1, "$db": "admin"})
+        if reply.get("ok") != 1 or name not in reply:
+            sys.exit(f"getParameter {name} refused: {reply.get('errmsg', reply)}")
+        print(reply[name])
+        return
+    value = int(sys.argv[3])
     reply = command(port, {"setParameter": 1, name: value, "$db": "admin"})
     if reply.get("ok") != 1:
         sys.exit(f"setParameter {name}={value} refused: {reply.get('errmsg', reply)}")
