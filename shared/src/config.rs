@@ -287,6 +287,9 @@ pub struct CommonConfig {
     /// while a consumer has been disconnected for longer than this, so a
     /// reconnect after a broker restart does not flap readiness.
     pub consumer_ready_grace: Duration,
+    /// `WORKER_THREADS` (default 1): threads of the service's async runtime
+    /// (see [`crate::runtime`]).
+    pub worker_threads: usize,
 }
 
 impl CommonConfig {
@@ -406,6 +409,10 @@ impl CommonConfig {
             consumer_ready_grace: Duration::from_secs(
                 env.parse("CONSUMER_READY_GRACE_SECONDS", 30)?,
             ),
+            worker_threads: env.parse_checked("WORKER_THREADS", 1usize, |n| match n {
+                0 => Err("must be at least 1"),
+                _ => Ok(()),
+            })?,
         };
         if app_env == AppEnv::Production {
             config.refuse_development_defaults()?;

@@ -19,6 +19,7 @@ pub mod pauses;
 pub mod registry;
 pub mod resilience;
 pub mod retry;
+pub mod runtime;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -1,9 +1,10 @@
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = inventory_service::Config::from_env().unwrap_or_else(|error| error.exit());
-    let _telemetry = shared::telemetry::init("inventory-service");
-    inventory_service::build(config)
-        .await?
-        .run_until_signal()
-        .await
+    shared::runtime::build(config.common.worker_threads)?.block_on(async {
+        let _telemetry = shared::telemetry::init("inventory-service");
+        inventory_service::build(config)
+            .await?
+            .run_until_signal()
+            .await
+    })
 }

@@ -1,6 +1,7 @@
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = order_service::Config::from_env().unwrap_or_else(|error| error.exit());
-    let _telemetry = shared::telemetry::init("order-service");
-    order_service::build(config).await?.run_until_signal().await
+    shared::runtime::build(config.common.worker_threads)?.block_on(async {
+        let _telemetry = shared::telemetry::init("order-service");
+        order_service::build(config).await?.run_until_signal().await
+    })
 }
