@@ -81,6 +81,12 @@ pub struct Args {
     pub ramp_max: u32,
     #[arg(long, default_value_t = 100.0)]
     pub p99_target_ms: f64,
+    /// Runs of every stage and ramp step, one after another: the summary
+    /// gives each load's median and spread (the machine's run-to-run noise
+    /// is larger than many changes worth measuring), and the ramp goes on
+    /// while a step's median p99 is under the target.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: u32,
     /// How long to wait for stragglers after a stage, and for emails after
     /// the last one.
     #[arg(long, default_value_t = 60)]
@@ -250,51 +256,36 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         })
         .into_iter()
         .flatten();
-    let mut reports = Vec::new();
+    let mut reports: Vec<StageReport> = Vec::new();
     let mut ramp_over = false;
     for stage in ramp.chain(stages) {
         if stage.ramp && ramp_over {
             continue;
         }
-        let index = reports.len();
-        let cpu_before = watched.sample();
-        let db_before = db_snapshot(db.as_ref()).await;
-        let started = shared.epoch.elapsed();
-        drive(&shared, args.mode, stage, index).await;
-        let load_ended = shared.epoch.elapsed();
-        // Every request task of the stage has been joined: its records are final.
-        let records: Vec<OrderRecord> = shared
-            .records
-            .lock()
-            .expect("poisoned")
-            .iter()
-            .filter(|r| r.stage == index)
-            .cloned()
-            .collect();
-        let ids: Vec<String> = records.iter().filter_map(|r| r.order_id.clone()).collect();
-        let stragglers = wait_for_outcomes(&follower, &ids, args.drain_seconds).await;
-        let cpu_after = watched.sample();
-        let db_after = db_snapshot(db.as_ref()).await;
-        let mut report = StageReport::build(
-            index,
-            args.mode,
-            stage.load,
-            stage.seconds,
-            stage.ramp,
-            started,
-            load_ended,
-            &records,
-            &follower.outcomes(),
-            procs::usage(&cpu_before, &cpu_after),
-        );
-        if let (Some(before), Some(after)) = (&db_before, &db_after) {
-            report.db = Some(dbtop::profile(before, after, report.finished));
+        for repeat in 0..args.repeats {
+            let report = run_stage(
+                &args,
+                &shared,
+                &follower,
+                &mut watched,
+                db.as_ref(),
+                stage,
+                repeat,
+                reports.len(),
+            )
+            .await;
+            println!("\n{}", report.one_line());
+            reports.push(report);
         }
-        println!("\n{}", report.one_line());
-        let over_target =
-            report.end_to_end.p99_ms > args.p99_target_ms || stragglers > 0 || report.errors > 0;
-        reports.push(report);
-        ramp_over |= stage.ramp && over_target;
+        if stage.ramp {
+            let runs: Vec<StageReport> = reports
+                .iter()
+                .filter(|r| r.ramp && r.load == stage.load)
+                .cloned()
+                .collect();
+            let step = &report::StageSummary::group(&runs)[0];
+            ramp_over = !step.kept_up(args.p99_target_ms);
+        }
     }
 
     let load_stopped = shared.epoch.elapsed();
@@ -326,7 +317,57 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Sends one stage's orders, printing a progress line every second.
+/// One run of a stage: its orders, their outcomes (waiting up to the drain
+/// time for stragglers), and what the watched processes and the database
+/// did meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn run_stage(
+    args: &Args,
+    shared: &Arc<Shared>,
+    follower: &follow::Follower,
+    watched: &mut procs::Watched,
+    db: Option<&dbtop::DbProbe>,
+    stage: Stage,
+    repeat: u32,
+    index: usize,
+) -> StageReport {
+    let usage_before = watched.sample();
+    let db_before = db_snapshot(db).await;
+    let started = shared.epoch.elapsed();
+    drive(shared, args.mode, stage, index).await;
+    let load_ended = shared.epoch.elapsed();
+    // Every request task of the stage has been joined: its records are final.
+    let records: Vec<OrderRecord> = shared
+        .records
+        .lock()
+        .expect("poisoned")
+        .iter()
+        .filter(|r| r.stage == index)
+        .cloned()
+        .collect();
+    let ids: Vec<String> = records.iter().filter_map(|r| r.order_id.clone()).collect();
+    wait_for_outcomes(follower, &ids, args.drain_seconds).await;
+    let usage_after = watched.sample();
+    let db_after = db_snapshot(db).await;
+    let mut report = StageReport::build(
+        index,
+        args.mode,
+        stage.load,
+        stage.seconds,
+        stage.ramp,
+        repeat,
+        started,
+        load_ended,
+        &records,
+        &follower.outcomes(),
+        procs::usage(&usage_before, &usage_after),
+    );
+    if let (Some(before), Some(after)) = (&db_before, &db_after) {
+        report.db = Some(dbtop::profile(before, after, report.finished));
+    }
+    report
+}
+
 /// The database counters, or `None` (with a warning) if the server will
 /// not give them: the run goes on without the database profile.
 async fn db_snapshot(db: Option<&dbtop::DbProbe>) -> Option<dbtop::Snapshot> {
@@ -339,6 +380,7 @@ async fn db_snapshot(db: Option<&dbtop::DbProbe>) -> Option<dbtop::Snapshot> {
     }
 }
 
+/// Sends one stage's orders, printing a progress line every second.
 async fn drive(shared: &Arc<Shared>, mode: Mode, stage: Stage, index: usize) {
     let deadline = Instant::now() + Duration::from_secs(stage.seconds);
     let progress = tokio::spawn(progress_line(shared.clone(), stage, deadline));
@@ -398,18 +440,13 @@ async fn progress_line(shared: Arc<Shared>, stage: Stage, deadline: Instant) {
     }
 }
 
-/// Waits until every order in `ids` has an outcome; returns how many never
-/// got one.
-async fn wait_for_outcomes(
-    follower: &follow::Follower,
-    ids: &[String],
-    drain_seconds: u64,
-) -> usize {
+/// Waits until every order in `ids` has an outcome, or the drain time
+/// passed (the stage's report counts those left unfinished).
+async fn wait_for_outcomes(follower: &follow::Follower, ids: &[String], drain_seconds: u64) {
     let deadline = Instant::now() + Duration::from_secs(drain_seconds);
     loop {
-        let missing = follower.missing(ids);
-        if missing == 0 || Instant::now() > deadline {
-            return missing;
+        if follower.missing(ids) == 0 || Instant::now() > deadline {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

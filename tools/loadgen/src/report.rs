@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::{Args, Mode, dbtop::DbProfile, follow::Outcomes};
+use crate::{Args, Mode, dbtop::DbProfile, follow::Outcomes, procs::Usage};
 
 /// One POST.
 #[derive(Clone, Debug)]
@@ -56,6 +56,8 @@ pub struct StageReport {
     pub load: u32,
     pub seconds: u64,
     pub ramp: bool,
+    /// Which run of this load it was (0 for the first), with `--repeats`.
+    pub repeat: u32,
     pub sent: usize,
     pub accepted: usize,
     pub errors: usize,
@@ -67,9 +69,11 @@ pub struct StageReport {
     pub finished_per_second: f64,
     pub post: Percentiles,
     pub end_to_end: Percentiles,
-    /// CPU seconds per watched process during the stage (and its drain).
-    pub cpu_seconds: BTreeMap<String, f64>,
+    /// What each watched process used during the stage (and its drain).
+    pub usage: BTreeMap<String, Usage>,
     pub cpu_ms_per_order: BTreeMap<String, f64>,
+    /// Voluntary plus involuntary context switches per finished order.
+    pub switches_per_order: BTreeMap<String, f64>,
     /// The database's counters over the stage, with `--db-prefix`.
     pub db: Option<DbProfile>,
 }
@@ -82,11 +86,12 @@ impl StageReport {
         load: u32,
         seconds: u64,
         ramp: bool,
+        repeat: u32,
         started: Duration,
         load_ended: Duration,
         records: &[OrderRecord],
         outcomes: &Outcomes,
-        cpu_seconds: BTreeMap<String, f64>,
+        usage: BTreeMap<String, Usage>,
     ) -> Self {
         let accepted: Vec<&OrderRecord> = records.iter().filter(|r| r.order_id.is_some()).collect();
         let finished: Vec<(Duration, Duration)> = accepted
@@ -112,6 +117,7 @@ impl StageReport {
             load,
             seconds,
             ramp,
+            repeat,
             sent: records.len(),
             accepted: accepted.len(),
             errors: records.len() - accepted.len(),
@@ -122,13 +128,35 @@ impl StageReport {
             finished_per_second: finished.len() as f64 / window,
             post: Percentiles::of(records.iter().map(|r| r.post_latency)),
             end_to_end: e2e,
-            cpu_ms_per_order: cpu_seconds
+            cpu_ms_per_order: usage
                 .iter()
-                .map(|(name, s)| (name.clone(), s * 1000.0 / orders))
+                .map(|(name, u)| (name.clone(), u.cpu_seconds * 1000.0 / orders))
                 .collect(),
-            cpu_seconds,
+            switches_per_order: usage
+                .iter()
+                .map(|(name, u)| {
+                    let switches = u.voluntary_switches + u.involuntary_switches;
+                    (name.clone(), switches as f64 / orders)
+                })
+                .collect(),
+            usage,
             db: None,
         }
+    }
+
+    /// CPU milliseconds per finished order, all watched processes.
+    pub fn cpu_ms_per_order_total(&self) -> f64 {
+        self.cpu_ms_per_order.values().sum()
+    }
+
+    /// Context switches per finished order, all watched processes.
+    pub fn switches_per_order_total(&self) -> f64 {
+        self.switches_per_order.values().sum()
+    }
+
+    /// Past capacity: refusals, or orders finishing slower than they came.
+    fn saturated(&self) -> bool {
+        self.errors > 0 || self.finished_per_second < f64::from(self.load) * 0.98
     }
 
     pub fn one_line(&self) -> String {
@@ -142,7 +170,12 @@ impl StageReport {
             },
             self.load,
             self.seconds,
-            if self.ramp { ", ramp" } else { "" },
+            match (self.ramp, self.repeat) {
+                (true, 0) => ", ramp".to_string(),
+                (true, n) => format!(", ramp, run {}", n + 1),
+                (false, 0) => String::new(),
+                (false, n) => format!(", run {}", n + 1),
+            },
             self.accepted_per_second,
             self.finished_per_second,
             self.errors,
@@ -151,7 +184,120 @@ impl StageReport {
             self.post.p99_ms,
             self.end_to_end.p50_ms,
             self.end_to_end.p99_ms,
-        )
+        ) + &if self.usage.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", CPU {:.2} ms/order, {:.0} switches/order",
+                self.cpu_ms_per_order_total(),
+                self.switches_per_order_total()
+            )
+        }
+    }
+}
+
+/// The middle value of a measurement repeated, and how far the runs spread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// `None` for no values. With an even count the median is the mean of
+    /// the middle two.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut values: Vec<f64> = values.into_iter().collect();
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = match n {
+            0 => return None,
+            n if n % 2 == 1 => values[n / 2],
+            n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        };
+        Some(Spread {
+            median,
+            min: values[0],
+            max: values[n - 1],
+        })
+    }
+
+    /// `median (min–max)`, or the median alone when the runs agree or
+    /// there was one.
+    fn show(&self, decimals: usize) -> String {
+        if self.min == self.max {
+            format!("{:.decimals$}", self.median)
+        } else {
+            format!(
+                "{:.decimals$} ({:.decimals$}–{:.decimals$})",
+                self.median, self.min, self.max
+            )
+        }
+    }
+}
+
+/// Every run of one load (a ramp step or a fixed stage), as medians.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageSummary {
+    pub load: u32,
+    pub ramp: bool,
+    /// The indices of its runs in `Report::stages`.
+    pub runs: Vec<usize>,
+    pub errors: usize,
+    pub unfinished: usize,
+    pub finished_per_second: Spread,
+    pub post_p99_ms: Spread,
+    pub end_to_end_p99_ms: Spread,
+    /// All watched processes; `None` when none was watched.
+    pub cpu_ms_per_order: Option<Spread>,
+    pub switches_per_order: Option<Spread>,
+}
+
+impl StageSummary {
+    /// One summary per load, in the order the loads were first run.
+    pub fn group(stages: &[StageReport]) -> Vec<Self> {
+        let mut keys: Vec<(bool, u32)> = Vec::new();
+        for s in stages {
+            if !keys.contains(&(s.ramp, s.load)) {
+                keys.push((s.ramp, s.load));
+            }
+        }
+        keys.into_iter()
+            .map(|(ramp, load)| {
+                let runs: Vec<&StageReport> = stages
+                    .iter()
+                    .filter(|s| s.ramp == ramp && s.load == load)
+                    .collect();
+                let spread = |f: fn(&StageReport) -> f64| {
+                    Spread::of(runs.iter().map(|s| f(s))).expect("a group has a run")
+                };
+                let watched: Vec<&&StageReport> =
+                    runs.iter().filter(|s| !s.usage.is_empty()).collect();
+                StageSummary {
+                    load,
+                    ramp,
+                    runs: runs.iter().map(|s| s.index).collect(),
+                    errors: runs.iter().map(|s| s.errors).sum(),
+                    unfinished: runs.iter().map(|s| s.unfinished).sum(),
+                    finished_per_second: spread(|s| s.finished_per_second),
+                    post_p99_ms: spread(|s| s.post.p99_ms),
+                    end_to_end_p99_ms: spread(|s| s.end_to_end.p99_ms),
+                    cpu_ms_per_order: Spread::of(
+                        watched.iter().map(|s| s.cpu_ms_per_order_total()),
+                    ),
+                    switches_per_order: Spread::of(
+                        watched.iter().map(|s| s.switches_per_order_total()),
+                    ),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether this load kept up within `p99_target_ms` in the middle run,
+    /// with nothing refused or lost in any.
+    pub fn kept_up(&self, p99_target_ms: f64) -> bool {
+        self.errors == 0 && self.unfinished == 0 && self.end_to_end_p99_ms.median <= p99_target_ms
     }
 }
 
@@ -178,7 +324,10 @@ pub struct Report {
     pub generated_at: String,
     pub mode: Mode,
     pub stages: Vec<StageReport>,
-    /// Highest ramp rate whose end-to-end p99 stayed under the target.
+    /// The stages' runs per load, as medians and spread.
+    pub summary: Vec<StageSummary>,
+    /// Highest ramp rate whose end-to-end p99 (median of its runs) stayed
+    /// under the target.
     pub highest_sustained_rate: Option<u32>,
     pub p99_target_ms: f64,
     pub notifications_sent: u64,
@@ -186,9 +335,26 @@ pub struct Report {
     /// if they did not all go within the drain time.
     pub notifications_drained_after_s: Option<f64>,
     pub resident_mb: BTreeMap<String, f64>,
+    pub headline: Headline,
     pub budget: Vec<BudgetLine>,
     pub series: Vec<SecondPoint>,
 }
+
+/// The figures that compare runs (bench.sh's scaling table reads them):
+/// what the stack finishes flat out, and what an order costs there and at
+/// an ordinary rate. Each `None` when its stage did not run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Headline {
+    pub saturated_finished_per_second: Option<Spread>,
+    pub saturated_cpu_ms_per_order: Option<Spread>,
+    /// At [`ORDINARY_RATE`].
+    pub ordinary_cpu_ms_per_order: Option<Spread>,
+    pub ordinary_switches_per_order: Option<Spread>,
+    pub highest_sustained_rate: Option<u32>,
+}
+
+/// The paced rate whose CPU per order is held against the saturated cost.
+const ORDINARY_RATE: u32 = 50;
 
 impl Report {
     pub fn build(
@@ -200,14 +366,10 @@ impl Report {
         records: &[OrderRecord],
         outcomes: &Outcomes,
     ) -> Self {
-        let highest_sustained_rate = stages
+        let summary = StageSummary::group(&stages);
+        let highest_sustained_rate = summary
             .iter()
-            .filter(|s| {
-                s.ramp
-                    && s.unfinished == 0
-                    && s.errors == 0
-                    && s.end_to_end.p99_ms <= args.p99_target_ms
-            })
+            .filter(|s| s.ramp && s.kept_up(args.p99_target_ms))
             .map(|s| s.load)
             .max();
         let mut report = Report {
@@ -218,9 +380,19 @@ impl Report {
             notifications_sent,
             notifications_drained_after_s: drain.map(|d| d.as_secs_f64()),
             resident_mb,
+            headline: Headline::default(),
             budget: Vec::new(),
             series: series(records, outcomes),
+            summary,
             stages,
+        };
+        let ordinary = report.summary.iter().find(|g| g.load == ORDINARY_RATE);
+        report.headline = Headline {
+            saturated_finished_per_second: report.saturated().map(|g| g.finished_per_second),
+            saturated_cpu_ms_per_order: report.saturated().and_then(|g| g.cpu_ms_per_order),
+            ordinary_cpu_ms_per_order: ordinary.and_then(|g| g.cpu_ms_per_order),
+            ordinary_switches_per_order: ordinary.and_then(|g| g.switches_per_order),
+            highest_sustained_rate,
         };
         report.budget = report.judge();
         report
@@ -234,37 +406,82 @@ impl Report {
             .all(|s| s.errors == 0 && s.unfinished == 0)
     }
 
-    /// The budget lines of bench/BUDGET.md, for the stages that were run.
+    /// The last fixed open-loop load past capacity in every run: what the
+    /// stack finishes flat out, and its CPU per order there.
+    pub fn saturated(&self) -> Option<&StageSummary> {
+        self.summary.iter().rfind(|g| {
+            !g.ramp && self.mode == Mode::Open && g.runs.iter().all(|&i| self.stages[i].saturated())
+        })
+    }
+
+    /// The budget lines of bench/BUDGET.md, for the stages that were run,
+    /// each judged on the median of its runs.
     fn judge(&self) -> Vec<BudgetLine> {
         let fixed = |rate: u32| {
-            self.stages
+            self.summary
                 .iter()
-                .find(|s| !s.ramp && s.mode == Mode::Open && s.load == rate)
+                .find(|s| !s.ramp && self.mode == Mode::Open && s.load == rate)
         };
         let mut lines = Vec::new();
         if let Some(s) = fixed(1700) {
+            let seconds = self.stages[s.runs[0]].seconds;
             lines.push(BudgetLine {
-                line: format!(
-                    "1,700 orders/s end to end for {} s, no errors, none lost",
-                    s.seconds
-                ),
+                line: format!("1,700 orders/s end to end for {seconds} s, no errors, none lost"),
                 measured: format!(
-                    "{:.0} accepted/s, {:.0} finished/s, {} errors, {} unfinished",
-                    s.accepted_per_second, s.finished_per_second, s.errors, s.unfinished
+                    "{} finished/s, {} errors, {} unfinished",
+                    s.finished_per_second.show(0),
+                    s.errors,
+                    s.unfinished
                 ),
-                met: s.errors == 0 && s.unfinished == 0 && s.finished_per_second >= 1700.0 * 0.98,
+                met: s.errors == 0
+                    && s.unfinished == 0
+                    && s.finished_per_second.median >= 1700.0 * 0.98,
             });
         }
         if let Some(s) = fixed(1000) {
             lines.push(BudgetLine {
                 line: "at 1,000/s: POST p99 ≤ 10 ms".into(),
-                measured: format!("{:.1} ms", s.post.p99_ms),
-                met: s.post.p99_ms <= 10.0,
+                measured: format!("{} ms", s.post_p99_ms.show(1)),
+                met: s.post_p99_ms.median <= 10.0,
             });
             lines.push(BudgetLine {
                 line: "at 1,000/s: end-to-end p99 ≤ 50 ms".into(),
-                measured: format!("{:.1} ms", s.end_to_end.p99_ms),
-                met: s.end_to_end.p99_ms <= 50.0,
+                measured: format!("{} ms", s.end_to_end_p99_ms.show(1)),
+                met: s.end_to_end_p99_ms.median <= 50.0,
+            });
+        }
+        let h = &self.headline;
+        if let (Some(at_rate), Some(flat_out)) =
+            (h.ordinary_cpu_ms_per_order, h.saturated_cpu_ms_per_order)
+        {
+            lines.push(BudgetLine {
+                line: format!(
+                    "CPU per order at {ORDINARY_RATE}/s at most twice the saturated cost"
+                ),
+                measured: format!(
+                    "{} ms at {ORDINARY_RATE}/s, {} ms saturated ({:.1}×)",
+                    at_rate.show(2),
+                    flat_out.show(2),
+                    at_rate.median / flat_out.median
+                ),
+                met: at_rate.median <= 2.0 * flat_out.median,
+            });
+        }
+        if let Some(saturated) = h.saturated_finished_per_second
+            && self.summary.iter().any(|s| s.ramp)
+        {
+            let half = saturated.median / 2.0;
+            let sustained = self.highest_sustained_rate.unwrap_or(0);
+            lines.push(BudgetLine {
+                line: format!(
+                    "end-to-end p99 under {} ms up to half the saturated rate",
+                    self.p99_target_ms
+                ),
+                measured: format!(
+                    "up to {sustained}/s; saturated {}/s, half {half:.0}/s",
+                    saturated.show(0)
+                ),
+                met: f64::from(sustained) >= half,
             });
         }
         for (name, mb) in &self.resident_mb {
@@ -307,16 +524,51 @@ impl Report {
         }
     }
 
-    /// The stage whose costs stand for one order: the fastest ramp step
-    /// that kept up (nothing queued, so every cost belongs to its own
-    /// orders), else the first stage that measured any.
-    fn profile_stage(&self) -> Option<&StageReport> {
-        let measured = |s: &&StageReport| !s.cpu_ms_per_order.is_empty() || s.db.is_some();
-        self.stages
+    /// The run that stands for a load: the one with the median CPU per
+    /// order (the lower middle of an even count).
+    fn representative(&self, group: &StageSummary) -> &StageReport {
+        let mut runs: Vec<&StageReport> = group.runs.iter().map(|&i| &self.stages[i]).collect();
+        runs.sort_by(|a, b| {
+            a.cpu_ms_per_order_total()
+                .total_cmp(&b.cpu_ms_per_order_total())
+        });
+        runs[(runs.len() - 1) / 2]
+    }
+
+    /// The loads whose costs the profile compares: the ordinary rate, the
+    /// fastest ramp step that kept up (nothing queued, so every cost
+    /// belongs to its own orders) and the saturated stage, those that ran
+    /// and were watched; else the first watched load.
+    fn profile_loads(&self) -> Vec<&StageSummary> {
+        let watched = |g: &&StageSummary| g.cpu_ms_per_order.is_some();
+        let mut loads: Vec<&StageSummary> = Vec::new();
+        let candidates = [
+            self.summary.iter().find(|g| g.load == ORDINARY_RATE),
+            self.summary
+                .iter()
+                .find(|g| g.ramp && Some(g.load) == self.highest_sustained_rate),
+            self.saturated(),
+        ];
+        for group in candidates.into_iter().flatten().filter(watched) {
+            if !loads.iter().any(|g| std::ptr::eq(*g, group)) {
+                loads.push(group);
+            }
+        }
+        if loads.is_empty() {
+            loads.extend(self.summary.iter().find(watched));
+        }
+        loads
+    }
+
+    /// The run whose database counters the summary shows: the fastest ramp
+    /// step that kept up, else the first run that has them.
+    fn db_stage(&self) -> Option<&StageReport> {
+        self.summary
             .iter()
-            .filter(|s| s.ramp && Some(s.load) == self.highest_sustained_rate)
-            .find(measured)
-            .or_else(|| self.stages.iter().find(measured))
+            .find(|g| g.ramp && Some(g.load) == self.highest_sustained_rate)
+            .map(|g| self.representative(g))
+            .filter(|s| s.db.is_some())
+            .or_else(|| self.stages.iter().find(|s| s.db.is_some()))
     }
 
     pub fn markdown(&self) -> String {
@@ -332,22 +584,44 @@ impl Report {
                 if line.met { "met" } else { "**missed**" }
             );
         }
+        let unit = if self.mode == Mode::Open {
+            "/s"
+        } else {
+            " clients"
+        };
+        if self.summary.iter().any(|g| g.runs.len() > 1) {
+            let _ = writeln!(
+                md,
+                "\nEach load's runs: the median, and (min–max) where they differ.\n\n\
+                 | load | runs | finished/s | POST p99 ms | end-to-end p99 ms | CPU ms/order | switches/order |\n\
+                 |---|---|---|---|---|---|---|"
+            );
+            for g in &self.summary {
+                let _ = writeln!(
+                    md,
+                    "| {}{unit}{} | {} | {} | {} | {} | {} | {} |",
+                    g.load,
+                    if g.ramp { " (ramp)" } else { "" },
+                    g.runs.len(),
+                    g.finished_per_second.show(0),
+                    g.post_p99_ms.show(1),
+                    g.end_to_end_p99_ms.show(1),
+                    g.cpu_ms_per_order.map_or("–".into(), |c| c.show(2)),
+                    g.switches_per_order.map_or("–".into(), |c| c.show(0)),
+                );
+            }
+        }
         let _ = writeln!(
             md,
-            "\n| stage | load | s | accepted/s | finished/s | errors | unfinished | POST p50 / p90 / p99 / max ms | end-to-end p50 / p90 / p99 / max ms |\n|---|---|---|---|---|---|---|---|---|"
+            "\n| stage | load | s | accepted/s | finished/s | errors | unfinished | POST p50 / p90 / p99 / max ms | end-to-end p50 / p90 / p99 / max ms | CPU ms/order | switches/order |\n|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for s in &self.stages {
             let _ = writeln!(
                 md,
-                "| {}{} | {} {} | {} | {:.0} | {:.0} | {} | {} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} / {:.1} |",
+                "| {}{} | {}{unit} | {} | {:.0} | {:.0} | {} | {} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} / {:.1} | {} | {} |",
                 s.index,
                 if s.ramp { " (ramp)" } else { "" },
                 s.load,
-                if s.mode == Mode::Open {
-                    "/s"
-                } else {
-                    "clients"
-                },
                 s.seconds,
                 s.accepted_per_second,
                 s.finished_per_second,
@@ -361,11 +635,21 @@ impl Report {
                 s.end_to_end.p90_ms,
                 s.end_to_end.p99_ms,
                 s.end_to_end.max_ms,
+                if s.usage.is_empty() {
+                    "–".to_string()
+                } else {
+                    format!("{:.2}", s.cpu_ms_per_order_total())
+                },
+                if s.usage.is_empty() {
+                    "–".to_string()
+                } else {
+                    format!("{:.0}", s.switches_per_order_total())
+                },
             );
         }
         match (
             self.highest_sustained_rate,
-            self.stages.iter().find(|s| s.ramp),
+            self.summary.iter().find(|g| g.ramp),
         ) {
             (Some(rate), _) => {
                 let _ = writeln!(
@@ -377,52 +661,84 @@ impl Report {
             (None, Some(first)) => {
                 let _ = writeln!(
                     md,
-                    "\nRamp: no step kept end-to-end p99 under {} ms; the first, at {}/s, measured {:.1} ms.",
-                    self.p99_target_ms, first.load, first.end_to_end.p99_ms
+                    "\nRamp: no step kept end-to-end p99 under {} ms; the first, at {}/s, measured {} ms.",
+                    self.p99_target_ms,
+                    first.load,
+                    first.end_to_end_p99_ms.show(1)
                 );
             }
             (None, None) => {}
         }
-        if let Some(s) = self.profile_stage() {
+        let loads = self.profile_loads();
+        if !loads.is_empty() {
+            let runs: Vec<&StageReport> = loads.iter().map(|g| self.representative(g)).collect();
             let _ = writeln!(
                 md,
-                "\n## Where an order's time goes (stage {}: {} {})\n\nCPU time per finished order, by process:\n\n| process | CPU s | ms/order |\n|---|---|---|",
-                s.index,
-                s.load,
-                if s.mode == Mode::Open {
-                    "orders/s"
-                } else {
-                    "clients"
-                }
+                "\n## Where an order's CPU goes\n\n\
+                 CPU milliseconds and context switches (voluntary + involuntary, every \
+                 thread) per finished order, by process, in the run with the median CPU \
+                 of each load:\n"
             );
-            let total: f64 = s.cpu_ms_per_order.values().sum();
-            for (name, ms) in &s.cpu_ms_per_order {
-                let _ = writeln!(md, "| {name} | {:.1} | {ms:.2} |", s.cpu_seconds[name]);
+            let header: Vec<String> = runs
+                .iter()
+                .map(|s| format!("{}{unit} (stage {}) ms / switches", s.load, s.index))
+                .collect();
+            let _ = writeln!(
+                md,
+                "| process | {} |\n|---|{}",
+                header.join(" | "),
+                "---|".repeat(runs.len())
+            );
+            for name in runs[0].usage.keys() {
+                let cells: Vec<String> = runs
+                    .iter()
+                    .map(
+                        |s| match (s.cpu_ms_per_order.get(name), s.switches_per_order.get(name)) {
+                            (Some(ms), Some(switches)) => format!("{ms:.2} / {switches:.1}"),
+                            _ => "–".into(),
+                        },
+                    )
+                    .collect();
+                let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
             }
-            let _ = writeln!(md, "| all | | {total:.2} |");
-            if let Some(db) = &s.db {
+            let totals: Vec<String> = runs
+                .iter()
+                .map(|s| {
+                    format!(
+                        "**{:.2}** / {:.0}",
+                        s.cpu_ms_per_order_total(),
+                        s.switches_per_order_total()
+                    )
+                })
+                .collect();
+            let _ = writeln!(md, "| all | {} |", totals.join(" | "));
+        }
+        if let Some(s) = self.db_stage()
+            && let Some(db) = &s.db
+        {
+            let _ = writeln!(
+                md,
+                "\nDatabase operations per finished order at {}{unit} (stage {}, the server's `top` counters): \
+                 {:.1} operations, {:.2} transaction commits, {:.3} aborts, \
+                 {:.1} documents written.\n\n\
+                 | collection | operation | per order | server µs/op | share of server time |\n|---|---|---|---|---|",
+                s.load,
+                s.index,
+                db.operations_per_order,
+                db.commits_per_order,
+                db.aborts_per_order,
+                db.documents_written_per_order
+            );
+            for row in &db.rows {
                 let _ = writeln!(
                     md,
-                    "\nDatabase operations per finished order (the server's `top` counters): \
-                     {:.1} operations, {:.2} transaction commits, {:.3} aborts, \
-                     {:.1} documents written.\n\n\
-                     | collection | operation | per order | server µs/op | share of server time |\n|---|---|---|---|---|",
-                    db.operations_per_order,
-                    db.commits_per_order,
-                    db.aborts_per_order,
-                    db.documents_written_per_order
+                    "| {} | {} | {:.2} | {:.0} | {:.1}% |",
+                    row.collection,
+                    row.operation,
+                    row.per_order,
+                    row.server_us_per_op,
+                    row.share * 100.0
                 );
-                for row in &db.rows {
-                    let _ = writeln!(
-                        md,
-                        "| {} | {} | {:.2} | {:.0} | {:.1}% |",
-                        row.collection,
-                        row.operation,
-                        row.per_order,
-                        row.server_us_per_op,
-                        row.share * 100.0
-                    );
-                }
             }
         }
         if !self.resident_mb.is_empty() {
@@ -480,4 +796,137 @@ fn series(records: &[OrderRecord], outcomes: &Outcomes) -> Vec<SecondPoint> {
         point.e2e_p99_ms = e.p99_ms;
     }
     points
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// A run of `load`/s in which every order finished after `e2e_ms`, at
+    /// `finished_per_second`, costing `cpu_ms` per order in one process.
+    fn run(
+        index: usize,
+        load: u32,
+        ramp: bool,
+        finished_per_second: f64,
+        e2e_ms: f64,
+        cpu_ms: f64,
+    ) -> StageReport {
+        let orders = 100;
+        let usage = Usage {
+            cpu_seconds: cpu_ms * orders as f64 / 1000.0,
+            voluntary_switches: 30 * orders as u64,
+            involuntary_switches: 10 * orders as u64,
+        };
+        let mut report = StageReport::build(
+            index,
+            Mode::Open,
+            load,
+            10,
+            ramp,
+            0,
+            Duration::ZERO,
+            Duration::from_secs(10),
+            &[],
+            &Outcomes::default(),
+            BTreeMap::from([("svc".to_string(), usage)]),
+        );
+        // Build counted no orders (none were recorded): scale as 100.
+        report.finished = orders;
+        report.accepted = orders;
+        report.finished_per_second = finished_per_second;
+        report.end_to_end.p99_ms = e2e_ms;
+        report.cpu_ms_per_order = BTreeMap::from([("svc".to_string(), cpu_ms)]);
+        report.switches_per_order = BTreeMap::from([("svc".to_string(), 40.0)]);
+        if finished_per_second < f64::from(load) {
+            report.errors = 5;
+        }
+        report
+    }
+
+    fn report(stages: Vec<StageReport>) -> Report {
+        let args = crate::Args::parse_from(["loadgen"]);
+        Report::build(
+            &args,
+            stages,
+            None,
+            0,
+            BTreeMap::new(),
+            &[],
+            &Outcomes::default(),
+        )
+    }
+
+    fn line<'a>(report: &'a Report, starts: &str) -> &'a BudgetLine {
+        report
+            .budget
+            .iter()
+            .find(|l| l.line.starts_with(starts))
+            .unwrap_or_else(|| panic!("no line {starts:?} in {:?}", report.budget))
+    }
+
+    #[test]
+    fn a_spread_is_the_middle_value_and_the_extremes() {
+        let odd = Spread::of([3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((odd.median, odd.min, odd.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of([4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
+        assert_eq!(Spread::of([]), None);
+        assert_eq!(odd.show(1), "2.0 (1.0–3.0)");
+        assert_eq!(Spread::of([7.0]).unwrap().show(0), "7");
+    }
+
+    #[test]
+    fn runs_of_one_load_are_judged_by_their_median() {
+        // One noisy run of three over the target does not end the ramp.
+        let r = report(vec![
+            run(0, 50, true, 50.0, 20.0, 8.0),
+            run(1, 50, true, 50.0, 300.0, 9.0),
+            run(2, 50, true, 50.0, 22.0, 10.0),
+            run(3, 100, true, 100.0, 150.0, 7.0),
+            run(4, 100, true, 100.0, 160.0, 7.0),
+        ]);
+        assert_eq!(r.summary.len(), 2);
+        assert_eq!(r.summary[0].runs, vec![0, 1, 2]);
+        assert_eq!(r.summary[0].end_to_end_p99_ms.median, 22.0);
+        assert_eq!(r.summary[0].cpu_ms_per_order.unwrap().median, 9.0);
+        assert_eq!(r.highest_sustained_rate, Some(50));
+        assert_eq!(r.representative(&r.summary[0]).index, 1);
+    }
+
+    #[test]
+    fn cpu_at_the_ordinary_rate_is_held_against_the_saturated_cost() {
+        let stages = |at_50: f64| {
+            vec![
+                run(0, 50, true, 50.0, 20.0, at_50),
+                run(1, 100, true, 100.0, 40.0, 6.0),
+                run(2, 1700, false, 300.0, 900.0, 5.0),
+            ]
+        };
+        let cheap = report(stages(9.0));
+        let cost = line(&cheap, "CPU per order at 50/s");
+        assert!(cost.met, "{cost:?}");
+        assert!(cost.measured.contains("(1.8×)"), "{}", cost.measured);
+        let dear = report(stages(21.0));
+        assert!(!line(&dear, "CPU per order at 50/s").met);
+        // Sustained up to 100/s, under half of the 300/s saturated.
+        let latency = line(&dear, "end-to-end p99 under");
+        assert!(!latency.met, "{latency:?}");
+        assert!(
+            latency.measured.contains("half 150/s"),
+            "{}",
+            latency.measured
+        );
+    }
+
+    #[test]
+    fn without_a_saturated_stage_there_is_no_cost_line() {
+        let r = report(vec![
+            run(0, 50, true, 50.0, 20.0, 9.0),
+            run(1, 1000, false, 1000.0, 40.0, 5.0),
+        ]);
+        assert!(r.saturated().is_none());
+        assert!(!r.budget.iter().any(|l| l.line.starts_with("CPU per order")));
+    }
 }

@@ -24,7 +24,12 @@ async fn a_short_open_loop_run_finishes_every_order_and_writes_its_results() {
         "--admin-token",
         ADMIN_TOKEN,
         "--stages",
-        "50x3",
+        "50x2",
+        "--repeats",
+        "2",
+        // The stack runs in this process.
+        "--watch",
+        &format!("stack={}", std::process::id()),
         "--products",
         "3",
         "--drain-seconds",
@@ -32,30 +37,41 @@ async fn a_short_open_loop_run_finishes_every_order_and_writes_its_results() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    // Three seconds of load and at most 20 of drain: a run still going
-    // after two minutes is stuck, and says so rather than hang the suite.
+    // Two runs of two seconds and at most 20 of drain each: a run still
+    // going after two minutes is stuck, and says so rather than hang the suite.
     let report = tokio::time::timeout(Duration::from_secs(120), loadgen::run(args))
         .await
         .expect("the loadgen run ended within 120 s")
         .unwrap();
-    let stage = &report.stages[0];
-    assert!(stage.accepted >= 100, "{}", stage.one_line());
-    assert_eq!(
-        (stage.errors, stage.unfinished),
-        (0, 0),
-        "{}",
-        stage.one_line()
-    );
-    assert_eq!(stage.finished, stage.accepted);
+    assert_eq!(report.stages.len(), 2, "one stage, run twice");
+    for stage in &report.stages {
+        assert!(stage.accepted >= 60, "{}", stage.one_line());
+        assert_eq!(
+            (stage.errors, stage.unfinished),
+            (0, 0),
+            "{}",
+            stage.one_line()
+        );
+        assert_eq!(stage.finished, stage.accepted);
+        assert!(stage.end_to_end.p99_ms > 0.0);
+        // The stack did work for its orders, and was woken for them.
+        assert!(stage.cpu_ms_per_order_total() > 0.0, "{}", stage.one_line());
+        assert!(
+            stage.switches_per_order_total() > 0.0,
+            "{}",
+            stage.one_line()
+        );
+    }
     assert!(report.clean());
-    assert!(stage.end_to_end.p99_ms > 0.0);
+    assert_eq!(report.summary.len(), 1);
+    assert_eq!(report.summary[0].runs, vec![0, 1]);
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("result.json")).unwrap()).unwrap();
-    assert_eq!(json["stages"][0]["finished"], stage.finished);
-    assert!(
-        std::fs::read_to_string(out.join("summary.md"))
-            .unwrap()
-            .contains("| stage |")
-    );
+    assert_eq!(json["stages"][1]["finished"], report.stages[1].finished);
+    assert_eq!(json["summary"][0]["runs"], serde_json::json!([0, 1]));
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    for section in ["| stage |", "Each load's runs", "Where an order's CPU goes"] {
+        assert!(summary.contains(section), "no {section:?} in:\n{summary}");
+    }
     let _ = std::fs::remove_dir_all(out);
 }
