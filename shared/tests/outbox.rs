@@ -120,6 +120,27 @@ impl Harness {
         ids
     }
 
+    /// Deletes the server has run on this test's outbox (its `top` counters).
+    async fn outbox_deletes(&self) -> i64 {
+        let top = self
+            .db
+            .client()
+            .database("admin")
+            .run_command(doc! { "top": 1 })
+            .await
+            .unwrap();
+        let namespace = format!("{}.{}", self.db.name(), outbox::OUTBOX);
+        top.get_document("totals")
+            .unwrap()
+            .get_document(&namespace)
+            .and_then(|counters| counters.get_document("remove"))
+            .map_or(0, |remove| match remove.get("count") {
+                Some(bson::Bson::Int32(n)) => i64::from(*n),
+                Some(bson::Bson::Int64(n)) => *n,
+                other => panic!("top: remove count {other:?}"),
+            })
+    }
+
     async fn pending(&self) -> u64 {
         outbox::pending_count(&self.db).await.unwrap()
     }
@@ -231,5 +252,66 @@ async fn a_record_of_one_event_from_before_records_held_several_is_published_and
     })
     .await;
     shutdown.cancel();
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_confirmed_one_after_another_are_deleted_in_one_statement() {
+    let mut harness = Harness::start().await;
+    // Far longer than the three commits below take, so that all three wait.
+    harness.relay = harness
+        .relay
+        .take()
+        .map(|relay| relay.with_delete_linger(Duration::from_secs(5)));
+    let shutdown = harness.start_relay();
+    let mut ids = Vec::new();
+    for order in ["a", "b", "c"] {
+        let event = reserved(order);
+        ids.push(event.event_id.to_string());
+        let mut unit = UnitOfWork::new();
+        unit.emit([event]);
+        harness.store.commit(unit).await.unwrap();
+        // Each is published on its own before the next commit.
+        assert_eq!(harness.delivered(1).await, [ids.last().unwrap().clone()]);
+    }
+    until("the confirmed records to be deleted", async || {
+        harness.records().await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(
+        harness.outbox_deletes().await,
+        1,
+        "one delete for three records"
+    );
+    shutdown.cancel();
+    harness.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_deletes_what_was_confirmed_without_waiting_out_the_linger() {
+    let mut harness = Harness::start().await;
+    harness.relay = harness
+        .relay
+        .take()
+        .map(|relay| relay.with_delete_linger(Duration::from_secs(9)));
+    let event = reserved("a");
+    let id = event.event_id.to_string();
+    let mut unit = UnitOfWork::new();
+    unit.emit([event]);
+    harness.store.commit(unit).await.unwrap();
+    let relay = harness.relay.take().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    assert_eq!(harness.delivered(1).await, [id]);
+    shutdown.cancel();
+    // Well inside the 9 s linger.
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the relay stopped without waiting out the linger")
+        .unwrap();
+    assert!(
+        harness.records().await.is_empty(),
+        "published, then deleted at shutdown"
+    );
     harness.finish().await;
 }

@@ -16,6 +16,14 @@
 //! process died before publishing them (after the lease), records handed
 //! back after a failed publish, and records that did not fit the hand-over
 //! queue.
+//!
+//! Confirmed records are deleted together, up to [`DELETE_LINGER`] after
+//! the first: at ordinary rates a relay batch holds one commit, and one
+//! delete per commit was a fifth of the database's work per order
+//! (bench/BUDGET.md, "Wakeups per order"). Their lease keeps every relay
+//! from taking them meanwhile; a crash before the delete publishes them
+//! again once the lease ends, as a crash between publish and delete always
+//! could, and consumers drop the duplicates by event id.
 
 use std::{sync::Arc, time::Duration};
 
@@ -51,6 +59,9 @@ const LEASE: Duration = Duration::from_secs(10);
 const HANDOVER_RECORDS: usize = 4096;
 /// How soon to look again at an event no queue took, or after a failure.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// How long a confirmed record may wait for others to be deleted with; far
+/// inside [`LEASE`], so that no relay publishes it again meanwhile.
+const DELETE_LINGER: Duration = Duration::from_millis(250);
 
 /// Events written but not yet confirmed by the broker (`/metrics`).
 pub async fn pending_count(db: &Database) -> Result<u64, Error> {
@@ -235,6 +246,7 @@ pub struct OutboxRelay {
     /// Records per poll of the database.
     poll_records: usize,
     poll_interval: Duration,
+    delete_linger: Duration,
 }
 
 impl OutboxRelay {
@@ -255,20 +267,37 @@ impl OutboxRelay {
             batch_size: 256,
             poll_records: 64,
             poll_interval: Duration::from_millis(500),
+            delete_linger: DELETE_LINGER,
         };
         (relay, outbox)
     }
 
-    /// Runs until `shutdown`. A batch that has started is finished first, so
-    /// nothing is left published but not deleted by a clean shutdown; what
-    /// is still in the hand-over queue is released for the next instance.
+    /// How long confirmed records wait to be deleted together (default
+    /// [`DELETE_LINGER`]); under [`LEASE`], or another relay may publish
+    /// them again meanwhile.
+    pub fn with_delete_linger(mut self, linger: Duration) -> Self {
+        assert!(linger < LEASE, "a delete linger must end inside the lease");
+        self.delete_linger = linger;
+        self
+    }
+
+    /// Runs until `shutdown`. A batch that has started is finished first,
+    /// and what was confirmed is deleted before it returns, so nothing is
+    /// left published but not deleted by a clean shutdown; what is still in
+    /// the hand-over queue is released for the next instance.
     pub async fn run(mut self, shutdown: CancellationToken) {
         // The first poll at once: events an earlier run left behind.
         let next_poll = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(next_poll);
+        let mut confirmed = Confirmed::default();
+        let flush_at = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(flush_at);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = &mut flush_at, if !confirmed.ids.is_empty() => {
+                    self.delete(&mut confirmed).await;
+                }
                 Some(first) = self.handover.recv() => {
                     let mut events = first.events.len();
                     let mut batch = vec![first];
@@ -279,7 +308,7 @@ impl OutboxRelay {
                         batch.push(more);
                     }
                     match self.publish(batch).await {
-                        Ok(()) => {}
+                        Ok(ids) => confirmed.add(ids, self.delete_linger, flush_at.as_mut()),
                         // Handed back already; the poll's trial call decides when to try again.
                         Err(RelayError::BreakerOpen) => {}
                         Err(error) => tracing::warn!(%error, "outbox relay could not publish; the poll will retry"),
@@ -287,8 +316,11 @@ impl OutboxRelay {
                 }
                 _ = &mut next_poll => {
                     let pause = match self.relay_batch().await {
-                        Ok(count) if count == self.poll_records => Duration::ZERO,
-                        Ok(_) => self.poll_interval,
+                        Ok(ids) => {
+                            let full = ids.len() == self.poll_records;
+                            confirmed.add(ids, self.delete_linger, flush_at.as_mut());
+                            if full { Duration::ZERO } else { self.poll_interval }
+                        }
                         Err(RelayError::BreakerOpen) => RETRY_AFTER,
                         Err(error) => {
                             tracing::warn!(%error, "outbox relay could not publish; will retry");
@@ -298,7 +330,11 @@ impl OutboxRelay {
                     next_poll.as_mut().reset(tokio::time::Instant::now() + pause);
                 }
             }
+            if confirmed.ids.len() >= self.batch_size {
+                self.delete(&mut confirmed).await;
+            }
         }
+        self.delete(&mut confirmed).await;
         self.handover.close();
         let mut left = Vec::new();
         while let Ok(record) = self.handover.try_recv() {
@@ -310,9 +346,26 @@ impl OutboxRelay {
         tracing::info!("outbox relay stopped");
     }
 
-    /// Claims, publishes and removes one batch of what is due in the
-    /// database; returns how many records it handled.
-    pub(crate) async fn relay_batch(&self) -> Result<usize, RelayError> {
+    /// Deletes the confirmed records in one statement. If that fails they
+    /// stay, leased: published again when the lease ends, and dropped by
+    /// their consumers as duplicates.
+    async fn delete(&self, confirmed: &mut Confirmed) {
+        let ids = std::mem::take(&mut confirmed.ids);
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(error) = self
+            .outbox
+            .delete_many(doc! { "_id": { "$in": &ids } })
+            .await
+        {
+            tracing::warn!(%error, records = ids.len(), "could not delete published outbox records; they will be published again after their lease");
+        }
+    }
+
+    /// Claims and publishes one batch of what is due in the database;
+    /// returns the ids of the records the broker took, to be deleted.
+    async fn relay_batch(&self) -> Result<Vec<String>, RelayError> {
         if !failsafe::CircuitBreaker::is_call_permitted(&self.breaker) {
             return Err(RelayError::BreakerOpen);
         }
@@ -320,7 +373,7 @@ impl OutboxRelay {
         let due = doc! { "$or": [ { "notBefore": null }, { "notBefore": { "$lte": now } } ] };
         let candidates = self.read(due.clone(), Some(self.poll_records)).await?;
         if candidates.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let ids: Vec<&str> = candidates.iter().map(|r| r.id.as_str()).collect();
         let token = format!("{}:{}", self.instance, uuid::Uuid::new_v4());
@@ -340,9 +393,7 @@ impl OutboxRelay {
             self.read(doc! { "_id": { "$in": &ids }, "claimedBy": &token }, None)
                 .await?
         };
-        let count = batch.len();
-        self.publish(batch).await?;
-        Ok(count)
+        self.publish(batch).await
     }
 
     /// The records `filter` matches, oldest first, at most `limit`.
@@ -358,9 +409,10 @@ impl OutboxRelay {
         find.await?.map_ok(OutboxRecord::from).try_collect().await
     }
 
-    /// Publishes a batch this relay holds, then deletes what the broker
-    /// confirmed and puts the rest back for later.
-    async fn publish(&self, batch: Vec<OutboxRecord>) -> Result<(), RelayError> {
+    /// Publishes a batch this relay holds and puts back for later what the
+    /// broker did not confirm; returns the ids of the records it confirmed
+    /// whole, to be deleted.
+    async fn publish(&self, batch: Vec<OutboxRecord>) -> Result<Vec<String>, RelayError> {
         let messages: Vec<Outgoing> = batch
             .iter()
             .flat_map(|r| &r.events)
@@ -396,15 +448,10 @@ impl OutboxRelay {
                 }
             }
             if unconfirmed.is_empty() {
-                done.push(record.id.as_str());
+                done.push(record.id.clone());
             } else {
                 retry.push((record.id.as_str(), unconfirmed));
             }
-        }
-        if !done.is_empty() {
-            self.outbox
-                .delete_many(doc! { "_id": { "$in": &done } })
-                .await?;
         }
         // Rare (a nack, no queue bound): only what was not confirmed stays.
         let later = bson::DateTime::from_millis(
@@ -422,7 +469,7 @@ impl OutboxRelay {
                 )
                 .await?;
         }
-        Ok(())
+        Ok(done)
     }
 
     fn message(&self, event: &StagedEvent) -> Outgoing {
@@ -454,6 +501,27 @@ impl OutboxRelay {
                 doc! { "$set": { "notBefore": null, "claimedBy": null } },
             )
             .await;
+    }
+}
+
+/// Records the broker confirmed, waiting to be deleted together.
+#[derive(Default)]
+struct Confirmed {
+    ids: Vec<String>,
+}
+
+impl Confirmed {
+    /// Adds `ids`; the first to wait sets when they are all deleted.
+    fn add(
+        &mut self,
+        ids: Vec<String>,
+        linger: Duration,
+        flush_at: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) {
+        if self.ids.is_empty() && !ids.is_empty() {
+            flush_at.reset(tokio::time::Instant::now() + linger);
+        }
+        self.ids.extend(ids);
     }
 }
 
