@@ -111,10 +111,16 @@ start_rabbitmq() {
   # RabbitMQ wants a file handle per queue at boot and crawls without them.
   # Debian's wrapper starts it through su, whose PAM session puts the soft
   # limit back to 1024; the env file is sourced after that, so raise it there.
-  local env_file="$RUN_DIR/rabbitmq-env.conf"
-  cat >"$env_file" <<'ENV'
+  # Erlang runs a scheduler thread per core by default; beside the database
+  # and the services on the same machine, half the cores is enough (on 2
+  # cores, one scheduler cut RabbitMQ's CPU per order by a fifth at 50
+  # orders/s and saturated, and a third of its context switches:
+  # bench/BUDGET.md, "Wakeups per order").
+  local env_file="$RUN_DIR/rabbitmq-env.conf" schedulers=$((($(nproc) + 1) / 2))
+  cat >"$env_file" <<ENV
 [ -f /etc/rabbitmq/rabbitmq-env.conf ] && . /etc/rabbitmq/rabbitmq-env.conf
-ulimit -n "$(ulimit -Hn)"
+ulimit -n "\$(ulimit -Hn)"
+SERVER_ADDITIONAL_ERL_ARGS="\${SERVER_ADDITIONAL_ERL_ARGS:-} +S $schedulers:$schedulers"
 ENV
   chmod 644 "$env_file"
   # Crash dumps land in the working directory; keep them with the logs.
