@@ -27,6 +27,7 @@
 #                                  50 orders/s with `perf record` on every
 #                                  process of the stack for 20 s of it: a
 #                                  flame graph of each, flame-<process>.svg
+#                                  (latest.* keep the last benchmark's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh
@@ -223,9 +224,12 @@ for pass in ${PASSES//,/ }; do
     maildev) plot=bench/results/latest.png ;;
     *) plot=bench/results/latest-${pass/@/-}.png ;;
   esac
-  [ -f "bench/results/$RUN/$pass/plot.png" ] && cp "bench/results/$RUN/$pass/plot.png" "$plot"
+  # A profile run is not the benchmark: the latest figures stay.
+  [ "$PROFILE" != 1 ] && [ -f "bench/results/$RUN/$pass/plot.png" ] && cp "bench/results/$RUN/$pass/plot.png" "$plot"
 done
-{ python3 scripts/lib/bench_passes.py "bench/results/$RUN" ${PASSES//,/ }; echo; cat bench/results/latest.md.new; } >bench/results/latest.md
+if [ "$PROFILE" != 1 ]; then
+  { python3 scripts/lib/bench_passes.py "bench/results/$RUN" ${PASSES//,/ }; echo; cat bench/results/latest.md.new; } >bench/results/latest.md
+fi
 rm bench/results/latest.md.new
 step "Done: bench/results/$RUN (summaries also in bench/results/latest.md)"
 exit $status

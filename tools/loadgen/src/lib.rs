@@ -418,7 +418,11 @@ async fn drive(shared: &Arc<Shared>, mode: Mode, stage: Stage, index: usize) {
 }
 
 async fn progress_line(shared: Arc<Shared>, stage: Stage, deadline: Instant) {
-    let mut last = (0, 0);
+    // The counters run on across stages: each line shows this stage's rate.
+    let mut last = (
+        shared.sent.load(Ordering::Relaxed),
+        shared.accepted.load(Ordering::Relaxed),
+    );
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     loop {
