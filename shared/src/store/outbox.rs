@@ -330,6 +330,7 @@ impl OutboxRelay {
                     next_poll.as_mut().reset(tokio::time::Instant::now() + pause);
                 }
             }
+            // Under load the linger never ends before a batch's worth waits.
             if confirmed.ids.len() >= self.batch_size {
                 self.delete(&mut confirmed).await;
             }
