@@ -278,12 +278,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             reports.push(report);
         }
         if stage.ramp {
-            let runs: Vec<StageReport> = reports
-                .iter()
-                .filter(|r| r.ramp && r.load == stage.load)
-                .cloned()
-                .collect();
-            let step = &report::StageSummary::group(&runs)[0];
+            // This step's runs are the last ones.
+            let runs = &reports[reports.len() - args.repeats as usize..];
+            let step = &report::StageSummary::group(runs)[0];
             ramp_over = !step.kept_up(args.p99_target_ms);
         }
     }
