@@ -31,14 +31,15 @@ def main(run_dir, passes):
         path = os.path.join(run_dir, name, "result.json")
         try:
             with open(path) as f:
-                h = json.load(f)["headline"]
+                report = json.load(f)
+            h = report["headline"]
         except (OSError, KeyError, ValueError) as error:
             print(f"| {name} | no result ({error}) |||||||")
             continue
         cores = name.split("@", 1)[1] if "@" in name else f"all ({os.cpu_count()})"
         sat, low = h["saturated_cpu_ms_per_order"], h["ordinary_cpu_ms_per_order"]
         ratio = f"{low['median'] / sat['median']:.1f}×" if sat and low else "–"
-        rate = h["highest_sustained_rate"]
+        rate = report["highest_sustained_rate"]
         print(f"| {name} | {cores} | {show(h['saturated_finished_per_second'], 0)} "
               f"| {show(sat, 2)} | {show(low, 2)} | {ratio} "
               f"| {show(h['ordinary_switches_per_order'], 0)} "

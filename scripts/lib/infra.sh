@@ -169,7 +169,7 @@ warn_about_transaction_lifetime() {
   lifetime=$(python3 "$(dirname "${BASH_SOURCE[0]}")/mongo_parameter.py" "$1" \
     transactionLifetimeLimitSeconds 2>/dev/null) || return 0
   if [ -n "$lifetime" ] && ((lifetime > TRANSACTION_LIFETIME_SECONDS)); then
-    warn "the MongoDB on $1 keeps an abandoned transaction ${lifetime}s: a service killed mid-transaction would stall the orders behind it that long (the saga's deadline is 60 s). Lower it with: db.adminCommand({setParameter: 1, transactionLifetimeLimitSeconds: $TRANSACTION_LIFETIME_SECONDS})"
+    warn "the MongoDB on $1 keeps an abandoned transaction ${lifetime}s: a service killed mid-transaction would stall the orders behind it that long (the saga's deadline is ${SAGA_TIMEOUT_SECONDS:-60} s). Lower it with: db.adminCommand({setParameter: 1, transactionLifetimeLimitSeconds: $TRANSACTION_LIFETIME_SECONDS})"
   fi
 }
 

@@ -350,7 +350,6 @@ pub struct Headline {
     /// At [`ORDINARY_RATE`].
     pub ordinary_cpu_ms_per_order: Option<Spread>,
     pub ordinary_switches_per_order: Option<Spread>,
-    pub highest_sustained_rate: Option<u32>,
 }
 
 /// The paced rate whose CPU per order is held against the saturated cost.
@@ -387,12 +386,12 @@ impl Report {
             stages,
         };
         let ordinary = report.summary.iter().find(|g| g.load == ORDINARY_RATE);
+        let saturated = report.saturated();
         report.headline = Headline {
-            saturated_finished_per_second: report.saturated().map(|g| g.finished_per_second),
-            saturated_cpu_ms_per_order: report.saturated().and_then(|g| g.cpu_ms_per_order),
+            saturated_finished_per_second: saturated.map(|g| g.finished_per_second),
+            saturated_cpu_ms_per_order: saturated.and_then(|g| g.cpu_ms_per_order),
             ordinary_cpu_ms_per_order: ordinary.and_then(|g| g.cpu_ms_per_order),
             ordinary_switches_per_order: ordinary.and_then(|g| g.switches_per_order),
-            highest_sustained_rate,
         };
         report.budget = report.judge();
         report
@@ -635,16 +634,8 @@ impl Report {
                 s.end_to_end.p90_ms,
                 s.end_to_end.p99_ms,
                 s.end_to_end.max_ms,
-                if s.usage.is_empty() {
-                    "–".to_string()
-                } else {
-                    format!("{:.2}", s.cpu_ms_per_order_total())
-                },
-                if s.usage.is_empty() {
-                    "–".to_string()
-                } else {
-                    format!("{:.0}", s.switches_per_order_total())
-                },
+                watched(s, format!("{:.2}", s.cpu_ms_per_order_total())),
+                watched(s, format!("{:.0}", s.switches_per_order_total())),
             );
         }
         match (
@@ -753,6 +744,15 @@ impl Report {
             );
         }
         md
+    }
+}
+
+/// `cell`, or a dash for a run without watched processes.
+fn watched(stage: &StageReport, cell: String) -> String {
+    if stage.usage.is_empty() {
+        "–".into()
+    } else {
+        cell
     }
 }
 
