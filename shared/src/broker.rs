@@ -9,7 +9,12 @@ pub use consumer::{HandleError, Handler, outcome, run_consumer};
 pub use publisher::{Outgoing, PublishOutcome, Publisher};
 pub use topology::{Subscription, Topology};
 
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use std::time::Duration;
+
+use lapin::{
+    Connection,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
 
 /// The heartbeat the services ask for unless told otherwise: a broker that
 /// vanished without closing the socket is noticed within two of these.
@@ -35,6 +40,67 @@ pub(crate) fn with_heartbeat(url: &str, seconds: u16) -> Result<String, String> 
         Some(_) => "&",
     };
     Ok(format!("{base}{separator}heartbeat={seconds}{fragment}"))
+}
+
+/// The nodes of `address`: one AMQP URL, or a cluster's nodes as several
+/// separated by commas.
+pub(crate) fn nodes(address: &str) -> impl Iterator<Item = &str> {
+    address
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+}
+
+/// A connection to the first node of `address` (see [`nodes`]) that
+/// answers within `limit`, tried in the order given. Every instance thus
+/// meets on the first live node (where the quorum queues it declares get
+/// their leaders), and when that node dies each reconnection moves on to
+/// the next; a dead node on this host refuses at once, so trying it first
+/// again costs nothing. The error is the last node's.
+pub(crate) async fn connect(
+    address: &str,
+    name: &str,
+    limit: Duration,
+) -> Result<Connection, lapin::Error> {
+    let mut last = None;
+    for url in nodes(address) {
+        match limited(
+            "connecting",
+            limit,
+            Connection::connect(url, connection_properties(name)),
+        )
+        .await
+        {
+            Ok(connection) => return Ok(connection),
+            Err(error) => {
+                tracing::debug!(connection = name, %error, "a RabbitMQ node did not answer; trying the next");
+                last = Some(error);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no RabbitMQ URL to connect to",
+        ))
+    }))
+}
+
+/// `operation`, or a timed-out error naming what it was doing once it has
+/// taken longer than `limit`.
+pub(crate) async fn limited<T>(
+    doing: &str,
+    limit: Duration,
+    operation: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, lapin::Error> {
+    tokio::time::timeout(limit, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{doing} took longer than {} s", limit.as_secs()),
+            )))
+        })
 }
 
 /// The queue as the broker has it now (its ready messages and consumers),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::num::NonZeroU32;
 
 use crate::{
-    broker::{DEFAULT_HEARTBEAT_SECONDS, topology::QueueType, with_heartbeat},
+    broker::{self, DEFAULT_HEARTBEAT_SECONDS, topology::QueueType, with_heartbeat},
     http::{
         JwtSettings, TrustedProxies, host::AllowedHosts, ratelimit::RateLimit,
         server::AllowedOrigins,
@@ -37,8 +37,24 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// A URL with its password replaced by `***`, for logs and messages.
-pub(crate) fn redacted(url: &str) -> String {
+/// A URL with its password replaced by `***`, for logs and messages; also
+/// a RabbitMQ cluster's nodes, several URLs separated by commas (a MongoDB
+/// URI's commas, between its hosts, stay inside the one URL).
+pub(crate) fn redacted(address: &str) -> String {
+    address
+        .split(',')
+        .map(|part| {
+            if part.contains("://") {
+                redacted_one(part)
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redacted_one(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -87,7 +103,7 @@ const MIN_SECRET_LEN: usize = 32;
 
 /// A variable that is set but cannot be used. Startup stops with this message.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {name}={value:?}: {reason}")]
+#[error("invalid configuration: {name}={shown:?}: {reason}", shown = redacted(.value))]
 pub struct ConfigError {
     pub name: String,
     pub value: String,
@@ -353,17 +369,27 @@ impl CommonConfig {
             database: env.string("MONGODB_DATABASE", &registered.database),
             // Checked here: the services start without the broker and keep
             // reconnecting, which for a malformed URL would be forever.
-            rabbitmq_url: Secret(
-                with_heartbeat(
-                    &env.checked(
-                        "RABBITMQ_URL",
-                        "amqp://guest:guest@127.0.0.1:5672/%2f",
-                        |url| url.parse::<lapin::uri::AMQPUri>().map(drop),
-                    )?,
-                    env.parse("AMQP_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS)?,
+            rabbitmq_url: {
+                let address = env.checked(
+                    "RABBITMQ_URL",
+                    "amqp://guest:guest@127.0.0.1:5672/%2f",
+                    |address| {
+                        if broker::nodes(address).next().is_none() {
+                            return Err("names no URL".to_string());
+                        }
+                        broker::nodes(address)
+                            .try_for_each(|url| url.parse::<lapin::uri::AMQPUri>().map(drop))
+                    },
+                )?;
+                let heartbeat = env.parse("AMQP_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS)?;
+                Secret(
+                    broker::nodes(&address)
+                        .map(|url| with_heartbeat(url, heartbeat))
+                        .collect::<Result<Vec<_>, _>>()
+                        .expect("RABBITMQ_URL was checked above")
+                        .join(","),
                 )
-                .expect("RABBITMQ_URL was checked above"),
-            ),
+            },
             amqp_namespace: env.string("AMQP_NAMESPACE", ""),
             queue_expiry: match env.parse::<u64>("AMQP_QUEUE_EXPIRES_MS", 0)? {
                 0 => None,
@@ -479,19 +505,13 @@ impl CommonConfig {
             }
         }
         let broker = redacted(self.rabbitmq_url.expose());
-        let user = self
-            .rabbitmq_url
-            .expose()
-            .parse::<lapin::uri::AMQPUri>()
-            .map(|uri| {
-                (
-                    uri.authority.userinfo.username,
-                    uri.authority.userinfo.password,
-                )
-            });
-        if let Ok((username, password)) = user
-            && (username == "guest" || password == "guest")
-        {
+        let guest = broker::nodes(self.rabbitmq_url.expose()).any(|url| {
+            url.parse::<lapin::uri::AMQPUri>().is_ok_and(|uri| {
+                uri.authority.userinfo.username == "guest"
+                    || uri.authority.userinfo.password == "guest"
+            })
+        });
+        if guest {
             return refuse(
                 "RABBITMQ_URL",
                 &broker,
@@ -669,6 +689,11 @@ mod tests {
             ),
             ("RABBITMQ_URL", "", "guest account"),
             (
+                "RABBITMQ_URL",
+                "amqp://orders:s3cret@rabbit-0/%2f,amqp://guest:guest@rabbit-1/%2f",
+                "guest account",
+            ),
+            (
                 "MONGODB_URI",
                 "mongodb://db-0/?replicaSet=rs0",
                 "no credentials",
@@ -744,6 +769,10 @@ mod tests {
         assert_eq!(
             redacted("amqp://user:p@ss@rabbit/%2f"),
             "amqp://user:***@rabbit/%2f"
+        );
+        assert_eq!(
+            redacted("amqp://a:one@rabbit-0/%2f, amqp://b:two@rabbit-1:5673/%2f"),
+            "amqp://a:***@rabbit-0/%2f, amqp://b:***@rabbit-1:5673/%2f"
         );
         assert_eq!(redacted("mongodb://db-0/?w=1"), "mongodb://db-0/?w=1");
         assert_eq!(redacted("not a url"), "not a url");
@@ -851,6 +880,28 @@ mod tests {
         );
         let err = common(&[("AMQP_HEARTBEAT_SECONDS", "70000")]).unwrap_err();
         assert_eq!(err.name, "AMQP_HEARTBEAT_SECONDS");
+    }
+
+    #[test]
+    fn a_cluster_is_its_nodes_urls_separated_by_commas_each_checked() {
+        let config = common(&[(
+            "RABBITMQ_URL",
+            "amqp://a:pw@rabbit-0/%2f, amqp://a:pw@rabbit-1/%2f?heartbeat=5,",
+        )])
+        .unwrap();
+        assert_eq!(
+            config.rabbitmq_url.expose(),
+            "amqp://a:pw@rabbit-0/%2f?heartbeat=30,amqp://a:pw@rabbit-1/%2f?heartbeat=5"
+        );
+        let err =
+            common(&[("RABBITMQ_URL", "amqp://a:pw@rabbit-0/%2f,rabbit-1:5672")]).unwrap_err();
+        assert_eq!(err.name, "RABBITMQ_URL");
+        // The message names the bad value, without the good node's password.
+        let message = err.to_string();
+        assert!(message.contains("rabbit-1:5672"), "{message}");
+        assert!(!message.contains("pw"), "{message}");
+        let err = common(&[("RABBITMQ_URL", " , ")]).unwrap_err();
+        assert!(err.to_string().contains("names no URL"), "{err}");
     }
 
     #[test]

@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    Outgoing, PublishOutcome, Publisher, Subscription, Topology, connection_properties,
-    header_string, header_u32, set_header, text,
+    Outgoing, PublishOutcome, Publisher, Subscription, Topology, connect, header_string,
+    header_u32, set_header, text,
 };
 use crate::{
     events::{ContractError, DeliveryInfo, RawEnvelope},
@@ -205,7 +205,6 @@ impl<H: Handler> QueueWorker for HandlerWorker<H> {
 /// A step of the consume path with the broker, each under a time limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Step {
-    Connect,
     OpenChannel,
     Declare,
     Qos,
@@ -221,7 +220,6 @@ pub(crate) enum Step {
 impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
-            Step::Connect => "connect",
             Step::OpenChannel => "channel open",
             Step::Declare => "declare",
             Step::Qos => "qos",
@@ -394,12 +392,7 @@ async fn consume_until_broken<W: QueueWorker>(
     state: &ConsumerState,
     shutdown: &CancellationToken,
 ) -> Result<(), ConsumerError> {
-    let connection = within(
-        Step::Connect,
-        CONNECT_LIMIT,
-        Connection::connect(url, connection_properties(name)),
-    )
-    .await?;
+    let connection = connect(url, name, CONNECT_LIMIT).await?;
     let consumed = consume(
         &connection,
         name,

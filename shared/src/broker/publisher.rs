@@ -11,7 +11,7 @@ use lapin::{
 };
 use tokio::sync::Mutex;
 
-use super::{Topology, connection_properties};
+use super::{Topology, connect, limited};
 
 /// One message to publish.
 #[derive(Clone, Debug)]
@@ -88,12 +88,7 @@ impl Publisher {
             return Ok(existing.channel.clone());
         }
         *link = None;
-        let connection = limited(
-            "connecting",
-            CONNECT_LIMIT,
-            Connection::connect(&self.url, connection_properties(&self.name)),
-        )
-        .await?;
+        let connection = connect(&self.url, &self.name, CONNECT_LIMIT).await?;
         let channel = limited("opening a channel", STEP_LIMIT, connection.create_channel()).await?;
         limited(
             "selecting confirm mode",
@@ -264,21 +259,4 @@ impl Publisher {
                 .await;
         }
     }
-}
-
-/// `operation`, or a timed-out error naming what it was doing once it has
-/// taken longer than `limit`.
-async fn limited<T>(
-    doing: &str,
-    limit: Duration,
-    operation: impl Future<Output = Result<T, lapin::Error>>,
-) -> Result<T, lapin::Error> {
-    tokio::time::timeout(limit, operation)
-        .await
-        .unwrap_or_else(|_| {
-            Err(lapin::Error::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{doing} took longer than {} s", limit.as_secs()),
-            )))
-        })
 }

@@ -93,6 +93,19 @@ impl Running {
         prefetch: u16,
         handler: Arc<H>,
     ) -> Running {
+        Self::start_at(&rabbitmq_url(), test, queue_type, policy, prefetch, handler).await
+    }
+
+    /// [`Running::start`] with the consumer and the publisher given the
+    /// broker `address` (one URL, or several nodes' separated by commas).
+    pub async fn start_at<H: Handler>(
+        address: &str,
+        test: &str,
+        queue_type: QueueType,
+        policy: RetryPolicy,
+        prefetch: u16,
+        handler: Arc<H>,
+    ) -> Running {
         let namespace = format!("t-{}.", &Uuid::new_v4().simple().to_string()[..12]);
         let topology = Topology::new(&namespace)
             .with_queue_expiry(Some(Duration::from_secs(900)))
@@ -103,7 +116,7 @@ impl Running {
         let metrics = EventMetrics::default();
         let task = tokio::spawn(run_consumer(
             ConsumerSettings {
-                url: rabbitmq_url(),
+                url: address.to_string(),
                 name: format!("{namespace}{test}"),
                 topology: topology.clone(),
                 subscription: ToOrderService::SUBSCRIPTION,
@@ -119,7 +132,7 @@ impl Running {
             state.snapshot(Instant::now()).connected.then_some(())
         })
         .await;
-        let publisher = Publisher::new(&rabbitmq_url(), test, topology.clone());
+        let publisher = Publisher::new(address, test, topology.clone());
         Running {
             topology,
             queue,
