@@ -23,6 +23,9 @@
 #   INSTANCE_PORT_BASE       with REPLICAS > 1, instance i (1-9) of the k-th
 #                            service of the registry (k from 0) listens on
 #                            BASE+10k+i [13000]
+#   RABBITMQ_NODES           RabbitMQ nodes [1]; past 1, a cluster on
+#                            5672 and up with quorum queues, the services
+#                            told of every node (docs/deploying.md)
 # The services' own variables (AMQP_NAMESPACE, AMQP_QUEUE_EXPIRES_MS,
 # RUST_LOG, ...: see docs/configuration.md) pass through.
 set -euo pipefail
@@ -307,7 +310,8 @@ for entry in "${SERVICES[@]}"; do
   printf '  %-21s http://127.0.0.1:%s/docs   (Swagger UI)\n' "${entry%%:*} service" "${entry##*:}"
 done
 cat <<INFO
-  RabbitMQ management   http://127.0.0.1:15672       (guest / guest)
+  RabbitMQ management   http://127.0.0.1:15672       (guest / guest)$( ((RABBITMQ_NODES > 1)) && echo "
+  RabbitMQ cluster      $RABBITMQ_NODES nodes, AMQP on 5672-$((5671 + RABBITMQ_NODES)), quorum queues")
   MailDev (emails)      http://127.0.0.1:$MAILDEV_WEB_PORT
   Admin token           $ADMIN_TOKEN   (scripts/token.sh --admin)
   Token of customer c1  $(mint_token c1)

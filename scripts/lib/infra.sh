@@ -1,7 +1,9 @@
 # Local infrastructure for run.sh, test.sh and bench.sh: installs what is
 # missing and starts what is not already running. Sourced, not executed.
 #
-#   RabbitMQ   127.0.0.1:5672 (management UI on 15672), from apt
+#   RabbitMQ   127.0.0.1:5672 (management UI on 15672), from apt; with
+#              RABBITMQ_NODES=3, a cluster of three nodes on 5672-5674
+#              (management on 15672-15674) with quorum queues
 #   MongoDB    127.0.0.1:27017: a real `mongod` if installed, else secantusd-rs
 #              (a MongoDB wire-compatible single-node server built with cargo;
 #              the first build takes about 4 minutes)
@@ -101,7 +103,15 @@ install_missing() {
   note "tools ready"
 }
 
+RABBITMQ_NODES="${RABBITMQ_NODES:-1}"
+[[ $RABBITMQ_NODES =~ ^[1-9]$ ]] || fail "RABBITMQ_NODES must be a number from 1 to 9, not '$RABBITMQ_NODES'"
+RABBITMQ_CLUSTER=orders
+
 start_rabbitmq() {
+  if ((RABBITMQ_NODES > 1)); then
+    start_rabbitmq_cluster
+    return
+  fi
   if port_open 5672; then
     note "RabbitMQ already running on 5672: reusing it"
     return
@@ -130,6 +140,24 @@ ENV
   wait_for_port 5672 RabbitMQ 180 "$LOG_DIR/rabbitmq.log" "$(cat "$RUN_DIR/rabbitmq.pid")" \
     "RabbitMQ's own log is under /var/log/rabbitmq/. A broker holding thousands of durable queues (left by old test runs) boots slowly: list them with 'rabbitmqctl list_queues name', or reset it with 'rabbitmqctl stop_app; rabbitmqctl reset; rabbitmqctl start_app' if nothing in it matters."
   INFRA_STARTED+=(rabbitmq)
+}
+
+# A cluster of RABBITMQ_NODES nodes on 5672 and up (scripts/lib/rabbitmq-cluster.sh;
+# its data in /var/lib/rabbitmq/clusters/orders/ survives a stop), and the
+# services told of every node and to make their queues quorum queues,
+# unless RABBITMQ_URL or AMQP_QUEUE_TYPE say otherwise.
+start_rabbitmq_cluster() {
+  local last=$((5672 + RABBITMQ_NODES - 1)) port urls=()
+  for port in $(seq 5672 "$last"); do
+    port_open "$port" && fail "RABBITMQ_NODES=$RABBITMQ_NODES starts a cluster on ports 5672-$last, but something listens on $port already (a single RabbitMQ? stop it with: rabbitmqctl stop)"
+    urls+=("amqp://guest:guest@127.0.0.1:$port/%2f")
+  done
+  note "starting a RabbitMQ cluster of $RABBITMQ_NODES nodes (logs: /var/lib/rabbitmq/clusters/$RABBITMQ_CLUSTER/node-*/log/)"
+  bash "$(dirname "${BASH_SOURCE[0]}")/rabbitmq-cluster.sh" start "$RABBITMQ_CLUSTER" 5672 "$RABBITMQ_NODES" \
+    || fail "the RabbitMQ cluster did not start"
+  INFRA_STARTED+=(rabbitmq-cluster)
+  export RABBITMQ_URL="${RABBITMQ_URL:-$(IFS=,; echo "${urls[*]}")}"
+  export AMQP_QUEUE_TYPE="${AMQP_QUEUE_TYPE:-quorum}"
 }
 
 start_mongodb() {
@@ -223,6 +251,10 @@ infra_down() {
       rabbitmq)
         note "stopping RabbitMQ"
         timeout 60 rabbitmqctl stop >/dev/null 2>&1 || true
+        ;;
+      rabbitmq-cluster)
+        note "stopping the RabbitMQ cluster"
+        bash "$(dirname "${BASH_SOURCE[0]}")/rabbitmq-cluster.sh" stop "$RABBITMQ_CLUSTER" "$RABBITMQ_NODES" || true
         ;;
       mongodb | maildev)
         note "stopping $part"
