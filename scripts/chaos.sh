@@ -8,7 +8,9 @@
 # fails if any order is lost or any effect happens twice. About 15 minutes.
 #
 # It restarts the RabbitMQ application it finds on 5672 (rabbitmqctl
-# stop_app / start_app) and runs its own secantusd-rs on a free port.
+# stop_app / start_app), runs its own secantusd-rs on a free port, and for
+# its last row a RabbitMQ cluster of three nodes on free ports
+# (scripts/lib/rabbitmq-cluster.sh). CHAOS_ONLY=2a,11 runs only those rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh

@@ -43,6 +43,9 @@ const RATE: u64 = 30;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// After a broker restart, every queue has its consumer again within this.
 const CONSUMERS_BACK_WITHIN: Duration = Duration::from_secs(10);
+/// After a cluster node dies, every queue has its consumer again on the
+/// others within this: the quorum queues elect new leaders first.
+const CLUSTER_CONSUMERS_BACK_WITHIN: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     if std::env::args().any(|a| a == "--list") {
@@ -100,19 +103,19 @@ async fn suite() -> ExitCode {
     let mut chaos = Chaos::start().await;
     let mut rows = Vec::new();
 
-    rows.push(
+    rows.extend(
         chaos
             .phase("baseline (no fault)", |_| Box::pin(async { String::new() }))
             .await,
     );
-    rows.push(
+    rows.extend(
         chaos
             .phase("1. RabbitMQ restarted 10 times in a row", |c| {
                 Box::pin(c.restart_rabbitmq(10))
             })
             .await,
     );
-    rows.push(
+    rows.extend(
         chaos
             .phase("2a. inventory SIGKILLed, restarted", |c| {
                 Box::pin(async move {
@@ -124,21 +127,21 @@ async fn suite() -> ExitCode {
             })
             .await,
     );
-    rows.push(
+    rows.extend(
         chaos
             .phase("2b. inventory crashed after write, before ack", |c| {
                 Box::pin(c.crash_at("inventory", "consumer.before_ack=20*off->return"))
             })
             .await,
     );
-    rows.push(
+    rows.extend(
         chaos
             .phase("3a. order crashed after write, before publish", |c| {
                 Box::pin(c.crash_at("order", "relay.before_publish=10*off->return"))
             })
             .await,
     );
-    rows.push(
+    rows.extend(
         chaos
             .phase(
                 "3b. order crashed after publish, before outbox delete",
@@ -146,14 +149,14 @@ async fn suite() -> ExitCode {
             )
             .await,
     );
-    rows.push(
+    rows.extend(
         chaos
             .phase("4. MongoDB unavailable for 75 s", |c| {
                 Box::pin(c.restart_mongodb(Duration::from_secs(75)))
             })
             .await,
     );
-    rows.push(
+    rows.extend(
         chaos
             .phase("5a. SMTP unavailable for 3 minutes", |c| {
                 Box::pin(async move {
@@ -180,7 +183,7 @@ async fn suite() -> ExitCode {
             })
             .await,
     );
-    rows.push(
+    rows.extend(
         chaos
             .phase(
                 "5b. notification crashed after SMTP accepted, before SENT",
@@ -188,7 +191,7 @@ async fn suite() -> ExitCode {
             )
             .await,
     );
-    rows.push(
+    rows.extend(
         chaos
             .phase(
                 "9. inventory paused (SIGSTOP) past the saga deadline",
@@ -196,14 +199,14 @@ async fn suite() -> ExitCode {
             )
             .await,
     );
-    rows.push(
+    rows.extend(
         chaos
             .phase("6. duplicate events and poison messages", |c| {
                 Box::pin(c.duplicates_and_poison())
             })
             .await,
     );
-    rows.push(
+    rows.extend(
         chaos
             .phase(
                 "10. rolling upgrade: an earlier inventory build beside the current one",
@@ -211,8 +214,24 @@ async fn suite() -> ExitCode {
             )
             .await,
     );
-    rows.push(chaos.unroutable().await);
-    rows.push(chaos.oversell().await);
+    if chaos.wants("7. ") {
+        rows.push(chaos.unroutable().await);
+    }
+    if chaos.wants("8. ") {
+        rows.push(chaos.oversell().await);
+    }
+    // Last: the services move to a cluster of their own for it.
+    if chaos.wants("11. ") {
+        chaos.move_to_cluster().await;
+    }
+    rows.extend(
+        chaos
+            .phase(
+                "11. RabbitMQ cluster: the services' node SIGKILLed, restarted",
+                |c| Box::pin(c.kill_cluster_node()),
+            )
+            .await,
+    );
 
     chaos.stop().await;
     print_table(&rows);
@@ -267,6 +286,10 @@ struct Chaos {
     mongod: Option<Child>,
     smtp_port: u16,
     smtp_up: Arc<AtomicBool>,
+    /// The broker the services are told of (`RABBITMQ_URL`): the shared one,
+    /// then the nodes of `cluster`.
+    broker: String,
+    cluster: Option<Cluster>,
     ports: HashMap<&'static str, u16>,
     children: HashMap<&'static str, Child>,
     /// Product id → stock it was created with.
@@ -300,6 +323,8 @@ impl Chaos {
             mongod: None,
             smtp_port: 0,
             smtp_up: Arc::new(AtomicBool::new(true)),
+            broker: rabbitmq_url(),
+            cluster: None,
             ports: SERVICES.iter().map(|s| (*s, free_port())).collect(),
             children: HashMap::new(),
             products: Vec::new(),
@@ -434,7 +459,15 @@ impl Chaos {
                 format!("mongodb://127.0.0.1:{}", self.mongo_port),
             )
             .env("MONGODB_DATABASE", format!("c_{}_{service}", self.id))
-            .env("RABBITMQ_URL", rabbitmq_url())
+            .env("RABBITMQ_URL", &self.broker)
+            .env(
+                "AMQP_QUEUE_TYPE",
+                if self.cluster.is_some() {
+                    "quorum"
+                } else {
+                    "classic"
+                },
+            )
             .env("AMQP_NAMESPACE", format!("c-{}.", self.id))
             // Longer than the whole suite: a retry tier is only redeclared
             // when its service restarts.
@@ -602,9 +635,14 @@ impl Chaos {
     }
 
     async fn count_consumers(&self) -> Option<Vec<String>> {
-        let connection = lapin::Connection::connect(&rabbitmq_url(), Default::default())
-            .await
-            .ok()?;
+        let mut connection = None;
+        for url in self.broker.split(',') {
+            if let Ok(live) = lapin::Connection::connect(url, Default::default()).await {
+                connection = Some(live);
+                break;
+            }
+        }
+        let connection = connection?;
         let mut missing = Vec::new();
         for service in SERVICES {
             for suffix in ["", ".dlq"] {
@@ -621,6 +659,75 @@ impl Chaos {
         }
         let _ = connection.close(200, "checked".into()).await;
         Some(missing)
+    }
+
+    /// Starts a RabbitMQ cluster of three nodes and restarts the services
+    /// on it, told of every node, with quorum queues.
+    async fn move_to_cluster(&mut self) {
+        let cluster = Cluster::start(&format!("chaos-{}", self.id));
+        self.broker = cluster.urls().join(",");
+        self.cluster = Some(cluster);
+        for service in SERVICES {
+            if let Some(mut child) = self.children.remove(service) {
+                terminate(&mut child).await;
+            }
+            self.spawn(service).await;
+        }
+    }
+
+    /// SIGKILLs the node that holds the services' connections; every queue
+    /// must have its consumer again on the others, and the node, started
+    /// again 10 s later, must rejoin.
+    async fn kill_cluster_node(&mut self) -> String {
+        let cluster = self.cluster.as_ref().expect("move_to_cluster first");
+        let namespace = format!("c-{}.", self.id);
+        // The management API lists a connection within its statistics
+        // interval (5 s).
+        let mut holding = None;
+        for _ in 0..30 {
+            holding = cluster.node_holding(&self.http, &namespace).await;
+            if holding.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let Some(node) = holding else {
+            self.violation("no node of the cluster lists the services' connections".into());
+            return "not run".into();
+        };
+        cluster.kill(node);
+        let killed = Instant::now();
+        let back = loop {
+            let missing = self.queues_without_consumers().await;
+            if missing.as_ref().is_some_and(Vec::is_empty) {
+                break killed.elapsed();
+            }
+            if killed.elapsed() > CLUSTER_CONSUMERS_BACK_WITHIN {
+                self.violation(format!(
+                    "queues without a consumer {} s after their node died: {missing:?}",
+                    CLUSTER_CONSUMERS_BACK_WITHIN.as_secs()
+                ));
+                break killed.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let cluster = self.cluster.as_ref().unwrap();
+        let moved_to = cluster.node_holding(&self.http, &namespace).await;
+        cluster.restart(node);
+        let running = cluster.running(node);
+        if running != Cluster::NODES {
+            self.violation(format!(
+                "node {node} restarted and sees {running} of {} nodes running",
+                Cluster::NODES
+            ));
+        }
+        format!(
+            "node {node} SIGKILLed; consumers on node {} within {:.1} s; restarted after 10 s, {running} of {} nodes running",
+            moved_to.map_or("?".into(), |n| n.to_string()),
+            back.as_secs_f64(),
+            Cluster::NODES
+        )
     }
 
     /// Freezes the inventory process (SIGSTOP) for `pause`, longer than the
@@ -860,10 +967,13 @@ impl Chaos {
 
     /// Steady load; the fault is injected 3 s in, the load goes on 3 s after
     /// it ends; then every accepted order must finish and be told.
-    async fn phase<F>(&mut self, name: &str, fault: F) -> Row
+    async fn phase<F>(&mut self, name: &str, fault: F) -> Option<Row>
     where
         F: for<'a> FnOnce(&'a mut Chaos) -> FaultFuture<'a>,
     {
+        if !self.wants(name) {
+            return None;
+        }
         println!("chaos: {name}");
         let stop = CancellationToken::new();
         let sent = Arc::new(AtomicU64::new(0));
@@ -895,7 +1005,7 @@ impl Chaos {
         if redelivered > 0 {
             note = format!("{note}; {redelivered} SMTP redeliveries (same Message-ID)");
         }
-        Row {
+        Some(Row {
             fault: name.into(),
             sent: sent.load(Ordering::SeqCst),
             accepted: ids.len(),
@@ -904,11 +1014,23 @@ impl Chaos {
             duplicated,
             recover: fault_ended.elapsed(),
             note,
-        }
+        })
     }
 }
 
 impl Chaos {
+    /// Whether the row `name` runs: every row, unless `CHAOS_ONLY` lists
+    /// row numbers (`CHAOS_ONLY=2a,11 ./scripts/chaos.sh`, for working on
+    /// one); then only those, without the baseline.
+    fn wants(&self, name: &str) -> bool {
+        let Ok(only) = std::env::var("CHAOS_ONLY") else {
+            return true;
+        };
+        let number = name.split_once(". ").map(|(number, _)| number);
+        only.split(',')
+            .any(|wanted| number.is_some_and(|n| n == wanted.trim()))
+    }
+
     fn customer(&self) -> String {
         format!("chaos-{}@example.com", self.id)
     }
@@ -1104,6 +1226,7 @@ impl Chaos {
             }
         }
         self.stop_mongodb().await;
+        self.cluster = None;
         if self.violations.lock().unwrap().is_empty() {
             let _ = std::fs::remove_dir_all(self.dir.join("mongodb"));
         }
@@ -1257,6 +1380,125 @@ async fn terminate(child: &mut Child) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A RabbitMQ cluster of three nodes on free ports of this machine
+/// (`scripts/lib/rabbitmq-cluster.sh`), deleted with its data when dropped.
+struct Cluster {
+    name: String,
+    /// Node i (1-3) takes AMQP on base + i - 1, its management API 10000
+    /// above, its inter-node port 20000 above.
+    base: u16,
+}
+
+impl Cluster {
+    const NODES: usize = 3;
+
+    fn start(name: &str) -> Cluster {
+        let base = (20_000..30_000)
+            .step_by(10)
+            .find(|base| {
+                (0..Self::NODES as u16)
+                    .flat_map(|i| [base + i, base + i + 10_000, base + i + 20_000])
+                    .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+            })
+            .expect("free ports for three RabbitMQ nodes");
+        let cluster = Cluster {
+            name: name.into(),
+            base,
+        };
+        cluster.script(&["start", name, &base.to_string(), &Self::NODES.to_string()]);
+        cluster
+    }
+
+    fn urls(&self) -> Vec<String> {
+        (0..Self::NODES as u16)
+            .map(|i| format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.base + i))
+            .collect()
+    }
+
+    /// The node (1-3) most of the connections named with `prefix` are on,
+    /// as the nodes' management API lists them.
+    async fn node_holding(&self, http: &reqwest::Client, prefix: &str) -> Option<usize> {
+        let mut on: HashMap<String, usize> = HashMap::new();
+        for i in 0..Self::NODES as u16 {
+            let url = format!(
+                "http://127.0.0.1:{}/api/connections",
+                self.base + i + 10_000
+            );
+            let Ok(response) = http
+                .get(url)
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let Ok(connections) = response.json::<Vec<Value>>().await else {
+                continue;
+            };
+            for connection in connections {
+                let named = connection["client_properties"]["connection_name"]
+                    .as_str()
+                    .is_some_and(|name| name.starts_with(prefix));
+                if let (true, Some(node)) = (named, connection["node"].as_str()) {
+                    *on.entry(node.to_string()).or_default() += 1;
+                }
+            }
+            // Every node lists the whole cluster's connections.
+            break;
+        }
+        let (node, _) = on.into_iter().max_by_key(|(_, count)| *count)?;
+        // "chaos-<id>-<i>@host"
+        let (name, _) = node.split_once('@')?;
+        name.rsplit('-').next()?.parse().ok()
+    }
+
+    fn kill(&self, node: usize) {
+        self.script(&["kill", &self.name, &node.to_string()]);
+    }
+
+    fn restart(&self, node: usize) {
+        self.script(&[
+            "restart",
+            &self.name,
+            &self.base.to_string(),
+            &node.to_string(),
+        ]);
+    }
+
+    /// How many nodes `node` sees running.
+    fn running(&self, node: usize) -> usize {
+        let output = Command::new("bash")
+            .arg(Self::SCRIPT)
+            .args(["running", &self.name, &node.to_string()])
+            .output()
+            .expect("rabbitmq-cluster.sh runs");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    const SCRIPT: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/lib/rabbitmq-cluster.sh"
+    );
+
+    fn script(&self, args: &[&str]) {
+        let status = Command::new("bash")
+            .arg(Self::SCRIPT)
+            .args(args)
+            .status()
+            .expect("rabbitmq-cluster.sh runs");
+        assert!(status.success(), "rabbitmq-cluster.sh {args:?} failed");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.script(&["destroy", &self.name, &Self::NODES.to_string()]);
     }
 }
 
