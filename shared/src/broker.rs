@@ -55,8 +55,9 @@ pub(crate) fn nodes(address: &str) -> impl Iterator<Item = &str> {
 /// answers within `limit`, tried in the order given. Every instance thus
 /// meets on the first live node (where the quorum queues it declares get
 /// their leaders), and when that node dies each reconnection moves on to
-/// the next; a dead node on this host refuses at once, so trying it first
-/// again costs nothing. The error is the last node's.
+/// the next. A node that is down usually refuses at once, so trying it
+/// first again costs little; one that does not answer at all costs
+/// `limit`. The error is the last node's.
 pub(crate) async fn connect(
     address: &str,
     name: &str,

@@ -127,6 +127,7 @@ pub trait Handler: Send + Sync + 'static {
 /// Everything a consumer needs besides its handler.
 #[derive(Clone)]
 pub struct ConsumerSettings {
+    /// The broker: one AMQP URL, or a cluster's nodes separated by commas.
     pub url: String,
     pub name: String,
     pub topology: Topology,

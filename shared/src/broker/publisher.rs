@@ -66,6 +66,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher to `url`: one AMQP URL, or a cluster's nodes separated by
+    /// commas. It connects on first use.
     pub fn new(url: &str, name: &str, topology: Topology) -> Arc<Self> {
         Arc::new(Publisher {
             url: url.to_string(),

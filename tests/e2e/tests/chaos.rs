@@ -5,8 +5,9 @@
 //! Run by `./scripts/test.sh` (as part of `cargo test`) or alone with
 //! `./scripts/chaos.sh`. It restarts the RabbitMQ application
 //! (`rabbitmqctl stop_app` / `start_app`), runs its own `secantusd-rs` so
-//! that it can stop the database, and puts a switchable TCP proxy in front of
-//! MailDev to take SMTP away. The services are this same test binary started
+//! that it can stop the database, puts a switchable TCP proxy in front of
+//! MailDev to take SMTP away, and for its last row moves the services to a
+//! RabbitMQ cluster of three nodes of its own, to kill one. The services are this same test binary started
 //! again with `CHAOS_SERVICE=order|inventory|notification`, so the test
 //! needs no separate build; crashes at exact points use the `fail` crate's
 //! fail points (see `shared::fault`).
