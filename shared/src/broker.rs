@@ -3,10 +3,12 @@
 
 pub mod consumer;
 pub mod publisher;
+pub mod senders;
 pub mod topology;
 
 pub use consumer::{HandleError, Handler, outcome, run_consumer};
 pub use publisher::{Outgoing, PublishOutcome, Publisher};
+pub use senders::Senders;
 pub use topology::{Subscription, Topology};
 
 use std::time::Duration;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::num::NonZeroU32;
 
 use crate::{
-    broker::{self, DEFAULT_HEARTBEAT_SECONDS, topology::QueueType, with_heartbeat},
+    broker::{self, DEFAULT_HEARTBEAT_SECONDS, Senders, topology::QueueType, with_heartbeat},
     http::{
         JwtSettings, TrustedProxies, host::AllowedHosts, ratelimit::RateLimit,
         server::AllowedOrigins,
@@ -251,6 +251,9 @@ pub struct CommonConfig {
     /// `AMQP_QUEUE_TYPE`: `classic` (the default, for a single broker) or
     /// `quorum` (for a RabbitMQ cluster: the queues are replicated).
     pub queue_type: QueueType,
+    /// `AMQP_SOURCE_USERS`: the broker user of each event source; with it,
+    /// consumers refuse events their claimed source did not publish.
+    pub senders: Senders,
     /// `APP_ENV` [development].
     pub app_env: AppEnv,
     /// `ADMIN_TOKEN`: bearer tokens for admin routes, comma-separated so an
@@ -396,6 +399,7 @@ impl CommonConfig {
                 ms => Some(Duration::from_millis(ms)),
             },
             queue_type: env.parse("AMQP_QUEUE_TYPE", QueueType::Classic)?,
+            senders: env.parse("AMQP_SOURCE_USERS", Senders::default())?,
             app_env,
             admin_tokens: env
                 .string("ADMIN_TOKEN", "")
@@ -880,6 +884,16 @@ mod tests {
         );
         let err = common(&[("AMQP_HEARTBEAT_SECONDS", "70000")]).unwrap_err();
         assert_eq!(err.name, "AMQP_HEARTBEAT_SECONDS");
+    }
+
+    #[test]
+    fn event_sources_are_checked_only_when_their_broker_users_are_given() {
+        assert!(!common(&[]).unwrap().senders.is_checking());
+        let config = common(&[("AMQP_SOURCE_USERS", "order-service=order")]).unwrap();
+        assert!(config.senders.is_checking());
+        let err = common(&[("AMQP_SOURCE_USERS", "order-service")]).unwrap_err();
+        assert_eq!(err.name, "AMQP_SOURCE_USERS");
+        assert!(err.to_string().contains("source=user"), "{err}");
     }
 
     #[test]

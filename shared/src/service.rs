@@ -191,6 +191,7 @@ impl ServiceCore {
             policy: self.config.retry,
             prefetch: self.config.prefetch,
             metrics: self.metrics.events.clone(),
+            senders: self.config.senders.clone(),
         };
         let state = self
             .consumers

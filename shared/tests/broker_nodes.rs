@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use shared::{
-    broker::{HandleError, Handler, Publisher, Topology, topology::QueueType},
+    broker::{HandleError, Handler, Publisher, Senders, Topology, topology::QueueType},
     events::RawEnvelope,
 };
 use uuid::Uuid;
@@ -41,6 +41,7 @@ async fn a_dead_first_node_is_skipped_by_the_consumer_and_the_publisher() {
     // connected through the second node.
     let running = Running::start_at(
         &address,
+        Senders::default(),
         "broker-nodes",
         QueueType::Classic,
         quick_retries(),

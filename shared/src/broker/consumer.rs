@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    Outgoing, PublishOutcome, Publisher, Subscription, Topology, connect, header_string,
-    header_u32, set_header, text,
+    Outgoing, PublishOutcome, Publisher, Senders, Subscription, Topology, connect, header_string,
+    header_u32, senders::broker_user, set_header, text,
 };
 use crate::{
     events::{ContractError, DeliveryInfo, RawEnvelope},
@@ -136,6 +136,9 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     /// Where each settled delivery is counted.
     pub metrics: EventMetrics,
+    /// Which broker user may send each source's events (`AMQP_SOURCE_USERS`);
+    /// an event from anyone else is dead-lettered unhandled.
+    pub senders: Senders,
 }
 
 /// How one delivery ended.
@@ -173,6 +176,8 @@ pub(crate) trait QueueWorker: Send + Sync {
 struct HandlerWorker<H> {
     settings: ConsumerSettings,
     handler: Arc<H>,
+    /// The broker user this consumer's own republishes carry.
+    own_user: String,
 }
 
 impl<H: Handler> QueueWorker for HandlerWorker<H> {
@@ -199,7 +204,7 @@ impl<H: Handler> QueueWorker for HandlerWorker<H> {
         publisher: &Publisher,
         acks: &Acks,
     ) -> Result<Settled, ConsumerError> {
-        settle(delivery, &self.settings, &self.handler, publisher, acks).await
+        settle(delivery, self, publisher, acks).await
     }
 }
 
@@ -289,7 +294,11 @@ pub async fn run_consumer<H: Handler>(
         settings.name.clone(),
         settings.prefetch,
     );
-    let worker = HandlerWorker { settings, handler };
+    let worker = HandlerWorker {
+        own_user: broker_user(&settings.url),
+        settings,
+        handler,
+    };
     run_worker(&url, &name, prefetch, &worker, &state, shutdown).await;
 }
 
@@ -560,11 +569,11 @@ async fn consume<W: QueueWorker>(
 /// forever, and the consumer carries on.
 async fn settle<H: Handler>(
     delivery: Delivery,
-    settings: &ConsumerSettings,
-    handler: &Arc<H>,
+    worker: &HandlerWorker<H>,
     next_hops: &Publisher,
     acks: &Acks,
 ) -> Result<Settled, ConsumerError> {
+    let (settings, handler) = (&worker.settings, &worker.handler);
     let received = std::time::Instant::now();
     let headers = delivery.properties.headers().clone().unwrap_or_default();
     let attempt = header_u32(&headers, ATTEMPT_HEADER).unwrap_or(1).max(1);
@@ -601,9 +610,24 @@ async fn settle<H: Handler>(
     // it emits is caused in that span.
     telemetry::continue_trace(&span, header_string(&headers, TRACEPARENT).as_deref());
 
-    let outcome = match parsed {
-        Err(error) => Err(HandleError::Permanent(error.to_string())),
-        Ok(mut event) => {
+    let refusal = parsed.as_ref().ok().and_then(|event| {
+        settings.senders.refusal(
+            &event.source,
+            delivery
+                .properties
+                .user_id()
+                .as_ref()
+                .map(|user| user.as_str()),
+            &worker.own_user,
+        )
+    });
+    let outcome = match (parsed, refusal) {
+        (Err(error), _) => Err(HandleError::Permanent(error.to_string())),
+        (Ok(_), Some(reason)) => {
+            span.in_scope(|| tracing::warn!(%reason, "event refused: not from its source"));
+            Err(HandleError::Permanent(reason))
+        }
+        (Ok(mut event), None) => {
             event.traceparent = telemetry::traceparent_of(&span);
             event.delivery = DeliveryInfo {
                 attempt,

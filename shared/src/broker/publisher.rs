@@ -11,7 +11,7 @@ use lapin::{
 };
 use tokio::sync::Mutex;
 
-use super::{Topology, connect, limited};
+use super::{Topology, connect, limited, senders::broker_user};
 
 /// One message to publish.
 #[derive(Clone, Debug)]
@@ -61,6 +61,9 @@ struct Link {
 pub struct Publisher {
     url: String,
     name: String,
+    /// The broker user it logs in as, in every message's `user-id`, which
+    /// the broker vouches for (see [`super::senders`]).
+    user: String,
     topology: Topology,
     link: Mutex<Option<Link>>,
 }
@@ -72,6 +75,7 @@ impl Publisher {
         Arc::new(Publisher {
             url: url.to_string(),
             name: name.to_string(),
+            user: broker_user(url),
             topology,
             link: Mutex::new(None),
         })
@@ -189,6 +193,7 @@ impl Publisher {
             let mut properties = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type(ShortString::from("application/json"))
+                .with_user_id(ShortString::from(self.user.as_str()))
                 .with_headers(message.headers.clone());
             if let Some(id) = &message.message_id {
                 properties = properties.with_message_id(ShortString::from(id.as_str()));

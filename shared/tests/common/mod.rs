@@ -12,7 +12,7 @@ use lapin::types::FieldTable;
 use shared::{
     CancellationToken,
     broker::{
-        Handler, Outgoing, PublishOutcome, Publisher, Topology,
+        Handler, Outgoing, PublishOutcome, Publisher, Senders, Topology,
         consumer::{ConsumerRole, ConsumerSettings, ConsumerState},
         run_consumer,
         topology::QueueType,
@@ -93,13 +93,25 @@ impl Running {
         prefetch: u16,
         handler: Arc<H>,
     ) -> Running {
-        Self::start_at(&rabbitmq_url(), test, queue_type, policy, prefetch, handler).await
+        let address = rabbitmq_url();
+        Self::start_at(
+            &address,
+            Senders::default(),
+            test,
+            queue_type,
+            policy,
+            prefetch,
+            handler,
+        )
+        .await
     }
 
     /// [`Running::start`] with the consumer and the publisher given the
-    /// broker `address` (one URL, or several nodes' separated by commas).
+    /// broker `address` (one URL, or several nodes' separated by commas),
+    /// and the consumer checking event sources with `senders`.
     pub async fn start_at<H: Handler>(
         address: &str,
+        senders: Senders,
         test: &str,
         queue_type: QueueType,
         policy: RetryPolicy,
@@ -123,6 +135,7 @@ impl Running {
                 policy,
                 prefetch,
                 metrics: metrics.clone(),
+                senders,
             },
             handler,
             state.clone(),
