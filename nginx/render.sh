@@ -22,28 +22,43 @@
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/registry.sh"
 
-# _nginx_blocks UPSTREAMS|SERVERS LISTEN_HOST INCLUDE_DIR SERVER_LINES_FN: the
-# upstream or server blocks of every service. SERVER_LINES_FN NAME PORT
-# prints an upstream's server lines.
+# _nginx_blocks UPSTREAMS|SERVERS|TLS_SERVERS LISTEN_HOST INCLUDE_DIR
+# SERVER_LINES_FN: the upstream or server blocks of every service.
+# SERVER_LINES_FN NAME PORT prints an upstream's server lines. TLS_SERVERS
+# gives each service two: the public one on its port, with TLS and without
+# the operators' routes (public.conf), and an internal one, plain, on its
+# port + 6000 with everything.
 _nginx_blocks() {
   local kind=$1 listen_host=$2 include_dir=$3 servers=$4 name registry_port var port
   while read -r name registry_port _; do
     var=$(port_variable "$name")
     port=${!var:-$registry_port}
-    if [ "$kind" = UPSTREAMS ]; then
-      printf '    upstream %s {\n' "$name"
-      "$servers" "$name" "$port"
-      printf '        keepalive 32;\n    }\n'
-    else
-      printf '    server {\n        listen %s%s;\n' "$listen_host" "$port"
-      printf '        location / { proxy_pass http://%s; }\n' "$name"
-      printf '        include %s/errors.conf;\n    }\n' "$include_dir"
-    fi
+    case $kind in
+      UPSTREAMS)
+        printf '    upstream %s {\n' "$name"
+        "$servers" "$name" "$port"
+        printf '        keepalive 32;\n    }\n'
+        ;;
+      SERVERS)
+        printf '    server {\n        listen %s%s;\n' "$listen_host" "$port"
+        printf '        location / { proxy_pass http://%s; }\n' "$name"
+        printf '        include %s/errors.conf;\n    }\n' "$include_dir"
+        ;;
+      TLS_SERVERS)
+        printf '    server {\n        listen %s%s ssl;\n' "$listen_host" "$port"
+        printf '        include %s/public.conf;\n' "$include_dir"
+        printf '        location / { proxy_pass http://%s; }\n' "$name"
+        printf '        include %s/errors.conf;\n    }\n' "$include_dir"
+        printf '    server {\n        listen %s%s;\n' "$listen_host" "$((port + 6000))"
+        printf '        location / { proxy_pass http://%s; }\n' "$name"
+        printf '        include %s/errors.conf;\n    }\n' "$include_dir"
+        ;;
+    esac
   done < <(registry_lines)
 }
 
 # _nginx_fill TEMPLATE LISTEN_HOST INCLUDE_DIR SERVER_LINES_FN: the template
-# with its @UPSTREAMS@ and @SERVERS@ lines replaced by the blocks; other
+# with its @UPSTREAMS@, @SERVERS@ and @TLS_SERVERS@ lines replaced by the blocks; other
 # @PLACEHOLDERS@ are left to the caller.
 _nginx_fill() {
   local template=$1 line
@@ -51,6 +66,7 @@ _nginx_fill() {
     case $line in
       @UPSTREAMS@) _nginx_blocks UPSTREAMS "$2" "$3" "$4" ;;
       @SERVERS@) _nginx_blocks SERVERS "$2" "$3" "$4" ;;
+      @TLS_SERVERS@) _nginx_blocks TLS_SERVERS "$2" "$3" "$4" ;;
       *) printf '%s\n' "$line" ;;
     esac
   done <"$template"

@@ -9,7 +9,9 @@
 #             run.sh renders it (nginx/render.sh), and nginx/prod.conf
 #             mounted as docker-compose.prod.yml mounts it, with the compose
 #             services' names resolvable (a private mount namespace with its
-#             own /etc/hosts: the machine's files are not touched)
+#             own /etc/hosts: the machine's files are not touched); and
+#             prod.conf run, on moved ports before a stub: TLS only on the
+#             public listeners, the admin routes and /metrics internal only
 #   rules     the resolved prod file: only nginx publishes ports (others on
 #             127.0.0.1 only); every container has a healthcheck (one-shot
 #             init containers aside), a restart policy, a memory limit and,
@@ -187,6 +189,10 @@ check_prod_compose() {
   for var in "${COMPOSE_ENV[@]}"; do
     case ${var%%=*} in *FILE) : >"${var#*=}" ;; esac
   done
+  # nginx -t loads the certificate and key: a real pair.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+    -keyout "$WORK/dummy-TLS_KEY_FILE" -out "$WORK/dummy-TLS_CERT_FILE" 2>/dev/null \
+    || { echo "openssl could not make a test certificate"; return 1; }
   # --profile demo: MailDev is resolved (and linted) too.
   compose --profile demo -f "$SRC/docker-compose.prod.yml" config >"$WORK/prod.yml"
   echo "note: required: $(required_variables | paste -sd ' ')"
@@ -571,6 +577,61 @@ check_nginx_prod() {
   fi
 }
 
+# nginx running prod.conf for real, on a copy whose listeners move up by
+# 40000 on the loopback (beside anything on 3001-3003) and whose upstreams
+# are one stub web server: the public listeners speak TLS only, with HSTS,
+# and answer the operators' routes (/admin..., /metrics) with a JSON 404;
+# the internal ones (port + 6000) hand those to the service.
+check_nginx_prod_routes() {
+  [ -s "$WORK/prod.yml" ] || { echo "the prod file did not resolve (see above)"; return 1; }
+  local copy="$WORK/routes" source target stub_port status body failed=0 pid_file
+  rm -rf "$copy" && mkdir -p "$copy/etc" "$copy/prefix" "$copy/stub/admin"
+  nginx_mounts >"$WORK/nginx-mounts"
+  while read -r source target; do
+    case $target in /etc/nginx/*) ;; *) continue ;; esac
+    mkdir -p "$(dirname "$copy/etc${target#/etc/nginx}")"
+    cp -r "$source" "$copy/etc${target#/etc/nginx}"
+  done <"$WORK/nginx-mounts"
+  echo stub-admin >"$copy/stub/admin/index.html"
+  echo stub-metrics >"$copy/stub/metrics"
+  echo stub-root >"$copy/stub/index.html"
+  stub_port=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  (cd "$copy/stub" && exec "$VENV/bin/python" -m http.server "$stub_port" --bind 127.0.0.1) >/dev/null 2>&1 &
+  local stub=$!
+  find "$copy/etc" -name '*.conf' -exec sed -i -E \
+    -e "s#server [a-z0-9-]+:[0-9]+#server 127.0.0.1:$stub_port#" \
+    -e 's#listen ([0-9]+)( ssl)?;#listen 127.0.0.1:4\1\2;#' \
+    -e 's#listen 127\.0\.0\.1:8080;#listen 127.0.0.1:48080;#' \
+    -e "s#/etc/nginx/#$copy/etc/#g" {} +
+  sed -i "s#^http {#http {\n    client_body_temp_path $copy/prefix/body; proxy_temp_path $copy/prefix/proxy; fastcgi_temp_path $copy/prefix/fastcgi; uwsgi_temp_path $copy/prefix/uwsgi; scgi_temp_path $copy/prefix/scgi;#" "$copy/etc/nginx.conf"
+  pid_file="$copy/prefix/nginx.pid"
+  if ! "$NGINX" -c "$copy/etc/nginx.conf" -p "$copy/prefix" -e "$copy/prefix/error.log" -g "pid $pid_file;"; then
+    kill "$stub"
+    return 1
+  fi
+  for _ in $(seq 50); do port_open "$stub_port" && break; sleep 0.1; done
+  # expect URL STATUS BODY_PART: one request, judged.
+  expect() {
+    status=$(curl -sk -o "$copy/body" -D "$copy/headers" -w '%{http_code}' "$1") || status=none
+    body=$(head -c 300 "$copy/body" 2>/dev/null)
+    if [ "$status" != "$2" ] || [[ $body != *"$3"* ]]; then
+      echo "$1: $status ${body//$'\n'/ }; expected $2 with '$3'"
+      failed=1
+    fi
+  }
+  expect https://127.0.0.1:43001/ 200 stub-root
+  grep -qi '^strict-transport-security: max-age=' "$copy/headers" || { echo "https://127.0.0.1:43001/: no Strict-Transport-Security"; failed=1; }
+  expect https://127.0.0.1:43002/admin/ 404 '"error":"not_found"'
+  expect https://127.0.0.1:43003/metrics 404 '"error":"not_found"'
+  expect http://127.0.0.1:43001/ 400 'plain HTTP request'
+  expect http://127.0.0.1:49001/admin/ 200 stub-admin
+  expect http://127.0.0.1:49003/metrics 200 stub-metrics
+  "$NGINX" -c "$copy/etc/nginx.conf" -p "$copy/prefix" -g "pid $pid_file;" -s stop 2>/dev/null || true
+  kill "$stub" 2>/dev/null || true
+  [ "$failed" = 0 ] && echo "note: public listeners TLS only with HSTS, /admin and /metrics 404 there; internal listeners pass them on"
+  return "$failed"
+}
+
 # ---------------------------------------------------------------- self-test
 
 # Each case: "CHECK|FILE|TEXT|BREAKAGE|MESSAGE": in a copy of the files,
@@ -610,6 +671,8 @@ SELF_TESTS=(
   "nginx.conf.template as run.sh renders it|nginx/proxy.conf|proxy_connect_timeout 2s;|proxy_connect_timeout 2s|invalid number of arguments"
   "nginx/prod.conf as docker-compose.prod.yml mounts it|nginx/prod.conf|server inventory-service:3002|server inventory:3002|host not found in upstream"
   "nginx/prod.conf as docker-compose.prod.yml mounts it|docker-compose.prod.yml|      - ./nginx/prod.conf:/etc/nginx/nginx.conf:ro|      - ./nginx/prod.conf:/etc/nginx/prod.conf:ro|nothing mounted at /etc/nginx/nginx.conf"
+  "listeners, run|nginx/public.conf|location = /metrics {|location = /metrics-old {|https://127.0.0.1:43003/metrics: 200"
+  "listeners, run|nginx/prod.conf|listen 3002 ssl;|listen 3002;|https://127.0.0.1:43002/admin/: none"
 )
 
 copy_deploy_files() {
@@ -641,6 +704,7 @@ run_check "docker-compose.yml and docker-compose.prod.yml against services/regis
 run_check "Dockerfile and .dockerignore" check_dockerfile
 run_check "nginx: nginx.conf.template as run.sh renders it" check_nginx_template
 run_check "nginx: nginx/prod.conf as docker-compose.prod.yml mounts it" check_nginx_prod
+run_check "nginx: nginx/prod.conf's listeners, run (TLS, operators' routes internal only)" check_nginx_prod_routes
 
 if [ -z "${DEPLOY_ROOT:-}" ]; then
   if [ -f deploy/check.sh ]; then
