@@ -24,8 +24,16 @@ pub struct Usage {
     pub involuntary_switches: u64,
 }
 
+/// What one process has used so far: its CPU time, and each live thread's
+/// switches (by thread id).
+#[derive(Clone, Debug, Default)]
+pub struct ProcessSample {
+    cpu_seconds: f64,
+    threads: BTreeMap<u32, (u64, u64)>,
+}
+
 /// Usage so far, per process.
-pub type Sample = BTreeMap<String, Usage>;
+pub type Sample = BTreeMap<String, ProcessSample>;
 
 impl Watched {
     pub fn parse(specs: &[String]) -> anyhow::Result<Self> {
@@ -48,13 +56,11 @@ impl Watched {
         self.pids
             .iter()
             .filter_map(|(name, pid)| {
-                let (voluntary_switches, involuntary_switches) = switches(*pid);
-                let usage = Usage {
+                let sample = ProcessSample {
                     cpu_seconds: cpu_seconds(*pid)?,
-                    voluntary_switches,
-                    involuntary_switches,
+                    threads: switches(*pid),
                 };
-                Some((name.clone(), usage))
+                Some((name.clone(), sample))
             })
             .collect()
     }
@@ -68,22 +74,29 @@ impl Watched {
     }
 }
 
-/// What each process used between two samples.
+/// What each process used between two samples. Switches are counted per
+/// thread: a thread that ended between the samples takes its counts with
+/// it, so summing the process's threads before and after could even go
+/// down (a pool's idle threads come and go); each thread alive at the end
+/// adds what it did since the first sample, or since it started.
 pub fn usage(before: &Sample, after: &Sample) -> BTreeMap<String, Usage> {
     after
         .iter()
         .filter_map(|(name, end)| {
             let start = before.get(name)?;
+            let (mut voluntary_switches, mut involuntary_switches) = (0, 0);
+            for (tid, (voluntary, involuntary)) in &end.threads {
+                let (was_voluntary, was_involuntary) =
+                    start.threads.get(tid).copied().unwrap_or_default();
+                voluntary_switches += voluntary.saturating_sub(was_voluntary);
+                involuntary_switches += involuntary.saturating_sub(was_involuntary);
+            }
             Some((
                 name.clone(),
                 Usage {
                     cpu_seconds: end.cpu_seconds - start.cpu_seconds,
-                    voluntary_switches: end
-                        .voluntary_switches
-                        .saturating_sub(start.voluntary_switches),
-                    involuntary_switches: end
-                        .involuntary_switches
-                        .saturating_sub(start.involuntary_switches),
+                    voluntary_switches,
+                    involuntary_switches,
                 },
             ))
         })
@@ -102,23 +115,20 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// Voluntary and involuntary context switches of every live thread of the
-/// process. The process's own status line counts its main thread only;
-/// a thread that ended takes its counts with it, which the services' long
-/// lived threads make negligible.
-fn switches(pid: u32) -> (u64, u64) {
+/// process, by thread id. (The process's own status line counts its main
+/// thread only.)
+fn switches(pid: u32) -> BTreeMap<u32, (u64, u64)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return (0, 0);
+        return BTreeMap::new();
     };
-    let mut total = (0, 0);
-    for task in tasks.flatten() {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        let (voluntary, involuntary) = parse_switches(&status);
-        total.0 += voluntary;
-        total.1 += involuntary;
-    }
-    total
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            Some((tid, parse_switches(&status)))
+        })
+        .collect()
 }
 
 fn parse_switches(status: &str) -> (u64, u64) {
@@ -164,5 +174,24 @@ mod tests {
         }
         let used = usage(&before, &watched.sample());
         assert!(used["me"].voluntary_switches >= 10, "{used:?}");
+    }
+
+    #[test]
+    fn a_thread_that_ended_between_samples_takes_nothing_from_the_others() {
+        let sample = |threads: &[(u32, u64)]| -> Sample {
+            let threads = threads.iter().map(|&(tid, v)| (tid, (v, 0))).collect();
+            BTreeMap::from([(
+                "p".to_string(),
+                ProcessSample {
+                    cpu_seconds: 0.0,
+                    threads,
+                },
+            )])
+        };
+        // Thread 2 ended with 1,000 switches; thread 1 switched 5 more
+        // times and thread 3 was born and switched 7 times.
+        let before = sample(&[(1, 100), (2, 1000)]);
+        let after = sample(&[(1, 105), (3, 7)]);
+        assert_eq!(usage(&before, &after)["p"].voluntary_switches, 12);
     }
 }
