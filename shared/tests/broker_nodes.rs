@@ -4,16 +4,13 @@
 //! Against the real RabbitMQ (`RABBITMQ_URL`, default the local one), behind
 //! a port where nothing listens.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use shared::{
-    broker::{HandleError, Handler, Publisher, Senders, Topology, topology::QueueType},
-    events::RawEnvelope,
-};
+use shared::broker::{Publisher, Senders, Topology, topology::QueueType};
 use uuid::Uuid;
 
 mod common;
-use common::{Running, quick_retries, rabbitmq_url, wait_for};
+use common::{Recorder, Running, quick_retries, rabbitmq_url, wait_for};
 
 /// A node that refuses connections: a port that was free a moment ago.
 fn dead_node() -> String {
@@ -21,16 +18,6 @@ fn dead_node() -> String {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Uuid>>);
-
-impl Handler for Recorder {
-    async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
-        self.0.lock().unwrap().push(event.event_id);
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,28 +4,18 @@
 //! (`RABBITMQ_URL`, default the local one), with two broker users of the
 //! test's own, made and deleted with `rabbitmqctl`.
 
-use std::{
-    process::Command,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{process::Command, sync::Arc};
 
 use lapin::{
     BasicProperties, Connection,
-    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
+    options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, ShortString},
 };
-use shared::{
-    broker::{
-        HandleError, Handler, PublishOutcome, Publisher, consumer::REASON_HEADER,
-        topology::QueueType,
-    },
-    events::RawEnvelope,
-};
+use shared::broker::{PublishOutcome, Publisher, consumer::REASON_HEADER, topology::QueueType};
 use uuid::Uuid;
 
 mod common;
-use common::{Running, event, quick_retries, rabbitmq_url, wait_for};
+use common::{Recorder, Running, event, quick_retries, rabbitmq_url, wait_for};
 
 /// A broker user with every permission on the default vhost, deleted when
 /// dropped.
@@ -74,16 +64,6 @@ fn rabbitmqctl(args: &[&str]) {
     );
 }
 
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Uuid>>);
-
-impl Handler for Recorder {
-    async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
-        self.0.lock().unwrap().push(event.event_id);
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_is_handled_only_from_the_broker_user_of_its_source() {
     let test = &Uuid::new_v4().simple().to_string()[..8];
@@ -126,29 +106,7 @@ async fn an_event_is_handled_only_from_the_broker_user_of_its_source() {
     // once (a permanent failure), never handled.
     let forged = Uuid::now_v7();
     publish_as(&intruder, forged).await;
-    let connection = Connection::connect(&rabbitmq_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let dlq = running
-        .topology
-        .dead_letter_queue(&shared::events::ToOrderService::SUBSCRIPTION);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let dead = loop {
-        assert!(
-            Instant::now() < deadline,
-            "the forged event never reached {dlq}"
-        );
-        if let Some(dead) = channel
-            .basic_get(dlq.as_str().into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    dead.ack(BasicAckOptions::default()).await.unwrap();
+    let dead = running.take_dead_letter().await;
     assert_eq!(
         dead.properties
             .message_id()

@@ -4,20 +4,25 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use lapin::types::FieldTable;
+use lapin::{
+    Connection,
+    message::BasicGetMessage,
+    options::{BasicAckOptions, BasicGetOptions},
+    types::FieldTable,
+};
 use shared::{
     CancellationToken,
     broker::{
-        Handler, Outgoing, PublishOutcome, Publisher, Senders, Topology,
+        HandleError, Handler, Outgoing, PublishOutcome, Publisher, Senders, Topology,
         consumer::{ConsumerRole, ConsumerSettings, ConsumerState},
         run_consumer,
         topology::QueueType,
     },
-    events::ToOrderService,
+    events::{RawEnvelope, ToOrderService},
     metrics::EventMetrics,
     retry::RetryPolicy,
 };
@@ -69,6 +74,17 @@ pub async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T 
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A handler that records the id of every event it is given.
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<Uuid>>);
+
+impl Handler for Recorder {
+    async fn handle(&self, event: RawEnvelope) -> Result<(), HandleError> {
+        self.0.lock().unwrap().push(event.event_id);
+        Ok(())
     }
 }
 
@@ -155,6 +171,33 @@ impl Running {
             task,
             publisher,
         }
+    }
+
+    /// The first message in the work queue's dead-letter queue, acked,
+    /// waiting up to 20 s for one.
+    pub async fn take_dead_letter(&self) -> BasicGetMessage {
+        let connection = Connection::connect(&rabbitmq_url(), Default::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let dlq = self
+            .topology
+            .dead_letter_queue(&ToOrderService::SUBSCRIPTION);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let dead = loop {
+            assert!(Instant::now() < deadline, "nothing reached {dlq}");
+            if let Some(dead) = channel
+                .basic_get(dlq.as_str().into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+            {
+                break dead;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        dead.ack(BasicAckOptions::default()).await.unwrap();
+        let _ = connection.close(200, "done".into()).await;
+        dead
     }
 
     /// Publishes the event `id` to the work queue, confirmed.
