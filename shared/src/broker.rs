@@ -2,6 +2,7 @@
 //! with delay-queue retries and dead letters.
 
 pub mod consumer;
+pub mod grants;
 pub mod publisher;
 pub mod senders;
 pub mod topology;

@@ -11,6 +11,9 @@ use std::{
 use serde_json::{Value, json};
 use shared::{CancellationToken, config::Env};
 
+pub mod broker_users;
+use broker_users::BrokerUsers;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// The services' `JWT_SECRET` in every test stack.
 pub const JWT_SECRET: &str = "e2e-test-jwt-secret-at-least-32-bytes";
@@ -40,6 +43,8 @@ pub struct Stack {
     shutdown: Vec<CancellationToken>,
     /// The test's settings for every service, for instances started later.
     extra: Vec<(&'static str, String)>,
+    /// Each service's own broker user, if the stack was started with them.
+    broker_users: Option<BrokerUsers>,
 }
 
 /// One more instance of a service of a stack; it stops when dropped.
@@ -61,10 +66,11 @@ impl Stack {
     fn env(
         id: &str,
         service: &str,
+        users: Option<&BrokerUsers>,
         own: &[(&str, String)],
         extra: &[(&str, String)],
     ) -> Env<impl Fn(&str) -> Option<String> + use<>> {
-        let map = Self::settings(id, service, own, extra);
+        let map = Self::settings(id, service, users, own, extra);
         Env::from_lookup(move |k| map.get(k).cloned())
     }
 
@@ -72,6 +78,7 @@ impl Stack {
     fn settings(
         id: &str,
         service: &str,
+        users: Option<&BrokerUsers>,
         own: &[(&str, String)],
         extra: &[(&str, String)],
     ) -> HashMap<String, String> {
@@ -97,6 +104,10 @@ impl Stack {
             // customer (one test turns it on).
             ("ORDERS_PER_CUSTOMER_PER_MINUTE".into(), "0".into()),
         ]);
+        if let Some(users) = users {
+            map.insert("RABBITMQ_URL".into(), users.url(service, &rabbitmq_url()));
+            map.insert("AMQP_SOURCE_USERS".into(), users.source_users());
+        }
         for (k, v) in own.iter().chain(extra) {
             map.insert(k.to_string(), v.clone());
         }
@@ -107,7 +118,13 @@ impl Stack {
     /// of it started as a process (another build, say): same database, same
     /// queues, its own port.
     pub fn inventory_settings(&self) -> HashMap<String, String> {
-        Self::settings(&self.id, "inventory", &[], &self.extra)
+        Self::settings(
+            &self.id,
+            "inventory",
+            self.broker_users.as_ref(),
+            &[],
+            &self.extra,
+        )
     }
 
     pub async fn start() -> Stack {
@@ -117,6 +134,17 @@ impl Stack {
     /// With extra settings for every service (e.g. `PREFETCH=1` to make
     /// delivery order observable).
     pub async fn start_with(extra: &[(&'static str, &str)]) -> Stack {
+        Self::start_as(extra, false).await
+    }
+
+    /// Each service logged in to the broker as a user of its own, with only
+    /// the permissions it needs, and taking events only from their sources'
+    /// users (`AMQP_SOURCE_USERS`): the least-privilege setup.
+    pub async fn start_with_own_broker_users() -> Stack {
+        Self::start_as(&[], true).await
+    }
+
+    async fn start_as(extra: &[(&'static str, &str)], own_broker_users: bool) -> Stack {
         // The services log to stdout, which the test harness does not
         // capture: only when asked.
         if std::env::var_os("TEST_LOG").is_some() {
@@ -127,8 +155,15 @@ impl Stack {
             extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let mut shutdown = Vec::new();
+        let broker_users = match own_broker_users {
+            true => {
+                Some(BrokerUsers::add(&broker_users::management_url(), &format!("t-{id}.")).await)
+            }
+            false => None,
+        };
+        let users = broker_users.as_ref();
 
-        let env = Self::env(&id, "inventory", &[], &extra);
+        let env = Self::env(&id, "inventory", users, &[], &extra);
         let inventory = inventory_service::build(
             inventory_service::Config::from_lookup(&env).expect("valid inventory settings"),
         )
@@ -143,7 +178,7 @@ impl Stack {
         if let Ok(port) = std::env::var("SMTP_PORT") {
             own.push(("SMTP_PORT", port));
         }
-        let env = Self::env(&id, "notification", &own, &extra);
+        let env = Self::env(&id, "notification", users, &own, &extra);
         let notification = notification_service::build(
             notification_service::Config::from_lookup(&env).expect("valid notification settings"),
         )
@@ -160,7 +195,7 @@ impl Stack {
             ("INVENTORY_DOCS_URL", format!("{inventory_url}/docs")),
             ("NOTIFICATION_DOCS_URL", format!("{notification_url}/docs")),
         ];
-        let env = Self::env(&id, "order", &own, &extra);
+        let env = Self::env(&id, "order", users, &own, &extra);
         let order = order_service::build(
             order_service::Config::from_lookup(&env).expect("valid order settings"),
         )
@@ -178,11 +213,17 @@ impl Stack {
             http: reqwest::Client::new(),
             shutdown,
             extra,
+            broker_users,
         };
         // Consumers declare their queues on connect; wait until they have, so
         // no event is published before its queue exists.
         stack.wait_for_queues().await;
         stack
+    }
+
+    /// The services' own broker users, if the stack has them.
+    pub fn broker_users(&self) -> Option<&BrokerUsers> {
+        self.broker_users.as_ref()
     }
 
     /// Stops the inventory service (its HTTP API and its consumer), as if
@@ -216,7 +257,13 @@ impl Stack {
     /// This stack's inventory service with `own` settings on top, built
     /// (a stopped instance may still be letting go of its port).
     async fn build_inventory(&self, own: &[(&str, String)]) -> shared::service::RunningService {
-        let env = Self::env(&self.id, "inventory", own, &self.extra);
+        let env = Self::env(
+            &self.id,
+            "inventory",
+            self.broker_users.as_ref(),
+            own,
+            &self.extra,
+        );
         let config =
             inventory_service::Config::from_lookup(&env).expect("valid inventory settings");
         eventually("the inventory to start", || {

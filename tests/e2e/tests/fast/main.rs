@@ -5,6 +5,7 @@
 //! databases and AMQP namespace), so they run in parallel.
 
 mod admin_routes;
+mod broker_users;
 mod consumers;
 mod customer_auth;
 mod dead_letters;
