@@ -26,6 +26,9 @@
 #   RABBITMQ_NODES           RabbitMQ nodes [1]; past 1, a cluster on
 #                            5672 and up with quorum queues, the services
 #                            told of every node (docs/deploying.md)
+#   RABBITMQ_URL             a broker of your own, which every service logs
+#                            in to as given [unset: the local one, each
+#                            service as its own user (rabbitmq/users.sh)]
 # The services' own variables (AMQP_NAMESPACE, AMQP_QUEUE_EXPIRES_MS,
 # RUST_LOG, ...: see docs/configuration.md) pass through.
 set -euo pipefail
@@ -37,6 +40,8 @@ source scripts/lib/registry.sh
 # A random admin token and JWT secret of this run directory (made once), unless
 # set: nothing known to everyone guards the admin routes, even here.
 load_dev_secrets
+# Set before infra_up, which gives the local broker's address otherwise.
+OWN_BROKER=${RABBITMQ_URL:+yes}
 export ADMIN_EMAIL="${ADMIN_EMAIL:-admin@example.com}"
 export RUST_LOG="${RUST_LOG:-info}"
 BUILD_PROFILE="${BUILD_PROFILE:-release}"
@@ -149,7 +154,7 @@ supervise() {
   trap stop_supervised INT TERM
   while true; do
     database_var="DATABASE_${name^^}"
-    PORT=$port MONGODB_DATABASE="$MONGODB_DATABASE_PREFIX${!database_var}" \
+    PORT=$port MONGODB_DATABASE="$MONGODB_DATABASE_PREFIX${!database_var}" RABBITMQ_URL="$(broker_url "$name")" \
       nohup "$BIN_DIR/$name-service" >>"$log" 2>&1 </dev/null &
     child=$!
     echo "$child" >"$pidfile"
@@ -213,6 +218,40 @@ stop_supervised() {
 
 infra_up
 command -v curl >/dev/null || apt_install curl
+
+# Each service logs in to the local broker as a user of its own, allowed
+# only its own queues and events, and takes an event only from the user of
+# the service it claims to come from (docs/security.md, "Broker
+# identities"). A broker given in RABBITMQ_URL is used as given.
+BROKER_USERS=""
+if [ -z "$OWN_BROKER" ]; then
+  step "Giving each service its own RabbitMQ user"
+  load_broker_passwords
+  if bash rabbitmq/users.sh >>"$LOG_DIR/rabbitmq-users.log" 2>&1; then
+    sources=()
+    # Under AMQP_NAMESPACE, users.sh names them <namespace><name>.
+    for name in $(registry_names); do sources+=("$name-service=${AMQP_NAMESPACE:-}$name"); done
+    export AMQP_SOURCE_USERS="${AMQP_SOURCE_USERS:-$(IFS=,; echo "${sources[*]}")}"
+    BROKER_USERS=$(registry_names | sed "s/^/${AMQP_NAMESPACE:-}/" | paste -sd, -)
+    note "broker users $BROKER_USERS (passwords in $DEV_SECRETS)"
+  else
+    warn "could not make the services' broker users: $(tail -n 1 "$LOG_DIR/rabbitmq-users.log"). They share RabbitMQ's guest account instead."
+  fi
+fi
+
+# broker_url NAME: RABBITMQ_URL (or the local broker) with every node's
+# login replaced by NAME's broker user, once it has one.
+broker_url() {
+  local url=${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f} node nodes=() logins=() password_var
+  [ -n "$BROKER_USERS" ] || { echo "$url"; return; }
+  password_var="RABBITMQ_${1^^}_PASSWORD"
+  IFS=, read -ra nodes <<<"$url"
+  for node in "${nodes[@]}"; do
+    node=${node#amqp://}
+    logins+=("amqp://${AMQP_NAMESPACE:-}$1:${!password_var}@${node#*@}")
+  done
+  (IFS=,; echo "${logins[*]}")
+}
 
 step "Building the services ($BUILD_PROFILE; the first release build takes a few minutes)"
 # -p, not --bin: --bin resolves features for the whole workspace, which
@@ -310,7 +349,8 @@ for entry in "${SERVICES[@]}"; do
   printf '  %-21s http://127.0.0.1:%s/docs   (Swagger UI)\n' "${entry%%:*} service" "${entry##*:}"
 done
 cat <<INFO
-  RabbitMQ management   http://127.0.0.1:15672       (guest / guest)$( ((RABBITMQ_NODES > 1)) && echo "
+  RabbitMQ management   http://127.0.0.1:15672       (guest / guest)$([ -n "$BROKER_USERS" ] && echo "
+  RabbitMQ users        $BROKER_USERS, one per service (passwords in $DEV_SECRETS)")$( ((RABBITMQ_NODES > 1)) && echo "
   RabbitMQ cluster      $RABBITMQ_NODES nodes, AMQP on 5672-$((5671 + RABBITMQ_NODES)), quorum queues")
   MailDev (emails)      http://127.0.0.1:$MAILDEV_WEB_PORT
   Admin token           $ADMIN_TOKEN   (scripts/token.sh --admin)

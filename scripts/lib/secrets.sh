@@ -1,7 +1,8 @@
-# The development secrets: an admin token and a JWT secret, made once per
-# run directory and kept in $RUN_DIR/dev-secrets.env (mode 600), so nothing
-# default is ever in use and a restart keeps the tokens already handed out.
-# Set ADMIN_TOKEN or JWT_SECRET yourself and yours wins. Sourced by run.sh,
+# The development secrets: an admin token, a JWT secret and the services'
+# broker passwords, made once per run directory and kept in
+# $RUN_DIR/dev-secrets.env (mode 600), so nothing default is ever in use and
+# a restart keeps the tokens already handed out. Set one yourself and yours
+# wins. Sourced by run.sh,
 # token.sh, dlq.sh and bench.sh after scripts/lib/infra.sh (for RUN_DIR).
 
 DEV_SECRETS="$RUN_DIR/dev-secrets.env"
@@ -21,6 +22,24 @@ load_dev_secrets() {
       ADMIN_TOKEN | JWT_SECRET) [ -n "${!name:-}" ] || export "$name=$value" ;;
     esac
   done <"$DEV_SECRETS"
+}
+
+# Exports RABBITMQ_<NAME>_PASSWORD for each service of the registry (needs
+# scripts/lib/registry.sh): the password of its own broker user
+# (rabbitmq/users.sh), the caller's, else this run directory's, made now
+# and added to the file if it has none yet.
+load_broker_passwords() {
+  local name variable value
+  for name in $(registry_names); do
+    variable="RABBITMQ_${name^^}_PASSWORD"
+    [ -n "${!variable:-}" ] && continue
+    value=$(sed -n "s/^$variable=//p" "$DEV_SECRETS")
+    if [ -z "$value" ]; then
+      value=$(random_secret)
+      (umask 077 && echo "$variable=$value" >>"$DEV_SECRETS")
+    fi
+    export "$variable=$value"
+  done
 }
 
 # A customer's token, HS256 with JWT_SECRET, valid for TTL seconds (a day).

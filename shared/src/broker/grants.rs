@@ -76,6 +76,34 @@ impl Topology {
     }
 }
 
+/// `rabbitmq/grants.tsv`, which `rabbitmq/users.sh` applies: every
+/// service's grant in the default namespace, its user named after it
+/// (`order`), one tab-separated line each under a header.
+pub fn table() -> String {
+    let topology = Topology::new("");
+    let mut text = String::from(
+        "# Generated from shared::broker::grants (a unit test there keeps it so); applied by users.sh.\n\
+         # user\tconfigure\twrite\tread\ttopic_exchange\ttopic_write\ttopic_read\n",
+    );
+    for service in crate::registry::all() {
+        let g = topology.grant(service, &service.name);
+        text.push_str(
+            &[
+                g.user,
+                g.configure,
+                g.write,
+                g.read,
+                g.topic_exchange,
+                g.topic_write,
+                g.topic_read,
+            ]
+            .join("\t"),
+        );
+        text.push('\n');
+    }
+    text
+}
+
 /// A regular expression matching exactly these names (none, if empty).
 fn any_of(names: &[&str]) -> String {
     let names: Vec<String> = names.iter().map(|name| escape(name)).collect();
@@ -172,6 +200,18 @@ mod tests {
         }
         assert!(!matches(&inventory.topic_read, "inventory.low"));
         assert_eq!(inventory.topic_exchange, "e-commerce.events");
+    }
+
+    #[test]
+    fn the_scripts_table_is_what_the_code_grants() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rabbitmq/grants.tsv");
+        let file = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            file == table(),
+            "{} is not what the code grants; it should read:\n{}",
+            path.display(),
+            table()
+        );
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Each service logged in to RabbitMQ as a broker user of its own, with
-//! only the permissions `shared::broker::grants` derives, as `run.sh`, the
-//! production compose file and the Kubernetes manifests set them up. Made
-//! through the management API for one namespace; deleted when dropped.
+//! only the permissions `shared::broker::grants` derives, made by
+//! `rabbitmq/users.sh` as `run.sh` and the production compose file make
+//! them, for one namespace; deleted when dropped.
 
-use serde_json::json;
-use shared::{broker::Topology, registry};
+use serde_json::Value;
+use shared::{broker::grants::Grant, registry};
 
 /// Every test user's password: the users live as long as their test.
 const PASSWORD: &str = "e2e-broker-user";
@@ -23,47 +23,64 @@ pub fn management_url() -> String {
 
 impl BrokerUsers {
     /// A user `<namespace><service>` for every service of the registry,
-    /// granted what it needs in `namespace`, on the broker whose management
-    /// API is at `management` (every node of a cluster shares its users).
+    /// granted what it needs in `namespace`, made by `rabbitmq/users.sh` (as
+    /// `run.sh` makes them) on the broker whose management API is at
+    /// `management` (every node of a cluster shares its users).
     pub async fn add(management: &str, namespace: &str) -> BrokerUsers {
-        let topology = Topology::new(namespace);
-        let http = reqwest::Client::new();
-        let mut users = Vec::new();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../rabbitmq/users.sh");
+        let mut command = tokio::process::Command::new("bash");
+        command
+            .arg(script)
+            .env("RABBITMQ_MANAGEMENT_URL", management)
+            .env("AMQP_NAMESPACE", namespace);
         for service in registry::all() {
-            let user = format!("{namespace}{}", service.name);
-            let grant = topology.grant(service, &user);
-            for (path, body) in [
-                (
-                    format!("users/{user}"),
-                    json!({"password": PASSWORD, "tags": ""}),
-                ),
-                (
-                    format!("permissions/%2F/{user}"),
-                    json!({"configure": grant.configure, "write": grant.write, "read": grant.read}),
-                ),
-                (
-                    format!("topic-permissions/%2F/{user}"),
-                    json!({"exchange": grant.topic_exchange, "write": grant.topic_write, "read": grant.topic_read}),
-                ),
-            ] {
-                let response = http
-                    .put(format!("{management}/api/{path}"))
-                    .basic_auth("guest", Some("guest"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| panic!("RabbitMQ's management API at {management}: {e}"));
-                assert!(
-                    response.status().is_success(),
-                    "PUT /api/{path}: {}",
-                    response.status()
-                );
-            }
-            users.push((service.name.clone(), user));
+            command.env(
+                format!("RABBITMQ_{}_PASSWORD", service.name.to_uppercase()),
+                PASSWORD,
+            );
         }
+        let output = command.output().await.expect("bash runs rabbitmq/users.sh");
+        assert!(
+            output.status.success(),
+            "rabbitmq/users.sh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         BrokerUsers {
             management: management.to_string(),
-            users,
+            users: registry::all()
+                .iter()
+                .map(|service| (service.name.clone(), format!("{namespace}{}", service.name)))
+                .collect(),
+        }
+    }
+
+    /// What the broker has granted `service`'s user, read back through the
+    /// management API, as a [`Grant`].
+    pub async fn granted(&self, service: &str) -> Grant {
+        let user = self.user(service);
+        let get = |path: String| async move {
+            reqwest::Client::new()
+                .get(format!("{}/api/{path}", self.management))
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .unwrap_or_else(|e| panic!("GET /api/{path}: {e}"))
+                .json::<Value>()
+                .await
+                .unwrap()
+        };
+        let permissions = get(format!("permissions/%2F/{user}")).await;
+        let topic = get(format!("topic-permissions/%2F/{user}")).await;
+        let text = |value: &Value| value.as_str().unwrap_or_default().to_string();
+        Grant {
+            user: user.to_string(),
+            configure: text(&permissions["configure"]),
+            write: text(&permissions["write"]),
+            read: text(&permissions["read"]),
+            topic_exchange: text(&topic[0]["exchange"]),
+            topic_write: text(&topic[0]["write"]),
+            topic_read: text(&topic[0]["read"]),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Least privilege on the broker: every service logged in as a user of its
-//! own with only what `shared::broker::grants` gives it, and taking events
+//! own with only what `shared::broker::grants` gives it (made by
+//! `rabbitmq/users.sh`, and checked against the code), and taking events
 //! only from their sources' users. The saga runs whole under those users;
 //! an event not published by its source's user is dead-lettered unhandled;
 //! and RabbitMQ itself refuses a service's user whatever lies outside its
@@ -12,7 +13,11 @@ use lapin::{
     types::FieldTable,
 };
 use serde_json::Value;
-use shared::events::{Envelope, OrderCreated, OrderLine};
+use shared::{
+    broker::Topology,
+    events::{Envelope, OrderCreated, OrderLine},
+    registry,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saga_runs_with_a_broker_user_per_service_and_nothing_else_is_allowed() {
@@ -66,8 +71,19 @@ async fn the_saga_runs_with_a_broker_user_per_service_and_nothing_else_is_allowe
     );
     assert_eq!(stack.product(&product).await["reserved"], 2);
 
-    // What the inventory's user may not do, each refused by RabbitMQ.
+    // rabbitmq/users.sh granted each user what the code says it needs.
     let users = stack.broker_users().unwrap();
+    let topology = Topology::new(&stack.name(""));
+    for service in registry::all() {
+        assert_eq!(
+            users.granted(&service.name).await,
+            topology.grant(service, users.user(&service.name)),
+            "{}",
+            service.name
+        );
+    }
+
+    // What the inventory's user may not do, each refused by RabbitMQ.
     let inventory =
         Connection::connect(&users.url("inventory", &rabbitmq_url()), Default::default())
             .await
