@@ -375,7 +375,8 @@ registry = {f"{name}-service": (int(port), database)
 INFRASTRUCTURE = {
     "docker-compose.yml": {"rabbitmq", "mongodb", "maildev"},
     "docker-compose.prod.yml": {"nginx", "rabbitmq-1", "rabbitmq-2", "rabbitmq-3",
-                                "mongo-1", "mongo-2", "mongo-3", "mongo-init", "maildev"},
+                                "mongo-1", "mongo-2", "mongo-3", "mongo-init", "rabbitmq-users",
+                                "maildev"},
 }
 bad = []
 
@@ -425,6 +426,28 @@ for database in sorted(databases - granted):
     bad.append(f"docker-compose.prod.yml: mongo-init grants no readWrite on {database}")
 for database in sorted(granted - databases):
     bad.append(f"docker-compose.prod.yml: mongo-init grants readWrite on {database}, no database of services/registry.txt")
+
+# Each service logs in to every node as its own broker user (its short
+# name), whose password rabbitmq-users sets, and takes events only from the
+# users of the registry's services.
+nodes = sorted(n for n in prod if re.fullmatch(r"rabbitmq-\d+", n))
+users_env = (prod.get("rabbitmq-users") or {}).get("environment") or {}
+sources = {f"{name}={name[:-len('-service')]}" for name in registry}
+for name in registry:
+    user = name[:-len("-service")]
+    env = (prod.get(name) or {}).get("environment") or {}
+    logins = [u.strip() for u in str(env.get("RABBITMQ_URL", "")).split(",") if u.strip()]
+    hosts = sorted(re.sub(r"^amqp://[^@]*@([^:/]+).*$", r"\1", u) for u in logins)
+    if hosts != nodes:
+        bad.append(f"docker-compose.prod.yml: {name}: RABBITMQ_URL names {hosts}, not every node {nodes}")
+    for login in {(re.match(r"^amqp://([^:@]+)[:@]", u) or [None, None])[1] for u in logins}:
+        if login != user:
+            bad.append(f"docker-compose.prod.yml: {name}: RABBITMQ_URL logs in as {login}, not its own broker user {user}")
+    if f"RABBITMQ_{user.upper()}_PASSWORD" not in users_env:
+        bad.append(f"docker-compose.prod.yml: rabbitmq-users does not set RABBITMQ_{user.upper()}_PASSWORD")
+    declared = {p.strip() for p in str(env.get("AMQP_SOURCE_USERS", "")).split(",") if p.strip()}
+    if declared != sources:
+        bad.append(f"docker-compose.prod.yml: {name}: AMQP_SOURCE_USERS is {sorted(declared)}, not {sorted(sources)}")
 
 for line in bad:
     print(line)
@@ -643,7 +666,7 @@ SELF_TESTS=(
   "docker-compose.prod.yml resolves|docker-compose.prod.yml|    <<: *app-env|    <<: *app-env-typo|undefined alias"
   "requires each variable|docker-compose.prod.yml|\${SMTP_HOST:?set SMTP_HOST|\${SMTP_HOST:-localhost|only in .env.example: SMTP_HOST"
   "requires each variable|.env.example|NOTIFY_FROM=|# NOTIFY_FROM=|only in the compose file: NOTIFY_FROM"
-  "rules|docker-compose.prod.yml|\${RABBITMQ_PASSWORD:?set RABBITMQ_PASSWORD (see .env.example)}@|\${RABBITMQ_PASSWORD:-changeme}@|RABBITMQ_PASSWORD has a default"
+  "rules|docker-compose.prod.yml|\${RABBITMQ_ORDER_PASSWORD:?set RABBITMQ_ORDER_PASSWORD (see .env.example)}@|\${RABBITMQ_ORDER_PASSWORD:-changeme}@|RABBITMQ_ORDER_PASSWORD has a default"
   "rules|.env.example|RABBITMQ_PASSWORD=|RABBITMQ_PASSWORD=guest|mentions guest"
   "rules|docker-compose.prod.yml|    ports: [\"127.0.0.1:\${RABBITMQ_UI_PORT:-15672}:15672\"]|    ports: [\"15672:15672\"]|rabbitmq-1 publishes"
   "rules|docker-compose.prod.yml|    ports: [\"127.0.0.1:\${MAILDEV_UI_PORT:-1080}:1080\"]|    ports: [\"0.0.0.0:1080:1080\"]|maildev publishes"
@@ -666,6 +689,9 @@ SELF_TESTS=(
   "against services/registry.txt|services/registry.txt|\ninventory |\npayment        3004   payment_service\ninventory |docker-compose.prod.yml: no block payment-service"
   "against services/registry.txt|docker-compose.prod.yml|      notification-service: { condition: service_healthy }\n||nginx does not wait for notification-service"
   "against services/registry.txt|docker-compose.prod.yml|\"inventory_service\", ||mongo-init grants no readWrite on inventory_service"
+  "against services/registry.txt|docker-compose.prod.yml|amqp://inventory:\${RABBITMQ_INVENTORY_PASSWORD}@rabbitmq-2|amqp://order:\${RABBITMQ_INVENTORY_PASSWORD}@rabbitmq-2|inventory-service: RABBITMQ_URL logs in as order, not its own broker user inventory"
+  "against services/registry.txt|docker-compose.prod.yml|,notification-service=notification||AMQP_SOURCE_USERS is ['inventory-service=inventory', 'order-service=order'], not"
+  "against services/registry.txt|docker-compose.prod.yml|      RABBITMQ_NOTIFICATION_PASSWORD: |      RABBITMQ_NOTIFY_PASSWORD: |rabbitmq-users does not set RABBITMQ_NOTIFICATION_PASSWORD"
   "Dockerfile|.dockerignore|\n.git\n|\n|.git is not excluded"
   "nginx.conf.template as run.sh renders it|nginx/nginx.conf.template|\n@UPSTREAMS@\n|\n@UPSTREAM@\n|placeholders left"
   "nginx.conf.template as run.sh renders it|nginx/proxy.conf|proxy_connect_timeout 2s;|proxy_connect_timeout 2s|invalid number of arguments"
