@@ -9,11 +9,14 @@ Prints one line per check, `ok` or `FAIL` with what is wrong, and exits 1 if
 any check failed. The rules are the ones docs/deploying.md states: the
 services of services/registry.txt deployed as it says and no other, probes
 on /health and /ready, a non-root read-only container, resources, only
-variable names the services read, references that resolve, and in
+variable names the services read, references that resolve, each service's
+own broker user with the permissions of rabbitmq/grants.tsv, and in
 production a PDB and an HPA (min 2) for each service.
 
-SERVICES_REGISTRY=FILE reads another registry (deploy/check.sh --self-test).
+SERVICES_REGISTRY=FILE reads another registry, RABBITMQ_GRANTS=FILE other
+broker permissions (deploy/check.sh --self-test).
 """
+import base64
 import ipaddress
 import os
 import re
@@ -32,6 +35,9 @@ import project  # noqa: E402  (scripts/lib/project.py)
 K8S_VERSIONS = os.environ.get("KUBERNETES_VERSIONS", "1.33.0 1.37.0").split()
 
 REGISTRY_PATH = Path(os.environ.get("SERVICES_REGISTRY") or REPO / "services" / "registry.txt")
+# Each broker user's permissions, generated from shared::broker::grants.
+GRANTS_PATH = Path(os.environ.get("RABBITMQ_GRANTS") or REPO / "rabbitmq" / "grants.tsv")
+GRANT_COLUMNS = ("configure", "write", "read", "topic_exchange", "topic_write", "topic_read")
 # "<name>-service": (port, database), from the registry (main() reads it).
 REGISTRY = {}
 SERVICES = {}  # "<name>-service": port
@@ -40,6 +46,9 @@ IMAGE = "ghcr.io/example/ecommerce-saga"
 HELPER_VARS = {"RABBITMQ_USERNAME", "RABBITMQ_PASSWORD", "RABBITMQ_HOST"}
 CUSTOM_SCHEMAS = {
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "rabbitmq.com_rabbitmqclusters.yaml",
+    ("rabbitmq.com/v1beta1", "User"): "rabbitmq.com_users.yaml",
+    ("rabbitmq.com/v1beta1", "Permission"): "rabbitmq.com_permissions.yaml",
+    ("rabbitmq.com/v1beta1", "TopicPermission"): "rabbitmq.com_topicpermissions.yaml",
     ("mongodbcommunity.mongodb.com/v1", "MongoDBCommunity"): "mongodbcommunity.mongodb.com_mongodbcommunity.yaml",
 }
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -72,6 +81,28 @@ def known_variables():
 
 def kn(doc):
     return f"{doc['kind']}/{doc.get('metadata', {}).get('name', '?')}"
+
+
+def read_grants(path):
+    """rabbitmq/grants.tsv as {broker user: {column: regex}}: tab-separated
+    `user configure write read topic_exchange topic_write topic_read`, `#`
+    starting a comment line."""
+    grants = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 1 + len(GRANT_COLUMNS):
+            raise ValueError(f"{path}:{number}: want {1 + len(GRANT_COLUMNS)} tab-separated fields, not {len(fields)}")
+        grants[fields[0]] = dict(zip(GRANT_COLUMNS, fields[1:]))
+    if not grants:
+        raise ValueError(f"{path}: no users")
+    return grants
+
+
+def broker_user(service):
+    """The broker user of `<name>-service`: `<name>`."""
+    return service.removesuffix("-service")
 
 
 # ---------------------------------------------------------------- schemas
@@ -308,10 +339,13 @@ def check_env(docs, known, overlay):
                     problems.append(f"{w}: MONGODB_DATABASE is not set explicitly")
                 elif not any(r["name"] in ("readWrite", "dbOwner") and r["db"] == database for r in user["roles"]):
                     problems.append(f"{w}: MongoDB user {user['name']} has no readWrite on {database}")
-            rabbit_refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
-                           if e["name"] in HELPER_VARS and "valueFrom" in e}
-            if rabbit and rabbit_refs - {f"{rabbit['metadata']['name']}-default-user"}:
-                problems.append(f"{w}: RabbitMQ credentials from {sorted(rabbit_refs)}, not the operator's default-user Secret")
+            # The login is the service's own (check_broker_users); the host
+            # is the cluster's.
+            host_ref = next((e["valueFrom"].get("secretKeyRef") for e in c.get("env", [])
+                             if e["name"] == "RABBITMQ_HOST" and "valueFrom" in e), None)
+            if rabbit and host_ref and host_ref["name"] != f"{rabbit['metadata']['name']}-default-user":
+                problems.append(f"{w}: RABBITMQ_HOST from Secret {host_ref['name']}, "
+                                f"not the operator's {rabbit['metadata']['name']}-default-user")
     return problems
 
 
@@ -352,6 +386,102 @@ def check_registry(docs):
     for name in users:
         if name not in REGISTRY:
             problems.append(f"MongoDB user {name} is no service of services/registry.txt")
+    return problems
+
+
+def check_broker_users(docs, overlay):
+    """Each service of services/registry.txt logs in to RabbitMQ as its own
+    user, `<name>`, with the permissions rabbitmq/grants.tsv gives it: one
+    User importing the Secret rabbitmq-<name>-service, one Permission and
+    one TopicPermission on it, the Deployment's login from that Secret, and
+    AMQP_SOURCE_USERS naming each service with its user."""
+    problems = []
+    grants = read_grants(GRANTS_PATH)
+    rabbit = next(iter(by_kind(docs, "RabbitmqCluster").values()), None)
+    deployments = by_kind(docs, "Deployment")
+    configmaps = by_kind(docs, "ConfigMap")
+    secrets = by_kind(docs, "Secret")
+    topology = [d for d in docs if d.get("apiVersion") == "rabbitmq.com/v1beta1"
+                and d.get("kind") in ("User", "Permission", "TopicPermission")]
+    users = [d for d in topology if d["kind"] == "User"]
+    claimed = set()  # the topology resources that belong to a service
+
+    def cluster_of(doc):
+        ref = doc["spec"].get("rabbitmqClusterReference") or {}
+        if rabbit and (ref.get("name") != rabbit["metadata"]["name"] or ref.get("namespace")):
+            problems.append(f"{kn(doc)}: rabbitmqClusterReference {ref} is not the RabbitmqCluster "
+                            f"{rabbit['metadata']['name']} of this build")
+
+    def compare(service, doc, fields):
+        for field, column in fields:
+            got, want = (doc["spec"].get("permissions") or {}).get(field), grants[broker_user(service)][column]
+            if got != want:
+                problems.append(f"{service}: {kn(doc)} {field} is '{got}', rabbitmq/grants.tsv says '{want}'")
+
+    for service in REGISTRY:
+        name = broker_user(service)
+        secret_name = f"rabbitmq-{service}"
+        if name not in grants:
+            problems.append(f"{service}: no line for broker user {name} in rabbitmq/grants.tsv")
+            continue
+        mine = [u for u in users if (u["spec"].get("importCredentialsSecret") or {}).get("name") == secret_name]
+        if len(mine) != 1:
+            problems.append(f"{service}: {len(mine)} Users import the Secret {secret_name}, expected 1 "
+                            "(deploy/base/rabbitmq-users.yaml)")
+            continue
+        user = mine[0]
+        claimed.add(id(user))
+        cluster_of(user)
+        if user["spec"].get("tags"):
+            problems.append(f"{service}: {kn(user)} has tags {user['spec']['tags']}: a service needs no management access")
+        for kind, fields in (("Permission", (("configure", "configure"), ("write", "write"), ("read", "read"))),
+                             ("TopicPermission", (("exchange", "topic_exchange"), ("write", "topic_write"),
+                                                  ("read", "topic_read")))):
+            refs = [d for d in topology if d["kind"] == kind
+                    and (d["spec"].get("userReference") or {}).get("name") == user["metadata"]["name"]]
+            if len(refs) != 1:
+                problems.append(f"{service}: {len(refs)} {kind}s with userReference {user['metadata']['name']}, expected 1")
+                continue
+            claimed.add(id(refs[0]))
+            cluster_of(refs[0])
+            if refs[0]["spec"].get("vhost") != "/":
+                problems.append(f"{service}: {kn(refs[0])} is on vhost {refs[0]['spec'].get('vhost')!r}, not '/'")
+            compare(service, refs[0], fields)
+        if overlay:
+            data = (secrets.get(secret_name) or {}).get("data") or {}
+            if secret_name not in secrets:
+                problems.append(f"{service}: Secret {secret_name} is not in the build (its User imports it; "
+                                "generated with a hash suffix? the operator would not find it)")
+            elif "password" not in data:
+                problems.append(f"{service}: Secret {secret_name} has no password")
+            elif base64.b64decode(data.get("username", "")).decode() != name:
+                problems.append(f"{service}: Secret {secret_name} has username "
+                                f"{base64.b64decode(data.get('username', '')).decode()!r}, not {name!r}")
+        deployment = deployments.get(service)
+        for c in (deployment or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            env = {e["name"]: e for e in c.get("env", [])}
+            for var, key in (("RABBITMQ_USERNAME", "username"), ("RABBITMQ_PASSWORD", "password")):
+                ref = ((env.get(var) or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+                if (ref.get("name"), ref.get("key")) != (secret_name, key):
+                    problems.append(f"{service}: {var} comes from Secret {ref.get('name')} key {ref.get('key')}, "
+                                    f"not {secret_name} key {key}")
+            # Without the check a forged source is taken; with a registry
+            # service missing, its events are dead-lettered.
+            pairs = [p.split("=", 1) for p in (config_env(c, configmaps).get("AMQP_SOURCE_USERS") or "").split(",") if p.strip()]
+            listed = {p[0].strip(): (p[1].strip() if len(p) == 2 else "") for p in pairs}
+            if not listed:
+                problems.append(f"{service}: AMQP_SOURCE_USERS is not set (each consumer would take any broker user's events)")
+            else:
+                for source in REGISTRY:
+                    if listed.get(source) != broker_user(source):
+                        problems.append(f"{service}: AMQP_SOURCE_USERS gives {source} the broker user "
+                                        f"{listed.get(source)}, not {broker_user(source)}")
+                for source in sorted(set(listed) - set(REGISTRY)):
+                    problems.append(f"{service}: AMQP_SOURCE_USERS lists {source}, no service of services/registry.txt")
+    for doc in topology:
+        if id(doc) not in claimed:
+            problems.append(f"{kn(doc)} belongs to no service of services/registry.txt "
+                            "(a User imports rabbitmq-<name>-service; its Permissions name it in userReference)")
     return problems
 
 
@@ -537,7 +667,7 @@ def main():
     print(f"    {len(docs)} objects: {', '.join(kinds)}")
     checks.run(f"Kubernetes schemas ({', '.join(K8S_VERSIONS)}, strict) for the built-in kinds",
                lambda: check_core_schemas(docs))
-    checks.run("operator CRD schemas (strict) for RabbitmqCluster and MongoDBCommunity",
+    checks.run(f"operator CRD schemas (strict) for {', '.join(kind for _, kind in CUSTOM_SCHEMAS)}",
                lambda: check_custom_schemas(docs, validators))
     checks.run(f"services/registry.txt: {len(REGISTRY)} services deployed with their ports and databases, no other",
                lambda: check_registry(docs))
@@ -545,6 +675,9 @@ def main():
                lambda: check_deployments(docs))
     checks.run("environment: only variables the services read; secrets, ports, URLs and databases line up",
                lambda: check_env(docs, known, overlay))
+    checks.run("broker users: each service its own, with rabbitmq/grants.tsv's permissions, "
+               "its login from rabbitmq-<name>-service, AMQP_SOURCE_USERS",
+               lambda: check_broker_users(docs, overlay))
     checks.run("Services, PDBs, HPAs and the Ingress point at what exists",
                lambda: check_wiring(docs))
     checks.run("RabbitmqCluster and MongoDBCommunity (operators, SCRAM users, sizes)",

