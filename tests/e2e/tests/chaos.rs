@@ -24,7 +24,9 @@ use std::{
 };
 
 use e2e_tests::{
-    ADMIN_TOKEN, JWT_SECRET, customer_token, eventually_within, outcome_emails, rabbitmq_url,
+    ADMIN_TOKEN, JWT_SECRET,
+    broker_users::{BrokerUsers, management_url},
+    customer_token, eventually_within, outcome_emails, rabbitmq_url,
 };
 use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
@@ -291,6 +293,11 @@ struct Chaos {
     /// then the nodes of `cluster`.
     broker: String,
     cluster: Option<Cluster>,
+    /// Each service's own broker user on `broker`, with only what it needs:
+    /// every fault below is healed within those permissions. (Their source
+    /// check, AMQP_SOURCE_USERS, stays off: the rolling upgrade runs a build
+    /// from before events carried their publisher's user-id.)
+    broker_users: Option<BrokerUsers>,
     ports: HashMap<&'static str, u16>,
     children: HashMap<&'static str, Child>,
     /// Product id → stock it was created with.
@@ -326,6 +333,7 @@ impl Chaos {
             smtp_up: Arc::new(AtomicBool::new(true)),
             broker: rabbitmq_url(),
             cluster: None,
+            broker_users: Some(BrokerUsers::add(&management_url(), &format!("c-{id}.")).await),
             ports: SERVICES.iter().map(|s| (*s, free_port())).collect(),
             children: HashMap::new(),
             products: Vec::new(),
@@ -460,7 +468,13 @@ impl Chaos {
                 format!("mongodb://127.0.0.1:{}", self.mongo_port),
             )
             .env("MONGODB_DATABASE", format!("c_{}_{service}", self.id))
-            .env("RABBITMQ_URL", &self.broker)
+            .env(
+                "RABBITMQ_URL",
+                self.broker_users
+                    .as_ref()
+                    .expect("the services' broker users")
+                    .url(service, &self.broker),
+            )
             .env(
                 "AMQP_QUEUE_TYPE",
                 if self.cluster.is_some() {
@@ -666,12 +680,23 @@ impl Chaos {
     /// on it, told of every node, with quorum queues.
     async fn move_to_cluster(&mut self) {
         let cluster = Cluster::start(&format!("chaos-{}", self.id));
-        self.broker = cluster.urls().join(",");
-        self.cluster = Some(cluster);
         for service in SERVICES {
             if let Some(mut child) = self.children.remove(service) {
                 terminate(&mut child).await;
             }
+        }
+        // The same users on the cluster (the local broker's go).
+        self.broker_users = None;
+        self.broker_users = Some(
+            BrokerUsers::add(
+                &format!("http://127.0.0.1:{}", cluster.base + 10_000),
+                &format!("c-{}.", self.id),
+            )
+            .await,
+        );
+        self.broker = cluster.urls().join(",");
+        self.cluster = Some(cluster);
+        for service in SERVICES {
             self.spawn(service).await;
         }
     }
