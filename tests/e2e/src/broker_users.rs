@@ -45,6 +45,13 @@ impl BrokerUsers {
             "rabbitmq/users.sh failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        Self::made_elsewhere(management, namespace)
+    }
+
+    /// The users `rabbitmq/users.sh` makes for `namespace` when something
+    /// else runs it (`run.sh` under a test's `AMQP_NAMESPACE`): deleted when
+    /// dropped, so a test leaves none behind.
+    pub fn made_elsewhere(management: &str, namespace: &str) -> BrokerUsers {
         BrokerUsers {
             management: management.to_string(),
             users: registry::all()

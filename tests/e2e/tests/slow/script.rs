@@ -11,7 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e_tests::{ADMIN_TOKEN, JWT_SECRET, customer_token, eventually_within};
+use e2e_tests::{
+    ADMIN_TOKEN, JWT_SECRET,
+    broker_users::{BrokerUsers, management_url},
+    customer_token, eventually_within,
+};
 use serde_json::{Value, json};
 use shared::registry;
 
@@ -36,6 +40,9 @@ pub const CARGO_TEST_VARIABLES: [&str; 5] = [
 pub struct RunScript {
     child: Child,
     dir: PathBuf,
+    /// The broker users run.sh makes for the test's namespace, deleted
+    /// after the script is stopped (fields drop after `drop`).
+    _broker_users: BrokerUsers,
 }
 
 impl RunScript {
@@ -102,7 +109,11 @@ impl RunScript {
             .process_group(0)
             .spawn()
             .expect("scripts/run.sh starts");
-        RunScript { child, dir }
+        RunScript {
+            child,
+            dir,
+            _broker_users: BrokerUsers::made_elsewhere(&management_url(), &format!("t-{id}.")),
+        }
     }
 
     /// What run.sh printed so far, stdout and stderr together.
