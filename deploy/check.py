@@ -86,12 +86,13 @@ def kn(doc):
 def read_grants(path):
     """rabbitmq/grants.tsv as {broker user: {column: regex}}: tab-separated
     `user configure write read topic_exchange topic_write topic_read`, `#`
-    starting a comment line."""
+    starting a comment line. The manifests set no AMQP_NAMESPACE, so the
+    namespace's place (@NS@) is left empty, as users.sh leaves it."""
     grants = {}
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
-        fields = line.split("\t")
+        fields = line.replace("@NS@", "").split("\t")
         if len(fields) != 1 + len(GRANT_COLUMNS):
             raise ValueError(f"{path}:{number}: want {1 + len(GRANT_COLUMNS)} tab-separated fields, not {len(fields)}")
         grants[fields[0]] = dict(zip(GRANT_COLUMNS, fields[1:]))

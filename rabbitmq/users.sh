@@ -41,19 +41,9 @@ NAMESPACE=${AMQP_NAMESPACE:-}
 # digits, - and _ escaped).
 NAMESPACE_PATTERN=$(sed 's/[^A-Za-z0-9_-]/\\&/g' <<<"$NAMESPACE")
 
-# namespaced PATTERN: a grant's `^(name|name|...)$` with the namespace
-# before each name but amq.default, the broker's own (grants.tsv's names
-# are the default namespace's, as shared::broker::grants writes them).
-namespaced() {
-  [ -n "$NAMESPACE" ] || { echo "$1"; return; }
-  local inner=${1#^(} names name out=()
-  inner=${inner%)\$}
-  IFS='|' read -ra names <<<"$inner"
-  for name in "${names[@]}"; do
-    if [ "$name" = 'amq\.default' ]; then out+=("$name"); else out+=("$NAMESPACE_PATTERN$name"); fi
-  done
-  (IFS='|'; echo "^(${out[*]})\$")
-}
+# in_namespace TEXT WITH: grants.tsv's TEXT with WITH where the namespace
+# goes (@NS@). The replacement is quoted: taken as it is, backslashes too.
+in_namespace() { printf '%s\n' "${1//@NS@/"$2"}"; }
 
 # put PATH BODY: PUT to the management API, or fail with its answer.
 put() {
@@ -78,8 +68,10 @@ while IFS=$'\t' read -r name configure write read exchange topic_write topic_rea
   user=$NAMESPACE$name
   variable="RABBITMQ_${name^^}_PASSWORD"
   [ -n "${!variable:-}" ] || fail "set $variable, the password of broker user '$user'"
-  configure=$(namespaced "$configure") write=$(namespaced "$write") read=$(namespaced "$read")
-  exchange=$NAMESPACE$exchange
+  configure=$(in_namespace "$configure" "$NAMESPACE_PATTERN")
+  write=$(in_namespace "$write" "$NAMESPACE_PATTERN")
+  read=$(in_namespace "$read" "$NAMESPACE_PATTERN")
+  exchange=$(in_namespace "$exchange" "$NAMESPACE")
   # No tags: the user cannot reach the management UI, nor impersonate another
   # user's user-id.
   put "users/$user" "{\"password\":$(json_string "${!variable}"),\"tags\":\"\"}"

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
-use crate::broker::Subscription;
+use crate::{broker::Subscription, registry::Service};
 
 /// Every message on the bus. `eventType` is also the routing key.
 ///
@@ -600,6 +600,16 @@ pub(crate) const SUBSCRIPTIONS: &[Subscription] = &[
     ToInventoryService::SUBSCRIPTION,
     ToNotificationService::SUBSCRIPTION,
 ];
+
+/// `service`'s subscription: the one whose work queue is named after it
+/// (`inventory-service.events`). Only the registry's services are asked
+/// for, and each has one (a test in `registry` checks it).
+pub(crate) fn subscription_of(service: &Service) -> &'static Subscription {
+    SUBSCRIPTIONS
+        .iter()
+        .find(|s| s.queue.strip_suffix(".events") == Some(service.service.as_str()))
+        .unwrap_or_else(|| panic!("no consumer of the contract is {}", service.service))
+}
 
 #[cfg(test)]
 mod tests {

@@ -47,10 +47,7 @@ impl Topology {
     /// What `service`'s broker user `user` needs in this topology. Its
     /// queue is the one its contract subscription names.
     pub fn grant(&self, service: &Service, user: &str) -> Grant {
-        let subscription = crate::events::SUBSCRIPTIONS
-            .iter()
-            .find(|s| s.queue.strip_suffix(".events") == Some(service.service.as_str()))
-            .unwrap_or_else(|| panic!("no consumer of the contract is {}", service.service));
+        let subscription = crate::events::subscription_of(service);
         // The work queue, and the dead-letter and delay queues named after it.
         let queues = format!("{}(\\..+)?", escape(&self.work_queue(subscription)));
         let exchanges = format!(
@@ -76,13 +73,19 @@ impl Topology {
     }
 }
 
+/// Where `rabbitmq/grants.tsv` has the namespace: `users.sh` puts the
+/// services' `AMQP_NAMESPACE` there (escaped, in the regular expressions),
+/// or nothing, so the namespacing is this module's alone.
+pub const NAMESPACE_SLOT: &str = "@NS@";
+
 /// `rabbitmq/grants.tsv`, which `rabbitmq/users.sh` applies: every
-/// service's grant in the default namespace, its user named after it
-/// (`order`), one tab-separated line each under a header.
+/// service's grant with [`NAMESPACE_SLOT`] for the namespace, its user
+/// named after it (`order`), one tab-separated line each under a header.
 pub fn table() -> String {
-    let topology = Topology::new("");
-    let mut text = String::from(
-        "# Generated from shared::broker::grants (a unit test there keeps it so); applied by users.sh.\n\
+    let topology = Topology::new(NAMESPACE_SLOT);
+    let mut text = format!(
+        "# Generated from shared::broker::grants (a unit test there keeps it so); applied by users.sh,\n\
+         # which puts the services' namespace (AMQP_NAMESPACE, often empty) at {NAMESPACE_SLOT}.\n\
          # user\tconfigure\twrite\tread\ttopic_exchange\ttopic_write\ttopic_read\n",
     );
     for service in crate::registry::all() {
@@ -211,6 +214,26 @@ mod tests {
             "{} is not what the code grants; it should read:\n{}",
             path.display(),
             table()
+        );
+    }
+
+    #[test]
+    fn the_slot_filled_with_a_namespace_is_that_namespace_s_grant() {
+        let inventory = registry::service("inventory");
+        let slotted = Topology::new(NAMESPACE_SLOT).grant(inventory, "inventory");
+        let namespace = "t1.";
+        let fill = |pattern: &str| pattern.replace(NAMESPACE_SLOT, &escape(namespace));
+        let filled = Grant {
+            user: "inventory".into(),
+            configure: fill(&slotted.configure),
+            write: fill(&slotted.write),
+            read: fill(&slotted.read),
+            topic_exchange: slotted.topic_exchange.replace(NAMESPACE_SLOT, namespace),
+            ..slotted
+        };
+        assert_eq!(
+            filled,
+            Topology::new(namespace).grant(inventory, "inventory")
         );
     }
 
