@@ -120,6 +120,13 @@ install_compose() {
     && "${pip[@]}" --no-deps -r "$WORK/requirements.txt"; } >>"$LOG_DIR/check-deploy-pip.log" 2>&1 \
     || { tail -n 20 "$LOG_DIR/check-deploy-pip.log" >&2; fail "installing docker-compose failed (see $LOG_DIR/check-deploy-pip.log)"; }
   "$VENV/bin/docker-compose" version >/dev/null || fail "the installed docker-compose does not run"
+  # docker-compose 1.29 predates the Compose Specification's `pull_policy:
+  # missing` (its `if_not_present` is the older name of the same policy,
+  # which podman does not take), so its schema is taught the current name.
+  sed -i 's/"always", "never", "if_not_present", "build"/"always", "never", "missing", "if_not_present", "build"/' \
+    "$VENV"/lib/python3*/site-packages/compose/config/compose_spec.json
+  grep -q '"missing", "if_not_present"' "$VENV"/lib/python3*/site-packages/compose/config/compose_spec.json \
+    || fail "could not teach docker-compose $COMPOSE_VERSION's schema pull_policy: missing"
   printf '%s' "$BUILD_REQUIREMENTS $REQUIREMENTS" >"$stamp"
 }
 

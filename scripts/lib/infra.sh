@@ -80,6 +80,16 @@ apt_install() {
     || fail "apt-get install $* failed (see $LOG_DIR/apt.log)"
 }
 
+# secantusd-rs, the MongoDB-compatible server, unless it is installed.
+install_secantus() {
+  command -v secantusd-rs >/dev/null && return
+  if ! command -v cmake >/dev/null || [ ! -f /usr/include/zlib.h ]; then apt_install cmake zlib1g-dev; fi
+  note "cargo install secantus-mdb $SECANTUS_VERSION (about 4 minutes, once; log: $LOG_DIR/secantus-build.log)"
+  cargo install secantus-mdb --version "$SECANTUS_VERSION" --ignore-rust-version --locked \
+    >"$LOG_DIR/secantus-build.log" 2>&1 \
+    || { tail -n 30 "$LOG_DIR/secantus-build.log" >&2; fail "building secantusd-rs failed"; }
+}
+
 install_missing() {
   mkdir -p "$LOG_DIR"
   step "Checking tools"
@@ -87,12 +97,8 @@ install_missing() {
   if ! port_open 5672 && ! command -v rabbitmq-server >/dev/null; then
     apt_install rabbitmq-server
   fi
-  if ! port_open "$MONGO_PORT" && ! command -v mongod >/dev/null && ! command -v secantusd-rs >/dev/null; then
-    if ! command -v cmake >/dev/null || [ ! -f /usr/include/zlib.h ]; then apt_install cmake zlib1g-dev; fi
-    note "cargo install secantus-mdb $SECANTUS_VERSION (about 4 minutes, once; log: $LOG_DIR/secantus-build.log)"
-    cargo install secantus-mdb --version "$SECANTUS_VERSION" --ignore-rust-version --locked \
-      >"$LOG_DIR/secantus-build.log" 2>&1 \
-      || { tail -n 30 "$LOG_DIR/secantus-build.log" >&2; fail "building secantusd-rs failed"; }
+  if ! port_open "$MONGO_PORT" && ! command -v mongod >/dev/null; then
+    install_secantus
   fi
   if ! port_open "$SMTP_PORT" && ! command -v maildev >/dev/null; then
     command -v npm >/dev/null || apt_install nodejs npm

@@ -42,11 +42,13 @@ load_broker_passwords() {
   done
 }
 
-# A customer's token, HS256 with JWT_SECRET, valid for TTL seconds (a day).
+# A customer's token, HS256 with JWT_SECRET, valid for TTL seconds (a day),
+# with `iss` and `aud` when JWT_ISSUER and JWT_AUDIENCE are set.
 mint_token() {
   local customer=$1 ttl=${2:-86400}
   command -v python3 >/dev/null || fail "python3 is needed to sign a token"
-  JWT_SECRET="$JWT_SECRET" python3 - "$customer" "$ttl" <<'PY'
+  JWT_SECRET="$JWT_SECRET" JWT_ISSUER="${JWT_ISSUER:-}" JWT_AUDIENCE="${JWT_AUDIENCE:-}" \
+    python3 - "$customer" "$ttl" <<'PY'
 import base64, hashlib, hmac, json, os, sys, time
 
 def b64(data: bytes) -> str:
@@ -54,7 +56,12 @@ def b64(data: bytes) -> str:
 
 customer, ttl = sys.argv[1], int(sys.argv[2])
 header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-claims = b64(json.dumps({"sub": customer, "exp": int(time.time()) + ttl}).encode())
+claims = {"sub": customer, "exp": int(time.time()) + ttl}
+# The stack checks them when it is configured with them.
+for claim, setting in (("iss", "JWT_ISSUER"), ("aud", "JWT_AUDIENCE")):
+    if os.environ[setting]:
+        claims[claim] = os.environ[setting]
+claims = b64(json.dumps(claims).encode())
 signing_input = f"{header}.{claims}".encode()
 signature = hmac.new(os.environ["JWT_SECRET"].encode(), signing_input, hashlib.sha256).digest()
 print(f"{header}.{claims}.{b64(signature)}")
