@@ -397,6 +397,17 @@ restarts() {
     | xargs podman inspect -f '{{.Name}} {{.RestartCount}}' | awk '$2 > 0 { sub(/^'"$PROJECT"'_/, "", $1); printf "%s%s %s", sep, $1, $2; sep = ", " } END { if (!sep) printf "none" }'
 }
 
+# replica_ready CONTAINER PORT: within 300 s, the service in CONTAINER
+# answers /ready on PORT (asked from inside: the replicas publish nothing).
+replica_ready() {
+  local waited=0
+  until podman exec "$1" curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$2/ready" 2>/dev/null; do
+    ((waited < 300)) || return 1
+    sleep 2
+    waited=$((waited + 2))
+  done
+}
+
 # A replica's container, by service and number.
 container() { echo "${PROJECT}_$1_$2"; }
 
@@ -438,16 +449,26 @@ check_prod() {
   note "every service ready behind nginx $((SECONDS - started)) s after the start"
 
   step "Two replicas of each service, both answering through nginx"
-  local name i
+  # nginx answers once one replica is ready; each must be, before nginx
+  # can be seen to send to both.
+  local name i replica
   for name in $(registry_names); do
     for i in 1 2; do
-      [ "$(podman inspect -f '{{.State.Running}}' "$(container "$name-service" "$i")" 2>/dev/null)" = true ] \
-        || fail "$(container "$name-service" "$i") is not running"
+      replica=$(container "$name-service" "$i")
+      replica_ready "$replica" "$(registry_port "$name")" || fail "$replica did not become ready within 300 s"
     done
   done
+  # nginx skips a replica for 2 s after a failed connection (max_fails=1,
+  # fail_timeout=2s in nginx/prod.conf), one it may have met while they
+  # started: the requests are spread over up to 5 s.
   for port in 3001 3002 3003; do
-    for i in $(seq 8); do curl -fsS -o /dev/null "${tls[@]}" "https://localhost:$port/health?via=$port"; done
-    [ "$(served_by "$port")" -ge 2 ] || fail "nginx sent every request on $port to one replica"
+    for i in $(seq 20); do
+      curl -fsS -o /dev/null "${tls[@]}" "https://localhost:$port/health?via=$port" \
+        || fail "a request on $port through nginx failed, with both replicas ready"
+      [ "$(served_by "$port")" -ge 2 ] && break
+      sleep 0.25
+    done
+    [ "$(served_by "$port")" -ge 2 ] || fail "nginx sent all of 20 requests on $port to one replica"
   done
   note "each service: 2 containers running, requests through nginx answered by both"
 
