@@ -473,10 +473,17 @@ check_prod() {
   note "each service: 2 containers running, requests through nginx answered by both"
 
   step "The RabbitMQ cluster, its quorum queues, every healthcheck"
-  local nodes queues
-  nodes=$(podman exec "$(container rabbitmq-1 1)" rabbitmqctl -q cluster_status --formatter json \
-    | json '["running_nodes"]' | tr -d "[]',")
-  [ "$(wc -w <<<"$nodes")" = 3 ] || fail "the cluster's running nodes are $nodes, not 3"
+  # The nodes join the cluster as they start, the last one possibly after
+  # the services are ready (they need any one node): up to 120 s.
+  local nodes queues waited=0
+  while :; do
+    nodes=$(podman exec "$(container rabbitmq-1 1)" rabbitmqctl -q cluster_status --formatter json \
+      | json '["running_nodes"]' | tr -d "[]',")
+    [ "$(wc -w <<<"$nodes")" = 3 ] && break
+    ((waited < 120)) || fail "the cluster's running nodes are $nodes after 120 s, not 3"
+    sleep 2
+    waited=$((waited + 2))
+  done
   queues=$(podman exec "$(container rabbitmq-1 1)" rabbitmqctl -q list_queues name type --formatter json)
   python3 - "$queues" $(registry_names) <<'PY' || fail "the services' queues are not quorum queues: $queues"
 import json, sys
