@@ -225,17 +225,30 @@ compose() {
   "$VENV/bin/podman-compose" -p "$PROJECT" "${COMPOSE_ARGS[@]}" "$@"
 }
 
+# The services' ports (services/registry.txt), which both files publish.
+mapfile -t SERVICE_PORTS < <(registry_lines | cut -d' ' -f2)
+
+# retry SECONDS COMMAND...: COMMAND once a second until it succeeds; false
+# if it has not within SECONDS.
+retry() {
+  local limit=$1 waited=0
+  shift
+  until "$@"; do
+    ((waited < limit)) || return 1
+    sleep 1
+    waited=$((waited + 1))
+  done
+}
+
+port_closed() { ! port_open "$1"; }
+
 # ports_free PORT...: each closed within 30 s (infrastructure just told to
 # stop may take a moment).
 ports_free() {
-  local port waited
+  local port
   for port in "$@"; do
-    waited=0
-    while port_open "$port"; do
-      ((waited < 30)) || fail "port $port is taken: $COMPOSE_FILE publishes it (stop ./scripts/run.sh and the local infrastructure first)"
-      sleep 1
-      waited=$((waited + 1))
-    done
+    retry 30 port_closed "$port" \
+      || fail "port $port is taken: $COMPOSE_FILE publishes it (stop ./scripts/run.sh and the local infrastructure first)"
   done
 }
 
@@ -253,16 +266,24 @@ up() {
 
 # wait_ready SECONDS WHAT CURL_ARGS...: until curl answers 2xx.
 wait_ready() {
-  local limit=$1 what=$2 waited=0
+  local limit=$1 what=$2
   shift 2
-  until curl -fsS -m 2 -o /dev/null "$@" 2>/dev/null; do
-    ((waited < limit)) || { compose logs --tail 20 >&2 || true; fail "$what did not answer within $limit s"; }
-    sleep 2
-    waited=$((waited + 2))
-  done
+  retry "$limit" curl -fsS -m 2 -o /dev/null "$@" 2>/dev/null \
+    || { compose logs --tail 20 >&2 || true; fail "$what did not answer within $limit s"; }
 }
 
 json() { python3 -c 'import json,sys; print(json.load(sys.stdin)'"$1"')'; }
+
+# order_status ORDER_URL TOKEN CURL_ARGS...
+order_status() {
+  local url=$1 token=$2
+  shift 2
+  curl -fsS "$@" "$url" -H "Authorization: Bearer $token" | json '["status"]'
+}
+settled() { [ "$(order_status "$@")" != PENDING ]; }
+
+# has_email MAILDEV_URL ADDRESS: MailDev holds an email to ADDRESS.
+has_email() { curl -fsS "$1/email" | grep -q "$2"; }
 
 # first_order ORDERS_URL PRODUCTS_URL MAILDEV_URL CURL_ARGS...: the README's
 # first order (a product made with the admin token, then ordered by
@@ -279,17 +300,10 @@ first_order() {
     -H 'Content-Type: application/json' \
     -d '{"customerId":"c1","customerEmail":"'"$email"'","items":[{"productId":"'"$product"'","quantity":2}]}' \
     | json '["orderId"]')
-  for _ in $(seq 60); do
-    status=$(curl -fsS "$@" "$orders/$order" -H "Authorization: Bearer $token" | json '["status"]')
-    [ "$status" = PENDING ] || break
-    sleep 1
-  done
+  retry 60 settled "$orders/$order" "$token" "$@" || true
+  status=$(order_status "$orders/$order" "$token" "$@")
   [ "$status" = CONFIRMED ] || fail "order $order ended $status, not CONFIRMED"
-  for _ in $(seq 30); do
-    curl -fsS "$maildev/email" | grep -q "$email" && break
-    sleep 1
-  done
-  curl -fsS "$maildev/email" | grep -q "$email" || fail "no email to $email in MailDev"
+  retry 30 has_email "$maildev" "$email" || fail "no email to $email in MailDev"
   note "order $order CONFIRMED, its email in MailDev"
 }
 
@@ -315,16 +329,17 @@ check_dev() {
   COMPOSE_FILE=docker-compose.yml
   COMPOSE_ARGS=(-f "$COMPOSE_FILE" -f "$STANDINS/compose.dev.yml")
   PROJECT=ecommerce-saga-dev
-  ports_free 3001 3002 3003 5672 15672 27017 1025 1080
+  ports_free "${SERVICE_PORTS[@]}" 5672 15672 27017 1025 1080
   local started=$SECONDS port
   up "$LOG_DIR/compose-$PROJECT.log"
-  for port in 3001 3002 3003; do wait_ready 300 "the service on $port" "http://127.0.0.1:$port/ready"; done
+  for port in "${SERVICE_PORTS[@]}"; do wait_ready 300 "the service on $port" "http://127.0.0.1:$port/ready"; done
   wait_ready 60 MailDev http://127.0.0.1:1080/
   note "every service ready $((SECONDS - started)) s after the start"
 
   step "The README's first order, through the published ports"
   ADMIN_TOKEN=dev-admin-token JWT_SECRET=dev-jwt-secret-for-docker-compose-only JWT_ISSUER="" JWT_AUDIENCE="" \
-    first_order http://127.0.0.1:3001/api/orders http://127.0.0.1:3002/api/products http://127.0.0.1:1080
+    first_order "http://127.0.0.1:$(registry_port order)/api/orders" \
+    "http://127.0.0.1:$(registry_port inventory)/api/products" http://127.0.0.1:1080
   teardown
   step "docker-compose.yml ran the README's first order end to end"
 }
@@ -397,15 +412,22 @@ restarts() {
     | xargs podman inspect -f '{{.Name}} {{.RestartCount}}' | awk '$2 > 0 { sub(/^'"$PROJECT"'_/, "", $1); printf "%s%s %s", sep, $1, $2; sep = ", " } END { if (!sep) printf "none" }'
 }
 
-# replica_ready CONTAINER PORT: within 300 s, the service in CONTAINER
-# answers /ready on PORT (asked from inside: the replicas publish nothing).
-replica_ready() {
-  local waited=0
-  until podman exec "$1" curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$2/ready" 2>/dev/null; do
-    ((waited < 300)) || return 1
-    sleep 2
-    waited=$((waited + 2))
-  done
+# replica_ready CONTAINER PORT: the service in CONTAINER answers /ready on
+# PORT (asked from inside: the replicas publish nothing).
+replica_ready() { podman exec "$1" curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$2/ready" 2>/dev/null; }
+
+# The RabbitMQ nodes running in the cluster, as rabbitmq-1 sees it.
+running_nodes() {
+  podman exec "$(container rabbitmq-1 1)" rabbitmqctl -q cluster_status --formatter json \
+    | json '["running_nodes"]' | tr -d "[]',"
+}
+three_nodes() { [ "$(running_nodes | wc -w)" = 3 ]; }
+
+# restarted CONTAINER PID: CONTAINER runs again, as a process other than PID.
+restarted() {
+  local state
+  state=$(podman inspect -f '{{.State.Running}} {{.State.Pid}}' "$1")
+  [[ $state == "true "* && $state != "true $2" ]]
 }
 
 # A replica's container, by service and number.
@@ -422,7 +444,8 @@ check_prod() {
   COMPOSE_FILE=docker-compose.prod.yml
   COMPOSE_ARGS=(--env-file "$PROD/.env" --profile demo -f "$COMPOSE_FILE" -f "$STANDINS/compose.prod.yml")
   PROJECT=ecommerce-saga-prod
-  ports_free 3001 3002 3003 9001 9002 9003 15672 1080
+  # nginx's internal listeners are the services' ports + 6000 (nginx/render.sh).
+  ports_free "${SERVICE_PORTS[@]}" $(printf '%s\n' "${SERVICE_PORTS[@]}" | awk '{ print $1 + 6000 }') 15672 1080
   step "docker-compose.prod.yml: its secrets are required"
   prod_secrets
   # Without any, compose names the first it resolves.
@@ -438,13 +461,13 @@ check_prod() {
   source "$PROD/.env"
   set +a
   local started=$SECONDS port tls=(--cacert "$PROD/tls.crt")
-  for port in 3001 3002 3003; do tls+=(--resolve "localhost:$port:127.0.0.1"); done
+  for port in "${SERVICE_PORTS[@]}"; do tls+=(--resolve "localhost:$port:127.0.0.1"); done
   # podman before 5.6 cannot start a container whose running dependency
   # has dependencies of its own (a service, then mongo-init, then mongo-1:
   # containers/podman-compose#921), so podman-compose is told not to pass
   # them on; it still creates the containers in their order.
   up "$LOG_DIR/compose-$PROJECT.log" --no-deps
-  for port in 3001 3002 3003; do wait_ready 300 "nginx for the service on $port" "${tls[@]}" "https://localhost:$port/ready"; done
+  for port in "${SERVICE_PORTS[@]}"; do wait_ready 300 "nginx for the service on $port" "${tls[@]}" "https://localhost:$port/ready"; done
   wait_ready 60 MailDev http://127.0.0.1:1080/
   note "every service ready behind nginx $((SECONDS - started)) s after the start"
 
@@ -455,13 +478,13 @@ check_prod() {
   for name in $(registry_names); do
     for i in 1 2; do
       replica=$(container "$name-service" "$i")
-      replica_ready "$replica" "$(registry_port "$name")" || fail "$replica did not become ready within 300 s"
+      retry 300 replica_ready "$replica" "$(registry_port "$name")" || fail "$replica did not become ready within 300 s"
     done
   done
   # nginx skips a replica for 2 s after a failed connection (max_fails=1,
   # fail_timeout=2s in nginx/prod.conf), one it may have met while they
   # started: the requests are spread over up to 5 s.
-  for port in 3001 3002 3003; do
+  for port in "${SERVICE_PORTS[@]}"; do
     for i in $(seq 20); do
       curl -fsS -o /dev/null "${tls[@]}" "https://localhost:$port/health?via=$port" \
         || fail "a request on $port through nginx failed, with both replicas ready"
@@ -475,15 +498,8 @@ check_prod() {
   step "The RabbitMQ cluster, its quorum queues, every healthcheck"
   # The nodes join the cluster as they start, the last one possibly after
   # the services are ready (they need any one node): up to 120 s.
-  local nodes queues waited=0
-  while :; do
-    nodes=$(podman exec "$(container rabbitmq-1 1)" rabbitmqctl -q cluster_status --formatter json \
-      | json '["running_nodes"]' | tr -d "[]',")
-    [ "$(wc -w <<<"$nodes")" = 3 ] && break
-    ((waited < 120)) || fail "the cluster's running nodes are $nodes after 120 s, not 3"
-    sleep 2
-    waited=$((waited + 2))
-  done
+  retry 120 three_nodes || fail "the cluster's running nodes are $(running_nodes) after 120 s, not 3"
+  local queues
   queues=$(podman exec "$(container rabbitmq-1 1)" rabbitmqctl -q list_queues name type --formatter json)
   python3 - "$queues" $(registry_names) <<'PY' || fail "the services' queues are not quorum queues: $queues"
 import json, sys
@@ -501,7 +517,10 @@ PY
   note "restarts while the stack came up: $(restarts)"
 
   step "The first order, through nginx"
-  first_order https://localhost:3001/api/orders https://localhost:3002/api/products http://127.0.0.1:1080 "${tls[@]}"
+  local orders products
+  orders="https://localhost:$(registry_port order)/api/orders"
+  products="https://localhost:$(registry_port inventory)/api/products"
+  first_order "$orders" "$products" http://127.0.0.1:1080 "${tls[@]}"
 
   step "A service container killed: it comes back, and orders go on"
   local victim pid
@@ -509,15 +528,8 @@ PY
   pid=$(podman inspect -f '{{.State.Pid}}' "$victim")
   kill -KILL "$pid"
   note "killed $victim (pid $pid)"
-  first_order https://localhost:3001/api/orders https://localhost:3002/api/products http://127.0.0.1:1080 "${tls[@]}"
-  # Restarted: running again, as another process.
-  local state
-  for _ in $(seq 60); do
-    state=$(podman inspect -f '{{.State.Running}} {{.State.Pid}}' "$victim")
-    [[ $state == "true "* && $state != "true $pid" ]] && break
-    sleep 1
-  done
-  [[ $state == "true "* && $state != "true $pid" ]] || fail "$victim was not restarted within 60 s ($state)"
+  first_order "$orders" "$products" http://127.0.0.1:1080 "${tls[@]}"
+  retry 60 restarted "$victim" "$pid" || fail "$victim was not restarted within 60 s"
   healthy "$victim" || fail "$victim was restarted but is not healthy"
   note "$victim restarted by its restart policy, and healthy"
   teardown
