@@ -40,6 +40,9 @@ use crate::{
 const SENDS_IN_FLIGHT: usize = 64;
 /// Notifications claimed per round; a full batch means more are waiting.
 const CLAIM_BATCH: usize = 256;
+/// How often the sender polls for due notifications while new ones are
+/// handed to it in memory (when none are, every round polls).
+const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// SMTP settings.
 #[derive(Clone, Debug)]
@@ -267,6 +270,9 @@ impl Sender {
     /// is due, until `shutdown`.
     pub async fn run(self, mut born: Born, shutdown: CancellationToken) {
         let wake = self.store.send_wake.clone();
+        let mut polled: Option<std::time::Instant> = None;
+        // The last poll took all it had room for: more may be due.
+        let mut more_due = false;
         loop {
             let mut claimed = Vec::with_capacity(CLAIM_BATCH);
             let now = Utc::now();
@@ -277,10 +283,22 @@ impl Sender {
                     claimed.push(notification);
                 }
             }
-            if claimed.len() < CLAIM_BATCH {
-                let room = (CLAIM_BATCH - claimed.len()) as i64;
-                match self.store.claim_due(&self.name, room).await {
-                    Ok(due) => claimed.extend(due),
+            // What is due besides (retries, notifications recorded without
+            // a hand-over, claims run out) is polled for when nothing was
+            // handed over or the last poll was full, and else at most once
+            // per POLL_EVERY: at low rates every email wakes the sender, and
+            // a poll per wake was a query per email.
+            let poll_due = claimed.is_empty()
+                || more_due
+                || polled.is_none_or(|at| at.elapsed() >= POLL_EVERY);
+            if poll_due && claimed.len() < CLAIM_BATCH {
+                polled = Some(std::time::Instant::now());
+                let room = CLAIM_BATCH - claimed.len();
+                match self.store.claim_due(&self.name, room as i64).await {
+                    Ok(due) => {
+                        more_due = due.len() == room;
+                        claimed.extend(due);
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "could not read pending notifications");
                     }
@@ -361,11 +379,7 @@ impl Sender {
                 self.metrics.count("sent");
                 tracing::info!("email sent");
                 shared::crash_point!("sender.after_accept");
-                if let Err(error) = self.store.mark_sent(&notification).await {
-                    // The lease expires and it is sent again, with the same
-                    // Message-ID, so a mail system can drop the copy.
-                    tracing::warn!(%error, "could not record the send; it will be sent again");
-                }
+                self.store.mark_sent(notification);
             }
             Err(failsafe::Error::Rejected) => {
                 self.failed(

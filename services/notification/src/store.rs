@@ -20,6 +20,7 @@ use shared::{
     },
 };
 use tokio::sync::{Notify, mpsc};
+use tracing::Instrument;
 
 use crate::{
     domain::{self, Notification, NotificationKind, NotificationStatus, SOURCE},
@@ -32,6 +33,11 @@ const LEASE: Duration = Duration::from_secs(60);
 
 /// Writes in one round trip (or transaction) at most: a prefetch's worth.
 const BATCH: usize = 64;
+/// How long an email's SENT mark waits for others to share its commit. At
+/// 50 emails/s about five share one, where each paid a transaction (three
+/// round trips) of its own. A crash meanwhile sends those emails again, as
+/// one during the SMTP exchange would, with the same Message-ID.
+const MARK_LINGER: Duration = Duration::from_millis(100);
 /// FAILED notifications sent again per bulk retry, at most.
 pub const MAX_RETRY_BATCH: i64 = 1000;
 
@@ -42,6 +48,8 @@ pub struct NotificationStore {
     pub send_wake: Arc<Notify>,
     recorded: Batcher<Notification>,
     sent: Batcher<Notification>,
+    /// Where the SENT marks wait for their commit.
+    tasks: TaskTracker,
 }
 
 /// Notifications recorded by this instance, handed to its sender in memory.
@@ -87,9 +95,10 @@ impl NotificationStore {
                     send_wake: send_wake.clone(),
                 },
             ),
-            sent: Batcher::start(
+            sent: Batcher::start_lingering(
                 tasks,
                 BATCH,
+                MARK_LINGER,
                 MarkSent {
                     store: store.clone(),
                 },
@@ -97,6 +106,7 @@ impl NotificationStore {
             store,
             notifications,
             send_wake,
+            tasks: tasks.clone(),
         };
         (this, born_rx)
     }
@@ -215,13 +225,22 @@ impl NotificationStore {
             .await?)
     }
 
-    /// The email went out: SENT, with `notification.sent`. Written as soon
-    /// as the SMTP server took it, not after a timer, to keep the window in
-    /// which a crash resends it short; emails accepted while a commit is
-    /// under way share the next one (one transaction per send cost a commit
-    /// per order).
-    pub async fn mark_sent(&self, notification: &Notification) -> Result<(), StoreError> {
-        self.sent.write(notification.clone()).await
+    /// The email went out: SENT, with `notification.sent`. Written in the
+    /// background, so that the send's slot takes the next email at once
+    /// while the mark waits up to [`MARK_LINGER`] to share a commit; a
+    /// clean shutdown waits for it. If it fails, the claim runs out and the
+    /// email is sent again, with the same Message-ID, so a mail system can
+    /// drop the copy.
+    pub fn mark_sent(self: &Arc<Self>, notification: Notification) {
+        let store = self.clone();
+        self.tasks.spawn(
+            async move {
+                if let Err(error) = store.sent.write(notification).await {
+                    tracing::warn!(%error, "could not record the send; it will be sent again");
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// PENDING again until `at`, with the error on record; `counts` says

@@ -11,12 +11,19 @@
 //! that one item's trouble (an event handled before, a broken rule, a lost
 //! race) stays its own and the rest of the batch still goes through.
 //!
+//! A write that nobody is in a hurry for can wait a little for company
+//! ([`Batcher::start_lingering`]): at low rates no two callers meet
+//! otherwise, and each pays a commit of its own.
+//!
 //! Reads on the hot path batch the same way ([`ReadBatch`]): one query
 //! answers everyone who asked while the last one ran.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
 use tokio_util::task::TaskTracker;
 
 use super::StoreError;
@@ -55,7 +62,19 @@ impl<T: Send + Sync + 'static> Batcher<T> {
         max_batch: usize,
         writer: W,
     ) -> Self {
-        Self::serve(tasks, max_batch, Writes(writer))
+        Self::serve(tasks, max_batch, Duration::ZERO, Writes(writer))
+    }
+
+    /// As [`Batcher::start`], but a batch that is not full waits up to
+    /// `linger` after its first item for more: each caller waits that much
+    /// longer, and shares a commit with those who came meanwhile.
+    pub fn start_lingering<W: WriteBatch<Item = T>>(
+        tasks: &TaskTracker,
+        max_batch: usize,
+        linger: Duration,
+        writer: W,
+    ) -> Self {
+        Self::serve(tasks, max_batch, linger, Writes(writer))
     }
 
     /// Queues `item` for the next batch and waits for its write.
@@ -72,7 +91,7 @@ impl<T: Send + Sync + 'static, A: Send + 'static> Batcher<T, A> {
         max_batch: usize,
         reader: R,
     ) -> Self {
-        Self::serve(tasks, max_batch, Reads(reader))
+        Self::serve(tasks, max_batch, Duration::ZERO, Reads(reader))
     }
 
     /// Queues `item` for the next batch and waits for its answer.
@@ -85,12 +104,27 @@ impl<T: Send + Sync + 'static, A: Send + 'static> Batcher<T, A> {
         result.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// The task: takes everything queued, has `handle` answer it, replies.
-    fn serve(tasks: &TaskTracker, max_batch: usize, handler: impl Handle<T, A>) -> Self {
+    /// The task: takes everything queued (and what comes within `linger`,
+    /// up to a full batch), has `handle` answer it, replies.
+    fn serve(
+        tasks: &TaskTracker,
+        max_batch: usize,
+        linger: Duration,
+        handler: impl Handle<T, A>,
+    ) -> Self {
         let (queue, mut queued) = mpsc::channel::<Queued<T, A>>(max_batch * 4);
         tasks.spawn(async move {
             let mut batch = Vec::with_capacity(max_batch);
             while queued.recv_many(&mut batch, max_batch).await > 0 {
+                let until = Instant::now() + linger;
+                while !linger.is_zero() && batch.len() < max_batch {
+                    let room = max_batch - batch.len();
+                    // Time up, or every handle gone: write what there is.
+                    match tokio::time::timeout_at(until, queued.recv_many(&mut batch, room)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
                 let (items, replies): (Vec<T>, Vec<_>) = batch.drain(..).unzip();
                 let results = handler.handle(&items).await;
                 // A caller that gave up waiting is simply not answered.
@@ -238,6 +272,55 @@ mod tests {
             sizes.len() <= 3,
             "callers were batched, not one by one: {sizes:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lingering_batch_takes_callers_who_come_while_it_waits_and_goes_when_full() {
+        // An hour's linger: the batch can only go because it is full.
+        let writer = Recorder::default();
+        let batcher = Arc::new(Batcher::start_lingering(
+            &TaskTracker::new(),
+            3,
+            std::time::Duration::from_secs(3600),
+            writer.clone(),
+        ));
+        let write = |i: u32| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.write(i).await })
+        };
+        let first = write(1);
+        // The task has taken 1 and waits for company.
+        while batcher.queue.capacity() < batcher.queue.max_capacity() {
+            tokio::task::yield_now().await;
+        }
+        let later = [write(3), write(4)];
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            first.await.unwrap().unwrap();
+            for caller in later {
+                caller.await.unwrap().unwrap();
+            }
+        })
+        .await
+        .expect("a full batch is written without waiting out its linger");
+        let mut batches = writer.batches.lock().unwrap().clone();
+        batches[0].sort();
+        assert_eq!(batches, vec![vec![1, 3, 4]]);
+    }
+
+    #[tokio::test]
+    async fn a_lingering_batch_that_stays_short_is_written_when_its_linger_is_up() {
+        let writer = Recorder::default();
+        let batcher = Batcher::start_lingering(
+            &TaskTracker::new(),
+            8,
+            std::time::Duration::from_millis(20),
+            writer.clone(),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(5), batcher.write(4))
+            .await
+            .expect("written once the linger was up")
+            .unwrap();
+        assert_eq!(*writer.batches.lock().unwrap(), vec![vec![4]]);
     }
 
     #[tokio::test]
