@@ -17,7 +17,7 @@ use mongodb::{
 };
 use shared::{
     TaskTracker,
-    events::{Cause, OrderCreated, OrderLine, RawEnvelope},
+    events::{Cause, OrderCreated, OrderLine, RawEnvelope, first_attempt},
     history::{History, HistoryItem},
     http::history::HistorySource,
     store::{
@@ -343,24 +343,41 @@ impl WriteBatch for ReserveStock {
     type Item = (RawEnvelope, OrderCreated);
 
     async fn write(&self, batch: &[(RawEnvelope, OrderCreated)]) -> Result<(), StoreError> {
-        let inventory = &self.0;
         let product_ids: BTreeSet<&str> = batch
             .iter()
             .flat_map(|(_, order)| order.items.iter().map(|l| l.product_id.as_str()))
             .collect();
-        let _held = inventory.locks.lock(&product_ids).await;
+        let product_ids: Vec<&str> = product_ids.into_iter().collect();
+        let _held = self.0.locks.lock(&product_ids).await;
         // No inbox records: the reservation, keyed by the order and written
         // for every decision (held, refused, or a tombstone for an order that
-        // ended first), is the record that `order.created` was handled. A
-        // redelivery finds it below and has no effect. Two copies in one
-        // batch, or a decision that raced this one (the order's end, or
-        // another instance), meet its unique key: a conflict, so the event
-        // goes again, finds the reservation, and says so in the history.
-        let mut unit = UnitOfWork::new();
-        // Already decided, or ended (cancelled, failed) before it arrived: no
-        // effect. A run of a retried saga replaces its order's earlier run.
+        // ended first), is the record that `order.created` was handled.
+        //
+        // A first run has no earlier run to replace, so anything stored for
+        // its order means it was decided (or ended) already, and the
+        // reservation's unique key says so. First runs, nearly every order,
+        // are therefore decided without reading the reservations first: a
+        // round trip per batch less. A conflict (that key, or a product
+        // changed meanwhile) sends the batch through the read.
+        if batch
+            .iter()
+            .all(|(_, order)| order.attempt == first_attempt())
+        {
+            match self.decide(batch, &product_ids, HashMap::new()).await {
+                Err(StoreError::Conflict(_)) => {}
+                decided => return decided,
+            }
+        }
+        // Otherwise the reservations are read: a redelivery, or a run that
+        // ended (cancelled, failed) before it arrived, finds its own and has
+        // no effect; a run of a retried saga replaces its order's earlier
+        // run. Two copies in one batch, or a decision that raced this one
+        // (the order's end, or another instance), still meet the unique key:
+        // a conflict, so the event goes again, finds the reservation, and
+        // says so in the history.
         let order_ids: Vec<&str> = batch.iter().map(|(_, o)| o.order_id.as_str()).collect();
-        let mut stored: HashMap<String, StoredRun> = inventory
+        let stored: HashMap<String, StoredRun> = self
+            .0
             .reservations
             .clone_with_type::<StoredRun>()
             .find(doc! { "_id": { "$in": &order_ids } })
@@ -369,6 +386,22 @@ impl WriteBatch for ReserveStock {
             .map_ok(|run| (run.order_id.clone(), run))
             .try_collect()
             .await?;
+        self.decide(batch, &product_ids, stored).await
+    }
+}
+
+impl ReserveStock {
+    /// Decides the batch's orders against `stored`, their reservations as
+    /// read (or none), and writes the decisions, with the changes to the
+    /// products `product_ids` (locked by the caller), as one unit of work.
+    async fn decide(
+        &self,
+        batch: &[(RawEnvelope, OrderCreated)],
+        product_ids: &[&str],
+        mut stored: HashMap<String, StoredRun>,
+    ) -> Result<(), StoreError> {
+        let inventory = &self.0;
+        let mut unit = UnitOfWork::new();
         let mut open = Vec::with_capacity(batch.len());
         let mut without_effect = Vec::new();
         for item @ (event, order) in batch {
@@ -396,8 +429,7 @@ impl WriteBatch for ReserveStock {
             return inventory.store.commit(unit).await;
         }
 
-        let ids: Vec<&str> = product_ids.into_iter().collect();
-        let mut products = inventory.products(&ids).await?;
+        let mut products = inventory.products(product_ids).await?;
         let read: HashMap<String, i64> =
             products.iter().map(|p| (p.id.clone(), p.version)).collect();
         let lines: Vec<&[OrderLine]> = open.iter().map(|((_, o), _)| o.items.as_slice()).collect();
