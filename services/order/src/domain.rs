@@ -517,11 +517,12 @@ pub fn duplicate_products(product_ids: &[&str]) -> Vec<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use shared::events::Event;
 
-    fn order(status: OrderStatus) -> Order {
+    /// An order of two lines in `status`, at version 1 of its first run.
+    pub(crate) fn order(status: OrderStatus) -> Order {
         Order {
             id: "o1".into(),
             customer_id: "c1".into(),

@@ -9,6 +9,7 @@ pub mod error;
 pub mod handler;
 pub mod http;
 pub mod inventory;
+mod last_written;
 pub mod limit;
 pub mod metrics;
 pub mod participants;

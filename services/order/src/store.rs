@@ -1,7 +1,10 @@
 //! Orders in MongoDB: named reads, and writes through the shared unit of
 //! work, so every change and the events it causes commit together.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 use futures::{TryStreamExt, future::BoxFuture};
@@ -25,6 +28,7 @@ use shared::{
 use crate::{
     domain::{self, Change, Order, OrderStatus, RuleViolation, SOURCE, SagaAnswer, saga},
     error::Error,
+    last_written::LastWritten,
     metrics::SagaMetrics,
 };
 
@@ -90,6 +94,7 @@ pub struct OrderStore {
 impl OrderStore {
     /// The store, its batch writers running on `tasks`, counting in `saga`.
     pub fn new(store: Store, tasks: &TaskTracker, saga: SagaMetrics) -> Self {
+        let last_written = Arc::new(LastWritten::default());
         OrderStore {
             orders: store.collection(ORDERS),
             keys: store.collection(IDEMPOTENCY_KEYS),
@@ -99,6 +104,7 @@ impl OrderStore {
                 CreateOrders {
                     store: store.clone(),
                     saga: saga.clone(),
+                    last_written: last_written.clone(),
                 },
             ),
             answers: Batcher::start(
@@ -108,6 +114,7 @@ impl OrderStore {
                     orders: store.collection(ORDERS),
                     store: store.clone(),
                     saga: saga.clone(),
+                    last_written,
                 },
             ),
             recent: Batcher::start_reads(
@@ -665,6 +672,7 @@ fn nth_newest_each<'a>(
 struct CreateOrders {
     store: Store,
     saga: SagaMetrics,
+    last_written: Arc<LastWritten>,
 }
 
 impl WriteBatch for CreateOrders {
@@ -686,16 +694,19 @@ impl WriteBatch for CreateOrders {
         .emit(batch.iter().flat_map(|n| n.change.events.iter().cloned()));
         self.store.commit(unit).await?;
         self.saga.accepted(batch.len() as u64);
+        self.last_written
+            .keep(batch.iter().map(|n| &n.change.order));
         Ok(())
     }
 }
 
 /// The inventory's answers that arrived together: one read of their
-/// orders, one unit of work.
+/// orders (those this instance did not write last), one unit of work.
 struct ApplyAnswers {
     store: Store,
     orders: Collection<Order>,
     saga: SagaMetrics,
+    last_written: Arc<LastWritten>,
 }
 
 impl WriteBatch for ApplyAnswers {
@@ -703,13 +714,47 @@ impl WriteBatch for ApplyAnswers {
 
     async fn write(&self, batch: &[(RawEnvelope, SagaAnswer)]) -> Result<(), StoreError> {
         let ids: Vec<&str> = batch.iter().map(|(_, a)| saga::answered_order(a)).collect();
-        let orders: HashMap<String, Order> = self
-            .orders
-            .find(doc! { "_id": { "$in": &ids } })
-            .await?
-            .map_ok(|order| (order.id.clone(), order))
-            .try_collect()
-            .await?;
+        let remembered = self.last_written.take(&ids);
+        if remembered.is_empty() {
+            return self.apply(batch, &ids, remembered).await;
+        }
+        // A conflict may be a remembered order being behind the stored one:
+        // then everything is read.
+        match self.apply(batch, &ids, remembered).await {
+            Err(StoreError::Conflict(_)) => self.apply(batch, &ids, HashMap::new()).await,
+            applied => applied,
+        }
+    }
+}
+
+impl ApplyAnswers {
+    /// Applies the batch to `remembered` (see [`LastWritten`]) and to the
+    /// other orders as read. A remembered order that the answer would not
+    /// move is a conflict: the stored one may have moved on to where it
+    /// would.
+    async fn apply(
+        &self,
+        batch: &[(RawEnvelope, SagaAnswer)],
+        ids: &[&str],
+        remembered: HashMap<String, Order>,
+    ) -> Result<(), StoreError> {
+        let unread: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !remembered.contains_key(*id))
+            .collect();
+        let mut orders = HashMap::with_capacity(ids.len());
+        if !unread.is_empty() {
+            orders = self
+                .orders
+                .find(doc! { "_id": { "$in": &unread } })
+                .await?
+                .map_ok(|order| (order.id.clone(), order))
+                .try_collect()
+                .await?;
+        }
+        let remembered_ids: HashSet<String> = remembered.keys().cloned().collect();
+        orders.extend(remembered);
         let now = Utc::now();
         let mut unit = UnitOfWork::new();
         let mut changed = Vec::with_capacity(batch.len());
@@ -743,6 +788,10 @@ impl WriteBatch for ApplyAnswers {
                     .emit(change.events);
                     changed.push((order, change.order));
                 }
+                // Perhaps stale: decided again on the order as stored.
+                None if remembered_ids.contains(&order.id) => {
+                    return Err(StoreError::Conflict("order"));
+                }
                 // Late, stale or repeated: said in the history, since an
                 // operator asking why an order did not move wants to see it.
                 // Rare, so a record of its own rather than a write of the
@@ -760,6 +809,8 @@ impl WriteBatch for ApplyAnswers {
             }
         }
         self.store.commit(unit).await?;
+        self.last_written
+            .keep(changed.iter().map(|(_, after)| after));
         for (before, after) in changed {
             self.saga.changed(before, &after);
         }

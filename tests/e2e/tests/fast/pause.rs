@@ -3,8 +3,9 @@
 //! while the service stays ready; the pause outlives a restart and reaches
 //! a second instance; a resume through one instance reaches the other
 //! within about 2 s, and every order is then confirmed, nothing
-//! dead-lettered. Also the list, the 404 of an unknown queue, and the
-//! routes as the admin console reaches them.
+//! dead-lettered. An order cancelled while its reservation waits stays
+//! cancelled when the reservation comes. Also the list, the 404 of an
+//! unknown queue, and the routes as the admin console reaches them.
 
 use std::time::Duration;
 
@@ -214,6 +215,80 @@ async fn a_paused_inventory_queue_holds_the_orders_through_a_restart_until_a_res
         assert_eq!(letters["items"], Value::Array(vec![]), "{service_url}");
     }
     assert_eq!(queue_counts(&dlq).await.map(|(ready, _)| ready), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_cancelled_while_the_inventory_is_paused_stays_cancelled_when_the_reservation_comes()
+ {
+    // The order service remembers the PENDING order it wrote, and the
+    // cancel moves the stored one on; the late reservation must be decided
+    // on the stored order, not on what was remembered. Prefetch 1: the
+    // inventory decides order.created before it releases on
+    // order.cancelled, so there is a reservation to come late.
+    let stack = Stack::start_with(&[
+        ("CONSUMER_READY_GRACE_SECONDS", "0"),
+        ("SAGA_TIMEOUT_SECONDS", "600"),
+        ("PREFETCH", "1"),
+    ])
+    .await;
+    let queue = stack.name("inventory-service.events");
+    let product = stack.create_product(5, 0, 2.0).await;
+    until_state(&stack, &stack.inventory, &queue, "consuming").await;
+    let (status, paused) = act(&stack, &stack.inventory, &queue, "pause").await;
+    assert_eq!(status, 200, "{paused}");
+
+    let response = stack.place_order(&stack.email("late"), &product, 2).await;
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["orderId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cancelled = stack
+        .http
+        .post(format!("{}/api/orders/{id}/cancel", stack.order))
+        .bearer_auth(e2e_tests::customer_token("c-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200);
+    let (status, resumed) = act(&stack, &stack.inventory, &queue, "resume").await;
+    assert_eq!(status, 200, "{resumed}");
+
+    // The reservation is made, answered, and given back.
+    let late = eventually(
+        "the late reservation handled by the order service",
+        || async {
+            let (status, history) = stack
+                .admin_call(
+                    Method::GET,
+                    &format!("{}/api/orders/{id}/history", stack.order),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{history}");
+            history["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| {
+                    i["service"] == "order-service"
+                        && i["kind"] == "event_handled"
+                        && i["eventType"] == "inventory.reserved"
+                })
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(
+        late["detail"], "no effect: the order is CANCELLED at attempt 1",
+        "{late}"
+    );
+    eventually("the stock given back", || async {
+        let p = stack.product(&product).await;
+        (p["stock"] == 5 && p["reserved"] == 0).then_some(())
+    })
+    .await;
+    assert_eq!(stack.order(&id).await["status"], "CANCELLED");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
