@@ -22,6 +22,10 @@
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/registry.sh"
 
+# nginx_internal_port PORT: the plain listener, with the operators' routes,
+# beside a service's public TLS one on PORT.
+nginx_internal_port() { echo $(($1 + 6000)); }
+
 # _nginx_blocks UPSTREAMS|SERVERS|TLS_SERVERS LISTEN_HOST INCLUDE_DIR
 # SERVER_LINES_FN: the upstream or server blocks of every service.
 # SERVER_LINES_FN NAME PORT prints an upstream's server lines. TLS_SERVERS
@@ -49,7 +53,7 @@ _nginx_blocks() {
         printf '        include %s/public.conf;\n' "$include_dir"
         printf '        location / { proxy_pass http://%s; }\n' "$name"
         printf '        include %s/errors.conf;\n    }\n' "$include_dir"
-        printf '    server {\n        listen %s%s;\n' "$listen_host" "$((port + 6000))"
+        printf '    server {\n        listen %s%s;\n' "$listen_host" "$(nginx_internal_port "$port")"
         printf '        location / { proxy_pass http://%s; }\n' "$name"
         printf '        include %s/errors.conf;\n    }\n' "$include_dir"
         ;;

@@ -47,6 +47,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/infra.sh
 source scripts/lib/registry.sh
+source nginx/render.sh
 source scripts/lib/secrets.sh
 
 PODMAN_COMPOSE_VERSION=1.6.0
@@ -444,8 +445,9 @@ check_prod() {
   COMPOSE_FILE=docker-compose.prod.yml
   COMPOSE_ARGS=(--env-file "$PROD/.env" --profile demo -f "$COMPOSE_FILE" -f "$STANDINS/compose.prod.yml")
   PROJECT=ecommerce-saga-prod
-  # nginx's internal listeners are the services' ports + 6000 (nginx/render.sh).
-  ports_free "${SERVICE_PORTS[@]}" $(printf '%s\n' "${SERVICE_PORTS[@]}" | awk '{ print $1 + 6000 }') 15672 1080
+  local internal=() port
+  for port in "${SERVICE_PORTS[@]}"; do internal+=("$(nginx_internal_port "$port")"); done
+  ports_free "${SERVICE_PORTS[@]}" "${internal[@]}" 15672 1080
   step "docker-compose.prod.yml: its secrets are required"
   prod_secrets
   # Without any, compose names the first it resolves.

@@ -40,8 +40,9 @@ use crate::{
 const SENDS_IN_FLIGHT: usize = 64;
 /// Notifications claimed per round; a full batch means more are waiting.
 const CLAIM_BATCH: usize = 256;
-/// How often the sender polls for due notifications while new ones are
-/// handed to it in memory (when none are, every round polls).
+/// How often the sender polls for due notifications: when idle, and while
+/// new ones are handed to it in memory (a round with none handed over
+/// polls at once).
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// SMTP settings.
@@ -314,7 +315,7 @@ impl Sender {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(POLL_EVERY) => {}
             }
         }
         tracing::info!("notification sender stopped");

@@ -41,7 +41,7 @@ impl LastWritten {
     pub fn keep<'a>(&self, orders: impl IntoIterator<Item = &'a Order>) {
         let mut kept = self.kept.lock().expect("never poisoned: no panics inside");
         for order in orders {
-            if !waits_for_answer(order) {
+            if saga::awaited_step(order).is_none() {
                 kept.orders.remove(&order.id);
                 continue;
             }
@@ -63,12 +63,6 @@ impl LastWritten {
             .map(|order| (order.id.clone(), order))
             .collect()
     }
-}
-
-/// Whether an answer is still to come for `order`: its reservation's, or
-/// the release's of a FAILED order.
-fn waits_for_answer(order: &Order) -> bool {
-    saga::awaits_answer(order.status) || order.awaiting_release
 }
 
 #[cfg(test)]

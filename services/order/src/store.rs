@@ -715,13 +715,13 @@ impl WriteBatch for ApplyAnswers {
     async fn write(&self, batch: &[(RawEnvelope, SagaAnswer)]) -> Result<(), StoreError> {
         let ids: Vec<&str> = batch.iter().map(|(_, a)| saga::answered_order(a)).collect();
         let remembered = self.last_written.take(&ids);
-        if remembered.is_empty() {
-            return self.apply(batch, &ids, remembered).await;
-        }
+        let any_remembered = !remembered.is_empty();
         // A conflict may be a remembered order being behind the stored one:
         // then everything is read.
         match self.apply(batch, &ids, remembered).await {
-            Err(StoreError::Conflict(_)) => self.apply(batch, &ids, HashMap::new()).await,
+            Err(StoreError::Conflict(_)) if any_remembered => {
+                self.apply(batch, &ids, HashMap::new()).await
+            }
             applied => applied,
         }
     }
@@ -743,9 +743,9 @@ impl ApplyAnswers {
             .copied()
             .filter(|id| !remembered.contains_key(*id))
             .collect();
-        let mut orders = HashMap::with_capacity(ids.len());
+        let mut read = HashMap::new();
         if !unread.is_empty() {
-            orders = self
+            read = self
                 .orders
                 .find(doc! { "_id": { "$in": &unread } })
                 .await?
@@ -753,8 +753,6 @@ impl ApplyAnswers {
                 .try_collect()
                 .await?;
         }
-        let remembered_ids: HashSet<String> = remembered.keys().cloned().collect();
-        orders.extend(remembered);
         let now = Utc::now();
         let mut unit = UnitOfWork::new();
         let mut changed = Vec::with_capacity(batch.len());
@@ -763,13 +761,13 @@ impl ApplyAnswers {
         // guard, so a redelivered answer finds the order moved on and has no
         // effect. That saves a document write per order.
         for (event, answer) in batch {
-            let order =
-                orders
-                    .get(saga::answered_order(answer))
-                    .ok_or_else(|| StoreError::NotFound {
-                        what: "order",
-                        id: saga::answered_order(answer).to_string(),
-                    })?;
+            let id = saga::answered_order(answer);
+            let order = remembered.get(id).or_else(|| read.get(id)).ok_or_else(|| {
+                StoreError::NotFound {
+                    what: "order",
+                    id: id.to_string(),
+                }
+            })?;
             let cause = Cause::event(SOURCE, event);
             let change = domain::on_inventory_answer(order, answer, &cause, now)
                 .map_err(|rule| StoreError::Rule(rule.to_string()))?;
@@ -789,7 +787,7 @@ impl ApplyAnswers {
                     changed.push((order, change.order));
                 }
                 // Perhaps stale: decided again on the order as stored.
-                None if remembered_ids.contains(&order.id) => {
+                None if remembered.contains_key(&order.id) => {
                     return Err(StoreError::Conflict("order"));
                 }
                 // Late, stale or repeated: said in the history, since an

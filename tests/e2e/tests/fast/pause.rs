@@ -243,14 +243,14 @@ async fn an_order_cancelled_while_the_inventory_is_paused_stays_cancelled_when_t
         .as_str()
         .unwrap()
         .to_string();
-    let cancelled = stack
-        .http
-        .post(format!("{}/api/orders/{id}/cancel", stack.order))
-        .bearer_auth(e2e_tests::customer_token("c-1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancelled.status(), 200);
+    let (status, cancelled) = stack
+        .admin_call(
+            Method::POST,
+            &format!("{}/api/orders/{id}/cancel", stack.order),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
     let (status, resumed) = act(&stack, &stack.inventory, &queue, "resume").await;
     assert_eq!(status, 200, "{resumed}");
 
