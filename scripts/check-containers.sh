@@ -417,6 +417,17 @@ restarts() {
 # PORT (asked from inside: the replicas publish nothing).
 replica_ready() { podman exec "$1" curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$2/ready" 2>/dev/null; }
 
+# not_ready CONTAINER PORT: what a replica that never became ready says
+# about itself (its /ready body, its state, the end of its log), then fails.
+not_ready() {
+  echo "$1 answers /ready with:" >&2
+  podman exec "$1" curl -sS -m 2 "http://127.0.0.1:$2/ready" >&2 || true
+  echo >&2
+  podman inspect -f '{{.Name}}: {{.State.Status}}, {{.RestartCount}} restarts' "$1" >&2 || true
+  podman logs --tail 40 "$1" >&2 || true
+  fail "$1 did not become ready within 300 s"
+}
+
 # The RabbitMQ nodes running in the cluster, as rabbitmq-1 sees it.
 running_nodes() {
   podman exec "$(container rabbitmq-1 1)" rabbitmqctl -q cluster_status --formatter json \
@@ -480,7 +491,7 @@ check_prod() {
   for name in $(registry_names); do
     for i in 1 2; do
       replica=$(container "$name-service" "$i")
-      retry 300 replica_ready "$replica" "$(registry_port "$name")" || fail "$replica did not become ready within 300 s"
+      retry 300 replica_ready "$replica" "$(registry_port "$name")" || not_ready "$replica" "$(registry_port "$name")"
     done
   done
   # nginx skips a replica for 2 s after a failed connection (max_fails=1,
