@@ -308,15 +308,31 @@ first_order() {
   note "order $order CONFIRMED, its email in MailDev"
 }
 
+# teardown [FAILED]: keeps every container's log in
+# $LOG_DIR/containers-$PROJECT/, and after a failure shows what each
+# container was doing and nginx's last requests; then removes the stack.
 teardown() {
   [ -n "$PROJECT" ] || return 0
+  local dir="$LOG_DIR/containers-$PROJECT" name
+  rm -rf "$dir" && mkdir -p "$dir"
+  for name in $(podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}'); do
+    podman logs "$name" >"$dir/$name.log" 2>&1 || true
+  done
+  if [ "${1:-}" = failed ]; then
+    echo "the containers as the check failed (their logs: $dir):" >&2
+    podman ps -a --filter "label=com.docker.compose.project=$PROJECT" \
+      --format '  {{.Names}}: {{.Status}}' >&2 || true
+    name=$(container nginx 1)
+    [ ! -s "$dir/$name.log" ] || { echo "nginx's last lines:" >&2; tail -n 30 "$dir/$name.log" >&2; }
+  fi
   step "Removing the stack, its volumes included"
   compose down -v >>"$LOG_DIR/compose-$PROJECT.log" 2>&1 || warn "podman-compose down failed (see $LOG_DIR/compose-$PROJECT.log)"
   PROJECT=""
 }
 
 cleanup() {
-  teardown
+  local status=$?
+  if ((status)); then teardown failed; else teardown; fi
   # The images built stay, with their build stage: a run on the same
   # sources builds nothing (the second compose file's build, too), and the
   # cargo cache (a build cache mount) makes the next change quick. Untagged
