@@ -320,10 +320,16 @@ teardown() {
   done
   if [ "${1:-}" = failed ]; then
     echo "the containers as the check failed (their logs: $dir):" >&2
-    podman ps -a --filter "label=com.docker.compose.project=$PROJECT" \
-      --format '  {{.Names}}: {{.Status}}' >&2 || true
+    podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}' \
+      | xargs -r podman inspect -f '  {{.Name}}: {{.State.Status}}, exit {{.State.ExitCode}}, {{.RestartCount}} restarts, at{{range .NetworkSettings.Networks}} {{.IPAddress}}{{end}}' >&2 || true
     name=$(container nginx 1)
     [ ! -s "$dir/$name.log" ] || { echo "nginx's last lines:" >&2; tail -n 30 "$dir/$name.log" >&2; }
+    # A service's warnings and errors say why it restarted or is not ready.
+    for name in "$dir"/*-service_*.log; do
+      [ -e "$name" ] || continue
+      echo "$(basename "$name" .log), its last warnings and errors:" >&2
+      grep -E '"level":"(WARN|ERROR)"|panicked' "$name" | tail -n 8 | cut -c1-400 >&2 || true
+    done
   fi
   step "Removing the stack, its volumes included"
   compose down -v >>"$LOG_DIR/compose-$PROJECT.log" 2>&1 || warn "podman-compose down failed (see $LOG_DIR/compose-$PROJECT.log)"
@@ -512,8 +518,12 @@ check_prod() {
   done
   # nginx skips a replica for 2 s after a failed connection (max_fails=1,
   # fail_timeout=2s in nginx/prod.conf), one it may have met while they
-  # started: the requests are spread over up to 5 s.
+  # started, and answers 503 if it met both (each worker remembers its
+  # own): each port first answers once within 5 s, then every request
+  # must, spread over up to 5 s.
   for port in "${SERVICE_PORTS[@]}"; do
+    retry 5 curl -fsS -o /dev/null "${tls[@]}" "https://localhost:$port/health" 2>/dev/null \
+      || fail "nginx did not answer on $port within 5 s, with both replicas ready"
     for i in $(seq 20); do
       curl -fsS -o /dev/null "${tls[@]}" "https://localhost:$port/health?via=$port" \
         || fail "a request on $port through nginx failed, with both replicas ready"
