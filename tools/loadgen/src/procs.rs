@@ -103,6 +103,70 @@ pub fn usage(before: &Sample, after: &Sample) -> BTreeMap<String, Usage> {
         .collect()
 }
 
+/// The whole machine's CPU time so far, summed over its cores, from the
+/// `cpu` line of /proc/stat.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MachineSample {
+    /// Running anything: user (guests included), nice, system, interrupts.
+    pub busy_seconds: f64,
+    /// Wanted to run, but the hypervisor ran another machine (steal).
+    pub stolen_seconds: f64,
+}
+
+/// The machine over a stage, in cores (CPU seconds per second): what
+/// tells a run on a busy or shared machine from a change in the stack.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct MachineUsage {
+    /// Every process, the stack's and any other.
+    pub busy_cores: f64,
+    /// What the watched processes did not use: the load generator and
+    /// anything else running on the machine.
+    pub outside_cores: f64,
+    /// Taken by the hypervisor for other machines.
+    pub stolen_cores: f64,
+}
+
+impl MachineUsage {
+    /// Between two samples `seconds` apart, during which the watched
+    /// processes used `watched`.
+    pub fn between(
+        before: MachineSample,
+        after: MachineSample,
+        seconds: f64,
+        watched: &BTreeMap<String, Usage>,
+    ) -> Self {
+        let seconds = seconds.max(0.001);
+        let busy = (after.busy_seconds - before.busy_seconds).max(0.0);
+        let ours: f64 = watched.values().map(|u| u.cpu_seconds).sum();
+        MachineUsage {
+            busy_cores: busy / seconds,
+            outside_cores: (busy - ours).max(0.0) / seconds,
+            stolen_cores: (after.stolen_seconds - before.stolen_seconds).max(0.0) / seconds,
+        }
+    }
+}
+
+/// The machine's CPU time so far; `None` where /proc/stat cannot be read.
+pub fn machine() -> Option<MachineSample> {
+    parse_cpu_line(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_cpu_line(stat: &str) -> Option<MachineSample> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal guest guest_nice; the
+    // guests' time is counted in user already.
+    let field = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+    (ticks.len() >= 4).then(|| MachineSample {
+        busy_seconds: (field(0) + field(1) + field(2) + field(5) + field(6)) / TICKS_PER_SECOND,
+        stolen_seconds: field(7) / TICKS_PER_SECOND,
+    })
+}
+
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may contain spaces.
@@ -161,6 +225,47 @@ mod tests {
         let status =
             "Name:\tbeam.smp\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n";
         assert_eq!(parse_switches(status), (1234, 56));
+    }
+
+    #[test]
+    fn reads_the_machines_busy_and_stolen_time_from_proc_stat() {
+        let stat =
+            "cpu  1000 20 300 9000 50 7 3 40 0 0\ncpu0 500 10 150 4500 25 3 2 20 0 0\nintr 1\n";
+        assert_eq!(
+            parse_cpu_line(stat),
+            Some(MachineSample {
+                busy_seconds: 13.3,
+                stolen_seconds: 0.4
+            })
+        );
+        assert_eq!(parse_cpu_line("intr 1\n"), None);
+    }
+
+    #[test]
+    fn what_the_watched_processes_did_not_use_is_outside() {
+        let before = MachineSample {
+            busy_seconds: 100.0,
+            stolen_seconds: 1.0,
+        };
+        let after = MachineSample {
+            busy_seconds: 130.0,
+            stolen_seconds: 3.0,
+        };
+        let watched = BTreeMap::from([(
+            "stack".to_string(),
+            Usage {
+                cpu_seconds: 20.0,
+                ..Usage::default()
+            },
+        )]);
+        assert_eq!(
+            MachineUsage::between(before, after, 20.0, &watched),
+            MachineUsage {
+                busy_cores: 1.5,
+                outside_cores: 0.5,
+                stolen_cores: 0.1
+            }
+        );
     }
 
     #[test]

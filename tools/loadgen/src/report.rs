@@ -6,7 +6,12 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::{Args, Mode, dbtop::DbProfile, follow::Outcomes, procs::Usage};
+use crate::{
+    Args, Mode,
+    dbtop::DbProfile,
+    follow::Outcomes,
+    procs::{MachineUsage, Usage},
+};
 
 /// One POST.
 #[derive(Clone, Debug)]
@@ -76,6 +81,8 @@ pub struct StageReport {
     pub switches_per_order: BTreeMap<String, f64>,
     /// The database's counters over the stage, with `--db-prefix`.
     pub db: Option<DbProfile>,
+    /// The whole machine over the stage (and its drain).
+    pub machine: Option<MachineUsage>,
 }
 
 impl StageReport {
@@ -141,6 +148,7 @@ impl StageReport {
                 .collect(),
             usage,
             db: None,
+            machine: None,
         }
     }
 
@@ -192,7 +200,12 @@ impl StageReport {
                 self.cpu_ms_per_order_total(),
                 self.switches_per_order_total()
             )
-        }
+        } + &self.machine.map_or(String::new(), |m| {
+            format!(
+                "; machine {:.2} cores busy ({:.2} outside the stack, {:.2} stolen)",
+                m.busy_cores, m.outside_cores, m.stolen_cores
+            )
+        })
     }
 }
 
@@ -612,12 +625,12 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "\n| stage | load | s | accepted/s | finished/s | errors | unfinished | POST p50 / p90 / p99 / max ms | end-to-end p50 / p90 / p99 / max ms | CPU ms/order | switches/order |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "\n| stage | load | s | accepted/s | finished/s | errors | unfinished | POST p50 / p90 / p99 / max ms | end-to-end p50 / p90 / p99 / max ms | CPU ms/order | switches/order | machine cores: busy / outside / stolen |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for s in &self.stages {
             let _ = writeln!(
                 md,
-                "| {}{} | {}{unit} | {} | {:.0} | {:.0} | {} | {} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} / {:.1} | {} | {} |",
+                "| {}{} | {}{unit} | {} | {:.0} | {:.0} | {} | {} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} / {:.1} | {} | {} | {} |",
                 s.index,
                 if s.ramp { " (ramp)" } else { "" },
                 s.load,
@@ -636,6 +649,19 @@ impl Report {
                 s.end_to_end.max_ms,
                 watched(s, format!("{:.2}", s.cpu_ms_per_order_total())),
                 watched(s, format!("{:.0}", s.switches_per_order_total())),
+                s.machine.map_or("–".into(), |m| format!(
+                    "{:.2} / {:.2} / {:.2}",
+                    m.busy_cores, m.outside_cores, m.stolen_cores
+                )),
+            );
+        }
+        if self.stages.iter().any(|s| s.machine.is_some()) {
+            let _ = writeln!(
+                md,
+                "\nMachine cores: CPU seconds per second over each stage, for every process \
+                 (busy), for all but the stack's (outside: the load generator and anything \
+                 else on the machine) and taken by the hypervisor (stolen). A stage whose \
+                 outside or stolen share differs from its repeats ran on a busier machine."
             );
         }
         match (

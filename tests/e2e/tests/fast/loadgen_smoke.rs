@@ -61,6 +61,16 @@ async fn a_short_open_loop_run_finishes_every_order_and_writes_its_results() {
             "{}",
             stage.one_line()
         );
+        // The machine was busy, and not only with this process: the
+        // broker and the database it talks to are watched by nobody here.
+        let machine = stage
+            .machine
+            .expect("the machine's CPU read from /proc/stat");
+        assert!(
+            machine.busy_cores > 0.0 && machine.outside_cores > 0.0,
+            "{}",
+            stage.one_line()
+        );
     }
     assert!(report.clean());
     assert_eq!(report.summary.len(), 1);
@@ -70,7 +80,12 @@ async fn a_short_open_loop_run_finishes_every_order_and_writes_its_results() {
     assert_eq!(json["stages"][1]["finished"], report.stages[1].finished);
     assert_eq!(json["summary"][0]["runs"], serde_json::json!([0, 1]));
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    for section in ["| stage |", "Each load's runs", "Where an order's CPU goes"] {
+    for section in [
+        "| stage |",
+        "Each load's runs",
+        "Where an order's CPU goes",
+        "Machine cores:",
+    ] {
         assert!(summary.contains(section), "no {section:?} in:\n{summary}");
     }
     let _ = std::fs::remove_dir_all(out);
