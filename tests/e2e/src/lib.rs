@@ -407,6 +407,20 @@ impl Stack {
             .unwrap()
     }
 
+    /// Cancels order `id` as customer `c-1`, who placed it with
+    /// [`Self::place_order`]; returns the status and the decoded body.
+    pub async fn cancel(&self, id: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/orders/{id}/cancel", self.order))
+            .bearer_auth(customer_token("c-1"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     /// The order, read with the admin token (whoever placed it).
     pub async fn order(&self, id: &str) -> Value {
         self.admin_get_json(&format!("{}/api/orders/{id}", self.order))

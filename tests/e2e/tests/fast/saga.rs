@@ -99,18 +99,9 @@ async fn a_cancel_restores_exactly_the_held_stock_and_sends_one_email() {
     assert_eq!(stack.final_order(&id).await["status"], "CONFIRMED");
     assert_eq!(stack.product(&product).await["stock"], 2);
 
-    let cancelled = stack
-        .http
-        .post(format!("{}/api/orders/{id}/cancel", stack.order))
-        .bearer_auth(customer_token("c-1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancelled.status(), 200);
-    assert_eq!(
-        cancelled.json::<Value>().await.unwrap()["status"],
-        "CANCELLED"
-    );
+    let (status, cancelled) = stack.cancel(&id).await;
+    assert_eq!(status, 200);
+    assert_eq!(cancelled["status"], "CANCELLED");
 
     let product = eventually("stock released", || async {
         let p = stack.product(&product).await;
@@ -134,14 +125,7 @@ async fn a_cancel_restores_exactly_the_held_stock_and_sends_one_email() {
     assert_eq!(cancellations, 1);
 
     // A second cancel is refused and releases nothing more.
-    let again = stack
-        .http
-        .post(format!("{}/api/orders/{id}/cancel", stack.order))
-        .bearer_auth(customer_token("c-1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 409);
+    assert_eq!(stack.cancel(&id).await.0, 409);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
