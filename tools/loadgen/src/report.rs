@@ -660,7 +660,8 @@ impl Report {
                 md,
                 "\nMachine cores: CPU seconds per second over each stage, for every process \
                  (busy), for all but the stack's (outside: the load generator and anything \
-                 else on the machine) and taken by the hypervisor (stolen). A stage whose \
+                 else on the machine) and taken by the hypervisor (stolen), from /proc/stat, \
+                 whose tick sampling makes a few hundredths of a core noise. A stage whose \
                  outside or stolen share differs from its repeats ran on a busier machine."
             );
         }
