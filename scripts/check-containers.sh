@@ -353,11 +353,13 @@ check_dev() {
   COMPOSE_ARGS=(-f "$COMPOSE_FILE" -f "$STANDINS/compose.dev.yml")
   PROJECT=ecommerce-saga-dev
   ports_free "${SERVICE_PORTS[@]}" 5672 15672 27017 1025 1080
-  local started=$SECONDS port
+  local started port
   up "$LOG_DIR/compose-$PROJECT.log"
+  # From the containers' start, not the image build's.
+  started=$SECONDS
   for port in "${SERVICE_PORTS[@]}"; do wait_ready 300 "the service on $port" "http://127.0.0.1:$port/ready"; done
   wait_ready 60 MailDev http://127.0.0.1:1080/
-  note "every service ready $((SECONDS - started)) s after the start"
+  note "every service ready $((SECONDS - started)) s after the containers started"
 
   step "The README's first order, through the published ports"
   ADMIN_TOKEN=dev-admin-token JWT_SECRET=dev-jwt-secret-for-docker-compose-only JWT_ISSUER="" JWT_AUDIENCE="" \
@@ -491,16 +493,17 @@ check_prod() {
   # shellcheck disable=SC1091
   source "$PROD/.env"
   set +a
-  local started=$SECONDS port tls=(--cacert "$PROD/tls.crt")
+  local started port tls=(--cacert "$PROD/tls.crt")
   for port in "${SERVICE_PORTS[@]}"; do tls+=(--resolve "localhost:$port:127.0.0.1"); done
   # podman before 5.6 cannot start a container whose running dependency
   # has dependencies of its own (a service, then mongo-init, then mongo-1:
   # containers/podman-compose#921), so podman-compose is told not to pass
   # them on; it still creates the containers in their order.
   up "$LOG_DIR/compose-$PROJECT.log" --no-deps
+  started=$SECONDS
   for port in "${SERVICE_PORTS[@]}"; do wait_ready 300 "nginx for the service on $port" "${tls[@]}" "https://localhost:$port/ready"; done
   wait_ready 60 MailDev http://127.0.0.1:1080/
-  note "every service ready behind nginx $((SECONDS - started)) s after the start"
+  note "every service ready behind nginx $((SECONDS - started)) s after the containers started"
 
   step "Two replicas of each service, both answering through nginx"
   # nginx answers once one replica is ready; each must be, before nginx
