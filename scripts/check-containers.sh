@@ -308,6 +308,10 @@ first_order() {
   note "order $order CONFIRMED, its email in MailDev"
 }
 
+# stack_containers [PODMAN_PS_ARGS...]: the names of the stack's containers
+# (running ones only, unless given -a).
+stack_containers() { podman ps "$@" --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}'; }
+
 # teardown [FAILED]: keeps every container's log in
 # $LOG_DIR/containers-$PROJECT/, and after a failure shows what each
 # container was doing and nginx's last requests; then removes the stack.
@@ -315,13 +319,12 @@ teardown() {
   [ -n "$PROJECT" ] || return 0
   local dir="$LOG_DIR/containers-$PROJECT" name
   rm -rf "$dir" && mkdir -p "$dir"
-  for name in $(podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}'); do
+  for name in $(stack_containers -a); do
     podman logs "$name" >"$dir/$name.log" 2>&1 || true
   done
   if [ "${1:-}" = failed ]; then
     echo "the containers as the check failed (their logs: $dir):" >&2
-    podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}' \
-      | xargs -r podman inspect -f '  {{.Name}}: {{.State.Status}}, exit {{.State.ExitCode}}, {{.RestartCount}} restarts, at{{range .NetworkSettings.Networks}} {{.IPAddress}}{{end}}' >&2 || true
+    stack_containers -a | xargs -r podman inspect -f '  {{.Name}}: {{.State.Status}}, exit {{.State.ExitCode}}, {{.RestartCount}} restarts, at{{range .NetworkSettings.Networks}} {{.IPAddress}}{{end}}' >&2 || true
     name=$(container nginx 1)
     [ ! -s "$dir/$name.log" ] || { echo "nginx's last lines:" >&2; tail -n 30 "$dir/$name.log" >&2; }
     # A service's warnings and errors say why it restarted or is not ready.
@@ -433,8 +436,7 @@ healthy() {
 
 # The containers that were restarted, and how often.
 restarts() {
-  podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}' \
-    | xargs podman inspect -f '{{.Name}} {{.RestartCount}}' | awk '$2 > 0 { sub(/^'"$PROJECT"'_/, "", $1); printf "%s%s %s", sep, $1, $2; sep = ", " } END { if (!sep) printf "none" }'
+  stack_containers -a | xargs podman inspect -f '{{.Name}} {{.RestartCount}}' | awk '$2 > 0 { sub(/^'"$PROJECT"'_/, "", $1); printf "%s%s %s", sep, $1, $2; sep = ", " } END { if (!sep) printf "none" }'
 }
 
 # replica_ready CONTAINER PORT: the service in CONTAINER answers /ready on
@@ -546,7 +548,7 @@ sys.exit(any(types.get(f"{name}-service.events") != "quorum" for name in sys.arg
 PY
   note "3 nodes running; each service's queue a quorum queue"
   local checked=0
-  for name in $(podman ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}'); do
+  for name in $(stack_containers); do
     [ -n "$(podman inspect -f '{{.Config.Healthcheck}}' "$name" | tr -d '<>[]{} ' | sed 's/nil//')" ] || continue
     healthy "$name" || fail "the healthcheck of $name fails"
     checked=$((checked + 1))

@@ -329,7 +329,7 @@ async fn run_stage(
     index: usize,
 ) -> StageReport {
     let usage_before = watched.sample();
-    let machine_before = (Instant::now(), procs::machine());
+    let machine_before = procs::machine();
     let db_before = db_snapshot(db).await;
     let started = shared.epoch.elapsed();
     drive(shared, args.mode, stage, index).await;
@@ -346,7 +346,7 @@ async fn run_stage(
     let ids: Vec<String> = records.iter().filter_map(|r| r.order_id.clone()).collect();
     wait_for_outcomes(follower, &ids, args.drain_seconds).await;
     let usage_after = watched.sample();
-    let machine_after = (Instant::now(), procs::machine());
+    let machine_after = procs::machine();
     let db_after = db_snapshot(db).await;
     let mut report = StageReport::build(
         index,
@@ -364,14 +364,8 @@ async fn run_stage(
     if let (Some(before), Some(after)) = (&db_before, &db_after) {
         report.db = Some(dbtop::profile(before, after, report.finished));
     }
-    if let ((from, Some(before)), (to, Some(after))) = (machine_before, machine_after) {
-        let seconds = (to - from).as_secs_f64();
-        report.machine = Some(procs::MachineUsage::between(
-            before,
-            after,
-            seconds,
-            &report.usage,
-        ));
+    if let (Some(before), Some(after)) = (machine_before, machine_after) {
+        report.machine = Some(procs::MachineUsage::between(before, after, &report.usage));
     }
     report
 }

@@ -2,7 +2,7 @@
 //! test, from /proc, so the report says where the CPU time of one order
 //! went and how often each process was woken for it.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::Context;
 
@@ -104,9 +104,10 @@ pub fn usage(before: &Sample, after: &Sample) -> BTreeMap<String, Usage> {
 }
 
 /// The whole machine's CPU time so far, summed over its cores, from the
-/// `cpu` line of /proc/stat.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// `cpu` line of /proc/stat, and when it was read.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MachineSample {
+    pub at: Instant,
     /// Running anything: user (guests included), nice, system, interrupts.
     pub busy_seconds: f64,
     /// Wanted to run, but the hypervisor ran another machine (steal).
@@ -127,15 +128,14 @@ pub struct MachineUsage {
 }
 
 impl MachineUsage {
-    /// Between two samples `seconds` apart, during which the watched
-    /// processes used `watched`.
+    /// Between two samples, during which the watched processes used
+    /// `watched`.
     pub fn between(
         before: MachineSample,
         after: MachineSample,
-        seconds: f64,
         watched: &BTreeMap<String, Usage>,
     ) -> Self {
-        let seconds = seconds.max(0.001);
+        let seconds = (after.at - before.at).as_secs_f64().max(0.001);
         let busy = (after.busy_seconds - before.busy_seconds).max(0.0);
         let ours: f64 = watched.values().map(|u| u.cpu_seconds).sum();
         MachineUsage {
@@ -148,10 +148,10 @@ impl MachineUsage {
 
 /// The machine's CPU time so far; `None` where /proc/stat cannot be read.
 pub fn machine() -> Option<MachineSample> {
-    parse_cpu_line(&std::fs::read_to_string("/proc/stat").ok()?)
+    parse_cpu_line(&std::fs::read_to_string("/proc/stat").ok()?, Instant::now())
 }
 
-fn parse_cpu_line(stat: &str) -> Option<MachineSample> {
+fn parse_cpu_line(stat: &str, at: Instant) -> Option<MachineSample> {
     let line = stat.lines().find(|line| line.starts_with("cpu "))?;
     let ticks: Vec<f64> = line
         .split_whitespace()
@@ -162,6 +162,7 @@ fn parse_cpu_line(stat: &str) -> Option<MachineSample> {
     // guests' time is counted in user already.
     let field = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
     (ticks.len() >= 4).then(|| MachineSample {
+        at,
         busy_seconds: (field(0) + field(1) + field(2) + field(5) + field(6)) / TICKS_PER_SECOND,
         stolen_seconds: field(7) / TICKS_PER_SECOND,
     })
@@ -231,23 +232,28 @@ mod tests {
     fn reads_the_machines_busy_and_stolen_time_from_proc_stat() {
         let stat =
             "cpu  1000 20 300 9000 50 7 3 40 0 0\ncpu0 500 10 150 4500 25 3 2 20 0 0\nintr 1\n";
+        let at = Instant::now();
         assert_eq!(
-            parse_cpu_line(stat),
+            parse_cpu_line(stat, at),
             Some(MachineSample {
+                at,
                 busy_seconds: 13.3,
                 stolen_seconds: 0.4
             })
         );
-        assert_eq!(parse_cpu_line("intr 1\n"), None);
+        assert_eq!(parse_cpu_line("intr 1\n", at), None);
     }
 
     #[test]
     fn what_the_watched_processes_did_not_use_is_outside() {
+        let at = Instant::now();
         let before = MachineSample {
+            at,
             busy_seconds: 100.0,
             stolen_seconds: 1.0,
         };
         let after = MachineSample {
+            at: at + std::time::Duration::from_secs(20),
             busy_seconds: 130.0,
             stolen_seconds: 3.0,
         };
@@ -259,7 +265,7 @@ mod tests {
             },
         )]);
         assert_eq!(
-            MachineUsage::between(before, after, 20.0, &watched),
+            MachineUsage::between(before, after, &watched),
             MachineUsage {
                 busy_cores: 1.5,
                 outside_cores: 0.5,

@@ -243,13 +243,7 @@ async fn an_order_cancelled_while_the_inventory_is_paused_stays_cancelled_when_t
         .as_str()
         .unwrap()
         .to_string();
-    let (status, cancelled) = stack
-        .admin_call(
-            Method::POST,
-            &format!("{}/api/orders/{id}/cancel", stack.order),
-            None,
-        )
-        .await;
+    let (status, cancelled) = stack.cancel(&id).await;
     assert_eq!(status, 200, "{cancelled}");
     let (status, resumed) = act(&stack, &stack.inventory, &queue, "resume").await;
     assert_eq!(status, 200, "{resumed}");
